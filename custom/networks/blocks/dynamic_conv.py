@@ -1,0 +1,116 @@
+"""Depthwise convolution whose kernel can be modulated per sample (the task-adaptive conv of TAT)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["DepthwiseConv"]
+
+_CONV = (F.conv1d, F.conv2d, F.conv3d)
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise convolution with an optional task-adaptive kernel.
+
+    Static (``dynamic=False``): a plain depthwise conv, ``weight`` of shape ``(C, 1, k, ..., k)``.
+    Dynamic (``dynamic=True``): the kernel of sample ``b`` is ``K_b = weight + gate * G_b`` where
+    ``G_b`` is a generated kernel of shape ``(C, k, ..., k)`` and ``gate`` a learned per-channel scale that
+    starts at 0, so training starts from the static conv. Each sample is convolved with its own kernel
+    by folding the batch into the groups of one grouped convolution (CondConv).
+
+    Args:
+        channels: number of channels C (input = output, one kernel per channel).
+        kernel_size: odd kernel size k; padding keeps the spatial size.
+        spatial_dims: 1, 2 or 3.
+        dynamic: accept a generated kernel in ``forward`` and learn ``gate``.
+        bias: add a learned bias (static mode only; the published dynamic conv has none).
+        init: init of the static kernel: ``"conv"`` (PyTorch's Conv default, the published encoder),
+            ``"normal"`` (standard normal, the published decoder attention) or ``"kaiming"`` (Kaiming normal,
+            fan_out, relu: the published decoder feed-forward).
+
+    Raises:
+        ValueError: invalid ``kernel_size``, ``spatial_dims``, ``init``, or ``bias`` with ``dynamic``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 3,
+        spatial_dims: int = 2,
+        dynamic: bool = False,
+        bias: bool = False,
+        init: str = "conv",
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}.")
+        if spatial_dims not in (1, 2, 3):
+            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
+        if init not in ("conv", "normal", "kaiming"):
+            raise ValueError(f"init must be 'conv', 'normal' or 'kaiming', got {init!r}.")
+        if dynamic and bias:
+            raise ValueError("a dynamic depthwise conv has no bias (as published).")
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.spatial_dims = spatial_dims
+        self.dynamic = dynamic
+        self.init = init
+        self.weight = nn.Parameter(torch.empty(channels, 1, *(kernel_size,) * spatial_dims))
+        self.bias = nn.Parameter(torch.empty(channels)) if bias else None
+        self.gate = nn.Parameter(torch.empty(channels)) if dynamic else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as published: static kernel per ``init``, bias like ``nn.Conv``, gate at 0."""
+        if self.init == "normal":
+            nn.init.normal_(self.weight)
+        elif self.init == "kaiming":
+            nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        else:
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.kernel_size**self.spatial_dims)
+            nn.init.uniform_(self.bias, -bound, bound)
+        if self.gate is not None:
+            nn.init.zeros_(self.gate)
+
+    def forward(self, x: torch.Tensor, generated: torch.Tensor | None = None) -> torch.Tensor:
+        """Convolve ``x`` of shape ``(B, C, *spatial)``.
+
+        Args:
+            x: input features ``(B, C, *spatial)``.
+            generated: per-sample kernels ``(B, C, k, ..., k)``, only for a dynamic conv; ``None`` uses the
+                static kernel alone (equivalent to a zero gate).
+
+        Returns:
+            ``(B, C, *spatial)``.
+
+        Raises:
+            ValueError: a generated kernel given to a static conv, or of the wrong shape.
+        """
+        conv = _CONV[self.spatial_dims - 1]
+        pad = self.kernel_size // 2
+        if generated is None:
+            return conv(x, self.weight, self.bias, padding=pad, groups=self.channels)
+        if self.gate is None:
+            raise ValueError("this depthwise conv is static: it takes no generated kernel.")
+        b = x.shape[0]
+        expected = (b, self.channels) + (self.kernel_size,) * self.spatial_dims
+        if tuple(generated.shape) != expected:
+            raise ValueError(f"generated kernel must have shape {expected}, got {tuple(generated.shape)}.")
+        gate = self.gate.reshape((1, -1) + (1,) * (self.spatial_dims + 1))
+        kernel = self.weight.unsqueeze(0) + gate * generated.unsqueeze(2)  # (B, C, 1, k, ..., k)
+        out = conv(
+            x.reshape(1, b * self.channels, *x.shape[2:]),
+            kernel.reshape(b * self.channels, 1, *kernel.shape[3:]),
+            padding=pad,
+            groups=b * self.channels,
+        )
+        return out.reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, kernel_size={self.kernel_size}, dynamic={self.dynamic}, init={self.init!r}"

@@ -1,0 +1,52 @@
+"""Gated-Dconv feed-forward network (GDFN, Restormer) with an optional task-adaptive depthwise conv."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.layers.factories import Conv
+
+from custom.networks.blocks.dynamic_conv import DepthwiseConv
+
+__all__ = ["GatedFeedForward", "ffn_hidden_channels"]
+
+
+def ffn_hidden_channels(dim: int, expansion: float) -> int:
+    """Hidden width of the gated feed-forward: ``int(dim * expansion)`` (published rounding)."""
+    return int(dim * expansion)
+
+
+class GatedFeedForward(nn.Module):
+    """GDFN: 1x1 conv to ``2 * hidden``, 3x3 depthwise conv, ``gelu(x1) * x2``, 1x1 conv back to ``dim``.
+
+    Args:
+        dim: channels C.
+        expansion: hidden width factor; hidden = ``int(C * expansion)``.
+        bias: bias in the convs (static depthwise conv only).
+        spatial_dims: number of spatial dimensions.
+        dynamic: task-adaptive depthwise conv (decoder) instead of a static one (encoder).
+    """
+
+    def __init__(
+        self, dim: int, expansion: float = 2.66, bias: bool = False, spatial_dims: int = 2, dynamic: bool = False
+    ) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        hidden = ffn_hidden_channels(dim, expansion)
+        self.project_in = conv(dim, hidden * 2, kernel_size=1, bias=bias)
+        self.dwconv = DepthwiseConv(
+            hidden * 2, 3, spatial_dims, dynamic=dynamic, bias=bias and not dynamic, init="kaiming" if dynamic else "conv"
+        )
+        self.project_out = conv(hidden, dim, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
+        """Args:
+            x: ``(B, C, *spatial)``.
+            kernel: generated depthwise kernel ``(B, 2 * hidden, 3, ..., 3)`` for a dynamic block, else ``None``.
+
+        Returns:
+            ``(B, C, *spatial)``.
+        """
+        x1, x2 = self.dwconv(self.project_in(x), kernel).chunk(2, dim=1)
+        return self.project_out(F.gelu(x1) * x2)

@@ -1,0 +1,124 @@
+"""Test-time local windows (TLC): overlapping window partition and averaging merge, as pure functions.
+
+Used by the channel attention when a feature map is larger than what the network saw in training.
+Everything is vectorised over the batch and the windows; no state is kept between the two calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["window_starts", "partition_windows", "merge_windows"]
+
+
+def window_starts(size: int, window: int) -> list[int]:
+    """Start offsets of the overlapping windows along one axis (the published rule).
+
+    ``k = min(size, window)``; ``n = ceil(size / k)`` windows; stride ``ceil((size - k) / (n - 1))``
+    (``k`` when ``n == 1``); starts ``0, stride, 2 * stride, ...``, the last one moved back so that it ends
+    exactly at the border.
+
+    Args:
+        size: length of the axis.
+        window: nominal window length.
+
+    Returns:
+        The start offsets, ascending; each window covers ``[start, start + min(size, window))``.
+
+    Raises:
+        ValueError: ``size`` or ``window`` not positive.
+    """
+    if size < 1 or window < 1:
+        raise ValueError(f"size and window must be positive, got size={size}, window={window}.")
+    k = min(size, window)
+    n = -(-size // k)
+    stride = k if n == 1 else -(-(size - k) // (n - 1))
+    starts: list[int] = []
+    i = 0
+    while i < size:
+        if i + k >= size:
+            starts.append(size - k)
+            break
+        starts.append(i)
+        i += stride
+    return starts
+
+
+def _axis_index(size: int, window: int, device: torch.device) -> torch.Tensor:
+    """``(n, k)`` voxel indices of the windows along one axis."""
+    k = min(size, window)
+    starts = torch.tensor(window_starts(size, window), device=device)
+    return starts[:, None] + torch.arange(k, device=device)
+
+
+def partition_windows(x: torch.Tensor, window: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Cut ``x`` into overlapping windows.
+
+    Args:
+        x: ``(B, C, *spatial)``.
+        window: nominal window length per spatial axis.
+
+    Returns:
+        ``(patches, index)``: patches of shape ``(B * n_windows, C, *k)`` ordered batch-major then
+        row-major over the window grid, and the per-axis ``(n_i, k_i)`` index tensors that
+        :func:`merge_windows` takes back.
+
+    Raises:
+        ValueError: ``window`` does not give one length per spatial axis.
+    """
+    spatial = x.shape[2:]
+    d = len(spatial)
+    if len(window) != d:
+        raise ValueError(f"window needs {d} lengths for a {d}D input, got {tuple(window)}.")
+    index = [_axis_index(s, w, x.device) for s, w in zip(spatial, window)]
+    grid = []
+    for i, idx in enumerate(index):
+        shape = [1] * (2 * d)
+        shape[i], shape[d + i] = idx.shape
+        grid.append(idx.reshape(shape))
+    patches = x[(slice(None), slice(None), *grid)]  # (B, C, n_1..n_d, k_1..k_d)
+    perm = (0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d))
+    ks = [idx.shape[1] for idx in index]
+    return patches.permute(perm).reshape(-1, x.shape[1], *ks), index
+
+
+def merge_windows(patches: torch.Tensor, index: Sequence[torch.Tensor], spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Put windows back, averaging where they overlap (inverse of :func:`partition_windows` for the identity).
+
+    Args:
+        patches: ``(B * n_windows, C, *k)`` as returned by :func:`partition_windows` (possibly transformed).
+        index: the per-axis index tensors returned by :func:`partition_windows`.
+        spatial_shape: the full spatial shape ``(S_1, ..., S_d)``.
+
+    Returns:
+        ``(B, C, *spatial_shape)``: each voxel is the mean of the windows that cover it.
+    """
+    d = len(spatial_shape)
+    ns = [idx.shape[0] for idx in index]
+    ks = [idx.shape[1] for idx in index]
+    c = patches.shape[1]
+    n_total = 1
+    for n in ns:
+        n_total *= n
+    b = patches.shape[0] // n_total
+    p = patches.reshape(b, *ns, c, *ks)
+    # -> (B, C, n_1, k_1, ..., n_d, k_d)
+    perm = [0, d + 1]
+    for i in range(d):
+        perm += [1 + i, d + 2 + i]
+    p = p.permute(perm)
+    count: torch.Tensor | None = None
+    for i in reversed(range(d)):
+        # axes before this one are still (n_j, k_j) pairs; axes after it are already merged.
+        dim = 2 + 2 * i
+        lead = list(p.shape[:dim])
+        tail = list(p.shape[dim + 2 :])
+        p = p.reshape(*lead, ns[i] * ks[i], *tail)
+        out = p.new_zeros(*lead, spatial_shape[i], *tail)
+        p = out.index_add_(dim, index[i].reshape(-1), p)
+        axis_count = torch.zeros(spatial_shape[i], device=p.device, dtype=p.dtype)
+        axis_count.index_add_(0, index[i].reshape(-1), torch.ones(ns[i] * ks[i], device=p.device, dtype=p.dtype))
+        count = axis_count if count is None else axis_count.reshape(-1, *[1] * count.dim()) * count.unsqueeze(0)
+    return p / count.reshape(1, 1, *spatial_shape)  # type: ignore[union-attr]

@@ -1,0 +1,64 @@
+"""Restormer transformer block: pre-norm channel attention and gated feed-forward, each with a residual."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from custom.networks.blocks.attention import ChannelAttention
+from custom.networks.blocks.feed_forward import GatedFeedForward
+from custom.networks.blocks.layer_norm import ChannelLayerNorm
+from custom.networks.blocks.task_kernels import TaskKernels
+
+__all__ = ["TransformerBlock"]
+
+
+class TransformerBlock(nn.Module):
+    """``x + Attn(LN(x))`` then ``x + FFN(LN(x))``; encoder (static) or decoder (task-adaptive) variant.
+
+    Args:
+        dim: channels C.
+        num_heads: attention heads.
+        ffn_expansion_factor: GDFN hidden width factor.
+        bias: bias in the convs.
+        layer_norm_type: ``"WithBias"`` or ``"BiasFree"``.
+        spatial_dims: number of spatial dimensions.
+        dynamic: the depthwise convs take generated kernels (decoder block).
+        train_size: training spatial size of this block's input for local windows, ``None`` for none.
+
+    Raises:
+        ValueError: unknown ``layer_norm_type``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_expansion_factor: float = 2.66,
+        bias: bool = False,
+        layer_norm_type: str = "WithBias",
+        spatial_dims: int = 2,
+        dynamic: bool = False,
+        train_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if layer_norm_type not in ("WithBias", "BiasFree"):
+            raise ValueError(f"layer_norm_type must be 'WithBias' or 'BiasFree', got {layer_norm_type!r}.")
+        with_bias = layer_norm_type == "WithBias"
+        self.norm1 = ChannelLayerNorm(dim, bias=with_bias)
+        self.attn = ChannelAttention(dim, num_heads, bias, spatial_dims, dynamic, train_size)
+        self.norm2 = ChannelLayerNorm(dim, bias=with_bias)
+        self.ffn = GatedFeedForward(dim, ffn_expansion_factor, bias, spatial_dims, dynamic)
+
+    def forward(self, x: torch.Tensor, kernels: TaskKernels | None = None) -> torch.Tensor:
+        """Args:
+            x: ``(B, C, *spatial)``.
+            kernels: this level's generated kernels (decoder blocks), ``None`` for static convs.
+
+        Returns:
+            ``(B, C, *spatial)``.
+        """
+        attn_kernel = None if kernels is None else kernels.attn
+        ffn_kernel = None if kernels is None else kernels.ffn
+        x = x + self.attn(self.norm1(x), attn_kernel)
+        return x + self.ffn(self.norm2(x), ffn_kernel)

@@ -1,0 +1,226 @@
+"""TAT: Task-Adaptive Transformer for all-in-one medical image restoration (assembly only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.layers.factories import Conv
+from torch.utils.checkpoint import checkpoint
+
+from custom.networks.blocks import (
+    Downsample,
+    TaskKernels,
+    TaskRepresentationNetwork,
+    TransformerBlock,
+    Upsample,
+    ffn_hidden_channels,
+)
+
+__all__ = ["TAT"]
+
+_LEVELS = ("latent", "level3", "level2", "level1")
+
+
+def _is_exporting() -> bool:
+    """True while tracing, scripting, compiling or exporting, where data-dependent checks must not run."""
+    return bool(
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+class TAT(nn.Module):
+    """Task-Adaptive Transformer (TAT) for blind all-in-one medical image restoration.
+
+    One network restores low-dose PET, low-dose CT and low-resolution MRI without a task label: a task
+    representation network reads the bottleneck features and generates, per sample, the depthwise
+    kernels of every decoder level (``K_b = W + gate * G_b``, gates start at 0). The backbone is a
+    Restormer U-shape with a global residual (``output = net(x) + x``).
+
+    Z. Yang et al., "TAT: Task-Adaptive Transformer for All-in-One Medical Image Restoration",
+    MICCAI 2025. Backbone: S. W. Zamir et al., "Restormer", CVPR 2022, arXiv:2111.09881.
+
+    Any spatial size is accepted: sizes not divisible by 8 are padded (reflect, at the bottom/right;
+    replicate where the image is smaller than the padding) and the output is cropped back. When a
+    feature map is larger than 1.5x its training size, attention runs in overlapping local windows
+    (see :class:`~custom.networks.blocks.ChannelAttention`); each sample of a batch gets the same output
+    as when run alone.
+
+    Args:
+        spatial_dims: number of spatial dimensions; only 2 (as published) is supported.
+        in_channels: input channels.
+        out_channels: output channels; the global residual is added when equal to ``in_channels``.
+        dim: channels of level 1; levels 2-4 have ``2 * dim``, ``4 * dim``, ``8 * dim``.
+        num_blocks: transformer blocks at levels 1-4 (encoder 1-3, latent 4; decoders mirror 1-3).
+        num_refinement_blocks: refinement blocks after decoder level 1.
+        heads: attention heads at levels 1-4.
+        ffn_expansion_factor: hidden width factor of the gated feed-forward.
+        bias: bias in the convs of the transformer blocks.
+        layer_norm_type: ``"WithBias"`` (published) or ``"BiasFree"``.
+        train_patch_size: training patch size; a block's training size is ``train_patch_size // heads``
+            of its level (the published rule, equal to the level's size for heads (1, 2, 4, 8)), its
+            window 1.5x that. ``None`` disables local windows (global attention at every size).
+        task_adaptive: generate task kernels for the decoder (published). ``False`` is the ablation with
+            static decoder depthwise convs and no generator.
+        use_checkpoint: gradient checkpointing of every transformer block while gradients are enabled
+            (less memory, about a third more compute in training).
+        tren_hidden_channels: width of the task representation network's conv trunk.
+        tren_embed_dim: width of the task embedding.
+
+    Raises:
+        ValueError: unsupported ``spatial_dims``, wrong number of levels, non-divisible widths.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        dim: int = 48,
+        num_blocks: Sequence[int] = (4, 6, 6, 8),
+        num_refinement_blocks: int = 4,
+        heads: Sequence[int] = (1, 2, 4, 8),
+        ffn_expansion_factor: float = 2.66,
+        bias: bool = False,
+        layer_norm_type: str = "WithBias",
+        train_patch_size: int | None = 128,
+        task_adaptive: bool = True,
+        use_checkpoint: bool = False,
+        tren_hidden_channels: int = 64,
+        tren_embed_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError(f"TAT is 2D as published: spatial_dims must be 2, got {spatial_dims}.")
+        if len(num_blocks) != 4 or len(heads) != 4:
+            raise ValueError(f"num_blocks and heads need 4 levels, got {tuple(num_blocks)} and {tuple(heads)}.")
+        if dim < 2 or dim % 2:
+            raise ValueError(f"dim must be even and >= 2, got {dim}.")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.use_checkpoint = use_checkpoint
+        widths = [dim * 2**i for i in range(4)]  # levels 1-4
+        dec_widths = {"latent": widths[3], "level3": widths[2], "level2": widths[1], "level1": widths[1]}
+        dec_heads = {"latent": heads[3], "level3": heads[2], "level2": heads[1], "level1": heads[0]}
+
+        def train_size(level_heads: int) -> int | None:
+            return None if train_patch_size is None else max(train_patch_size // level_heads, 1)
+
+        def blocks(n: int, width: int, n_heads: int, dynamic: bool) -> nn.ModuleList:
+            return nn.ModuleList(
+                TransformerBlock(
+                    width,
+                    n_heads,
+                    ffn_expansion_factor,
+                    bias,
+                    layer_norm_type,
+                    spatial_dims,
+                    dynamic=dynamic,
+                    train_size=train_size(n_heads),
+                )
+                for _ in range(n)
+            )
+
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.patch_embed = conv(in_channels, dim, kernel_size=3, padding=1, bias=bias)
+        self.encoder_level1 = blocks(num_blocks[0], widths[0], heads[0], False)
+        self.down1_2 = Downsample(widths[0], spatial_dims)
+        self.encoder_level2 = blocks(num_blocks[1], widths[1], heads[1], False)
+        self.down2_3 = Downsample(widths[1], spatial_dims)
+        self.encoder_level3 = blocks(num_blocks[2], widths[2], heads[2], False)
+        self.down3_4 = Downsample(widths[2], spatial_dims)
+
+        self.task_kernels: TaskRepresentationNetwork | None = None
+        if task_adaptive:
+            kernel_channels = {
+                level: (3 * w, 2 * ffn_hidden_channels(w, ffn_expansion_factor)) for level, w in dec_widths.items()
+            }
+            self.task_kernels = TaskRepresentationNetwork(
+                widths[3], kernel_channels, spatial_dims, 4, tren_hidden_channels, tren_embed_dim
+            )
+        self.latent = blocks(num_blocks[3], widths[3], dec_heads["latent"], task_adaptive)
+        self.up4_3 = Upsample(widths[3], spatial_dims)
+        self.reduce_chan_level3 = conv(widths[3], widths[2], kernel_size=1, bias=bias)
+        self.decoder_level3 = blocks(num_blocks[2], widths[2], dec_heads["level3"], task_adaptive)
+        self.up3_2 = Upsample(widths[2], spatial_dims)
+        self.reduce_chan_level2 = conv(widths[2], widths[1], kernel_size=1, bias=bias)
+        self.decoder_level2 = blocks(num_blocks[1], widths[1], dec_heads["level2"], task_adaptive)
+        self.up2_1 = Upsample(widths[1], spatial_dims)
+        self.decoder_level1 = blocks(num_blocks[0], widths[1], dec_heads["level1"], task_adaptive)
+        self.refinement = blocks(num_refinement_blocks, widths[1], dec_heads["level1"], task_adaptive)
+        self.reduce_final = nn.Sequential(
+            conv(widths[0] + 2 * widths[1], dim, kernel_size=3, padding=1, bias=bias),
+            nn.GELU(),
+            conv(dim, dim, kernel_size=1, bias=bias),
+        )
+        self.output = conv(dim, out_channels, kernel_size=3, padding=1, bias=bias)
+        self.size_multiple = 2**3
+
+    def _blocks(self, blocks: nn.ModuleList, x: torch.Tensor, kernels: TaskKernels | None) -> torch.Tensor:
+        for blk in blocks:
+            if self.use_checkpoint and torch.is_grad_enabled():
+                x = checkpoint(blk, x, kernels, use_reentrant=False)
+            else:
+                x = blk(x, kernels)
+        return x
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Validate a batch before the forward pass.
+
+        Raises:
+            ValueError: not ``(B, in_channels, H, W)``, empty, or with NaN/Inf values.
+        """
+        if x.dim() != 4:
+            raise ValueError(f"TAT expects a 4D batch (B, C, H, W), got shape {tuple(x.shape)}.")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"TAT expects {self.in_channels} input channel(s), got {x.shape[1]} ({tuple(x.shape)}).")
+        if x.numel() == 0:
+            raise ValueError(f"TAT got an empty batch of shape {tuple(x.shape)}.")
+        if not torch.isfinite(x).all():
+            raise ValueError("TAT input holds NaN or Inf values; clean or mask the image first.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Restore a batch.
+
+        Args:
+            x: ``(B, in_channels, H, W)`` degraded images, intensities mapped to [0, 1].
+
+        Returns:
+            ``(B, out_channels, H, W)`` restored images.
+
+        Raises:
+            ValueError: see :meth:`check_input`.
+        """
+        if not _is_exporting():
+            self.check_input(x)
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        pad_h, pad_w = (-h) % m, (-w) % m
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+        enc1 = self._blocks(self.encoder_level1, self.patch_embed(x), None)
+        enc2 = self._blocks(self.encoder_level2, self.down1_2(enc1), None)
+        enc3 = self._blocks(self.encoder_level3, self.down2_3(enc2), None)
+        latent = self.down3_4(enc3)
+        kernels: dict[str, TaskKernels] = {} if self.task_kernels is None else self.task_kernels(latent)
+        latent = self._blocks(self.latent, latent, kernels.get("latent"))
+
+        dec3 = self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1))
+        dec3 = self._blocks(self.decoder_level3, dec3, kernels.get("level3"))
+        dec2 = self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1))
+        dec2 = self._blocks(self.decoder_level2, dec2, kernels.get("level2"))
+        dec1 = torch.cat([self.up2_1(dec2), enc1], 1)
+        dec1 = self._blocks(self.decoder_level1, dec1, kernels.get("level1"))
+        refined = self._blocks(self.refinement, dec1, kernels.get("level1"))
+
+        out = self.output(self.reduce_final(torch.cat([enc1, dec1, refined], 1)))
+        if self.out_channels == self.in_channels:
+            out = out + x
+        return out[..., :h, :w]

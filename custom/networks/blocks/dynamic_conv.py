@@ -30,7 +30,8 @@ class DepthwiseConv(nn.Module):
         bias: add a learned bias (static mode only; the published dynamic conv has none).
         init: init of the static kernel: ``"conv"`` (PyTorch's Conv default, the published encoder),
             ``"normal"`` (standard normal, the published decoder attention) or ``"kaiming"`` (Kaiming normal,
-            fan_out, relu: the published decoder feed-forward).
+            fan_out, relu, computed on the published ``(1, C, 1, k, k)`` layout, i.e. std ``sqrt(2 / k**d)``: the
+            published decoder feed-forward).
 
     Raises:
         ValueError: invalid ``kernel_size``, ``spatial_dims``, ``init``, or ``bias`` with ``dynamic``.
@@ -69,7 +70,8 @@ class DepthwiseConv(nn.Module):
         if self.init == "normal":
             nn.init.normal_(self.weight)
         elif self.init == "kaiming":
-            nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+            # Kaiming normal (fan_out, relu) of the published (1, C, 1, k, ..., k) layout: fan_out = k**d.
+            nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / self.kernel_size**self.spatial_dims))
         else:
             nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import unittest
+
+import torch
+import torch.nn.functional as F
+from parameterized import parameterized
+
+from custom.networks.blocks import DepthwiseConv
+
+
+class TestDepthwiseConv(unittest.TestCase):
+    @parameterized.expand([(1,), (2,), (3,)])
+    def test_per_sample_kernel_matches_loop(self, spatial_dims):
+        torch.manual_seed(0)
+        conv = DepthwiseConv(4, 3, spatial_dims, dynamic=True)
+        with torch.no_grad():
+            conv.gate.uniform_(-1, 1)
+        x = torch.randn(3, 4, *([7] * spatial_dims))
+        gen = torch.randn(3, 4, *([3] * spatial_dims))
+        out = conv(x, gen)
+        fn = (F.conv1d, F.conv2d, F.conv3d)[spatial_dims - 1]
+        for b in range(3):
+            g = conv.gate.reshape((-1,) + (1,) * (spatial_dims + 1))
+            kernel = conv.weight + g * gen[b].unsqueeze(1)
+            ref = fn(x[b : b + 1], kernel, padding=1, groups=4)
+            torch.testing.assert_close(out[b : b + 1], ref, rtol=1e-5, atol=1e-5)
+
+    def test_gate_starts_at_zero_so_generated_kernel_has_no_effect(self):
+        conv = DepthwiseConv(6, dynamic=True, init="kaiming")
+        self.assertTrue(torch.all(conv.gate == 0))
+        x = torch.randn(2, 6, 9, 9)
+        torch.testing.assert_close(conv(x, torch.randn(2, 6, 3, 3)), conv(x))
+
+    def test_gradients_reach_gate_and_generated_kernel(self):
+        conv = DepthwiseConv(4, dynamic=True)
+        gen = torch.randn(2, 4, 3, 3, requires_grad=True)
+        conv(torch.randn(2, 4, 8, 8), gen).square().sum().backward()
+        self.assertGreater(conv.gate.grad.abs().sum().item(), 0)  # gate learns from step 0
+        self.assertEqual(gen.grad.abs().sum().item(), 0)  # zero gate: nothing flows to the generator yet
+        with torch.no_grad():
+            conv.gate.fill_(0.5)
+        gen.grad = None
+        conv(torch.randn(2, 4, 8, 8), gen).square().sum().backward()
+        self.assertGreater(gen.grad.abs().sum().item(), 0)
+
+    def test_errors(self):
+        with self.assertRaises(ValueError):
+            DepthwiseConv(4, kernel_size=2)
+        with self.assertRaises(ValueError):
+            DepthwiseConv(4, init="xavier")
+        with self.assertRaises(ValueError):
+            DepthwiseConv(4, dynamic=True, bias=True)
+        with self.assertRaises(ValueError):
+            DepthwiseConv(4)(torch.zeros(1, 4, 5, 5), torch.zeros(1, 4, 3, 3))  # static conv
+        with self.assertRaises(ValueError):
+            DepthwiseConv(4, dynamic=True)(torch.zeros(2, 4, 5, 5), torch.zeros(1, 4, 3, 3))
+
+    def test_published_inits(self):
+        torch.manual_seed(0)
+        normal = DepthwiseConv(512, dynamic=True, init="normal").weight
+        kaiming = DepthwiseConv(512, dynamic=True, init="kaiming").weight
+        self.assertAlmostEqual(normal.std().item(), 1.0, delta=0.05)
+        # fan_out of a depthwise (C, 1, 3, 3) kernel is 9: std sqrt(2 / 9)
+        self.assertAlmostEqual(kaiming.std().item(), (2 / 9) ** 0.5, delta=0.02)
+
+
+if __name__ == "__main__":
+    unittest.main()

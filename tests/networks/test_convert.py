@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import unittest
+
+import torch
+
+from custom.networks import TAT, convert_reference_state_dict, load_reference_checkpoint
+from tests.networks.golden import reference_shapes
+
+
+def zeros_state() -> dict[str, torch.Tensor]:
+    return {k: torch.zeros(v) for k, v in reference_shapes().items()}
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+class TestConvert(unittest.TestCase):
+    def test_every_reference_key_maps(self):
+        ref = zeros_state()
+        self.assertEqual(len(ref), 575)
+        out = convert_reference_state_dict(ref)
+        self.assertEqual(len(out), 575)
+        with torch.device("meta"):
+            model = TAT()
+        self.assertEqual(set(out), set(model.state_dict()))
+        self.assertEqual(tuple(out["latent.0.attn.qkv_dwconv.weight"].shape), (1152, 1, 3, 3))
+        self.assertEqual(tuple(out["latent.0.ffn.dwconv.gate"].shape), (2042,))
+        self.assertIn("task_kernels.heads.level3.ffn.weight", out)
+
+    def test_strict_errors_name_keys(self):
+        ref = zeros_state()
+        del ref["output.weight"]
+        ref["extra.weight"] = torch.zeros(1)
+        ref["latent.0.attn.temperature"] = torch.zeros(4, 1, 1)
+        with self.assertRaises(ValueError) as ctx:
+            convert_reference_state_dict(ref)
+        msg = str(ctx.exception)
+        self.assertIn("output.weight", msg)
+        self.assertIn("extra.weight", msg)
+        self.assertIn("latent.0.attn.temperature", msg)
+
+    def test_wrong_hyper_parameters(self):
+        with self.assertRaisesRegex(ValueError, "different shape"):
+            convert_reference_state_dict(zeros_state(), TAT(dim=8, num_blocks=(4, 6, 6, 8)))
+
+    def test_loader_unwraps_published_checkpoints(self):
+        ref = zeros_state()
+        wrappers = [
+            ref,
+            {"state_dict": ref, "epoch": 3},
+            {f"module.{k}": v for k, v in ref.items()},
+            {"step": torch.tensor(5), **{f"ema_model.{k}": v for k, v in ref.items()}, **{f"online_model.{k}": v for k, v in ref.items()}},
+        ]
+        with tempfile.TemporaryDirectory() as d:
+            for i, obj in enumerate(wrappers):
+                path = os.path.join(d, f"ckpt{i}.pth")
+                torch.save(obj, path)
+                self.assertEqual(len(load_reference_checkpoint(path)), 575)
+
+    def test_loader_refuses_code_and_names_file(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "evil.pth")
+            with open(path, "wb") as f:
+                pickle.dump({"x": _Payload()}, f)
+            with self.assertRaisesRegex(ValueError, "evil.pth.*safely"):
+                load_reference_checkpoint(path)
+            with self.assertRaisesRegex(ValueError, "no such"):
+                load_reference_checkpoint(os.path.join(d, "missing.pth"))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,88 @@
+"""Checkpoint save/resume handlers: MONAI's, with atomic writes, a fixed "latest" file and an optional resume."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ignite.engine import Engine
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+__all__ = ["AtomicDiskSaver", "AtomicCheckpointSaver", "ResumeCheckpointLoader"]
+
+
+class AtomicDiskSaver(DiskSaver):
+    """ignite ``DiskSaver`` writing through a temporary file and ``os.replace`` (``atomic=True``), with an
+    optional fixed file name. With a fixed name, ``remove`` is a no-op: the next save replaces the file
+    atomically, so a crash never leaves the folder without a complete checkpoint. Only rank 0 writes.
+
+    Args:
+        dirname: output folder (created if missing).
+        filename: fixed file name, or None to use the name ignite proposes.
+    """
+
+    def __init__(self, dirname: str, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, self.filename or filename, metadata)
+
+    def remove(self, filename: str) -> None:
+        if self.filename is None:
+            super().remove(filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """:class:`monai.handlers.CheckpointSaver` whose files are written atomically (temp file + ``os.replace``).
+
+    Adds ``interval_filename``: a fixed name for the interval checkpoint (e.g. ``"latest.pt"``, the file a rerun
+    resumes from, replaced in place at every save). All other arguments are ``CheckpointSaver``'s.
+
+    Args:
+        args: positional arguments of ``CheckpointSaver``.
+        interval_filename: fixed file name of the interval checkpoint; None keeps MONAI's numbered names.
+        kwargs: keyword arguments of ``CheckpointSaver``.
+    """
+
+    def __init__(self, *args: Any, interval_filename: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        fixed = {
+            "_final_checkpoint": self._final_filename,
+            "_key_metric_checkpoint": kwargs.get("key_metric_filename"),
+            "_interval_checkpoint": interval_filename,
+        }
+        for attr, filename in fixed.items():
+            checkpoint = getattr(self, attr, None)
+            if checkpoint is not None:  # swap MONAI's non-atomic saver for the atomic one, same file naming
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=filename)
+
+
+class ResumeCheckpointLoader(CheckpointLoader):
+    """:class:`monai.handlers.CheckpointLoader` that attaches only when ``load_path`` exists (resume if a previous
+    run left a checkpoint, start fresh otherwise). Loads with ``weights_only=True`` like its parent.
+
+    Args:
+        load_path: checkpoint file, e.g. ``<ckpt_dir>/latest.pt``.
+        load_dict: objects to restore (network, EMA, loss, optimizer, lr scheduler, trainer, RNG).
+        kwargs: other ``CheckpointLoader`` arguments (``map_location``, ``strict``...).
+    """
+
+    def __init__(self, load_path: str, load_dict: dict, **kwargs: Any) -> None:
+        super().__init__(load_path=load_path, load_dict=load_dict, **kwargs)
+
+    def attach(self, engine: Engine) -> None:
+        """Attach the loader if the checkpoint exists; log the decision either way.
+
+        Args:
+            engine: the trainer.
+        """
+        logger = logging.getLogger(self._name) if self._name else engine.logger
+        if os.path.isfile(self.load_path):
+            logger.info(f"Resuming from {self.load_path}.")
+            super().attach(engine)
+        else:
+            logger.info(f"No checkpoint at {self.load_path}: starting a new training.")

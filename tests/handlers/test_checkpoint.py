@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+import tempfile
+import unittest
+
+import torch
+from ignite.engine import Engine
+
+from custom.handlers import AtomicCheckpointSaver, GlobalRNGState, ResumeCheckpointLoader
+
+
+class TestCheckpointHandlers(unittest.TestCase):
+    def test_latest_saved_atomically_and_resumed(self):
+        with tempfile.TemporaryDirectory() as d:
+            net = torch.nn.Linear(2, 2)
+            engine = Engine(lambda e, b: None)
+            AtomicCheckpointSaver(save_dir=d, save_dict={"net": net, "trainer": engine, "rng": GlobalRNGState()},
+                                  save_interval=1, n_saved=1, interval_filename="latest.pt").attach(engine)
+            engine.run([0, 1], max_epochs=3)
+            self.assertEqual(sorted(os.listdir(d)), ["latest.pt"])  # replaced in place, no temp file left
+            ckpt = torch.load(os.path.join(d, "latest.pt"), weights_only=True)
+            self.assertEqual(ckpt["trainer"]["iteration"], 6)
+
+            net2 = torch.nn.Linear(2, 2)
+            engine2 = Engine(lambda e, b: None)
+            ResumeCheckpointLoader(os.path.join(d, "latest.pt"), {"net": net2, "trainer": engine2}).attach(engine2)
+            engine2.run([0, 1], max_epochs=4)
+            self.assertEqual(engine2.state.iteration, 8)
+            torch.testing.assert_close(net2.weight, net.weight)
+
+    def test_missing_checkpoint_starts_fresh(self):
+        engine = Engine(lambda e, b: None)
+        ResumeCheckpointLoader("/nonexistent/latest.pt", {"trainer": engine}).attach(engine)
+        engine.run([0], max_epochs=1)
+        self.assertEqual(engine.state.iteration, 1)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,37 @@
+"""Data for TAT: modality settings, data lists, DICOM/NIfTI reading, 3D -> 2D slicing, task-uniform sampling.
+
+See :mod:`custom.data.datalist` for the data set layout and the ``python -m custom.data.datalist`` command,
+:mod:`custom.data.demo_data` for the built-in demo data set (``python -m custom.data.demo_data``) and
+:mod:`custom.transforms` for the recommended transform chain.
+"""
+
+from __future__ import annotations
+
+from custom.data.datalist import PATH_KEYS, SPLITS, build_datalist, load_datalist, validate_datalist, write_json_atomic
+from custom.data.readers import DicomReader, ModalityFromMetad, is_dicom, load_image, suv_factor
+from custom.data.sampler import TaskUniformBatchSampler, task_labels
+from custom.data.settings import MODALITIES, get_modality_setting, load_modality_settings, validate_modality_settings
+from custom.data.slicing import SelectSliced, expand_slices, num_slices
+
+__all__ = [
+    "MODALITIES",
+    "SPLITS",
+    "load_modality_settings",
+    "validate_modality_settings",
+    "get_modality_setting",
+    "PATH_KEYS",
+    "build_datalist",
+    "load_datalist",
+    "validate_datalist",
+    "write_json_atomic",
+    "DicomReader",
+    "ModalityFromMetad",
+    "is_dicom",
+    "load_image",
+    "suv_factor",
+    "TaskUniformBatchSampler",
+    "task_labels",
+    "SelectSliced",
+    "expand_slices",
+    "num_slices",
+]

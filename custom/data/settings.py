@@ -1,0 +1,118 @@
+"""Per-modality intensity settings, read from ``bundle/configs/modality/*.json``.
+
+Each json file describes one modality (one restoration task)::
+
+    {"modality": "CT", "task": "low_dose_ct", "units": "HU",
+     "clip_range": [-1024.0, 3072.0], "eval_window": [-160.0, 240.0]}
+
+``clip_range`` is the normalisation range (clip, then map linearly to [0, 1]); ``eval_window`` is the
+published evaluation window in physical units (TAT, MICCAI 2025). No range is hard-coded in Python: the
+transforms take the dict returned by :func:`load_modality_settings` as an argument.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["MODALITIES", "load_modality_settings", "validate_modality_settings", "get_modality_setting"]
+
+MODALITIES = ("CT", "PET", "MRI")
+_REQUIRED = ("modality", "task", "units", "clip_range", "eval_window")
+
+
+def _check_range(value: Any, name: str, where: str) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{where}: '{name}' must be a [low, high] pair, got {value!r}.")
+    low, high = float(value[0]), float(value[1])
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        raise ValueError(f"{where}: '{name}' must be finite with low < high, got {value!r}.")
+    return low, high
+
+
+def validate_modality_settings(setting: Mapping[str, Any], where: str = "modality settings") -> dict[str, Any]:
+    """Check one modality's settings and return a normalised copy.
+
+    Args:
+        setting: dict with keys ``modality``, ``task``, ``units``, ``clip_range``, ``eval_window``.
+        where: name used in error messages (usually the json file path).
+
+    Returns:
+        a new dict whose ranges are tuples of floats and whose modality is upper case.
+
+    Raises:
+        ValueError: a key is missing, the modality is unknown or a range is not a finite increasing pair.
+    """
+    missing = [k for k in _REQUIRED if k not in setting]
+    if missing:
+        raise ValueError(f"{where}: missing keys {missing}.")
+    out = dict(setting)
+    out["modality"] = str(setting["modality"]).upper()
+    if out["modality"] not in MODALITIES:
+        raise ValueError(f"{where}: unknown modality {setting['modality']!r}, expected one of {MODALITIES}.")
+    out["clip_range"] = _check_range(setting["clip_range"], "clip_range", where)
+    out["eval_window"] = _check_range(setting["eval_window"], "eval_window", where)
+    return out
+
+
+def load_modality_settings(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Read every ``*.json`` modality file of a directory.
+
+    Args:
+        directory: folder holding one json file per modality (``bundle/configs/modality``).
+
+    Returns:
+        dict modality name (``"CT"``, ``"PET"``, ``"MRI"``) -> validated settings dict.
+
+    Raises:
+        ValueError: the folder has no json file, a file is unreadable or invalid, or two files
+            describe the same modality.
+    """
+    files = sorted(glob.glob(os.path.join(os.fspath(directory), "*.json")))
+    if not files:
+        raise ValueError(f"{directory}: no modality json file found.")
+    settings: dict[str, dict[str, Any]] = {}
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: unreadable modality settings ({e}).") from e
+        setting = validate_modality_settings(raw, where=path)
+        if setting["modality"] in settings:
+            raise ValueError(f"{path}: modality {setting['modality']} is described twice.")
+        setting["file"] = path
+        settings[setting["modality"]] = setting
+    return settings
+
+
+def get_modality_setting(settings: Mapping[str, Mapping[str, Any]], modality: Any, where: str = "") -> Mapping[str, Any]:
+    """Look a modality up in a settings dict, case-insensitively.
+
+    Args:
+        settings: output of :func:`load_modality_settings` (or the same structure written in a config).
+        modality: modality name; a one-element sequence (as produced by batch collation) is accepted.
+        where: file name or item description used in the error message.
+
+    Returns:
+        the settings of that modality.
+
+    Raises:
+        ValueError: the modality is not in ``settings``.
+    """
+    if isinstance(modality, (list, tuple)) and len(modality) == 1:
+        modality = modality[0]
+    name = str(modality).upper()
+    if name == "MR":  # DICOM spelling
+        name = "MRI"
+    if name == "PT":
+        name = "PET"
+    for key, value in settings.items():
+        if key.upper() == name:
+            return value
+    prefix = f"{where}: " if where else ""
+    raise ValueError(f"{prefix}unknown modality {modality!r}, expected one of {sorted(settings)}.")

@@ -1,0 +1,61 @@
+"""Transforms for TAT: per-modality intensity mapping, paired crops, degradation simulators.
+
+Recommended chains (keys: ``image`` = degraded input, ``label`` = clean target, ``modality`` in CT/PET/MRI;
+``settings = custom.data.load_modality_settings("bundle/configs/modality")``)::
+
+    # training (datalist items expanded to slices with custom.data.expand_slices for 3D volumes)
+    LoadImaged(keys=["image", "label"], reader=None)       # NIfTI; DICOM: reader=custom.data.DicomReader
+    EnsureChannelFirstd(keys=["image", "label"], channel_dim="no_channel")
+    custom.data.ModalityFromMetad(keys=["label"])          # only if the data list has no "modality"
+    custom.data.SelectSliced(keys=["image", "label"])      # 3D -> 2D axial slice at item["slice_index"]
+    ModalityNormalized(keys=["image", "label"], settings=settings)   # clip + map to [0, 1]
+    # ---- everything above is deterministic: cache it (PersistentDataset / CacheDataset) ----
+    PairedRandCropd(keys=["image", "label"], roi_size=128)  # same window in both
+    # optional (not in the published recipe): RandFlipd / RandRotate90d with keys=["image", "label"]
+    #   (MONAI dict transforms draw once per call, so both keys get the same flip/rotation)
+    EnsureTyped(keys=["image", "label"])
+    # batches: DataLoader(ds, batch_sampler=custom.data.TaskUniformBatchSampler(items, samples_per_task=4))
+
+    # validation / test: the same chain without the crop (whole slices, batch size 1)
+
+    # clean-only data: simulate the degraded input after slicing, before normalisation (physical units):
+    #   SimulateLowDoseCTd(clean_key="label", output_key="image", i0=...)      CT
+    #   SimulateLowCountPETd(clean_key="label", output_key="image", dose_fraction=1/12)   PET
+    #   KSpaceTruncated(clean_key="label", output_key="image", factor=4)      MRI (BicubicDegraded alternative)
+    # (use one chain per modality, or the prebuilt pairs of python -m custom.data.demo_data)
+
+    # inference / metrics: network output in [0, 1]
+    ModalityDenormalized(keys=["pred", "label"], settings=settings)  # back to HU / SUV / scanner units
+    ModalityEvalWindowd(keys=["pred", "label"], settings=settings)   # published evaluation window
+"""
+
+from __future__ import annotations
+
+from custom.transforms.ct_low_dose import SimulateLowDoseCTd, simulate_low_dose_ct
+from custom.transforms.intensity import ModalityDenormalized, ModalityEvalWindowd, ModalityNormalized
+from custom.transforms.mri_resolution import (
+    BicubicDegraded,
+    KSpaceTruncated,
+    bicubic_degrade,
+    kspace_center_mask,
+    kspace_truncate,
+)
+from custom.transforms.paired_crop import PairedRandCropd
+from custom.transforms.pet_low_count import SimulateLowCountPETd, mlem_reconstruct, simulate_low_count_pet
+
+__all__ = [
+    "ModalityNormalized",
+    "ModalityDenormalized",
+    "ModalityEvalWindowd",
+    "PairedRandCropd",
+    "SimulateLowDoseCTd",
+    "simulate_low_dose_ct",
+    "SimulateLowCountPETd",
+    "simulate_low_count_pet",
+    "mlem_reconstruct",
+    "KSpaceTruncated",
+    "BicubicDegraded",
+    "kspace_truncate",
+    "kspace_center_mask",
+    "bicubic_degrade",
+]

@@ -1,0 +1,142 @@
+"""Per-modality intensity mapping: physical units <-> network range [0, 1], and evaluation windows.
+
+The ranges are never written here: they come from the modality settings (``bundle/configs/modality/*.json``
+read by :func:`custom.data.load_modality_settings`), passed as the ``settings`` argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, ScaleIntensityRange
+from monai.utils.type_conversion import convert_to_tensor
+
+from custom.data.settings import get_modality_setting
+
+__all__ = ["ModalityNormalized", "ModalityDenormalized", "ModalityEvalWindowd", "item_name"]
+
+
+def item_name(data: Mapping[Hashable, Any], key: Hashable) -> str:
+    """Best description of where ``data[key]`` came from, for error messages (file name or key)."""
+    value = data.get(key)
+    meta = getattr(value, "meta", None)
+    if isinstance(meta, Mapping) and meta.get("filename_or_obj"):
+        return str(meta["filename_or_obj"])
+    if isinstance(value, str):
+        return value
+    return f"item key '{key}'"
+
+
+class _ModalityTransform(MapTransform):
+    """Shared plumbing: find the item's modality settings and build a MONAI intensity transform per key."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        settings: Mapping[str, Mapping[str, Any]],
+        modality_key: str = "modality",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not settings:
+            raise ValueError("modality settings are empty: load them with custom.data.load_modality_settings.")
+        self.settings = settings
+        self.modality_key = modality_key
+
+    def _setting(self, d: Mapping[Hashable, Any]) -> Mapping[str, Any]:
+        first = next(iter(self.key_iterator(dict(d))), None)
+        where = item_name(d, first) if first is not None else "item"
+        if self.modality_key not in d:
+            raise ValueError(f"{where}: no '{self.modality_key}' entry in the item, cannot pick an intensity range.")
+        return get_modality_setting(self.settings, d[self.modality_key], where=where)
+
+    def _transform(self, d: Mapping[Hashable, Any]) -> tuple[float, float, float, float]:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        a_min, a_max, b_min, b_max = self._transform(d)
+        clip = self._clip()
+        scaler = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=clip, dtype=torch.float32)
+        for key in self.key_iterator(d):
+            img = convert_to_tensor(d[key], track_meta=True)
+            if not bool(torch.isfinite(img).all()):
+                raise ValueError(f"{item_name(d, key)}: non-finite values (NaN or inf) in '{key}'.")
+            d[key] = scaler(img)  # returns a new tensor: the caller's array is not modified
+        return d
+
+    def _clip(self) -> bool:
+        return True
+
+
+class ModalityNormalized(_ModalityTransform):
+    """Clip each key to its modality's ``clip_range`` and map it linearly to [0, 1].
+
+    Published TAT normalisation (MICCAI 2025): CT [-1024, 3072] HU, PET [0, 20] SUV, MRI [0, 4095],
+    read from the ``settings`` dict (see ``bundle/configs/modality``).
+
+    Args:
+        keys: keys of the images to normalise (e.g. ``["image", "label"]``); arrays of any shape (C, H, W[, D]).
+        settings: modality name -> dict with ``clip_range`` [low, high] in physical units
+            (output of :func:`custom.data.load_modality_settings`).
+        modality_key: key of the item's modality name (``"CT"``, ``"PET"``, ``"MRI"``; DICOM ``MR``/``PT`` accepted).
+        allow_missing_keys: don't raise if a key is absent.
+
+    Returns:
+        (from ``__call__``) a new dict whose images are float32 tensors in [0, 1], same shape.
+
+    Raises:
+        ValueError: unknown or missing modality, or non-finite values (the message names the file).
+    """
+
+    def _transform(self, d: Mapping[Hashable, Any]) -> tuple[float, float, float, float]:
+        low, high = self._setting(d)["clip_range"]
+        return float(low), float(high), 0.0, 1.0
+
+
+class ModalityDenormalized(_ModalityTransform):
+    """Inverse of :class:`ModalityNormalized`: map [0, 1] back to physical units (HU, SUV, scanner units).
+
+    Values are not clipped (a prediction slightly outside [0, 1] maps slightly outside ``clip_range``);
+    apply :class:`ModalityEvalWindowd` afterwards for the published evaluation window.
+
+    Args:
+        keys: keys of the images to map back; shape (C, H, W[, D]) or (B, C, H, W) with one modality.
+        settings: modality name -> dict with ``clip_range``.
+        modality_key: key of the item's modality name.
+        allow_missing_keys: don't raise if a key is absent.
+
+    Raises:
+        ValueError: unknown or missing modality, or non-finite values.
+    """
+
+    def _transform(self, d: Mapping[Hashable, Any]) -> tuple[float, float, float, float]:
+        low, high = self._setting(d)["clip_range"]
+        return 0.0, 1.0, float(low), float(high)
+
+    def _clip(self) -> bool:
+        return False
+
+
+class ModalityEvalWindowd(_ModalityTransform):
+    """Clip images in physical units to the modality's published evaluation window (``eval_window``).
+
+    E.g. CT [-160, 240] HU (abdomen window), PET [0, 20] SUV, MRI [0, 4095]. Metrics are then computed with
+    ``data_range = max - min`` of the clipped target (see ``tat-reference.md``).
+
+    Args:
+        keys: keys of the images (physical units) to clip.
+        settings: modality name -> dict with ``eval_window``.
+        modality_key: key of the item's modality name.
+        allow_missing_keys: don't raise if a key is absent.
+
+    Raises:
+        ValueError: unknown or missing modality, or non-finite values.
+    """
+
+    def _transform(self, d: Mapping[Hashable, Any]) -> tuple[float, float, float, float]:
+        low, high = self._setting(d)["eval_window"]
+        return float(low), float(high), float(low), float(high)

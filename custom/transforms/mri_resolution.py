@@ -40,7 +40,10 @@ def kspace_center_mask(shape: Sequence[int], factor: float) -> np.ndarray:
         ax = np.zeros(n, dtype=bool)
         ax[start : start + keep] = True
         axes.append(ax)
-    return np.logical_and.reduce(np.ix_(*axes)) if len(axes) > 1 else axes[0]
+    mask = axes[0]
+    for ax in axes[1:]:
+        mask = mask[..., None] & ax  # outer AND, one axis at a time
+    return mask
 
 
 def kspace_truncate(img: np.ndarray | torch.Tensor, factor: float = 4.0, spatial_dims: int = 2) -> torch.Tensor:

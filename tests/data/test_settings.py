@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import unittest
+
+from custom.data import get_modality_setting, load_modality_settings
+from tests.data.helpers import SETTINGS_DIR
+
+
+class TestModalitySettings(unittest.TestCase):
+    def test_bundle_files_hold_published_ranges(self):
+        s = load_modality_settings(SETTINGS_DIR)
+        self.assertEqual(set(s), {"CT", "PET", "MRI"})
+        self.assertEqual(s["CT"]["clip_range"], (-1024.0, 3072.0))
+        self.assertEqual(s["CT"]["eval_window"], (-160.0, 240.0))
+        self.assertEqual(s["PET"]["clip_range"], (0.0, 20.0))
+        self.assertEqual(s["MRI"]["clip_range"], (0.0, 4095.0))
+        self.assertEqual(len({v["task"] for v in s.values()}), 3)
+
+    def test_lookup_accepts_dicom_spelling(self):
+        s = load_modality_settings(SETTINGS_DIR)
+        self.assertIs(get_modality_setting(s, "MR"), s["MRI"])
+        self.assertIs(get_modality_setting(s, ["pt"]), s["PET"])
+        with self.assertRaisesRegex(ValueError, "x.nii: unknown modality"):
+            get_modality_setting(s, "US", where="x.nii")
+
+    def test_bad_files_name_the_file(self):
+        with tempfile.TemporaryDirectory() as d:
+            with self.assertRaisesRegex(ValueError, "no modality json"):
+                load_modality_settings(d)
+            path = os.path.join(d, "ct.json")
+            with open(path, "w") as f:
+                json.dump({"modality": "CT", "task": "t", "units": "HU", "clip_range": [5, 1], "eval_window": [0, 1]}, f)
+            with self.assertRaisesRegex(ValueError, "ct.json: 'clip_range'"):
+                load_modality_settings(d)
+            with open(path, "w") as f:
+                f.write("{not json")
+            with self.assertRaisesRegex(ValueError, "ct.json: unreadable"):
+                load_modality_settings(d)
+
+
+if __name__ == "__main__":
+    unittest.main()

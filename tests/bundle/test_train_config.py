@@ -17,7 +17,7 @@ import unittest
 import pytest
 import torch
 
-from .synthetic import make_dataset
+from tests.bundle.synthetic import make_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "bundle", "configs")
@@ -110,6 +110,7 @@ def _assert_state_equal(case: unittest.TestCase, a, b, where: str = "") -> None:
         case.assertEqual(a, b, where)
 
 
+@pytest.mark.slow
 class TestTrainCLI:
     def test_outputs_exist_and_are_finite(self, full_run):
         out, proc = full_run
@@ -153,6 +154,7 @@ class TestTrainCLI:
             _assert_state_equal(case, resumed[key], full[key], key)
 
 
+@pytest.mark.slow
 def test_multi_gpu_config_gloo(data, tmp_path):
     out = str(tmp_path)
     launcher = (os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node=2", "-m")
@@ -166,6 +168,7 @@ def test_multi_gpu_config_gloo(data, tmp_path):
     assert math.isfinite(float(rows["val_mean_psnr"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, check",
     [

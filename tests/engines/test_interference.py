@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+
+from custom.engines.interference import group_name, main, pairwise_cosine, task_gradients
+from tests.bundle.synthetic import make_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = {
+    "network_def#dim": 8, "network_def#num_blocks": [1, 1, 1, 1], "network_def#num_refinement_blocks": 1,
+    "network_def#tren_hidden_channels": 8, "network_def#tren_embed_dim": 16, "patch_size": 32,
+}
+
+
+class TestInterference(unittest.TestCase):
+    def test_group_name(self):
+        self.assertEqual(group_name("encoder_level1.0.attn.qkv.weight"), "encoder_level1.0")
+        self.assertEqual(group_name("output.weight"), "output")
+        self.assertEqual(group_name("encoder_level1.0.attn.qkv.weight", depth=1), "encoder_level1")
+
+    def test_pairwise_cosine_by_hand(self):
+        grads = {
+            "A": {"l1": torch.tensor([1.0, 0.0]), "l2": torch.tensor([1.0, 1.0])},
+            "B": {"l1": torch.tensor([0.0, 1.0]), "l2": torch.tensor([-1.0, -1.0])},
+            "C": {"l1": torch.tensor([1.0, 1.0]), "l2": torch.tensor([0.0, 0.0])},
+        }
+        layers, pairs, m = pairwise_cosine(grads)
+        self.assertEqual(pairs, ["A-B", "A-C", "B-C"])
+        np.testing.assert_allclose(m[0], [0.0, 1 / math.sqrt(2), 1 / math.sqrt(2)])
+        self.assertAlmostEqual(m[1, 0], -1.0, places=6)
+        self.assertTrue(np.isnan(m[1, 1]))
+
+    def test_identical_tasks_are_aligned(self):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Conv2d(2, 1, 1))
+        batch = [(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8))]
+        _, _, m = pairwise_cosine(task_gradients(net, {"X": batch, "Y": batch}, depth=1))
+        np.testing.assert_allclose(m, 1.0, rtol=1e-9)
+
+    def test_cli(self):
+        from custom.networks import TAT
+
+        with tempfile.TemporaryDirectory() as d:
+            datalist = make_dataset(os.path.join(d, "data"), n_train=1, n_val=0)
+            net = TAT(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, train_patch_size=32,
+                      tren_hidden_channels=8, tren_embed_dim=16)
+            torch.save(net.state_dict(), os.path.join(d, "model.pt"))
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                main(["--checkpoint", os.path.join(d, "model.pt"), "--datalist", datalist, "--output_dir",
+                      os.path.join(d, "out"), "--config_file", os.path.join(REPO, "bundle", "configs", "train.json"),
+                      "--override", json.dumps(TINY), "--batches", "1", "--samples_per_task", "2"])
+            finally:
+                torch.set_num_threads(threads)
+            with open(os.path.join(d, "out", "task_interference.csv")) as f:
+                rows = list(csv.reader(f))
+            self.assertEqual(rows[0], ["layer", "num_params", "CT-MRI", "CT-PET", "MRI-PET"])
+            self.assertEqual(rows[-1][0], "mean")
+            self.assertTrue(all(math.isfinite(float(v)) for v in rows[-1][2:]))
+            self.assertGreater(os.path.getsize(os.path.join(d, "out", "task_interference.png")), 1000)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -7,11 +7,25 @@ See :mod:`custom.data.datalist` for the data set layout and the ``python -m cust
 
 from __future__ import annotations
 
-from custom.data.datalist import PATH_KEYS, SPLITS, build_datalist, load_datalist, validate_datalist, write_json_atomic
+import importlib
+from typing import Any
+
 from custom.data.readers import DicomReader, ModalityFromMetad, is_dicom, load_image, suv_factor
 from custom.data.sampler import TaskUniformBatchSampler, task_labels
 from custom.data.settings import MODALITIES, get_modality_setting, load_modality_settings, validate_modality_settings
 from custom.data.slicing import SelectSliced, expand_slices, num_slices
+
+# the data-list names are imported lazily (PEP 562) so that ``python -m custom.data.datalist`` does not
+# import its own module twice (runpy's "found in sys.modules" warning)
+_LAZY = {name: "custom.data.datalist" for name in
+         ("PATH_KEYS", "SPLITS", "build_datalist", "load_datalist", "validate_datalist", "write_json_atomic")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'custom.data' has no attribute {name!r}")
+
 
 __all__ = [
     "MODALITIES",

@@ -22,6 +22,8 @@ Recommended chains (keys: ``image`` = degraded input, ``label`` = clean target, 
     #   SimulateLowDoseCTd(clean_key="label", output_key="image", i0=...)      CT
     #   SimulateLowCountPETd(clean_key="label", output_key="image", dose_fraction=1/12)   PET
     #   KSpaceTruncated(clean_key="label", output_key="image", factor=4)      MRI (BicubicDegraded alternative)
+    # the simulators draw their noise from a per-item seed (seed, file name, slice index): they are
+    # deterministic, so CacheDataset/PersistentDataset store the simulated pairs and no epoch re-simulates.
     # (use one chain per modality, or the prebuilt pairs of python -m custom.data.demo_data)
 
     # inference / metrics: network output in [0, 1]
@@ -42,6 +44,7 @@ from custom.transforms.mri_resolution import (
 )
 from custom.transforms.paired_crop import PairedRandCropd
 from custom.transforms.pet_low_count import SimulateLowCountPETd, mlem_reconstruct, simulate_low_count_pet
+from custom.transforms.seeding import item_random_state
 
 __all__ = [
     "ModalityNormalized",
@@ -58,4 +61,5 @@ __all__ = [
     "kspace_truncate",
     "kspace_center_mask",
     "bicubic_degrade",
+    "item_random_state",
 ]

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import MapTransform
 from monai.utils.type_conversion import convert_to_dst_type
 from skimage.transform import iradon, radon
+
+from custom.transforms.seeding import item_random_state
 
 __all__ = ["simulate_low_dose_ct", "SimulateLowDoseCTd"]
 
@@ -76,12 +78,13 @@ def simulate_low_dose_ct(
     return fbp(noisy_sino), fbp(sino)
 
 
-class SimulateLowDoseCTd(Randomizable, MapTransform):
+class SimulateLowDoseCTd(MapTransform):
     """Make a (low-dose, full-dose) CT pair from a clean slice in HU.
 
     Reads ``data[clean_key]`` (shape (C, H, W), HU), writes the low-dose FBP to ``data[output_key]`` and,
     when ``replace_clean`` is True, the noise-free FBP back to ``data[clean_key]`` (new arrays; the input
-    is not modified). Apply before intensity normalisation, on 2D slices.
+    is not modified). Apply before intensity normalisation, on 2D slices. The noise draw is fixed per item
+    (``seed``, file name, slice index), so the transform is deterministic and MONAI caches its output.
 
     Args:
         clean_key: key of the clean slice in HU (usually ``"label"``).
@@ -93,6 +96,7 @@ class SimulateLowDoseCTd(Randomizable, MapTransform):
         pixel_spacing_mm: pixel size in mm; None reads ``pixdim``/``spacing`` from the image meta data (1.0 if absent).
         num_angles: projection angles (default: one per image row).
         replace_clean: replace the clean slice by the noise-free reconstruction (recommended).
+        seed: base seed of the per-item noise draw; None draws new noise at every call.
 
     Raises:
         ValueError: the slice is not (C, H, W) or has non-finite values.
@@ -108,8 +112,9 @@ class SimulateLowDoseCTd(Randomizable, MapTransform):
         pixel_spacing_mm: float | None = None,
         num_angles: int | None = None,
         replace_clean: bool = True,
+        seed: int | None = 0,
     ) -> None:
-        MapTransform.__init__(self, clean_key)
+        super().__init__(clean_key)
         self.clean_key = clean_key
         self.output_key = output_key
         self.i0 = float(i0)
@@ -118,25 +123,21 @@ class SimulateLowDoseCTd(Randomizable, MapTransform):
         self.pixel_spacing_mm = pixel_spacing_mm
         self.num_angles = num_angles
         self.replace_clean = replace_clean
-        self._i0 = self.i0
-
-    def randomize(self, data: Any = None) -> None:
-        if self.i0_range is not None:
-            low, high = np.log(self.i0_range[0]), np.log(self.i0_range[1])
-            self._i0 = float(np.exp(self.R.uniform(low, high)))
-        else:
-            self._i0 = self.i0
+        self.seed = seed
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        self.randomize()
+        rng = item_random_state(d, self.clean_key, self.seed)
+        i0 = self.i0
+        if self.i0_range is not None:
+            i0 = float(np.exp(rng.uniform(np.log(self.i0_range[0]), np.log(self.i0_range[1]))))
         clean = d[self.clean_key]
         arr = clean.detach().cpu().numpy() if isinstance(clean, torch.Tensor) else np.asarray(clean)
         if arr.ndim != 3:
             raise ValueError(f"SimulateLowDoseCTd: '{self.clean_key}' must be (C, H, W), got shape {arr.shape}.")
         spacing = self.pixel_spacing_mm or _spacing_from_meta(clean)
         pairs = [
-            simulate_low_dose_ct(c, self._i0, self.R, self.mu_water, spacing, self.num_angles) for c in arr
+            simulate_low_dose_ct(c, i0, rng, self.mu_water, spacing, self.num_angles) for c in arr
         ]
         noisy = np.stack([p[0] for p in pairs])
         d[self.output_key] = convert_to_dst_type(noisy, clean, dtype=torch.float32 if isinstance(clean, torch.Tensor) else np.float32)[0]

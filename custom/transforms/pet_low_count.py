@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import MapTransform
 from monai.utils.type_conversion import convert_to_dst_type
 from skimage.transform import iradon, radon
+
+from custom.transforms.seeding import item_random_state
 
 __all__ = ["mlem_reconstruct", "simulate_low_count_pet", "SimulateLowCountPETd"]
 
@@ -102,11 +104,12 @@ def simulate_low_count_pet(
     return low[crop].astype(np.float32), ref[crop].astype(np.float32)
 
 
-class SimulateLowCountPETd(Randomizable, MapTransform):
+class SimulateLowCountPETd(MapTransform):
     """Make a (low-count, full-count) PET pair from a clean activity slice (e.g. SUV).
 
     Reads ``data[clean_key]`` (C, H, W), writes the low-count MLEM reconstruction to ``data[output_key]``
     and, when ``replace_clean``, the noise-free MLEM reconstruction to ``data[clean_key]`` (new arrays).
+    The noise draw is fixed per item (``seed``, file name, slice index): deterministic, so MONAI caches it.
 
     Args:
         clean_key: key of the clean activity slice (usually ``"label"``).
@@ -116,6 +119,7 @@ class SimulateLowCountPETd(Randomizable, MapTransform):
         iterations: MLEM iterations.
         num_angles: projection angles (default: one per image row).
         replace_clean: replace the clean slice by the noise-free reconstruction (recommended).
+        seed: base seed of the per-item noise draw; None draws new noise at every call.
 
     Raises:
         ValueError: the slice is not (C, H, W), or has negative/non-finite values.
@@ -130,8 +134,9 @@ class SimulateLowCountPETd(Randomizable, MapTransform):
         iterations: int = 10,
         num_angles: int | None = None,
         replace_clean: bool = True,
+        seed: int | None = 0,
     ) -> None:
-        MapTransform.__init__(self, clean_key)
+        super().__init__(clean_key)
         self.clean_key = clean_key
         self.output_key = output_key
         self.dose_fraction = float(dose_fraction)
@@ -139,9 +144,7 @@ class SimulateLowCountPETd(Randomizable, MapTransform):
         self.iterations = int(iterations)
         self.num_angles = num_angles
         self.replace_clean = replace_clean
-
-    def randomize(self, data: Any = None) -> None:
-        pass
+        self.seed = seed
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -149,8 +152,9 @@ class SimulateLowCountPETd(Randomizable, MapTransform):
         arr = clean.detach().cpu().numpy() if isinstance(clean, torch.Tensor) else np.asarray(clean)
         if arr.ndim != 3:
             raise ValueError(f"SimulateLowCountPETd: '{self.clean_key}' must be (C, H, W), got shape {arr.shape}.")
+        rng = item_random_state(d, self.clean_key, self.seed)
         pairs = [
-            simulate_low_count_pet(c, self.dose_fraction, self.R, self.total_counts, self.iterations, self.num_angles)
+            simulate_low_count_pet(c, self.dose_fraction, rng, self.total_counts, self.iterations, self.num_angles)
             for c in arr
         ]
         dtype = torch.float32 if isinstance(clean, torch.Tensor) else np.float32

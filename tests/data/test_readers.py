@@ -94,6 +94,9 @@ class TestReaders(unittest.TestCase):
 
         out = LoadImaged("image", reader=DicomReader)({"image": CT_FILE})
         self.assertEqual(out["image"].meta["modality"], "CT")
+        with tempfile.TemporaryDirectory() as d:  # NIfTI items in the same list fall back to MONAI's readers
+            nii = save_nifti(os.path.join(d, "a.nii.gz"), np.ones((5, 6, 2)))
+            self.assertEqual(tuple(LoadImaged("image", reader=DicomReader)({"image": nii})["image"].shape), (5, 6, 2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import unittest
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from parameterized import parameterized
+
+from custom.data import load_modality_settings
+from custom.transforms import ModalityDenormalized, ModalityEvalWindowd, ModalityNormalized
+from tests.data.helpers import SETTINGS_DIR
+
+SETTINGS = load_modality_settings(SETTINGS_DIR)
+
+
+class TestModalityIntensity(unittest.TestCase):
+    @parameterized.expand([("CT", -2000.0, -1024.0, 3072.0, 5000.0), ("PET", -1.0, 0.0, 20.0, 30.0),
+                           ("MRI", -5.0, 0.0, 4095.0, 9000.0), ("MR", -5.0, 0.0, 4095.0, 9000.0)])
+    def test_clip_and_map_to_unit_range(self, modality, below, low, high, above):
+        img = np.array([[[below, low, (low + high) / 2, high, above]]], dtype=np.float32)
+        original = img.copy()
+        out = ModalityNormalized(["image"], SETTINGS)({"image": img, "modality": modality})
+        np.testing.assert_allclose(out["image"].numpy().ravel(), [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)
+        np.testing.assert_array_equal(img, original)  # the caller's array is untouched
+
+    @parameterized.expand([("CT",), ("PET",), ("MRI",)])
+    def test_denormalize_inverts(self, modality):
+        low, high = SETTINGS["CT" if modality == "CT" else modality]["clip_range"]
+        phys = torch.linspace(low, high, 11).reshape(1, 1, 11)
+        d = ModalityNormalized(["image", "label"], SETTINGS)({"image": phys, "label": phys.clone(), "modality": modality})
+        back = ModalityDenormalized(["image"], SETTINGS)(d)
+        torch.testing.assert_close(back["image"], phys, atol=1e-3 * (high - low), rtol=0)
+        self.assertEqual(back["image"].dtype, torch.float32)
+
+    def test_eval_window(self):
+        hu = torch.tensor([[[-1000.0, 0.0, 1000.0]]])
+        out = ModalityEvalWindowd(["pred"], SETTINGS)({"pred": hu, "modality": "CT"})
+        self.assertEqual(out["pred"].flatten().tolist(), [-160.0, 0.0, 240.0])
+
+    def test_errors_name_the_file(self):
+        img = MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": "/data/a.nii.gz"})
+        with self.assertRaisesRegex(ValueError, "a.nii.gz: unknown modality 'US'"):
+            ModalityNormalized(["image"], SETTINGS)({"image": img, "modality": "US"})
+        with self.assertRaisesRegex(ValueError, "a.nii.gz: no 'modality'"):
+            ModalityNormalized(["image"], SETTINGS)({"image": img})
+        bad = img.clone()
+        bad[0, 0, 0] = float("nan")
+        with self.assertRaisesRegex(ValueError, "a.nii.gz: non-finite"):
+            ModalityNormalized(["image"], SETTINGS)({"image": bad, "modality": "CT"})
+        with self.assertRaises(ValueError):
+            ModalityNormalized(["image"], {})
+
+
+if __name__ == "__main__":
+    unittest.main()

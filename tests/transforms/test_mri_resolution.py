@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import unittest
+
+import numpy as np
+import torch
+from parameterized import parameterized
+
+from custom.transforms import BicubicDegraded, KSpaceTruncated, bicubic_degrade, kspace_center_mask, kspace_truncate
+
+
+def image(n=64):
+    yy, xx = np.mgrid[:n, :n] / n
+    return (1000 + 800 * np.cos(2 * np.pi * 2 * xx) + 500 * (np.abs(xx - 0.5) + np.abs(yy - 0.5) < 0.25)).astype(np.float32)
+
+
+class TestKSpace(unittest.TestCase):
+    @parameterized.expand([((64, 64), 4, 16), ((64, 64), 2, 32), ((60, 48), 4, None)])
+    def test_mask_keeps_exactly_the_central_fraction(self, shape, factor, side):
+        mask = kspace_center_mask(shape, factor)
+        rows, cols = np.nonzero(mask)
+        keep = [int(round(s / factor)) for s in shape]
+        self.assertEqual(int(mask.sum()), keep[0] * keep[1])
+        if side:
+            self.assertEqual(mask.mean(), 1 / factor**2)  # x4: 6.25 % of k-space
+        self.assertTrue(mask[shape[0] // 2, shape[1] // 2])  # DC after fftshift
+        self.assertEqual(rows.max() - rows.min() + 1, keep[0])
+
+    def test_truncation_removes_only_high_frequencies(self):
+        x = image()
+        low_only = (1000 + 800 * np.cos(2 * np.pi * 2 * np.mgrid[:64, :64][1] / 64)).astype(np.float32)
+        torch.testing.assert_close(kspace_truncate(low_only, 4), torch.as_tensor(low_only), atol=1e-2, rtol=1e-4)
+        out = kspace_truncate(x, 4).numpy()
+        spectrum = np.abs(np.fft.fftshift(np.fft.fft2(out)))
+        self.assertLess(spectrum[~kspace_center_mask(x.shape, 4)].max() / spectrum.max(), 0.05)
+        self.assertGreater(np.abs(out - x).mean(), 1.0)
+        np.testing.assert_array_equal(x, image())  # input untouched
+
+    def test_psnr_ordered_by_factor_and_transforms(self):
+        x = torch.as_tensor(image(64)[None])
+        err = [float(((kspace_truncate(x, f) - x) ** 2).mean()) for f in (2, 4)]
+        self.assertLess(err[0], err[1])
+        err_b = [float(((bicubic_degrade(x, f) - x) ** 2).mean()) for f in (2, 4)]
+        self.assertLess(err_b[0], err_b[1])
+        for t in (KSpaceTruncated(factor=4), BicubicDegraded(factor=4)):
+            out = t({"label": x})
+            self.assertEqual(out["image"].shape, x.shape)
+            self.assertIs(out["label"], x)
+        with self.assertRaises(ValueError):
+            KSpaceTruncated(factor=0.5)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -13,7 +13,7 @@ from typing import Any
 from custom.data.readers import DicomReader, ModalityFromMetad, is_dicom, load_image, suv_factor
 from custom.data.sampler import TaskUniformBatchSampler, task_labels
 from custom.data.settings import MODALITIES, get_modality_setting, load_modality_settings, validate_modality_settings
-from custom.data.slicing import SelectSliced, expand_slices, num_slices
+from custom.data.slicing import LoadSliced, SelectSliced, expand_slices, load_slice, num_slices
 
 # the data-list names are imported lazily (PEP 562) so that ``python -m custom.data.datalist`` does not
 # import its own module twice (runpy's "found in sys.modules" warning)
@@ -46,6 +46,8 @@ __all__ = [
     "TaskUniformBatchSampler",
     "task_labels",
     "SelectSliced",
+    "LoadSliced",
+    "load_slice",
     "expand_slices",
     "num_slices",
 ]

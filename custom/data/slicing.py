@@ -15,10 +15,16 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import nibabel as nib
+import numpy as np
+import pydicom
+import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["num_slices", "expand_slices", "SelectSliced"]
+from custom.data.readers import is_dicom, load_image
+
+__all__ = ["num_slices", "expand_slices", "SelectSliced", "LoadSliced", "load_slice"]
 
 
 def num_slices(path: str | os.PathLike, axis: int = 2) -> int:
@@ -113,4 +119,112 @@ class SelectSliced(MapTransform):
             sl = [slice(None)] * img.ndim
             sl[1 + self.axis] = index
             d[key] = img[tuple(sl)]  # MetaTensor keeps its meta data; a view, the volume itself is not modified
+        return d
+
+
+def _dicom_series_files(folder: str) -> list[str]:
+    """Files of a DICOM series folder ordered by InstanceNumber (headers only)."""
+    files = []
+    for f in sorted(glob.glob(os.path.join(folder, "*"))):
+        if not os.path.isfile(f):
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception:  # not a DICOM file: skipped, as MONAI's PydicomReader does
+            continue
+        files.append((int(getattr(ds, "InstanceNumber", 0) or 0), f))
+    if not files:
+        raise ValueError(f"{folder}: no DICOM file in the series folder.")
+    return [f for _, f in sorted(files)]
+
+
+def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor:
+    """Read one 2D slice of an image file without reading the rest of the volume.
+
+    Args:
+        path: NIfTI file (sliced through nibabel's array proxy), DICOM series folder (only file number
+            ``index`` by InstanceNumber is decoded, rescaled and SUV-converted by :class:`DicomReader`),
+            or a 2D image (``index`` must be 0).
+        index: slice index along ``axis``.
+        axis: spatial axis (DICOM series: only 2).
+
+    Returns:
+        (H, W) float32 ``MetaTensor`` with ``filename_or_obj``, ``slice_index`` and, for NIfTI, the slice's
+        affine in its meta data; equal to ``LoadImage`` + :class:`SelectSliced`.
+
+    Raises:
+        ValueError: missing or unreadable file, or index out of range (the message names the file).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if axis != 2:
+            raise ValueError(f"{path}: a DICOM series can only be sliced along axis 2.")
+        files = _dicom_series_files(path)
+        if not 0 <= index < len(files):
+            raise ValueError(f"{path}: slice index {index} out of range for {len(files)} slices.")
+        img = load_image(files[index])
+        img.meta["filename_or_obj"] = path
+    elif not is_dicom(path) and path.endswith((".nii", ".nii.gz")):
+        try:
+            nii = nib.load(path)
+        except Exception as e:  # nibabel raises several types
+            raise ValueError(f"{path}: unreadable image ({e}).") from e
+        shape = nii.shape
+        if len(shape) < 3 or shape[2:] == (1,) * (len(shape) - 2):
+            img = load_image(path)
+            if index != 0:
+                raise ValueError(f"{path}: slice index {index} out of range for 1 slice.")
+        else:
+            if not 0 <= index < shape[axis]:
+                raise ValueError(f"{path}: slice index {index} out of range for {shape[axis]} slices.")
+            sl = [slice(None)] * len(shape)
+            sl[axis] = index
+            try:
+                arr = np.asarray(nii.dataobj[tuple(sl)], dtype=np.float32)  # reads this slab only
+            except Exception as e:
+                raise ValueError(f"{path}: unreadable image ({e}).") from e
+            affine = nii.affine.copy()
+            affine[:3, 3] += affine[:3, axis] * index  # origin of the slice
+            img = MetaTensor(torch.as_tensor(arr), affine=torch.as_tensor(affine, dtype=torch.float64),
+                             meta={"filename_or_obj": path, "pixdim": np.asarray(nii.header["pixdim"]).copy()})
+    else:
+        img = load_image(path)
+        if img.ndim > 2:
+            sl = [slice(None)] * img.ndim
+            sl[axis] = index
+            img = img[tuple(sl)]
+        elif index != 0:
+            raise ValueError(f"{path}: slice index {index} out of range for 1 slice.")
+    img.meta["slice_index"] = int(index)
+    return img
+
+
+class LoadSliced(MapTransform):
+    """Load only the slice ``data[index_key]`` of each key's file (see :func:`load_slice`).
+
+    Use in place of ``LoadImaged`` + :class:`SelectSliced`; follow with
+    ``EnsureChannelFirstd(keys, channel_dim="no_channel")``.
+
+    Args:
+        keys: keys holding file paths (e.g. ``["image", "label"]``).
+        index_key: item key of the slice index (from :func:`expand_slices`; 0 when absent).
+        axis: spatial slicing axis.
+        allow_missing_keys: don't raise if a key is absent.
+
+    Raises:
+        ValueError: missing or unreadable file, or index out of range (the message names the file).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, index_key: str = "slice_index", axis: int = 2, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.index_key = index_key
+        self.axis = axis
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        index = int(d.get(self.index_key, 0))
+        for key in self.key_iterator(d):
+            d[key] = load_slice(d[key], index, self.axis)
         return d

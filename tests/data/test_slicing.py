@@ -51,3 +51,36 @@ class TestSlicing(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestLoadSliced(unittest.TestCase):
+    def test_equals_full_load_then_select(self):
+        import pydicom
+        from pydicom.data import get_testdata_file
+
+        from custom.data import LoadSliced, load_slice
+
+        with tempfile.TemporaryDirectory() as d:
+            vol = np.random.default_rng(0).normal(size=(9, 7, 4)).astype(np.float32)
+            path = save_nifti(os.path.join(d, "v.nii.gz"), vol, spacing=2.0)
+            chain = Compose([LoadImaged("label"), EnsureChannelFirstd("label", channel_dim="no_channel"),
+                             SelectSliced("label")])
+            for z in range(4):
+                full = chain({"label": path, "slice_index": z})["label"]
+                part = EnsureChannelFirstd("label", channel_dim="no_channel")(
+                    LoadSliced("label")({"label": path, "slice_index": z}))["label"]
+                torch_equal = np.array_equal(full.numpy(), part.numpy())
+                self.assertTrue(torch_equal)
+            self.assertEqual(float(load_slice(path, 2).affine[2, 3]), 2.0)  # slice origin moves along z
+            with self.assertRaisesRegex(ValueError, "v.nii.gz: slice index 4 out of range"):
+                load_slice(path, 4)
+            series = os.path.join(d, "series")
+            os.makedirs(series)
+            for i in (2, 0, 1):  # written out of order: the InstanceNumber decides
+                ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+                ds.InstanceNumber = i + 1
+                ds.PixelData = (ds.pixel_array + i * 100).astype(ds.pixel_array.dtype).tobytes()
+                ds.save_as(os.path.join(series, f"f{i}.dcm"))
+            s0, s2 = load_slice(series, 0), load_slice(series, 2)
+            self.assertAlmostEqual(float((s2 - s0).mean()), 200.0, places=3)
+            self.assertEqual(s0.meta["modality"], "CT")

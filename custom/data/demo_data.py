@@ -83,6 +83,7 @@ class DemoConfig:
         pet_dose_reduction: dose reduction factor (published data: 12).
         pet_counts: counts of a full-dose slice.
         pet_iterations: MLEM iterations.
+        pet_suv: FDG-like uptake (SUV) of (grey matter, white matter, other head tissue).
         pet_slabs: number of PET slices in (training, validation, test).
         seed: seed of every random draw.
     """
@@ -100,6 +101,7 @@ class DemoConfig:
         pet_dose_reduction: float = 12.0,
         pet_counts: float = 2e6,
         pet_iterations: int = 10,
+        pet_suv: tuple[float, float, float] = (8.0, 2.5, 1.0),
         pet_slabs: tuple[int, int, int] = (32, 6, 8),
         seed: int = 0,
     ) -> None:
@@ -257,7 +259,8 @@ def _pet_sources(wheels: dict[str, str], cfg: DemoConfig) -> list[dict[str, Any]
     t1 = np.asanyarray(_nifti(wheels["nilearn"], _MNI.format("t1")).dataobj).astype(np.float32)
     head = ndimage.binary_fill_holes(t1 > 0.15 * t1.max())
     other = np.clip(head.astype(np.float32) - gm - wm, 0.0, 1.0)
-    suv = 8.0 * gm + 2.5 * wm + 1.0 * other
+    suv_gm, suv_wm, suv_other = cfg.pet_suv
+    suv = suv_gm * gm + suv_wm * wm + suv_other * other
     suv = ndimage.gaussian_filter(suv, sigma=4.0 / 2.355)  # 4 mm FWHM point spread
     suv = ndimage.zoom(suv, 0.5, order=1)  # 2 mm voxels
     rng = np.random.default_rng(cfg.seed + 7)
@@ -271,7 +274,8 @@ def _pet_sources(wheels: dict[str, str], cfg: DemoConfig) -> list[dict[str, Any]
             scale = float(rng.uniform(0.8, 1.2))  # subject-like variation of the global uptake
             items.append({"split": split, "name": f"pet_synthetic_mni152_z{z:03d}",
                           "clean": _fit(_axial(suv, z) * scale, cfg.pet_size, 0.0),
-                          "source": "SYNTHETIC PET: FDG-like activity (GM 8, WM 2.5, other head 1 SUV, x"
+                          "source": f"SYNTHETIC PET: FDG-like activity (GM {suv_gm:g}, WM {suv_wm:g}, other head "
+                          f"{suv_other:g} SUV, x"
                           f"{scale:.2f}, 4 mm FWHM) from nilearn 0.14.1 MNI152 2009a GM/WM maps, 2 mm, axial z={z}"})
     return items
 

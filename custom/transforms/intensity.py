@@ -46,30 +46,46 @@ class _ModalityTransform(MapTransform):
         self.settings = settings
         self.modality_key = modality_key
 
-    def _setting(self, d: Mapping[Hashable, Any]) -> Mapping[str, Any]:
+    def _where(self, d: Mapping[Hashable, Any]) -> str:
         first = next(iter(self.key_iterator(dict(d))), None)
-        where = item_name(d, first) if first is not None else "item"
-        if self.modality_key not in d:
-            raise ValueError(f"{where}: no '{self.modality_key}' entry in the item, cannot pick an intensity range.")
-        return get_modality_setting(self.settings, d[self.modality_key], where=where)
+        return item_name(d, first) if first is not None else "item"
 
-    def _transform(self, d: Mapping[Hashable, Any]) -> tuple[float, float, float, float]:
+    def _modalities(self, d: Mapping[Hashable, Any]) -> list[Any]:
+        """The item's modality, or one per sample for a collated batch (list/tuple of names)."""
+        if self.modality_key not in d:
+            raise ValueError(f"{self._where(d)}: no '{self.modality_key}' entry in the item, cannot pick an "
+                             "intensity range.")
+        value = d[self.modality_key]
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    def _ranges(self, setting: Mapping[str, Any]) -> tuple[float, float, float, float]:
+        """(a_min, a_max, b_min, b_max) of ``ScaleIntensityRange`` for one modality."""
         raise NotImplementedError
+
+    def _clip(self) -> bool:
+        return True
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        a_min, a_max, b_min, b_max = self._transform(d)
-        clip = self._clip()
-        scaler = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=clip, dtype=torch.float32)
+        where = self._where(d)
+        ranges = [self._ranges(get_modality_setting(self.settings, m, where=where)) for m in self._modalities(d)]
         for key in self.key_iterator(d):
             img = convert_to_tensor(d[key], track_meta=True)
             if not bool(torch.isfinite(img).all()):
                 raise ValueError(f"{item_name(d, key)}: non-finite values (NaN or inf) in '{key}'.")
-            d[key] = scaler(img)  # returns a new tensor: the caller's array is not modified
+            if len(set(ranges)) == 1:
+                a_min, a_max, b_min, b_max = ranges[0]
+                scaler = ScaleIntensityRange(a_min, a_max, b_min, b_max, clip=self._clip(), dtype=torch.float32)
+                d[key] = scaler(img)  # a new tensor: the caller's array is not modified
+                continue
+            if img.shape[0] != len(ranges):
+                raise ValueError(f"{item_name(d, key)}: {len(ranges)} modalities for a batch of {img.shape[0]}.")
+            # mixed-modality batch (B, C, ...): one range per sample, broadcast over the other axes
+            r = torch.as_tensor(ranges, dtype=torch.float32, device=img.device).reshape(len(ranges), 4, *[1] * (img.ndim - 1))
+            a_min, a_max, b_min, b_max = r.unbind(1)
+            out = (img.float() - a_min) / (a_max - a_min) * (b_max - b_min) + b_min
+            d[key] = torch.minimum(torch.maximum(out, b_min), b_max) if self._clip() else out
         return d
-
-    def _clip(self) -> bool:
-        return True
 
 
 class ModalityNormalized(_ModalityTransform):
@@ -79,7 +95,8 @@ class ModalityNormalized(_ModalityTransform):
     read from the ``settings`` dict (see ``bundle/configs/modality``).
 
     Args:
-        keys: keys of the images to normalise (e.g. ``["image", "label"]``); arrays of any shape (C, H, W[, D]).
+        keys: keys of the images to normalise (e.g. ``["image", "label"]``); arrays (C, H, W[, D]), or a batch
+            (B, C, H, W) with a list of B modality names.
         settings: modality name -> dict with ``clip_range`` [low, high] in physical units
             (output of :func:`custom.data.load_modality_settings`).
         modality_key: key of the item's modality name (``"CT"``, ``"PET"``, ``"MRI"``; DICOM ``MR``/``PT`` accepted).
@@ -92,8 +109,8 @@ class ModalityNormalized(_ModalityTransform):
         ValueError: unknown or missing modality, or non-finite values (the message names the file).
     """
 
-    def _transform(self, d: Mapping[Hashable, Any]) -> tuple[float, float, float, float]:
-        low, high = self._setting(d)["clip_range"]
+    def _ranges(self, setting: Mapping[str, Any]) -> tuple[float, float, float, float]:
+        low, high = setting["clip_range"]
         return float(low), float(high), 0.0, 1.0
 
 
@@ -104,7 +121,8 @@ class ModalityDenormalized(_ModalityTransform):
     apply :class:`ModalityEvalWindowd` afterwards for the published evaluation window.
 
     Args:
-        keys: keys of the images to map back; shape (C, H, W[, D]) or (B, C, H, W) with one modality.
+        keys: keys of the images to map back; shape (C, H, W[, D]), or a batch (B, C, H, W) whose
+            ``modality`` entry is one name or a list of B names (mixed-modality batches are mapped per sample).
         settings: modality name -> dict with ``clip_range``.
         modality_key: key of the item's modality name.
         allow_missing_keys: don't raise if a key is absent.
@@ -113,8 +131,8 @@ class ModalityDenormalized(_ModalityTransform):
         ValueError: unknown or missing modality, or non-finite values.
     """
 
-    def _transform(self, d: Mapping[Hashable, Any]) -> tuple[float, float, float, float]:
-        low, high = self._setting(d)["clip_range"]
+    def _ranges(self, setting: Mapping[str, Any]) -> tuple[float, float, float, float]:
+        low, high = setting["clip_range"]
         return 0.0, 1.0, float(low), float(high)
 
     def _clip(self) -> bool:
@@ -137,6 +155,6 @@ class ModalityEvalWindowd(_ModalityTransform):
         ValueError: unknown or missing modality, or non-finite values.
     """
 
-    def _transform(self, d: Mapping[Hashable, Any]) -> tuple[float, float, float, float]:
-        low, high = self._setting(d)["eval_window"]
+    def _ranges(self, setting: Mapping[str, Any]) -> tuple[float, float, float, float]:
+        low, high = setting["eval_window"]
         return float(low), float(high), float(low), float(high)

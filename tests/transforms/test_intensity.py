@@ -54,3 +54,16 @@ class TestModalityIntensity(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestMixedBatch(unittest.TestCase):
+    def test_batch_with_one_modality_per_sample(self):
+        batch = torch.tensor([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1).repeat(1, 1, 2, 2)
+        out = ModalityDenormalized(["pred"], SETTINGS)({"pred": batch, "modality": ["CT", "PET", "MRI"]})
+        self.assertEqual(out["pred"][:, 0, 0, 0].tolist(), [-1024.0, 10.0, 4095.0])
+        windowed = ModalityEvalWindowd(["pred"], SETTINGS)({"pred": out["pred"], "modality": ["CT", "PET", "MRI"]})
+        self.assertEqual(windowed["pred"][:, 0, 0, 0].tolist(), [-160.0, 10.0, 4095.0])
+        back = ModalityNormalized(["pred"], SETTINGS)({"pred": out["pred"], "modality": ("CT", "PET", "MRI")})
+        torch.testing.assert_close(back["pred"], batch)
+        with self.assertRaisesRegex(ValueError, "2 modalities for a batch of 3"):
+            ModalityNormalized(["pred"], SETTINGS)({"pred": batch, "modality": ["CT", "PET"]})

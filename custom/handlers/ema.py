@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
 from torch import nn
 
 __all__ = ["ModelEMA", "ema_decay"]
@@ -43,7 +44,7 @@ def ema_decay(num_updates: int, decay: float, warmup: str = "power", power: floa
 
 class ModelEMA:
     """Keeps ``ema_model``, an exponential moving average of ``network``'s parameters, updated after every
-    optimiser step (``Events.ITERATION_COMPLETED``, optionally every ``update_every`` iterations)::
+    optimiser step (see :meth:`attach`; optionally every ``update_every`` iterations)::
 
         ema = d * ema + (1 - d) * param,   d = ema_decay(n, decay, warmup)
 
@@ -116,13 +117,19 @@ class ModelEMA:
             self.update()
 
     def attach(self, engine: Engine) -> None:
-        """Register the update on ``Events.ITERATION_COMPLETED``.
+        """Register the update right after the optimiser step: on MONAI's ``IterationEvents.MODEL_COMPLETED`` when the
+        engine has it (MONAI workflows; fired inside the iteration, so before any ``ITERATION_COMPLETED`` handler
+        such as an iteration-level ``ValidationHandler``, whatever the attach order), else on
+        ``Events.ITERATION_COMPLETED``.
 
         Args:
             engine: the trainer.
         """
-        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        event = IterationEvents.MODEL_COMPLETED if engine.has_registered_events(IterationEvents.MODEL_COMPLETED) else (
+            Events.ITERATION_COMPLETED
+        )
+        if not engine.has_event_handler(self, event):
+            engine.add_event_handler(event, self)
 
     def state_dict(self) -> dict[str, Any]:
         """Returns: ``{"ema_model": ema weights, "num_updates": scalar tensor}`` (tensors only: loadable with

@@ -210,3 +210,20 @@ def _tat_keys(task_adaptive: bool) -> list[str]:
     net = TAT(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, train_patch_size=32,
               tren_hidden_channels=8, tren_embed_dim=16, task_adaptive=task_adaptive)
     return list(net.state_dict())
+
+
+def test_config_properties(data):
+    """MONAI's train-workflow property check (the zoo tooling relies on it) passes on the layered configs."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=TRAIN, meta_file=META, workflow_type="train",
+                        bundle_root=os.path.join(REPO, "bundle"), dataset_dir=data["root"], **TINY)
+    wf.initialize()
+    assert not wf.check_properties()
+    assert wf.parser["training"] == wf.parser["run"]
+    # the multi-GPU file only overrides ids that train.json defines (plus its own new ones)
+    with open(MULTI) as f:
+        multi = json.load(f)
+    new_ids = {"dist_backend", "ddp_device_ids", "find_unused_parameters", "validate#sampler", "not_rank0"}
+    for key in multi:  # an overridden key, or a new argument of a component train.json defines
+        assert key in new_ids or key in wf.parser or key.rsplit("#", 1)[0] in wf.parser, key

@@ -18,10 +18,15 @@ Recommended chains (keys: ``image`` = degraded input, ``label`` = clean target, 
 
     # validation / test: the same chain without the crop (whole slices, batch size 1)
 
-    # clean-only data: simulate the degraded input after slicing, before normalisation (physical units):
-    #   SimulateLowDoseCTd(clean_key="label", output_key="image", i0=...)      CT
-    #   SimulateLowCountPETd(clean_key="label", output_key="image", dose_fraction=1/12)   PET
-    #   KSpaceTruncated(clean_key="label", output_key="image", factor=4)      MRI (BicubicDegraded alternative)
+    # alternative to LoadImaged + EnsureChannelFirstd + SelectSliced for big volumes:
+    #   custom.data.LoadSliced(keys=["image", "label"]) + EnsureChannelFirstd(..., channel_dim="no_channel")
+    #   (reads one slice from disk instead of the whole volume)
+
+    # clean-only data (items without "image"): load and slice "label" only (allow_missing_keys=True), then
+    # simulate the degraded input before normalisation (physical units), one simulator per modality:
+    #   ModalityDispatchd({"CT": SimulateLowDoseCTd(i0=5e5),                     # clean_key="label",
+    #                      "PET": SimulateLowCountPETd(dose_fraction=1 / 12),    # output_key="image"
+    #                      "MRI": KSpaceTruncated(factor=4)})                    # (BicubicDegraded alternative)
     # the simulators draw their noise from a per-item seed (seed, file name, slice index): they are
     # deterministic, so CacheDataset/PersistentDataset store the simulated pairs and no epoch re-simulates.
     # (use one chain per modality, or the prebuilt pairs of python -m custom.data.demo_data)
@@ -34,6 +39,7 @@ Recommended chains (keys: ``image`` = degraded input, ``label`` = clean target, 
 from __future__ import annotations
 
 from custom.transforms.ct_low_dose import SimulateLowDoseCTd, simulate_low_dose_ct
+from custom.transforms.dispatch import ModalityDispatchd
 from custom.transforms.intensity import ModalityDenormalized, ModalityEvalWindowd, ModalityNormalized
 from custom.transforms.mri_resolution import (
     BicubicDegraded,
@@ -51,6 +57,7 @@ __all__ = [
     "ModalityDenormalized",
     "ModalityEvalWindowd",
     "PairedRandCropd",
+    "ModalityDispatchd",
     "SimulateLowDoseCTd",
     "simulate_low_dose_ct",
     "SimulateLowCountPETd",

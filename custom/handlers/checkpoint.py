@@ -40,7 +40,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
     """:class:`monai.handlers.CheckpointSaver` whose files are written atomically (temp file + ``os.replace``).
 
     Adds ``interval_filename``: a fixed name for the interval checkpoint (e.g. ``"latest.pt"``, the file a rerun
-    resumes from, replaced in place at every save). All other arguments are ``CheckpointSaver``'s.
+    resumes from, replaced in place at every save), and ``state_dict``/``load_state_dict`` of the best-score
+    tracking so it can itself be checkpointed. All other arguments are ``CheckpointSaver``'s.
 
     Args:
         args: positional arguments of ``CheckpointSaver``.
@@ -59,6 +60,27 @@ class AtomicCheckpointSaver(CheckpointSaver):
             checkpoint = getattr(self, attr, None)
             if checkpoint is not None:  # swap MONAI's non-atomic saver for the atomic one, same file naming
                 checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=filename)
+
+    def state_dict(self) -> dict:
+        """State of the key-metric tracking (best score and file so far), the counterpart of MONAI's
+        ``load_state_dict``: put this saver in the resume checkpoint so that a resumed run does not overwrite a
+        better best model with its first validation.
+
+        Returns:
+            ignite ``Checkpoint.state_dict()`` of the key-metric checkpoint (empty when not saving by key metric).
+        """
+        if self._key_metric_checkpoint is None:
+            return {}
+        return dict(self._key_metric_checkpoint.state_dict())
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the key-metric tracking saved by :meth:`state_dict` (no-op for an empty state).
+
+        Args:
+            state_dict: output of :meth:`state_dict`.
+        """
+        if state_dict:
+            super().load_state_dict(state_dict)
 
 
 class ResumeCheckpointLoader(CheckpointLoader):

@@ -5,7 +5,7 @@ import tempfile
 import unittest
 
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from custom.handlers import AtomicCheckpointSaver, GlobalRNGState, ResumeCheckpointLoader
 
@@ -38,3 +38,33 @@ class TestCheckpointHandlers(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestBestSaverState(unittest.TestCase):
+    def test_resumed_best_is_not_overwritten_by_worse(self):
+        with tempfile.TemporaryDirectory() as d:
+            scores = iter([5.0, 3.0])
+
+            def make(score_net):
+                engine = Engine(lambda e, b: None)
+                engine.state.key_metric_name = "val_mean_psnr"
+
+                @engine.on(Events.EPOCH_COMPLETED)
+                def _metric(e):
+                    e.state.metrics["val_mean_psnr"] = next(scores)
+
+                saver = AtomicCheckpointSaver(save_dir=d, save_dict={"model": score_net}, save_key_metric=True,
+                                              key_metric_filename="model.pt")
+                saver.attach(engine)
+                return engine, saver
+
+            first_net = torch.nn.Linear(1, 1)
+            engine, saver = make(first_net)
+            engine.run([0], max_epochs=1)
+            state = saver.state_dict()
+
+            engine2, saver2 = make(torch.nn.Linear(1, 1))
+            saver2.load_state_dict(state)
+            engine2.run([0], max_epochs=1)  # worse score: model.pt must still hold the first network
+            best = torch.load(os.path.join(d, "model.pt"), weights_only=True)
+            torch.testing.assert_close(best["weight"], first_net.weight.detach())

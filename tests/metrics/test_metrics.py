@@ -70,3 +70,49 @@ class TestTaskwise(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def _ddp_worker(rank: int, world: int, port: int, samples: list, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        metric = TaskwiseImageQuality(SETTINGS)
+        metric.reset()
+        mine = samples[rank::world]  # uneven split: 5 samples on 2 ranks
+        metric.update(([{"pred": p, "label": t} for p, t, _ in mine], [{"modality": m} for _, _, m in mine]))
+        queue.put((rank, metric.compute()))
+    finally:
+        dist.destroy_process_group()
+
+
+class TestTaskwiseDistributed(unittest.TestCase):
+    def test_gathered_across_ranks_equals_single_process(self):
+        import socket
+
+        import torch.multiprocessing as mp
+
+        torch.manual_seed(0)
+        samples = []
+        for i, m in enumerate(["CT", "PET", "MRI", "CT", "PET"]):
+            t = torch.rand(1, 16, 16) * 0.05 + 0.25
+            samples.append((t + 0.01 * (i + 1), t, m))
+        single = TaskwiseImageQuality(SETTINGS)
+        single.update(([{"pred": p, "label": t} for p, t, _ in samples], [{"modality": m} for _, _, m in samples]))
+        expected = single.compute()
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ctx = mp.get_context("spawn")
+        queue = ctx.SimpleQueue()
+        procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, samples, queue)) for r in range(2)]
+        for p in procs:
+            p.start()
+        results = dict(queue.get() for _ in procs)
+        for p in procs:
+            p.join(60)
+        for rank in (0, 1):
+            self.assertEqual(sorted(results[rank]), sorted(expected))
+            for key, value in expected.items():
+                self.assertAlmostEqual(results[rank][key], value, places=5, msg=key)

@@ -70,6 +70,18 @@ class TestTaskAdaptiveTrainer(unittest.TestCase):
         self.assertIn("iteration 2", msg)
         self.assertIn("/data/CT_1_0.nii.gz", msg)
 
+    def test_gradient_accumulation_steps_once_per_two_batches(self):
+        net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        loss = PlainL1Loss()
+        trainer = TaskAdaptiveTrainer(
+            device=torch.device("cpu"), max_epochs=1, train_data_loader=_batches(4), network=net,
+            optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=loss, accumulation_steps=2,
+        )
+        steps = []
+        trainer.optimizer.register_step_post_hook(lambda *a: steps.append(trainer.state.iteration))
+        trainer.run()
+        self.assertEqual(steps, [2, 4])
+
     def test_batch_sources(self):
         self.assertEqual(len(batch_sources(_batches(1)[0])), 6)
         self.assertEqual(batch_sources({"image": torch.zeros(1)}), [])

@@ -213,12 +213,13 @@ def _tat_keys(task_adaptive: bool) -> list[str]:
     return list(net.state_dict())
 
 
-def test_config_properties(data):
+def test_config_properties(data, tmp_path):
     """MONAI's train-workflow property check (the zoo tooling relies on it) passes on the layered configs."""
     from monai.bundle import ConfigWorkflow
 
     wf = ConfigWorkflow(config_file=TRAIN, meta_file=META, workflow_type="train",
-                        bundle_root=os.path.join(REPO, "bundle"), dataset_dir=data["root"], **TINY)
+                        bundle_root=os.path.join(REPO, "bundle"), dataset_dir=data["root"],
+                        ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"), **TINY)
     wf.initialize()
     assert not wf.check_properties()
     assert wf.parser["training"] == wf.parser["run"]

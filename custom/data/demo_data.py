@@ -8,12 +8,13 @@ writes NIfTI pairs, ``datalist.json`` and ``PROVENANCE.txt``. A rerun with the s
 Tracks (split by source volume: no slice of a validation/test volume is in training):
 
 * CT, low dose (real CT, Poisson + FBP simulator at ``ct_i0``): training = totalsegmentator's CT brain
-  atlas (template, axial slices) and the real abdomen slice ``explicit_VR-UN.dcm`` (pydicom-data, several
-  noise draws); validation = pydicom's real ``CT_small.dcm``; test = the real head slices ``693_UNCR.dcm``
-  (pydicom-data) and ``J2K_pixelrep_mismatch.dcm`` (pydicom, another patient).
-* MRI, x4 k-space truncation: training = nilearn's MNI152 T1 template (axial) and the real shoulder slice
-  ``MR2_UNCR.dcm``; validation = dipy's real T1 slice ``t1_coronal_slice.npy``; test = dipy's real b0 volume
-  ``S0_10slices.nii.gz``.
+  atlas (template, axial slices) and the real head slice ``693_UNCR.dcm`` (pydicom-data, several noise
+  draws); validation = pydicom's real ``CT_small.dcm``; test = the real head slice
+  ``J2K_pixelrep_mismatch.dcm`` (pydicom, another patient) and the real abdomen slice ``explicit_VR-UN.dcm``
+  (pydicom-data).
+* MRI, x4 k-space truncation: training = nilearn's MNI152 T1 template (axial) and dipy's real b0 volume
+  ``S0_10slices.nii.gz``; validation = pydicom's real ``MR_small.dcm`` (64^2); test = dipy's real T1 slice
+  ``t1_coronal_slice.npy`` and the real shoulder slice ``MR2_UNCR.dcm`` (pydicom-data).
 * PET, low count, SYNTHETIC: FDG-like activity (grey matter 8, white matter 2.5, other head tissue 1 SUV)
   from nilearn's MNI152 grey/white-matter maps, through the low-count simulator (1/``pet_dose_reduction`` of
   ``pet_counts``). One template only, so it is split by separated axial slabs. File names, ``task``/``source``
@@ -54,7 +55,7 @@ from custom.transforms.pet_low_count import simulate_low_count_pet
 
 __all__ = ["WHEELS", "DemoConfig", "fetch_wheels", "build_demo_data", "main"]
 
-VERSION = 2  # bump when the recipe changes, so that an old output folder is rebuilt
+VERSION = 4  # bump when the recipe changes, so that an old output folder is rebuilt
 
 WHEELS: dict[str, dict[str, str]] = {
     "pydicom-data": {"spec": "pydicom-data==1.0.0", "prefix": "pydicom_data-1.0.0", "license": "MIT"},
@@ -75,7 +76,8 @@ class DemoConfig:
         ct_size: side of CT slices (pixels) after resampling the 512^2 sources.
         mri_size: side of MRI slices.
         pet_size: side of PET slices (2 mm pixels).
-        ct_i0: incident flux of the CT simulator (lower = noisier).
+        ct_i0: incident flux of the CT simulator (lower = noisier). 1e5 gives ~26-29 dB inputs in the abdomen
+            window: at 5e5 (~33 dB) a small CPU-trained demo model did not beat its input within minutes.
         ct_train_slices: atlas slices in training.
         ct_realisations: noise draws of the real abdomen slice in training.
         mri_factor: k-space truncation factor per axis (4 = central 6.25 %).
@@ -93,7 +95,7 @@ class DemoConfig:
         ct_size: int = 256,
         mri_size: int = 256,
         pet_size: int = 128,
-        ct_i0: float = 5e5,
+        ct_i0: float = 1e5,
         ct_train_slices: int = 24,
         ct_realisations: int = 4,
         mri_factor: float = 4.0,
@@ -205,20 +207,20 @@ def _ct_sources(wheels: dict[str, str], cfg: DemoConfig) -> list[dict[str, Any]]
     ds = pydicom.dcmread(io.BytesIO(_member(wheels["pydicom-data"], "data_store/data/explicit_VR-UN.dcm")))
     hu = _shrink(_dicom_hu(ds), cfg.ct_size)
     spacing = float(ds.PixelSpacing[0]) * ds.Rows / cfg.ct_size
-    for r in range(cfg.ct_realisations):
-        items.append({"split": "training", "name": f"ct_pydicomdata_abdomen_n{r}", "hu": hu, "spacing": spacing,
-                      "source": "pydicom-data 1.0.0: explicit_VR-UN.dcm (real abdomen CT, TCIA; MIT), "
-                      f"resampled to {cfg.ct_size}^2, noise draw {r}"})
+    items.append({"split": "test", "name": "ct_pydicomdata_abdomen", "hu": hu, "spacing": spacing,
+                  "source": "pydicom-data 1.0.0: explicit_VR-UN.dcm (real abdomen CT, TCIA, JPEG 2000; MIT), "
+                  f"resampled to {cfg.ct_size}^2"})
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
     items.append({"split": "validation", "name": "ct_pydicom_ctsmall", "hu": _dicom_hu(ds),
                   "spacing": float(ds.PixelSpacing[0]),
                   "source": f"pydicom {pydicom.__version__}: test_files/CT_small.dcm (real CT 128^2; MIT)"})
     ds = pydicom.dcmread(io.BytesIO(_member(wheels["pydicom-data"], "data_store/data/693_UNCR.dcm")))
-    hu = np.maximum(_dicom_hu(ds), -1024.0)  # -3024 marks pixels outside the scan field of view
-    items.append({"split": "test", "name": "ct_pydicomdata_head693", "hu": _shrink(hu, cfg.ct_size),
-                  "spacing": float(ds.PixelSpacing[0]) * ds.Rows / cfg.ct_size,
-                  "source": "pydicom-data 1.0.0: 693_UNCR.dcm (real head CT 512^2; MIT), outside-FOV -3024 set "
-                  f"to -1024 HU, resampled to {cfg.ct_size}^2"})
+    hu = _shrink(np.maximum(_dicom_hu(ds), -1024.0), cfg.ct_size)  # -3024 marks pixels outside the field of view
+    for r in range(cfg.ct_realisations):
+        items.append({"split": "training", "name": f"ct_pydicomdata_head693_n{r}", "hu": hu,
+                      "spacing": float(ds.PixelSpacing[0]) * ds.Rows / cfg.ct_size,
+                      "source": "pydicom-data 1.0.0: 693_UNCR.dcm (real head CT 512^2, CQ500; MIT), outside-FOV "
+                      f"-3024 set to -1024 HU, resampled to {cfg.ct_size}^2, noise draw {r}"})
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("J2K_pixelrep_mismatch.dcm"))
     hu = np.maximum(_dicom_hu(ds), -1024.0)
     items.append({"split": "test", "name": "ct_pydicom_head_j2k", "hu": _shrink(hu, cfg.ct_size),
@@ -236,19 +238,22 @@ def _mri_sources(wheels: dict[str, str], cfg: DemoConfig) -> list[dict[str, Any]
         items.append({"split": "training", "name": f"mri_mni152t1_z{z:03d}", "clean": _fit(_axial(t1, z), cfg.mri_size, 0.0),
                       "source": "nilearn 0.14.1 wheel: MNI152 2009a sym T1 template (uint8 scaled x4095/255 to "
                       f"12 bit; nilearn BSD-3, template license 'unknown' per nilearn, MNI notice permissive), z={z}"})
-    ds = pydicom.dcmread(io.BytesIO(_member(wheels["pydicom-data"], "data_store/data/MR2_UNCR.dcm")))
-    items.append({"split": "training", "name": "mri_pydicomdata_shoulder", "clean": _shrink(_dicom_hu(ds), cfg.mri_size),
-                  "source": f"pydicom-data 1.0.0: MR2_UNCR.dcm (real shoulder MR 1024^2, rescaled; MIT), {cfg.mri_size}^2"})
-    cor = np.load(io.BytesIO(_member(wheels["dipy"], "dipy/data/files/t1_coronal_slice.npy"))).astype(np.float32)
-    items.append({"split": "validation", "name": "mri_dipy_t1coronal", "clean": np.rot90(cor).astype(np.float32) * 4095.0,
-                  "source": "dipy 1.12.1 wheel: data/files/t1_coronal_slice.npy (real T1 slice 256^2 stored in "
-                  "[0, 1], scaled x4095; BSD-3)"})
     b0 = np.asanyarray(_nifti(wheels["dipy"], "dipy/data/files/S0_10slices.nii.gz").dataobj).astype(np.float32)
     b0 = b0.reshape(b0.shape[:3])
     for z in range(b0.shape[2]):
-        items.append({"split": "test", "name": f"mri_dipy_b0_z{z:02d}", "clean": _axial(b0, z),
+        items.append({"split": "training", "name": f"mri_dipy_b0_z{z:02d}", "clean": _axial(b0, z),
                       "source": f"dipy 1.12.1 wheel: data/files/S0_10slices.nii.gz (real diffusion b0 128^2, "
                       f"12 bit; BSD-3), slice {z}"})
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm"))
+    items.append({"split": "validation", "name": "mri_pydicom_mrsmall", "clean": _dicom_hu(ds),
+                  "source": f"pydicom {pydicom.__version__}: test_files/MR_small.dcm (real MR 64^2; MIT)"})
+    cor = np.load(io.BytesIO(_member(wheels["dipy"], "dipy/data/files/t1_coronal_slice.npy"))).astype(np.float32)
+    items.append({"split": "test", "name": "mri_dipy_t1coronal", "clean": np.rot90(cor).astype(np.float32) * 4095.0,
+                  "source": "dipy 1.12.1 wheel: data/files/t1_coronal_slice.npy (real T1 slice 256^2 stored in "
+                  "[0, 1], scaled x4095; BSD-3)"})
+    ds = pydicom.dcmread(io.BytesIO(_member(wheels["pydicom-data"], "data_store/data/MR2_UNCR.dcm")))
+    items.append({"split": "test", "name": "mri_pydicomdata_shoulder", "clean": _shrink(_dicom_hu(ds), cfg.mri_size),
+                  "source": f"pydicom-data 1.0.0: MR2_UNCR.dcm (real shoulder MR 1024^2, rescaled; MIT), {cfg.mri_size}^2"})
     return items
 
 
@@ -419,8 +424,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--force", action="store_true", help="rebuild even if the output folder is complete")
     parser.add_argument("--settings_dir", default=DEFAULT_SETTINGS_DIR, help="bundle/configs/modality")
+    defaults = DemoConfig()
+    parser.add_argument("--ct_i0", type=float, default=defaults.ct_i0, help="CT incident flux (lower = noisier)")
+    parser.add_argument("--pet_dose_reduction", type=float, default=defaults.pet_dose_reduction)
+    parser.add_argument("--mri_factor", type=float, default=defaults.mri_factor)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
-    build_demo_data(args.output_dir, args.cache_dir, workers=args.workers, force=args.force,
+    config = DemoConfig(ct_i0=args.ct_i0, pet_dose_reduction=args.pet_dose_reduction, mri_factor=args.mri_factor,
+                        seed=args.seed)
+    build_demo_data(args.output_dir, args.cache_dir, config, workers=args.workers, force=args.force,
                     settings_dir=args.settings_dir)
     return 0
 

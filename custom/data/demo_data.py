@@ -76,10 +76,10 @@ class DemoConfig:
         ct_size: side of CT slices (pixels) after resampling the 512^2 sources.
         mri_size: side of MRI slices.
         pet_size: side of PET slices (2 mm pixels).
-        ct_i0: incident flux of the CT simulator (lower = noisier). 1e5 gives ~26-29 dB inputs in the abdomen
+        ct_i0: incident flux of the CT simulator (lower = noisier). 1e5 gives ~24-29 dB inputs in the abdomen
             window: at 5e5 (~33 dB) a small CPU-trained demo model did not beat its input within minutes.
         ct_train_slices: atlas slices in training.
-        ct_realisations: noise draws of the real abdomen slice in training.
+        ct_realisations: noise draws of the real head slice (693_UNCR) in training.
         mri_factor: k-space truncation factor per axis (4 = central 6.25 %).
         mri_train_slices: MNI T1 slices in training.
         pet_dose_reduction: dose reduction factor (published data: 12).

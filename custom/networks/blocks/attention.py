@@ -17,7 +17,10 @@ def channel_attention(qkv: torch.Tensor, num_heads: int, temperature: torch.Tens
     """Transposed (channel) self-attention over all voxels of each sample.
 
     Per head (``C / num_heads`` channels), q and k are L2-normalised along the voxel axis and
-    ``A = softmax(q k^T * temperature)`` is a ``(C/h, C/h)`` matrix applied to v.
+    ``A = softmax(q k^T * temperature)`` is a ``(C/h, C/h)`` matrix applied to v. The normalisation is
+    applied to the Gram matrix ``q k^T`` (``A_ij = G_ij / (|q_i| |k_j|)``, norms clamped at 1e-12 as in
+    ``F.normalize``), which is the same value without materialising normalised copies of q and k.
+    Works on the channels-last view, so a channels-last input needs no layout copies.
 
     Args:
         qkv: ``(B, 3C, *spatial)``: q, k and v stacked along channels.
@@ -25,17 +28,20 @@ def channel_attention(qkv: torch.Tensor, num_heads: int, temperature: torch.Tens
         temperature: ``(h, 1, 1)`` learned scale per head.
 
     Returns:
-        ``(B, C, *spatial)``.
+        ``(B, C, *spatial)``, channels-last in memory.
     """
     b, c3 = qkv.shape[:2]
     spatial = qkv.shape[2:]
     c = c3 // 3
-    q, k, v = qkv.reshape(b, 3, num_heads, c // num_heads, -1).unbind(1)  # each (B, h, C/h, N)
-    q = F.normalize(q, dim=-1)
-    k = F.normalize(k, dim=-1)
-    attn = (q @ k.transpose(-2, -1)) * temperature  # (B, h, C/h, C/h)
-    out = attn.softmax(dim=-1) @ v  # (B, h, C/h, N)
-    return out.reshape(b, c, *spatial)
+    t = qkv.movedim(1, -1).reshape(b, -1, 3, num_heads, c // num_heads)  # (B, N, 3, h, C/h)
+    q, k, v = (t[:, :, i].permute(0, 2, 3, 1) for i in range(3))  # each (B, h, C/h, N)
+    gram = q @ k.transpose(-2, -1)  # (B, h, C/h, C/h)
+    q_norm = q.square().sum(-1).sqrt().clamp_min(1e-12)  # (B, h, C/h)
+    k_norm = k.square().sum(-1).sqrt().clamp_min(1e-12)
+    attn = gram / (q_norm[..., :, None] * k_norm[..., None, :]) * temperature
+    out = v.transpose(-2, -1) @ attn.softmax(dim=-1).transpose(-2, -1)  # (B, h, N, C/h)
+    out = out.permute(0, 2, 1, 3).reshape(b, *spatial, c)  # (B, *spatial, C)
+    return out.movedim(-1, 1)
 
 
 class ChannelAttention(nn.Module):

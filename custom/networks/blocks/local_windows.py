@@ -61,8 +61,8 @@ def partition_windows(x: torch.Tensor, window: Sequence[int]) -> tuple[torch.Ten
         window: nominal window length per spatial axis.
 
     Returns:
-        ``(patches, index)``: patches of shape ``(B * n_windows, C, *k)`` ordered batch-major then
-        row-major over the window grid, and the per-axis ``(n_i, k_i)`` index tensors that
+        ``(patches, index)``: patches of shape ``(B * n_windows, C, *k)`` (channels-last in memory) ordered
+        batch-major then row-major over the window grid, and the per-axis ``(n_i, k_i)`` index tensors that
         :func:`merge_windows` takes back.
 
     Raises:
@@ -73,15 +73,18 @@ def partition_windows(x: torch.Tensor, window: Sequence[int]) -> tuple[torch.Ten
     if len(window) != d:
         raise ValueError(f"window needs {d} lengths for a {d}D input, got {tuple(window)}.")
     index = [_axis_index(s, w, x.device) for s, w in zip(spatial, window)]
-    grid = []
+    t = x.movedim(1, -1)  # (B, *spatial, C): a view, contiguous for channels-last input
     for i, idx in enumerate(index):
-        shape = [1] * (2 * d)
-        shape[i], shape[d + i] = idx.shape
-        grid.append(idx.reshape(shape))
-    patches = x[(slice(None), slice(None), *grid)]  # (B, C, n_1..n_d, k_1..k_d)
-    perm = (0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d))
+        t = t.index_select(1 + i, idx.reshape(-1))  # axis i becomes n_i * k_i
+    ns = [idx.shape[0] for idx in index]
     ks = [idx.shape[1] for idx in index]
-    return patches.permute(perm).reshape(-1, x.shape[1], *ks), index
+    shape = [x.shape[0]]
+    for n, k in zip(ns, ks):
+        shape += [n, k]
+    t = t.reshape(*shape, x.shape[1])  # (B, n_1, k_1, ..., n_d, k_d, C)
+    perm = [0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1]  # (B, n_1..n_d, k_1..k_d, C)
+    patches = t.permute(perm).reshape(-1, *ks, x.shape[1])
+    return patches.movedim(-1, 1), index
 
 
 def merge_windows(patches: torch.Tensor, index: Sequence[torch.Tensor], spatial_shape: Sequence[int]) -> torch.Tensor:
@@ -93,7 +96,8 @@ def merge_windows(patches: torch.Tensor, index: Sequence[torch.Tensor], spatial_
         spatial_shape: the full spatial shape ``(S_1, ..., S_d)``.
 
     Returns:
-        ``(B, C, *spatial_shape)``: each voxel is the mean of the windows that cover it.
+        ``(B, C, *spatial_shape)`` (channels-last in memory): each voxel is the mean of the windows that
+        cover it.
     """
     d = len(spatial_shape)
     ns = [idx.shape[0] for idx in index]
@@ -103,22 +107,20 @@ def merge_windows(patches: torch.Tensor, index: Sequence[torch.Tensor], spatial_
     for n in ns:
         n_total *= n
     b = patches.shape[0] // n_total
-    p = patches.reshape(b, *ns, c, *ks)
-    # -> (B, C, n_1, k_1, ..., n_d, k_d)
-    perm = [0, d + 1]
+    p = patches.movedim(1, -1).reshape(b, *ns, *ks, c)
+    perm = [0]
     for i in range(d):
-        perm += [1 + i, d + 2 + i]
-    p = p.permute(perm)
+        perm += [1 + i, 1 + d + i]
+    p = p.permute(*perm, 2 * d + 1)  # (B, n_1, k_1, ..., n_d, k_d, C)
     count: torch.Tensor | None = None
     for i in reversed(range(d)):
-        # axes before this one are still (n_j, k_j) pairs; axes after it are already merged.
-        dim = 2 + 2 * i
-        lead = list(p.shape[:dim])
-        tail = list(p.shape[dim + 2 :])
-        p = p.reshape(*lead, ns[i] * ks[i], *tail)
-        out = p.new_zeros(*lead, spatial_shape[i], *tail)
+        # axes before i are still (n_j, k_j) pairs; axes after it are already merged to full length.
+        dim = 1 + 2 * i
+        p = p.reshape(*p.shape[:dim], ns[i] * ks[i], *p.shape[dim + 2 :])
+        out = p.new_zeros(*p.shape[:dim], spatial_shape[i], *p.shape[dim + 1 :])
         p = out.index_add_(dim, index[i].reshape(-1), p)
         axis_count = torch.zeros(spatial_shape[i], device=p.device, dtype=p.dtype)
         axis_count.index_add_(0, index[i].reshape(-1), torch.ones(ns[i] * ks[i], device=p.device, dtype=p.dtype))
         count = axis_count if count is None else axis_count.reshape(-1, *[1] * count.dim()) * count.unsqueeze(0)
-    return p / count.reshape(1, 1, *spatial_shape)  # type: ignore[union-attr]
+    p = p / count.unsqueeze(-1)  # type: ignore[union-attr]
+    return p.movedim(-1, 1)

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from monai.networks.utils import pixelshuffle, pixelunshuffle
 
-__all__ = ["Downsample", "Upsample"]
+__all__ = ["Downsample", "Upsample", "pixel_shuffle", "pixel_unshuffle"]
+
+
+def pixel_shuffle(x: torch.Tensor, spatial_dims: int, factor: int) -> torch.Tensor:
+    """Pixel shuffle ``(B, C * r**d, *S) -> (B, C, *(S * r))``; PyTorch's kernel in 2D (keeps channels-last)."""
+    return F.pixel_shuffle(x, factor) if spatial_dims == 2 else pixelshuffle(x, spatial_dims, factor)
+
+
+def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, factor: int) -> torch.Tensor:
+    """Pixel unshuffle ``(B, C, *(S * r)) -> (B, C * r**d, *S)``; PyTorch's kernel in 2D (keeps channels-last)."""
+    return F.pixel_unshuffle(x, factor) if spatial_dims == 2 else pixelunshuffle(x, spatial_dims, factor)
 
 
 class Downsample(nn.Module):
@@ -24,7 +35,7 @@ class Downsample(nn.Module):
         self.conv = Conv[Conv.CONV, spatial_dims](channels, channels // 2, kernel_size=3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pixelunshuffle(self.conv(x), self.spatial_dims, 2)
+        return pixel_unshuffle(self.conv(x), self.spatial_dims, 2)
 
 
 class Upsample(nn.Module):
@@ -41,4 +52,4 @@ class Upsample(nn.Module):
         self.conv = Conv[Conv.CONV, spatial_dims](channels, channels * 2, kernel_size=3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pixelshuffle(self.conv(x), self.spatial_dims, 2)
+        return pixel_shuffle(self.conv(x), self.spatial_dims, 2)

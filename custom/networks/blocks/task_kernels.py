@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
-from monai.networks.utils import pixelshuffle
+
+from custom.networks.blocks.sampling import pixel_shuffle
 
 __all__ = ["TaskKernels", "TaskRepresentationNetwork"]
 
@@ -119,7 +120,7 @@ class TaskRepresentationNetwork(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The task embedding ``(B, embed_dim)`` of bottleneck features ``x`` ``(B, C, *spatial)`` (detached)."""
-        x = pixelshuffle(x.detach(), self.spatial_dims, self.shuffle_factor)
+        x = pixel_shuffle(x.detach(), self.spatial_dims, self.shuffle_factor)
         x = self.features(x)
         return self.mlp(x.flatten(2).mean(-1))
 

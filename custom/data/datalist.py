@@ -41,6 +41,7 @@ from monai.data import load_decathlon_datalist
 
 from custom.data.readers import DICOM_TO_MODALITY, load_image
 from custom.data.settings import MODALITIES, load_modality_settings
+from custom.data.slicing import spatial_shape
 
 __all__ = ["SPLITS", "PATH_KEYS", "build_datalist", "load_datalist", "validate_datalist", "write_json_atomic", "main"]
 
@@ -222,7 +223,8 @@ def validate_datalist(
     """Check every item of a data list; collect all problems and raise them together.
 
     Checks: known modality (``settings`` or CT/PET/MRI), both files present (``image`` may be absent only for
-    clean-only items), readable, same shape for input and target, finite values.
+    clean-only items), readable (see :func:`custom.data.load_image`), 2D or 3D, same shape for input and target,
+    finite values.
 
     Args:
         datalist: the dict, or a json file (relative paths resolved against its folder).
@@ -259,7 +261,9 @@ def validate_datalist(
             files = {k: _resolve(str(item[k]), base) for k in keys if item.get(k)}
             name = files.get("label") or files.get("image") or where
             modality = DICOM_TO_MODALITY.get(str(item.get("modality", "")).upper(), str(item.get("modality")))
-            if modality.upper() not in known:
+            if not item.get("modality"):
+                errors.append(f"{name}: no 'modality' in the item ({where}; expected one of {sorted(known)}).")
+            elif modality.upper() not in known:
                 errors.append(f"{name}: unknown modality {item.get('modality')!r} (expected one of {sorted(known)}).")
             if "label" not in files:
                 errors.append(f"{where}: no 'label' (clean target) in the item.")
@@ -276,7 +280,11 @@ def validate_datalist(
                 except ValueError as e:
                     errors.append(str(e))
                     continue
-                shapes[k] = tuple(img.shape)
+                try:
+                    shapes[k] = spatial_shape(img.shape, f)
+                except ValueError as e:
+                    errors.append(str(e))
+                    continue
                 if not bool(np.isfinite(img.numpy()).all()):
                     errors.append(f"{f}: non-finite values (NaN or inf).")
             if len(set(shapes.values())) > 1:

@@ -32,9 +32,21 @@ from monai.config import KeysCollection
 from monai.data import NibabelReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform
 
-__all__ = ["DICOM_TO_MODALITY", "suv_factor", "DicomReader", "ModalityFromMetad", "is_dicom", "load_image"]
+__all__ = [
+    "DICOM_TO_MODALITY",
+    "MAX_VOXELS",
+    "suv_factor",
+    "DicomReader",
+    "ModalityFromMetad",
+    "is_dicom",
+    "check_nifti_header",
+    "dicom_series_files",
+    "load_image",
+]
 
 DICOM_TO_MODALITY = {"CT": "CT", "PT": "PET", "PET": "PET", "MR": "MRI", "MRI": "MRI"}
+MAX_VOXELS = 2**30  # 4 GiB as float32: a header declaring more is refused before any voxel is read
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def _parse_time(date: str | None, time: str | None) -> _dt.datetime | None:
@@ -170,6 +182,105 @@ def is_dicom(path: str | os.PathLike) -> bool:
         return False
 
 
+def check_nifti_header(path: str | os.PathLike, max_voxels: int = MAX_VOXELS) -> tuple[int, ...]:
+    """Read and sanity-check a NIfTI header without reading the voxels.
+
+    Args:
+        path: the ``.nii``/``.nii.gz`` file.
+        max_voxels: largest accepted number of voxels (protects memory from absurd declared dimensions).
+
+    Returns:
+        the declared shape.
+
+    Raises:
+        ValueError: empty file, unparsable/corrupt header, non-positive or too large dimensions, or an uncompressed
+            file shorter than its header declares (the message names the file and the problem).
+    """
+    import nibabel as nib  # local: nibabel is only needed for NIfTI
+
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a NIfTI image.")
+    try:
+        nii = nib.load(path)
+        shape = tuple(int(s) for s in nii.shape)
+        itemsize = np.dtype(nii.get_data_dtype()).itemsize
+        offset = int(nii.header.get("vox_offset", 0) or 0)
+    except Exception as e:  # nibabel raises several types for a corrupt header or a non-gzip .gz
+        raise ValueError(f"{path}: unreadable NIfTI header, corrupt or not a NIfTI file ({type(e).__name__}: {e}).") from e
+    if not shape or min(shape) <= 0:
+        raise ValueError(f"{path}: invalid image dimensions {shape} in the NIfTI header.")
+    voxels = int(np.prod(shape, dtype=np.float64))
+    if voxels > max_voxels:
+        raise ValueError(
+            f"{path}: header declares shape {shape} ({voxels:.3g} voxels), larger than the limit of {max_voxels:.3g} "
+            "voxels; refusing to allocate it (corrupt header?)."
+        )
+    if not path.lower().endswith(".gz") and size < offset + voxels * itemsize:
+        raise ValueError(
+            f"{path}: truncated NIfTI file ({size} bytes, the header declares {offset + voxels * itemsize})."
+        )
+    return shape
+
+
+def dicom_series_files(folder: str | os.PathLike) -> list[str]:
+    """Files of a DICOM series folder ordered by InstanceNumber, after checking the series (headers only).
+
+    Non-DICOM files are skipped, as MONAI's ``PydicomReader`` does.
+
+    Args:
+        folder: the series folder.
+
+    Returns:
+        the image files in slice order.
+
+    Raises:
+        ValueError: no DICOM file, more than one ``SeriesInstanceUID``, a file without pixel data (e.g. a
+            structured report), or missing slices (a gap in ``InstanceNumber`` or in the slice positions along
+            the slice normal). The message names the folder and the offending files.
+    """
+    folder = os.fspath(folder)
+    entries = []
+    for name in sorted(os.listdir(folder)):
+        f = os.path.join(folder, name)
+        if not os.path.isfile(f):
+            continue
+        try:
+            ds = pydicom.dcmread(f, defer_size=1024)  # large values (pixel data) stay on disk, their tags are seen
+        except Exception:  # not a DICOM file
+            continue
+        entries.append((f, ds))
+    if not entries:
+        raise ValueError(f"{folder}: no DICOM file in the series folder.")
+    series = sorted({str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in entries})
+    if len(series) > 1:
+        raise ValueError(f"{folder}: mixed series, {len(series)} SeriesInstanceUIDs in one folder ({', '.join(series)}); "
+                         "put each series in its own folder.")
+    no_pixels = [f for f, ds in entries if "PixelData" not in ds and "FloatPixelData" not in ds
+                 and "DoubleFloatPixelData" not in ds]
+    if no_pixels:
+        ds = dict(entries)[no_pixels[0]]
+        raise ValueError(f"{folder}: no pixel data in {os.path.basename(no_pixels[0])} (Modality "
+                         f"{getattr(ds, 'Modality', '?')}, SOP class {getattr(ds, 'SOPClassUID', '?')}): not an image"
+                         + (f" ({len(no_pixels)} such files)." if len(no_pixels) > 1 else "."))
+    entries.sort(key=lambda e: int(getattr(e[1], "InstanceNumber", 0) or 0))
+    numbers = [int(getattr(ds, "InstanceNumber", 0) or 0) for _, ds in entries]
+    if len(entries) > 1 and all(numbers) and numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+        gaps = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+        raise ValueError(f"{folder}: missing slice(s), InstanceNumber {gaps[:10]} absent "
+                         f"(have {len(numbers)} of {numbers[-1] - numbers[0] + 1}).")
+    positions = [getattr(ds, "ImagePositionPatient", None) for _, ds in entries]
+    orientation = getattr(entries[0][1], "ImageOrientationPatient", None)
+    if len(entries) > 2 and orientation is not None and all(p is not None for p in positions):
+        normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+        steps = np.diff(sorted(float(np.dot(normal, np.asarray(p, float))) for p in positions))
+        if steps.size and np.median(steps) > 0 and np.max(steps) > 1.5 * np.median(steps):
+            raise ValueError(f"{folder}: missing slice(s), slice spacing jumps from {np.median(steps):.3g} to "
+                             f"{np.max(steps):.3g} mm (ImagePositionPatient).")
+    return [f for f, _ in entries]
+
+
 def load_image(path: str | os.PathLike, dicom_suv: bool = True) -> Any:
     """Read one image (NIfTI file, DICOM file or DICOM series folder) with MONAI's ``LoadImage``.
 
@@ -181,13 +292,23 @@ def load_image(path: str | os.PathLike, dicom_suv: bool = True) -> Any:
         a ``MetaTensor`` without channel axis, shape (H, W) or (H, W, D), with ``filename_or_obj`` in its meta.
 
     Raises:
-        ValueError: missing or unreadable file (the message names it).
+        ValueError: missing, empty, corrupt, truncated or oversized file, or a bad DICOM series (see
+            :func:`check_nifti_header`, :func:`dicom_series_files`); the message names the file and the problem.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"{path}: file not found.")
-    reader = DicomReader(suv=dicom_suv) if is_dicom(path) else NibabelReader()
+    dicom = is_dicom(path)
+    if os.path.isdir(path):
+        dicom_series_files(path)  # clear errors for empty, mixed, pixel-less or incomplete series
+    elif not dicom and path.lower().endswith(_NIFTI_SUFFIXES):
+        check_nifti_header(path)  # clear errors for empty, corrupt, huge or truncated files, before any allocation
+    elif os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: empty file (0 bytes).")
+    reader = DicomReader(suv=dicom_suv) if dicom else NibabelReader()
     try:
         return LoadImage(reader=reader, image_only=True)(path)
+    except EOFError as e:
+        raise ValueError(f"{path}: truncated compressed file, unreadable image ({e}).") from e
     except Exception as e:  # readers raise many exception types
         raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e}).") from e

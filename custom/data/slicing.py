@@ -9,22 +9,34 @@ memory then holds one volume per worker at a time, not the whole data set.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from custom.data.readers import is_dicom, load_image
+from custom.data.readers import check_nifti_header, dicom_series_files, is_dicom, load_image
 
-__all__ = ["num_slices", "expand_slices", "SelectSliced", "LoadSliced", "load_slice"]
+__all__ = ["num_slices", "expand_slices", "SelectSliced", "LoadSliced", "load_slice", "spatial_shape"]
+
+
+def spatial_shape(shape: Sequence[int], path: str) -> tuple[int, ...]:
+    """The 2D or 3D spatial shape of an image (trailing singleton axes beyond the third dropped).
+
+    Raises:
+        ValueError: 1D, or 4D and more with a non-singleton extra axis (the message names the file).
+    """
+    dims = [int(s) for s in shape]
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if not 2 <= len(dims) <= 3:
+        raise ValueError(f"{path}: expected a 2D or 3D image, got shape {tuple(int(s) for s in shape)}.")
+    return tuple(dims)
 
 
 def num_slices(path: str | os.PathLike, axis: int = 2) -> int:
@@ -42,20 +54,22 @@ def num_slices(path: str | os.PathLike, axis: int = 2) -> int:
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        files = [f for f in glob.glob(os.path.join(path, "*")) if os.path.isfile(f)]
-        if not files:
+        if not any(os.path.isfile(os.path.join(path, f)) for f in os.listdir(path)):
             raise ValueError(f"{path}: empty DICOM series folder.")
-        return len(files) if axis == 2 else 1
+        return len(dicom_series_files(path)) if axis == 2 else 1  # headers only; checks series and gaps
     if not os.path.exists(path):
         raise ValueError(f"{path}: file not found.")
-    if path.endswith((".nii", ".nii.gz", ".mgz", ".img", ".hdr")):
+    if path.endswith((".nii", ".nii.gz")):
+        spatial = list(spatial_shape(check_nifti_header(path), path))  # header only: the voxels stay on disk
+    elif path.endswith((".mgz", ".img", ".hdr")):
         try:
             shape = nib.load(path).shape  # header only: the voxel data stays on disk
         except Exception as e:  # nibabel raises several types
             raise ValueError(f"{path}: unreadable image ({e}).") from e
         spatial = [s for s in shape[:3]]
-        return int(spatial[axis]) if len(spatial) > axis else 1
-    return 1  # single DICOM file or 2D image
+    else:
+        return 1  # single DICOM file or 2D image
+    return int(spatial[axis]) if len(spatial) > axis else 1
 
 
 def expand_slices(
@@ -122,22 +136,6 @@ class SelectSliced(MapTransform):
         return d
 
 
-def _dicom_series_files(folder: str) -> list[str]:
-    """Files of a DICOM series folder ordered by InstanceNumber (headers only)."""
-    files = []
-    for f in sorted(glob.glob(os.path.join(folder, "*"))):
-        if not os.path.isfile(f):
-            continue
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception:  # not a DICOM file: skipped, as MONAI's PydicomReader does
-            continue
-        files.append((int(getattr(ds, "InstanceNumber", 0) or 0), f))
-    if not files:
-        raise ValueError(f"{folder}: no DICOM file in the series folder.")
-    return [f for _, f in sorted(files)]
-
-
 def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor:
     """Read one 2D slice of an image file without reading the rest of the volume.
 
@@ -159,12 +157,13 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor
     if os.path.isdir(path):
         if axis != 2:
             raise ValueError(f"{path}: a DICOM series can only be sliced along axis 2.")
-        files = _dicom_series_files(path)
+        files = dicom_series_files(path)
         if not 0 <= index < len(files):
             raise ValueError(f"{path}: slice index {index} out of range for {len(files)} slices.")
         img = load_image(files[index])
         img.meta["filename_or_obj"] = path
     elif not is_dicom(path) and path.endswith((".nii", ".nii.gz")):
+        spatial_shape(check_nifti_header(path), path)  # empty, corrupt, huge, truncated, 1D or 4D: clear error
         try:
             nii = nib.load(path)
         except Exception as e:  # nibabel raises several types

@@ -1,0 +1,147 @@
+"""The inference engine: restore every scan, keep going past failures, report them at the end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.engines import SupervisedEvaluator
+from monai.transforms import Transform
+
+from custom.data.datalist import write_json_atomic
+
+__all__ = ["CatchFailures", "first_item", "RestorationEvaluator"]
+
+logger = logging.getLogger(__name__)
+
+
+def _root_message(e: BaseException) -> str:
+    """The innermost cause of an exception (MONAI's Compose wraps transform errors in RuntimeError)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return f"{type(e).__name__}: {e}"
+
+
+class CatchFailures(Transform):
+    """Apply ``transform``; on an exception return the item with an ``error`` message instead of raising.
+
+    Lets the data loader hand a broken scan to :class:`RestorationEvaluator`, which reports it and moves on.
+
+    Args:
+        transform: the preprocessing chain.
+    """
+
+    def __init__(self, transform: Callable[[Any], Any]) -> None:
+        self.transform = transform
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        try:
+            return dict(self.transform(data))
+        except Exception as e:  # every failure is reported per scan
+            return {**{k: v for k, v in dict(data).items() if isinstance(v, (str, int, float, list))},
+                    "error": _root_message(e)}
+
+
+def first_item(batch: Sequence[Any]) -> Any:
+    """``collate_fn`` for batch size 1 over whole scans of different sizes: the item itself."""
+    if len(batch) != 1:
+        raise ValueError(f"inference loads one scan at a time (batch_size 1), got {len(batch)}.")
+    return batch[0]
+
+
+class RestorationEvaluator(SupervisedEvaluator):
+    """``SupervisedEvaluator`` that restores one whole scan per iteration and never stops on a bad scan.
+
+    Each iteration: skip the scan when its output exists and ``overwrite`` is False (logged), run
+    ``inferer(image, network)`` on the normalised scan, apply ``postprocessing`` (denormalise + write) to the
+    item. Any error of one scan (reading, inference, writing) is logged with its file name and the next
+    scan runs. After the run the per-scan status is written to ``report_path`` (json) and, if any scan
+    failed, a ``RuntimeError`` listing them is raised (non-zero exit of ``monai.bundle run``).
+
+    Args:
+        device: device of the network.
+        val_data_loader: loader of items from :class:`custom.inference.LoadScand` (``collate_fn=first_item``).
+        network: the restoration network.
+        inferer: e.g. :class:`custom.inference.SliceBatchInferer`.
+        postprocessing: transform applied to the item dict with ``pred`` added (``(1, H, W[, D])`` on CPU).
+        overwrite: replace existing outputs.
+        report_path: json file of per-scan results (None: not written).
+        val_handlers: handlers (e.g. ``CheckpointLoader``).
+        amp: autocast the forward pass.
+        kwargs: other ``SupervisedEvaluator`` arguments.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        val_data_loader: Any,
+        network: torch.nn.Module,
+        inferer: Any,
+        postprocessing: Callable[[Any], Any] | None = None,
+        overwrite: bool = False,
+        report_path: str | None = None,
+        val_handlers: Sequence[Any] | None = None,
+        amp: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer,
+                         postprocessing=None, val_handlers=val_handlers, amp=amp, decollate=False, **kwargs)
+        self.restore_postprocessing = postprocessing
+        self.overwrite = overwrite
+        self.report_path = report_path
+        self.results: list[dict[str, Any]] = []
+
+    def _record(self, item: Mapping[Hashable, Any], status: str, message: str = "", seconds: float = 0.0) -> None:
+        entry = {"image": str(item.get("source", item.get("image", "?"))), "output": str(item.get("output", "")), "status": status,
+                 "message": message, "seconds": round(seconds, 3)}
+        self.results.append(entry)
+        log = logger.error if status == "failed" else logger.warning if status == "skipped" else logger.info
+        log("%s %s -> %s %s", status, entry["image"], entry["output"], message)
+
+    def _iteration(self, engine: Any, batchdata: dict[Hashable, Any]) -> dict[Hashable, Any]:  # type: ignore[override]
+        start = time.perf_counter()
+        item = dict(batchdata)
+        if item.get("error"):
+            self._record(item, "failed", str(item["error"]))
+            return {}
+        if os.path.lexists(str(item["output"])) and not self.overwrite:
+            self._record(item, "skipped", "output exists (set overwrite=true to replace it)")
+            return {}
+        try:
+            image = item["image"]
+            x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None].to(engine.state.device)
+            engine.network.eval()
+            with torch.no_grad(), torch.autocast(device_type=torch.device(engine.state.device).type, enabled=self.amp):
+                pred = engine.inferer(x, engine.network)
+            item["pred"] = pred[0].float().cpu()
+            if self.restore_postprocessing is not None:
+                item = dict(self.restore_postprocessing(item))
+        except Exception as e:  # report and continue with the next scan
+            logger.debug(traceback.format_exc())
+            self._record(item, "failed", f"{item.get('source')}: {_root_message(e)}", time.perf_counter() - start)
+            return {}
+        self._record(item, "written", "", time.perf_counter() - start)
+        return {"pred": item["pred"]}
+
+    def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]
+        """Restore all scans, write the report, raise if any scan failed.
+
+        Raises:
+            RuntimeError: one or more scans failed (all are listed).
+        """
+        self.results = []
+        super().run(global_epoch)
+        counts = {s: sum(r["status"] == s for r in self.results) for s in ("written", "skipped", "failed")}
+        logger.info("inference: %d written, %d skipped, %d failed", counts["written"], counts["skipped"],
+                    counts["failed"])
+        if self.report_path:
+            write_json_atomic({"counts": counts, "scans": self.results}, self.report_path)
+        failed = [r for r in self.results if r["status"] == "failed"]
+        if failed:
+            lines = "\n".join(f"  {r['image']}: {r['message']}" for r in failed)
+            raise RuntimeError(f"{len(failed)} of {len(self.results)} scan(s) failed:\n{lines}")

@@ -1,0 +1,129 @@
+"""Build a self-contained, shareable zip of the bundle.
+
+``python -m custom.packaging --output dist/tat_bundle.zip`` zips ``bundle/`` with the ``custom`` package copied
+into the bundle root (``<bundle>/custom``). ``python -m monai.bundle run`` puts the bundle root on ``sys.path``
+(``ConfigWorkflow.run``), and running from the unzipped folder puts it there from the start (``sys.path[0]`` is
+the working directory), so ``custom.*`` targets resolve without installing anything but the packages listed in
+``configs/metadata.json``. Run outputs (``models/*.pt`` unless ``--include_weights``, ``eval/``, ``outputs/``),
+caches and byte code stay out. The zip is written to a temporary file in the output folder and renamed into
+place, so a reader never sees a half-written archive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = REPO_ROOT / "bundle"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+# relative to the bundle root; run outputs and local state
+EXCLUDE_DIRS = {"eval", "outputs", "dist", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
+EXCLUDE_FILES = ["*.pyc", "*.pyo", "*.tmp", "*.part", ".DS_Store", "*.swp", "events.out.tfevents.*"]
+WEIGHT_PATTERNS = ["*.pt", "*.pth", "*.ts", "*.onnx", "*.ckpt"]
+# a zip entry's date must be >= 1980; a fixed stamp keeps archives of the same tree identical
+_ZIP_DATE = (2025, 1, 1, 0, 0, 0)
+
+
+def _walk(root: Path, include_weights: bool) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDE_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            if any(fnmatch.fnmatch(name, p) for p in EXCLUDE_FILES):
+                continue
+            if (
+                not include_weights
+                and rel_dir.parts[:1] == ("models",)
+                and any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)
+            ):
+                continue
+            yield Path(dirpath) / name
+
+
+def bundle_entries(bundle_dir: Path, package_dir: Path, prefix: str, include_weights: bool) -> list[tuple[Path, str]]:
+    """(source file, archive name) pairs: the bundle tree, then the ``custom`` package under ``<prefix>/custom``."""
+    entries: list[tuple[Path, str]] = []
+    for f in _walk(bundle_dir, include_weights):
+        rel = f.relative_to(bundle_dir).as_posix()
+        if rel.split("/")[0] == "custom":  # a stale copy inside the bundle: the package copy below wins
+            continue
+        entries.append((f, f"{prefix}/{rel}"))
+    for f in _walk(package_dir, include_weights=True):
+        entries.append((f, f"{prefix}/custom/{f.relative_to(package_dir).as_posix()}"))
+    names = [n for _, n in entries]
+    if len(set(names)) != len(names):
+        raise RuntimeError("duplicate archive names")
+    return entries
+
+
+def check_bundle(bundle_dir: Path) -> dict:
+    """Minimal structure check (MONAI Bundle Specification): required files present, metadata version in changelog."""
+    required = ["configs/metadata.json", "LICENSE"]
+    missing = [r for r in required if not (bundle_dir / r).is_file()]
+    if missing:
+        raise FileNotFoundError(f"bundle {bundle_dir} lacks required file(s): {missing}")
+    meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
+    if meta.get("version") not in meta.get("changelog", {}):
+        raise ValueError(f"metadata version {meta.get('version')!r} is not a key of its changelog")
+    return meta
+
+
+def build_archive(
+    output: str | os.PathLike,
+    bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
+    package_dir: str | os.PathLike = PACKAGE_DIR,
+    name: str | None = None,
+    include_weights: bool = False,
+) -> Path:
+    """Write the zip atomically to ``output`` and return its path. Entries sit under one top folder ``name``
+    (default: the output's stem), the layout of model-zoo bundle zips."""
+    bundle_dir, package_dir, output = Path(bundle_dir), Path(package_dir), Path(output)
+    check_bundle(bundle_dir)
+    prefix = name or output.stem
+    entries = bundle_entries(bundle_dir, package_dir, prefix, include_weights)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for src, arcname in entries:
+                info = zipfile.ZipInfo(arcname, date_time=_ZIP_DATE)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = (0o644 & 0xFFFF) << 16
+                zf.writestr(info, src.read_bytes())
+        with zipfile.ZipFile(tmp) as zf:  # re-read before publishing
+            bad = zf.testzip()
+            if bad is not None:
+                raise OSError(f"corrupt entry {bad} in {tmp}")
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=str(REPO_ROOT / "dist" / "tat_bundle.zip"), help="zip to write")
+    parser.add_argument("--bundle_dir", default=str(DEFAULT_BUNDLE), help="bundle folder (default: repo bundle/)")
+    parser.add_argument("--name", default=None, help="top folder inside the zip (default: output stem)")
+    parser.add_argument("--include_weights", action="store_true", help="also pack models/*.pt|*.ts|*.onnx")
+    args = parser.parse_args(argv)
+    out = build_archive(args.output, args.bundle_dir, name=args.name, include_weights=args.include_weights)
+    with zipfile.ZipFile(out) as zf:
+        n = len(zf.namelist())
+    print(f"wrote {out} ({n} files, {out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

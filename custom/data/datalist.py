@@ -325,5 +325,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _cli() -> int:
+    """Entry point: data errors (ValueError, one line per problem naming the file) are printed without a
+    traceback and give exit status 1."""
+    try:
+        return main()
+    except ValueError as e:
+        import sys
+
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli())

@@ -154,6 +154,8 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor
         ValueError: missing or unreadable file, or index out of range (the message names the file).
     """
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: file not found.")
     if os.path.isdir(path):
         if axis != 2:
             raise ValueError(f"{path}: a DICOM series can only be sliced along axis 2.")

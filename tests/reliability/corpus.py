@@ -1,0 +1,168 @@
+"""Generated corpus of malformed and hostile inputs (nothing binary is committed).
+
+:func:`make_corpus` writes each case under ``root`` and returns ``{name: Case}``; every case is one data-list
+item (``image``/``label`` paths relative to ``root``, ``modality``) plus the text its error must contain.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+SHAPE = (40, 40, 3)
+
+
+@dataclass
+class Case:
+    """One corpus entry: the data-list item, the file the error must name, and the problem words."""
+
+    item: dict
+    culprit: str  # path (relative to root) the message must name
+    problem: str  # lower-case text the message must contain
+    extra: dict = field(default_factory=dict)
+
+
+def _nifti(path: str, arr: np.ndarray) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(arr, dtype=np.float32), np.eye(4)), path)
+    return path
+
+
+def _clean(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1000, 1000, SHAPE).astype(np.float32)
+
+
+def _dicom_slice(path: str, z: int, series: str, study: str, pixels: bool = True, modality: str = "CT",
+                 sop_class: str = CTImageStorage, rows: int = 40, cols: int = 40) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.Modality = modality
+    ds.PatientID = "RELIABILITY"
+    ds.InstanceNumber = z + 1
+    if pixels:
+        ds.ImagePositionPatient = [0.0, 0.0, float(z)]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.SliceThickness = 1.0
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
+        ds.PixelData = (np.arange(rows * cols, dtype=np.int16).reshape(rows, cols) + z).tobytes()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _series(folder: str, slices: list[int], series: str | list[str] | None = None, **kw) -> str:
+    study = generate_uid()
+    uids = series if isinstance(series, list) else [series or generate_uid()] * len(slices)
+    for z, uid in zip(slices, uids):
+        _dicom_slice(os.path.join(folder, f"slice{z:03d}.dcm"), z, uid, study, **kw)
+    return folder
+
+
+def make_corpus(root: str) -> dict[str, Case]:
+    """Write the corpus under ``root``; valid partners are real, so each case has exactly one problem."""
+    r = lambda *p: os.path.join(root, *p)  # noqa: E731
+    cases: dict[str, Case] = {}
+
+    def pair(name: str, image: str, problem: str, modality: str | None = "CT", label: str | None = None,
+             culprit: str | None = None) -> None:
+        label = label or _nifti(r(name, "label.nii.gz"), _clean())
+        item = {"image": os.path.relpath(image, root), "label": os.path.relpath(label, root)}
+        if modality is not None:
+            item["modality"] = modality
+        cases[name] = Case(item, os.path.relpath(culprit or image, root), problem)
+
+    good = _clean()
+    # --- NIfTI ---
+    p = r("zero_byte", "image.nii.gz"); os.makedirs(os.path.dirname(p)); open(p, "wb").close()
+    pair("zero_byte", p, "empty file")
+    src = _nifti(r("truncated_gz", "full.nii.gz"), good); p = r("truncated_gz", "image.nii.gz")
+    blob = open(src, "rb").read(); open(p, "wb").write(blob[: len(blob) // 2]); os.remove(src)
+    pair("truncated_gz", p, "truncated")
+    src = _nifti(r("truncated_nii", "full.nii"), good); p = r("truncated_nii", "image.nii")
+    blob = open(src, "rb").read(); open(p, "wb").write(blob[: 352 + 100]); os.remove(src)
+    pair("truncated_nii", p, "truncated")
+    p = _nifti(r("corrupt_header", "image.nii"), good)
+    with open(p, "r+b") as f:  # sizeof_hdr (must be 348) and the magic "n+1" overwritten
+        f.write(b"\xde\xad\xbe\xef"); f.seek(344); f.write(b"XXXX")
+    pair("corrupt_header", p, "corrupt")
+    p = _nifti(r("absurd_shape", "image.nii"), good)
+    with open(p, "r+b") as f:  # dim[1] = -5
+        f.seek(42); f.write(np.int16(-5).tobytes())
+    pair("absurd_shape", p, "invalid image dimensions")
+    hdr = nib.Nifti1Header(); hdr.set_data_shape((30000, 30000, 30000)); hdr.set_data_dtype(np.float32)
+    p = r("huge_dims", "image.nii.gz"); os.makedirs(os.path.dirname(p))
+    with gzip.open(p, "wb") as f:  # declares ~100 TB of voxels, holds a few bytes
+        hdr["vox_offset"] = 352; f.write(hdr.binaryblock + b"\x00" * 4 + b"\x00" * 64)
+    pair("huge_dims", p, "larger than")
+    pair("four_d", _nifti(r("four_d", "image.nii.gz"), np.zeros((40, 40, 3, 2))), "2d or 3d",
+         label=_nifti(r("four_d", "label.nii.gz"), np.zeros((40, 40, 3, 2))))
+    cases["four_d"].culprit = cases["four_d"].item["label"]
+    pair("one_d", _nifti(r("one_d", "image.nii.gz"), np.zeros((40,))), "2d or 3d",
+         label=_nifti(r("one_d", "label.nii.gz"), np.zeros((40,))))
+    cases["one_d"].culprit = cases["one_d"].item["label"]
+    bad = good.copy(); bad[3, 4, 1] = np.nan
+    pair("nan_voxels", _nifti(r("nan_voxels", "image.nii.gz"), bad), "non-finite")
+    bad = good.copy(); bad[5, 5, 0] = np.inf
+    pair("inf_voxels", _nifti(r("inf_voxels", "image.nii.gz"), bad), "non-finite")
+    pair("shape_mismatch", _nifti(r("shape_mismatch", "image.nii.gz"), np.zeros((32, 40, 3))), "shape mismatch")
+    pair("unknown_modality", _nifti(r("unknown_modality", "image.nii.gz"), good), "unknown modality", modality="XR",
+         culprit=r("unknown_modality", "label.nii.gz"))
+    pair("missing_modality", _nifti(r("missing_modality", "image.nii.gz"), good), "no 'modality'", modality=None,
+         culprit=r("missing_modality", "label.nii.gz"))
+    pair("missing_file", r("missing_file", "image.nii.gz"), "not found")
+    p = r("not_nifti", "image.nii.gz"); os.makedirs(os.path.dirname(p)); open(p, "w").write("<html>404</html>")
+    pair("not_nifti", p, "not a nifti")
+    # --- DICOM series folders (label = a valid 3-slice series) ---
+    def dpair(name: str, image: str, problem: str) -> None:
+        label = _series(r(name, "label"), [0, 1, 2])
+        pair(name, image, problem, label=label)
+
+    s1, s2 = generate_uid(), generate_uid()
+    dpair("dicom_mixed_series", _series(r("dicom_mixed_series", "image"), [0, 1, 2], series=[s1, s1, s2]), "mixed series")
+    dpair("dicom_missing_slice", _series(r("dicom_missing_slice", "image"), [0, 1, 3]), "missing slice")
+    os.makedirs(r("dicom_empty", "image"))
+    dpair("dicom_empty", r("dicom_empty", "image"), "no dicom file")
+    dpair("dicom_no_pixels", _series(r("dicom_no_pixels", "image"), [0, 1, 2], pixels=False), "no pixel data")
+    folder = r("dicom_non_image", "image"); os.makedirs(folder)  # a structured report, no image at all
+    _dicom_slice(os.path.join(folder, "report.dcm"), 0, generate_uid(), generate_uid(), pixels=False, modality="SR",
+                 sop_class="1.2.840.10008.5.1.4.1.1.88.11")
+    dpair("dicom_non_image", folder, "not an image")
+    folder = r("dicom_garbage", "image"); os.makedirs(folder)
+    for z in range(3):
+        open(os.path.join(folder, f"slice{z}.dcm"), "wb").write(b"\x00" * 200 + b"not dicom")
+    dpair("dicom_garbage", folder, "no dicom")
+    return cases
+
+
+def make_empty_tree(root: str) -> dict[str, str]:
+    """Data-set roots for the datalist ``build`` command: empty, modality without cases, missing partner."""
+    out = {"empty_root": os.path.join(root, "empty_root")}
+    os.makedirs(out["empty_root"])
+    out["empty_modality"] = os.path.join(root, "empty_modality")
+    os.makedirs(os.path.join(out["empty_modality"], "CT", "label"))
+    os.makedirs(os.path.join(out["empty_modality"], "CT", "image"))
+    out["missing_partner"] = os.path.join(root, "missing_partner")
+    _nifti(os.path.join(out["missing_partner"], "CT", "label", "case01.nii.gz"), _clean())
+    _nifti(os.path.join(out["missing_partner"], "CT", "image", "case02.nii.gz"), _clean())
+    return out
+
+
+def copy_tree(src: str, dst: str) -> None:
+    shutil.copytree(src, dst)

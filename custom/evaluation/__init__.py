@@ -1,0 +1,17 @@
+"""Evaluation on paired test data: per-scan / per-task metrics of input and output, CSV + JSON, PNG panels."""
+
+from __future__ import annotations
+
+from .panels import plot_task_panel
+from .report import RestorationReport, format_summary_table
+from .writers import summarize_scans, write_csv_atomic, write_json_atomic, write_text_atomic
+
+__all__ = [
+    "RestorationReport",
+    "format_summary_table",
+    "plot_task_panel",
+    "summarize_scans",
+    "write_csv_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]

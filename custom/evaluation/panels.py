@@ -1,0 +1,89 @@
+"""PNG panel per task: degraded input / restored / target / absolute error, in physical units (matplotlib Agg)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display needed, set before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_task_panel"]
+
+
+def plot_task_panel(
+    path: str,
+    image: np.ndarray,
+    pred: np.ndarray,
+    label: np.ndarray,
+    window: Sequence[float],
+    title: str,
+    units: str = "",
+    input_psnr: float | None = None,
+    output_psnr: float | None = None,
+    dpi: int = 110,
+) -> str:
+    """Write a 1 x 4 panel (input, restored, target, |restored - target|) to ``path`` atomically.
+
+    Args:
+        path: destination ``.png``.
+        image: degraded input slice (H, W) in physical units.
+        pred: restored slice (H, W) in physical units.
+        label: target slice (H, W) in physical units.
+        window: (low, high) display window in physical units (the modality's evaluation window).
+        title: figure title (task, scan, slice).
+        units: intensity units for the colour bars.
+        input_psnr: PSNR of the input slice (dB), shown in its title when given.
+        output_psnr: PSNR of the restored slice (dB), shown in its title when given.
+        dpi: figure resolution.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: the slices are not 2D arrays of one shape, or the window is not increasing.
+    """
+    image, pred, label = (np.asarray(a, dtype=np.float32) for a in (image, pred, label))
+    if image.ndim != 2 or image.shape != pred.shape or image.shape != label.shape:
+        raise ValueError(f"{path}: panel needs three 2D slices of one shape, got {image.shape}, {pred.shape}, "
+                         f"{label.shape}.")
+    low, high = float(window[0]), float(window[1])
+    if not low < high:
+        raise ValueError(f"{path}: display window must be increasing, got {window}.")
+    clip = (lambda a: np.clip(a, low, high))  # errors measured inside the window, as the metrics are
+    error = np.abs(clip(pred) - clip(label))
+    input_error = np.abs(clip(image) - clip(label))
+    err_max = float(np.percentile(input_error, 99.5)) or float(error.max()) or 1.0  # same scale as the input's
+
+    fig, axes = plt.subplots(1, 4, figsize=(14.5, 4.0), constrained_layout=True)
+    tag = (lambda name, v: f"{name} ({v:.2f} dB)" if v is not None else name)
+    for ax, data, name in zip(axes[:3], (image, pred, label),
+                              (tag("degraded input", input_psnr), tag("restored", output_psnr), "target")):
+        im = ax.imshow(data, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        ax.set_title(name)
+    fig.colorbar(im, ax=axes[:3].tolist(), shrink=0.8, label=units)
+    im_err = axes[3].imshow(error, cmap="magma", vmin=0.0, vmax=err_max, interpolation="nearest")
+    axes[3].set_title("|restored - target|")
+    fig.colorbar(im_err, ax=axes[3], shrink=0.8, label=units)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -109,6 +109,8 @@ class DepthwiseConv(nn.Module):
         kernel = kernel.reshape(b * self.channels, 1, *kernel.shape[3:])
         # Fold the batch into the channels, (B, C, *S) -> (1, B*C, *S), keeping the channels-last layout
         # (much faster depthwise kernels on CPU): channels-last memory is (B, *S, C) -> (*S, B, C).
+        if b == 1:  # one sample: a plain depthwise conv with its kernel, in the input's layout
+            return conv(x, kernel, padding=pad, groups=self.channels)
         d = self.spatial_dims
         folded = x.permute(*range(2, d + 2), 0, 1).reshape(*x.shape[2:], b * self.channels)  # (*S, B*C)
         out = conv(folded.permute(d, *range(d)).unsqueeze(0), kernel, padding=pad, groups=b * self.channels)

@@ -1,0 +1,155 @@
+"""Training through the real CLI under hostile conditions: SIGKILL mid-run then rerun (same final weights as an
+uninterrupted run), a NaN injected into a target (stops naming iteration and sources, saves nothing corrupt),
+a bad scan in the data list (clear error naming it), and inputs byte-identical afterwards.
+
+Tiny network and data (``tests/bundle``), deterministic CPU mode (``set_determinism`` in train.json, one thread).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+import numpy as np
+import pytest
+import torch
+
+from tests.bundle.synthetic import make_dataset
+from tests.bundle.test_train_config import LOGGING, META, TINY, TRAIN, _assert_state_equal
+from tests.reliability.helpers import ENV, REPO, tree_hashes
+
+RUN = {**TINY, "num_iterations": 6, "val_interval": 2}  # checkpoints (latest.pt) after iterations 2, 4, 6
+STATE_KEYS = ("network", "ema", "loss", "optimizer", "lr_scheduler", "trainer", "best_saver", "rng")
+# a target that turns NaN after 24 crops (batches of 2 per task x 3 tasks; the loader may fetch ahead), i.e. after
+# the first checkpoint (iteration 2)
+POISON = {
+    "train#random_transforms": [
+        {"_target_": "custom.transforms.PairedRandCropd", "keys": ["image", "label"], "roi_size": "@patch_size"},
+        {"_target_": "Lambdad", "keys": ["label"],
+         "func": "$lambda x, n=[0]: x if (n.append(1) or len(n) <= 24) else x * float('nan')"},
+    ]
+}
+
+
+def _cmd(root: str, out: str, *configs: str) -> list[str]:
+    return [
+        sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", META,
+        "--config_file", str([TRAIN, *configs]), "--logging_file", LOGGING,
+        "--bundle_root", os.path.join(REPO, "bundle"), "--dataset_dir", root,
+        "--ckpt_dir", os.path.join(out, "models"), "--output_dir", os.path.join(out, "eval"),
+    ]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"{proc.args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def _load(out: str, name: str = "latest.pt") -> dict:
+    return torch.load(os.path.join(out, "models", name), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """All training CLI runs of this module (each CLI start costs seconds: run them once)."""
+    root = str(tmp_path_factory.mktemp("data"))
+    make_dataset(root)
+    cfg = str(tmp_path_factory.mktemp("cfg"))
+    tiny, poison = os.path.join(cfg, "tiny.json"), os.path.join(cfg, "poison.json")
+    json.dump(RUN, open(tiny, "w"))
+    json.dump(POISON, open(poison, "w"))
+    before = tree_hashes(root)
+    res: dict = {"root": root, "before": before}
+
+    res["full"] = full = str(tmp_path_factory.mktemp("full"))
+    _ok(_run(_cmd(root, full, tiny)))
+
+    # killed as soon as the first checkpoint exists, then the same command again
+    res["killed"] = killed = str(tmp_path_factory.mktemp("killed"))
+    latest = os.path.join(killed, "models", "latest.pt")
+    proc = subprocess.Popen(_cmd(root, killed, tiny), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not os.path.exists(latest) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    res["kill_rc"] = proc.wait()
+    res["at_kill"] = _load(killed)
+    res["resume"] = _ok(_run(_cmd(root, killed, tiny)))
+
+    # NaN target from iteration 3 on
+    res["nan"] = nan = str(tmp_path_factory.mktemp("nan"))
+    res["nan_proc"] = _run(_cmd(root, nan, tiny, poison))
+    res["after"] = tree_hashes(root)
+    return res
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_uninterrupted(runs):
+    assert runs["kill_rc"] == -signal.SIGKILL, "the run finished before it could be killed"
+    assert runs["at_kill"]["trainer"]["iteration"] < RUN["num_iterations"]
+    out = runs["resume"].stdout + runs["resume"].stderr
+    assert "Resuming from" in out
+    full, resumed = _load(runs["full"]), _load(runs["killed"])
+    case = unittest.TestCase()
+    for key in STATE_KEYS:
+        _assert_state_equal(case, resumed[key], full[key], key)
+    for name, t in _load(runs["killed"], "model.pt").items():  # the best model equals the uninterrupted one's
+        torch.testing.assert_close(t, _load(runs["full"], "model.pt")[name], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_naming_iteration_and_sources(runs):
+    proc = runs["nan_proc"]
+    assert proc.returncode != 0
+    err = proc.stderr
+    line = next((x for x in err.splitlines() if x.startswith("FloatingPointError")), "")
+    match = re.search(r"non-finite training loss \(nan\) at iteration (\d+) ", line)
+    assert match, err[-3000:]
+    assert "_label.nii.gz" in line and runs["root"] in line, line  # the batch's source files are named
+    failed = int(match.group(1))
+    # nothing corrupt saved: the last checkpoint is a finite one from before the failure, no partial or temp file
+    latest = _load(runs["nan"])
+    assert 2 <= latest["trainer"]["iteration"] < failed, (latest["trainer"]["iteration"], failed)
+    for part in ("network", "loss"):
+        for name, t in latest[part].items():
+            assert torch.isfinite(t).all(), (part, name)
+    for name, t in _load(runs["nan"], "model.pt").items():
+        assert torch.isfinite(t).all(), name
+    assert sorted(os.listdir(os.path.join(runs["nan"], "models"))) == ["latest.pt", "model.pt"]
+
+
+@pytest.mark.slow
+def test_training_never_modifies_inputs(runs):
+    assert runs["after"] == runs["before"]
+
+
+@pytest.mark.slow
+def test_bad_scan_in_training_names_it(tmp_path):
+    """A NaN voxel in a training input: the CLI stops with the file and the problem in the message."""
+    import nibabel as nib
+
+    root = str(tmp_path / "data")
+    make_dataset(root)
+    bad = os.path.join(root, "PET", "training_1_image.nii.gz")
+    arr = np.asarray(nib.load(bad).dataobj, dtype=np.float32)
+    arr[10, 10, 1] = np.nan
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), bad)
+    before = tree_hashes(root)
+    tiny = str(tmp_path / "tiny.json")
+    json.dump({**RUN, "num_iterations": 2}, open(tiny, "w"))
+    proc = _run(_cmd(root, str(tmp_path / "out"), tiny))
+    assert proc.returncode != 0
+    assert f"{bad}: non-finite values (NaN or inf) in 'image'" in proc.stderr, proc.stderr[-3000:]
+    assert tree_hashes(root) == before
+    assert not os.path.exists(tmp_path / "out" / "models" / "latest.pt")

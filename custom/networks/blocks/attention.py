@@ -36,8 +36,8 @@ def channel_attention(qkv: torch.Tensor, num_heads: int, temperature: torch.Tens
     t = qkv.movedim(1, -1).reshape(b, -1, 3, num_heads, c // num_heads)  # (B, N, 3, h, C/h)
     q, k, v = (t[:, :, i].permute(0, 2, 3, 1) for i in range(3))  # each (B, h, C/h, N)
     gram = q @ k.transpose(-2, -1)  # (B, h, C/h, C/h)
-    q_norm = q.square().sum(-1).sqrt().clamp_min(1e-12)  # (B, h, C/h)
-    k_norm = k.square().sum(-1).sqrt().clamp_min(1e-12)
+    q_norm = torch.linalg.vector_norm(q, dim=-1).clamp_min(1e-12)  # (B, h, C/h), no squared copy of q
+    k_norm = torch.linalg.vector_norm(k, dim=-1).clamp_min(1e-12)
     attn = gram / (q_norm[..., :, None] * k_norm[..., None, :]) * temperature
     out = v.transpose(-2, -1) @ attn.softmax(dim=-1).transpose(-2, -1)  # (B, h, N, C/h)
     out = out.permute(0, 2, 1, 3).reshape(b, *spatial, c)  # (B, *spatial, C)

@@ -20,7 +20,7 @@ from .writers import summarize_scans, write_csv_atomic, write_json_atomic
 
 __all__ = ["RestorationReport", "format_summary_table"]
 
-SCAN_COLUMNS = ("task", "modality", "scan", "input_file", "n_slices") + tuple(
+SCAN_COLUMNS = ("task", "modality", "scan", "degraded_file", "n_slices") + tuple(
     f"{side}_{m}" for side in ("input", "output") for m in METRIC_NAMES
 )
 
@@ -148,7 +148,7 @@ class RestorationReport:
             scan = _filename(item.get(Keys.LABEL, out.get(Keys.LABEL)), f"item{len(self.slices)}")
             index = item.get(self.index_key, 0)
             row = {"task": str(setting["task"]), "modality": setting["modality"], "scan": scan,
-                   "input_file": _filename(item.get(Keys.IMAGE, out.get(Keys.IMAGE)), ""),
+                   "degraded_file": _filename(item.get(Keys.IMAGE, out.get(Keys.IMAGE)), ""),
                    "slice_index": int(torch.as_tensor(index).reshape(-1)[0]) if index is not None else 0}
             row.update({f"input_{m}": float(v_in[m][0]) for m in METRIC_NAMES})
             row.update({f"output_{m}": float(v_out[m][0]) for m in METRIC_NAMES})

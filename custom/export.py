@@ -11,7 +11,9 @@ Findings (torch 2.13, see the Export section of ``bundle/docs/README.md``):
   and two more limits: the exporter writes ``Transpose`` nodes with negative ``perm`` entries that onnxruntime
   rejects (:func:`fix_negative_transpose_perms` repairs them), and the local-window merge (``index_add_`` with
   repeated indices) cannot be exported, so ONNX works only where attention is global: slices up to
-  ``1.5 * train_patch_size`` per side (192 for the published model).
+  ``1.5 * train_patch_size`` per side (192 for the published model). Sizes that need padding (not multiples
+  of 8) fail too ("convolution for kernel of unknown shape": the padded shape reaches the generated kernels
+  as unknown): export at a multiple of 8 and pad/crop outside the model.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def export_onnx(network: torch.nn.Module, path: str | os.PathLike, input_shape: 
     Args:
         network: the network.
         path: destination ``.onnx`` file.
-        input_shape: ``(1, C, H, W)``; H and W at most ``1.5 * train_patch_size`` (module docstring).
+        input_shape: ``(1, C, H, W)``; H and W multiples of 8, at most ``1.5 * train_patch_size`` (module docstring).
         opset_version: ONNX opset.
 
     Returns:
@@ -96,8 +98,8 @@ def export_onnx(network: torch.nn.Module, path: str | os.PathLike, input_shape: 
                                   input_names=["image"], output_names=["pred"], opset_version=opset_version)
             except Exception as e:  # exporter errors are of many types
                 raise ValueError(f"{path}: ONNX export at {tuple(input_shape)} failed ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0][:300]}); local windows (slices larger than 1.5x "
-                                 "train_patch_size) cannot be exported to ONNX.") from e
+                                 f"{str(e).splitlines()[0][:300]}); ONNX needs H and W multiples of 8 and at most 1.5x "
+                                 "train_patch_size: local windows and padding cannot be exported.") from e
         model = onnx.load(tmp)
         fix_negative_transpose_perms(model)
         onnx.save(model, tmp)

@@ -1,0 +1,142 @@
+"""Batch inference through the real CLI on the hostile corpus mixed with valid scans: every bad scan is reported
+naming its file, the valid scans are written, the exit status is non-zero, inputs are byte-identical; a run
+SIGKILLed after its first output and rerun completes the remaining scans (same voxels as an uninterrupted run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.inference.helpers import BUNDLE, INFERENCE_CONFIG, TINY_OVERRIDES, save_checkpoint
+from tests.reliability.corpus import make_corpus
+from tests.reliability.helpers import ENV, tree_hashes
+
+pytestmark = pytest.mark.slow
+N_VALID = 6
+# scans whose failure is reported by the inference reader (all corpus inputs except those that are only wrong
+# as a training pair: shape mismatch with a target, a modality missing where the CT default applies)
+PAIR_ONLY = {"shape_mismatch"}
+
+
+def _cmd(tmp: str, datalist: str, out: str) -> list[str]:
+    return [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", INFERENCE_CONFIG,
+            "--bundle_root", BUNDLE, "--checkpoint", os.path.join(tmp, "model.pt"), *TINY_OVERRIDES,
+            "--dataset_dir", os.path.join(tmp, "in"), "--datalist", datalist, "--output_dir", out]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, cwd=os.path.dirname(cmd[-1]))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("inference"))
+    root = os.path.join(tmp, "in")
+    cases = make_corpus(root)
+    save_checkpoint(os.path.join(tmp, "model.pt"))
+    rng = np.random.default_rng(0)
+    valid = []
+    for i in range(N_VALID):
+        rel = f"valid/scan{i}.nii.gz"
+        os.makedirs(os.path.join(root, "valid"), exist_ok=True)
+        arr = (rng.random((64, 64, 6)) * 2000 - 1000).astype(np.float32)
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), os.path.join(root, rel))
+        valid.append({"image": rel, "modality": "CT"})
+    bad = [{k: v for k, v in c.item.items() if k != "label"} for n, c in cases.items() if n not in PAIR_ONLY]
+    datalist = os.path.join(tmp, "datalist.json")
+    json.dump({"test": valid + bad}, open(datalist, "w"))
+    before = tree_hashes(root)
+    res = {"tmp": tmp, "root": root, "cases": cases, "valid": valid, "bad": bad, "before": before}
+
+    res["full_out"] = os.path.join(tmp, "full_out")
+    res["full"] = _run(_cmd(tmp, datalist, res["full_out"]))
+
+    res["killed_out"] = out = os.path.join(tmp, "killed_out")
+    first = os.path.join(out, valid[0]["image"])
+    proc = subprocess.Popen(_cmd(tmp, datalist, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=tmp)
+    deadline = time.monotonic() + 240
+    while not os.path.exists(first) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    res["kill_rc"] = proc.wait()
+    res["written_at_kill"] = sorted(v["image"] for v in valid if os.path.exists(os.path.join(out, v["image"])))
+    res["rerun"] = _run(_cmd(tmp, datalist, out))
+    res["after"] = tree_hashes(root)
+    return res
+
+
+def _report(out: str) -> dict:
+    with open(os.path.join(out, "inference_report.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_bad_scans_reported_valid_scans_written(runs):
+    proc = runs["full"]
+    assert proc.returncode != 0
+    report = _report(runs["full_out"])
+    by_image = {os.path.relpath(r["image"], runs["root"]): r for r in report["scans"]}
+    for v in runs["valid"]:
+        assert by_image[v["image"]]["status"] == "written", by_image[v["image"]]
+        assert os.path.exists(os.path.join(runs["full_out"], v["image"]))
+    for item in runs["bad"]:
+        r = by_image[os.path.normpath(item["image"])]
+        if r["status"] == "failed":  # (the DICOM series gaps are written: see test_inference_message_names_problem)
+            assert os.path.join(runs["root"], item["image"]) in proc.stderr  # listed in the final error too
+    assert report["counts"]["written"] >= N_VALID and report["counts"]["failed"] >= len(runs["bad"]) - 2
+
+
+def test_killed_inference_rerun_completes_remaining(runs):
+    assert runs["kill_rc"] == -signal.SIGKILL, "inference finished before it could be killed"
+    assert 1 <= len(runs["written_at_kill"]) < N_VALID, runs["written_at_kill"]
+    report = _report(runs["killed_out"])
+    status = {os.path.relpath(r["image"], runs["root"]): r["status"] for r in report["scans"]}
+    for v in runs["valid"]:
+        expected = "skipped" if v["image"] in runs["written_at_kill"] else "written"
+        assert status[v["image"]] == expected, (v["image"], status)
+        a = nib.load(os.path.join(runs["killed_out"], v["image"])).get_fdata()
+        b = nib.load(os.path.join(runs["full_out"], v["image"])).get_fdata()
+        np.testing.assert_array_equal(a, b)
+    leftovers = [f for _, _, files in os.walk(runs["killed_out"]) for f in files if f.startswith(".tmp")]
+    assert len(leftovers) <= 1, leftovers  # at most the one temp file the kill interrupted, never a final name
+
+
+def test_inference_never_modifies_inputs(runs):
+    assert runs["after"] == runs["before"]
+
+
+# problem words of the inference reader's messages (custom/inference/io.py, its own loader)
+INFERENCE_PROBLEM = {
+    "zero_byte": "empty file", "truncated_gz": "compressed file ended", "truncated_nii": "damaged",
+    "corrupt_header": "cannot work out file type", "absurd_shape": "invalid image dimensions",
+    "huge_dims": "larger than", "four_d": "2d or 3d", "one_d": "2d or 3d", "nan_voxels": "non-finite",
+    "inf_voxels": "non-finite", "unknown_modality": "unknown modality", "missing_modality": "no modality",
+    "missing_file": "no such file", "not_nifti": "not a gzip file", "dicom_mixed_series": "mixed series",
+    "dicom_missing_slice": "missing slice", "dicom_empty": "no dicom file", "dicom_no_pixels": "no pixel data",
+    "dicom_non_image": "no pixel data", "dicom_garbage": "dicom",
+}
+# reported with a raw or misleading library message (absurd_shape: "OverflowError: memory mapped length must be
+# positive"; huge_dims: "MemoryError: " after trying to allocate; dicom_empty: "IsADirectoryError") or not at all
+# (mixed series and gapped series are restored and written). Proposed fix in the issue 7 report: load_nifti /
+# load_dicom_series call custom.data.check_nifti_header / custom.data.dicom_series_files first.
+INFERENCE_GAPS = {"absurd_shape", "huge_dims", "dicom_mixed_series", "dicom_missing_slice", "dicom_empty"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    strict=True, reason="custom/inference reader: see issue 7 report")) if n in INFERENCE_GAPS else n
+    for n in sorted(INFERENCE_PROBLEM)])
+def test_inference_message_names_file_and_problem(runs, name):
+    case = runs["cases"][name]
+    path = os.path.join(runs["root"], case.item["image"])
+    r = next(r for r in _report(runs["full_out"])["scans"] if r["image"] == path)
+    assert r["status"] == "failed", r
+    assert INFERENCE_PROBLEM[name] in r["message"].lower(), r["message"]
+    assert f"  {path}: {r['message'].splitlines()[0]}" in runs["full"].stderr  # the final error: file + problem

@@ -21,8 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 def _root_message(e: BaseException) -> str:
-    """The innermost cause of an exception (MONAI's Compose wraps transform errors in RuntimeError)."""
-    while e.__cause__ is not None:
+    """The message of an exception without MONAI's wrappers (``Compose`` re-raises transform errors as
+    ``RuntimeError("applying transform ...")``): the first exception of the cause chain that is not a wrapper."""
+    while e.__cause__ is not None and isinstance(e, RuntimeError) and "applying transform" in str(e):
         e = e.__cause__
     return f"{type(e).__name__}: {e}"
 
@@ -97,8 +98,11 @@ class RestorationEvaluator(SupervisedEvaluator):
         self.results: list[dict[str, Any]] = []
 
     def _record(self, item: Mapping[Hashable, Any], status: str, message: str = "", seconds: float = 0.0) -> None:
-        entry = {"image": str(item.get("source", item.get("image", "?"))), "output": str(item.get("output", "")), "status": status,
-                 "message": message, "seconds": round(seconds, 3)}
+        source = str(item.get("source", item.get("image", "?")))
+        if status == "failed" and source not in message:
+            message = f"{source}: {message}"
+        entry = {"image": source, "output": str(item.get("output", "")), "status": status, "message": message,
+                 "seconds": round(seconds, 3)}
         self.results.append(entry)
         log = logger.error if status == "failed" else logger.warning if status == "skipped" else logger.info
         log("%s %s -> %s %s", status, entry["image"], entry["output"], message)
@@ -123,7 +127,7 @@ class RestorationEvaluator(SupervisedEvaluator):
                 item = dict(self.restore_postprocessing(item))
         except Exception as e:  # report and continue with the next scan
             logger.debug(traceback.format_exc())
-            self._record(item, "failed", f"{item.get('source')}: {_root_message(e)}", time.perf_counter() - start)
+            self._record(item, "failed", _root_message(e), time.perf_counter() - start)
             return {}
         self._record(item, "written", "", time.perf_counter() - start)
         return {"pred": item["pred"]}

@@ -1,0 +1,58 @@
+"""custom.demo: the orchestration (data list -> bundle training CLI -> evaluate.json CLI -> report) on a tiny budget.
+
+The real demo data needs wheels from PyPI; here the demo is pointed at a pre-built tiny data list instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from custom.demo import BUNDLE_DIR, DEMO_OVERRIDES, bundle_command
+from custom.networks import TAT
+from tests.evaluation.tiny_data import TINY_OVERRIDES, make_tiny_dataset
+
+
+def test_demo_overrides_are_train_json_keys():
+    with open(os.path.join(BUNDLE_DIR, "configs", "train.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    tat_args = inspect.signature(TAT).parameters
+    for key in DEMO_OVERRIDES:
+        if key.startswith("network_def#"):  # network arguments may be new keys of network_def
+            assert key.split("#")[1] in tat_args, f"demo override {key} is not a TAT argument"
+        else:
+            assert key in config, f"demo override {key} is not a train.json key"
+    cmd = bundle_command("evaluating", ["train.json", "evaluate.json"], "/d", "/m", "/o", {"network_def#heads": [1, 2]})
+    assert cmd[cmd.index("--network_def#heads") + 1] == "[1, 2]"
+    assert json.loads(cmd[cmd.index("--config_file") + 1])[1].endswith(os.path.join("configs", "evaluate.json"))
+
+
+@pytest.mark.slow
+def test_demo_smoke(tmp_path):
+    datalist = make_tiny_dataset(str(tmp_path / "data"))
+    cmd = [sys.executable, "-m", "custom.demo", "--output_dir", str(tmp_path / "demo"), "--datalist", datalist,
+           "--threads", "1", "--no_require_gain", "--override", "num_iterations=2", "--override", "val_interval=1"]
+    cmd += [a for k, v in TINY_OVERRIDES.items() for a in ("--override", f"{k}={json.dumps(v)}")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    stale = tmp_path / "demo" / "models" / "latest.pt"  # a previous run's leftovers: training must start afresh
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"not a checkpoint")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    demo = tmp_path / "demo"
+    assert (demo / "models" / "model.pt").is_file() and (demo / "models" / "latest.pt").is_file()
+    summary = json.loads((demo / "evaluation" / "test_summary.json").read_text())
+    assert set(summary["tasks"]) == {"low_dose_ct", "low_count_pet", "mri_super_resolution"}
+    for task in summary["tasks"]:
+        assert (demo / "evaluation" / f"test_panel_{task}.png").is_file()
+        assert task in proc.stdout  # the per-task table is printed
+    assert "PSNR in" in proc.stdout and "test_scans.csv" in proc.stdout and "wall time" in proc.stdout
+    assert not (demo / "data").exists()  # a given data list is used as is
+
+    assert "starting a new training" in log  # the stale latest.pt was removed, not resumed from

@@ -130,8 +130,9 @@ INFERENCE_PROBLEM = {
 INFERENCE_GAPS = {"absurd_shape", "huge_dims", "dicom_mixed_series", "dicom_missing_slice", "dicom_empty"}
 
 
+# not strict: the inference owner is closing these gaps; an XPASS means the entry can leave INFERENCE_GAPS
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="custom/inference reader: see issue 7 report")) if n in INFERENCE_GAPS else n
+    strict=False, reason="custom/inference reader: see issue 7 report")) if n in INFERENCE_GAPS else n
     for n in sorted(INFERENCE_PROBLEM)])
 def test_inference_message_names_file_and_problem(runs, name):
     case = runs["cases"][name]

@@ -25,6 +25,7 @@ from tests.bundle.test_train_config import LOGGING, META, TINY, TRAIN, _assert_s
 from tests.reliability.helpers import ENV, REPO, tree_hashes
 
 RUN = {**TINY, "num_iterations": 6, "val_interval": 2}  # checkpoints (latest.pt) after iterations 2, 4, 6
+EVALUATE = os.path.join(os.path.dirname(TRAIN), "evaluate.json")
 STATE_KEYS = ("network", "ema", "loss", "optimizer", "lr_scheduler", "trainer", "best_saver", "rng")
 # a target that turns NaN after 24 crops (batches of 2 per task x 3 tasks; the loader may fetch ahead), i.e. after
 # the first checkpoint (iteration 2)
@@ -38,8 +39,10 @@ POISON = {
 
 
 def _cmd(root: str, out: str, *configs: str) -> list[str]:
+    extra = [c for c in configs if not c.endswith(".json")]
+    configs = tuple(c for c in configs if c.endswith(".json"))
     return [
-        sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", META,
+        sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", META, *extra,
         "--config_file", str([TRAIN, *configs]), "--logging_file", LOGGING,
         "--bundle_root", os.path.join(REPO, "bundle"), "--dataset_dir", root,
         "--ckpt_dir", os.path.join(out, "models"), "--output_dir", os.path.join(out, "eval"),
@@ -73,6 +76,14 @@ def runs(tmp_path_factory):
 
     res["full"] = full = str(tmp_path_factory.mktemp("full"))
     _ok(_run(_cmd(root, full, tiny)))
+
+    # evaluation of the trained checkpoint on the validation split: inputs and the checkpoint stay untouched
+    models_before = tree_hashes(os.path.join(full, "models"))
+    cmd = _cmd(root, full, EVALUATE, tiny, "--eval_split", "validation")
+    cmd[cmd.index("training")] = "evaluating"
+    cmd[cmd.index("--output_dir") + 1] = os.path.join(full, "evaluation")
+    res["eval"] = _ok(_run(cmd))
+    res["models_changed"] = tree_hashes(os.path.join(full, "models")) != models_before
 
     # killed as soon as the first checkpoint exists, then the same command again
     res["killed"] = killed = str(tmp_path_factory.mktemp("killed"))
@@ -130,8 +141,9 @@ def test_non_finite_loss_stops_naming_iteration_and_sources(runs):
 
 
 @pytest.mark.slow
-def test_training_never_modifies_inputs(runs):
-    assert runs["after"] == runs["before"]
+def test_training_and_evaluation_never_modify_inputs(runs):
+    assert runs["after"] == runs["before"]  # after 4 training runs (one killed) and one evaluation
+    assert not runs["models_changed"]  # evaluation only reads the checkpoint
 
 
 @pytest.mark.slow

@@ -23,7 +23,9 @@ from monai.transforms import MapTransform
 
 from custom.data.readers import DICOM_TO_MODALITY, suv_factor
 
-__all__ = ["load_nifti", "load_dicom_series", "LoadScand"]
+__all__ = ["MAX_VOXELS", "load_nifti", "load_dicom_series", "LoadScand"]
+
+MAX_VOXELS = 2**31  # refuse headers declaring more voxels (8 GiB of float32) before reading any data
 
 
 def load_nifti(path: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -40,9 +42,17 @@ def load_nifti(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     """
     try:
         img = nib.load(path)
-        data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as e:  # nibabel raises many types for broken files
         raise ValueError(f"{path}: unreadable NIfTI file ({type(e).__name__}: {e}).") from e
+    shape = tuple(int(n) for n in img.shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"{path}: invalid image dimensions {shape} in the header.")
+    if int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
+        raise ValueError(f"{path}: header declares {shape} voxels, larger than the limit of {MAX_VOXELS}.")
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as e:  # truncated or corrupt data
+        raise ValueError(f"{path}: unreadable NIfTI data ({type(e).__name__}: {e}).") from e
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim not in (2, 3) or min(data.shape) < 1:
@@ -76,6 +86,8 @@ def load_dicom_series(files: list[str], where: str, suv: bool = True) -> tuple[n
     Raises:
         ValueError: unreadable file, multi-frame or colour image, slices of different sizes, non-finite values.
     """
+    if not files:
+        raise ValueError(f"{where}: no DICOM file.")
     datasets = []
     for path in files:
         try:
@@ -88,7 +100,18 @@ def load_dicom_series(files: list[str], where: str, suv: bool = True) -> tuple[n
         datasets.append((ds, arr, path))
     if not datasets:
         raise ValueError(f"{where}: no DICOM file.")
+    uids = {str(getattr(d, "SeriesInstanceUID", "")) for d, _, _ in datasets}
+    if len(uids) > 1:
+        raise ValueError(f"{where}: mixed series ({len(uids)} SeriesInstanceUIDs in one scan); put each series in "
+                         "its own folder or list it separately.")
     datasets.sort(key=lambda t: _sort_key(t[0]))
+    positions = np.array([_sort_key(d)[0] for d, _, _ in datasets])
+    if len(positions) > 2 and all(getattr(d, "ImagePositionPatient", None) is not None for d, _, _ in datasets):
+        gaps = np.diff(positions)
+        step = float(gaps[gaps > 1e-6].min()) if (gaps > 1e-6).any() else 0.0  # the nominal spacing
+        if step > 0 and (gaps > 1.5 * step).any():
+            raise ValueError(f"{where}: missing slice(s): gap of {float(gaps.max()):.3g} mm between slices spaced "
+                             f"{step:.3g} mm.")
     shapes = {a.shape for _, a, _ in datasets}
     if len(shapes) > 1:
         raise ValueError(f"{where}: slices of different sizes {sorted(shapes)} in one series.")
@@ -142,7 +165,8 @@ class LoadScand(MapTransform):
             if d.get("kind") == "nifti":
                 array, info = load_nifti(path)
             else:
-                array, info = load_dicom_series(list(d.get("files") or [path]), path, self.dicom_suv)
+                files = d["files"] if "files" in d else [path]
+                array, info = load_dicom_series(list(files), path, self.dicom_suv)
             modality = d.get("modality") or self.default_modality or info.get("modality")
             if not modality:
                 raise ValueError(f"{path}: no modality: set 'modality' (CT, PET or MRI) in the config or data list.")

@@ -108,3 +108,16 @@ def test_find_scans_skips_output_inside_dataset(tmp_path) -> None:
     nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), str(tmp_path / "restored" / "a.nii"))
     items = find_scans(str(tmp_path), str(tmp_path / "restored"), modality="CT")
     assert [i["name"] for i in items] == ["a.nii"]
+
+
+def test_inference_config_has_monai_infer_properties(tmp_path) -> None:
+    from monai.bundle import ConfigWorkflow
+
+    from tests.inference.helpers import BUNDLE, INFERENCE_CONFIG
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), str(tmp_path / "a.nii"))
+    workflow = ConfigWorkflow(config_file=INFERENCE_CONFIG, workflow_type="infer", bundle_root=BUNDLE,
+                              dataset_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
+                              **{"network_def#dim": 8, "network_def#num_blocks": [1, 1, 1, 1]})
+    workflow.initialize()
+    assert workflow.check_properties() == []

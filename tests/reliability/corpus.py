@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import nibabel as nib
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -33,6 +32,30 @@ class Case:
 def _nifti(path: str, arr: np.ndarray) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     nib.save(nib.Nifti1Image(np.asarray(arr, dtype=np.float32), np.eye(4)), path)
+    return path
+
+
+def _raw(path: str, data: bytes) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _bytes_of_nifti(path: str, arr: np.ndarray) -> bytes:
+    """Bytes of a valid NIfTI file (written to ``path``, read back, removed)."""
+    _nifti(path, arr)
+    with open(path, "rb") as f:
+        data = f.read()
+    os.remove(path)
+    return data
+
+
+def _patch(path: str, edits: dict[int, bytes]) -> str:
+    with open(path, "r+b") as f:
+        for offset, data in edits.items():
+            f.seek(offset)
+            f.write(data)
     return path
 
 
@@ -90,36 +113,33 @@ def make_corpus(root: str) -> dict[str, Case]:
 
     good = _clean()
     # --- NIfTI ---
-    p = r("zero_byte", "image.nii.gz"); os.makedirs(os.path.dirname(p)); open(p, "wb").close()
-    pair("zero_byte", p, "empty file")
-    src = _nifti(r("truncated_gz", "full.nii.gz"), good); p = r("truncated_gz", "image.nii.gz")
-    blob = open(src, "rb").read(); open(p, "wb").write(blob[: len(blob) // 2]); os.remove(src)
-    pair("truncated_gz", p, "truncated")
-    src = _nifti(r("truncated_nii", "full.nii"), good); p = r("truncated_nii", "image.nii")
-    blob = open(src, "rb").read(); open(p, "wb").write(blob[: 352 + 100]); os.remove(src)
-    pair("truncated_nii", p, "truncated")
-    p = _nifti(r("corrupt_header", "image.nii"), good)
-    with open(p, "r+b") as f:  # sizeof_hdr (must be 348) and the magic "n+1" overwritten
-        f.write(b"\xde\xad\xbe\xef"); f.seek(344); f.write(b"XXXX")
+    pair("zero_byte", _raw(r("zero_byte", "image.nii.gz"), b""), "empty file")
+    full = _bytes_of_nifti(r("truncated_gz", "full.nii.gz"), good)
+    pair("truncated_gz", _raw(r("truncated_gz", "image.nii.gz"), full[: len(full) // 2]), "truncated")
+    full = _bytes_of_nifti(r("truncated_nii", "full.nii"), good)
+    pair("truncated_nii", _raw(r("truncated_nii", "image.nii"), full[: 352 + 100]), "truncated")
+    # sizeof_hdr (must be 348) and the magic "n+1" overwritten
+    p = _patch(_nifti(r("corrupt_header", "image.nii"), good), {0: b"\xde\xad\xbe\xef", 344: b"XXXX"})
     pair("corrupt_header", p, "corrupt")
-    p = _nifti(r("absurd_shape", "image.nii"), good)
-    with open(p, "r+b") as f:  # dim[1] = -5
-        f.seek(42); f.write(np.int16(-5).tobytes())
+    p = _patch(_nifti(r("absurd_shape", "image.nii"), good), {42: np.int16(-5).tobytes()})  # dim[1] = -5
     pair("absurd_shape", p, "invalid image dimensions")
-    hdr = nib.Nifti1Header(); hdr.set_data_shape((30000, 30000, 30000)); hdr.set_data_dtype(np.float32)
-    p = r("huge_dims", "image.nii.gz"); os.makedirs(os.path.dirname(p))
-    with gzip.open(p, "wb") as f:  # declares ~100 TB of voxels, holds a few bytes
-        hdr["vox_offset"] = 352; f.write(hdr.binaryblock + b"\x00" * 4 + b"\x00" * 64)
-    pair("huge_dims", p, "larger than")
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((30000, 30000, 30000))  # declares ~100 TB of voxels, the file holds a few bytes
+    hdr.set_data_dtype(np.float32)
+    hdr["vox_offset"] = 352
+    pair("huge_dims", _raw(r("huge_dims", "image.nii.gz"), gzip.compress(hdr.binaryblock + b"\x00" * 68)),
+         "larger than")
     pair("four_d", _nifti(r("four_d", "image.nii.gz"), np.zeros((40, 40, 3, 2))), "2d or 3d",
          label=_nifti(r("four_d", "label.nii.gz"), np.zeros((40, 40, 3, 2))))
     cases["four_d"].culprit = cases["four_d"].item["label"]
     pair("one_d", _nifti(r("one_d", "image.nii.gz"), np.zeros((40,))), "2d or 3d",
          label=_nifti(r("one_d", "label.nii.gz"), np.zeros((40,))))
     cases["one_d"].culprit = cases["one_d"].item["label"]
-    bad = good.copy(); bad[3, 4, 1] = np.nan
+    bad = good.copy()
+    bad[3, 4, 1] = np.nan
     pair("nan_voxels", _nifti(r("nan_voxels", "image.nii.gz"), bad), "non-finite")
-    bad = good.copy(); bad[5, 5, 0] = np.inf
+    bad = good.copy()
+    bad[5, 5, 0] = np.inf
     pair("inf_voxels", _nifti(r("inf_voxels", "image.nii.gz"), bad), "non-finite")
     pair("shape_mismatch", _nifti(r("shape_mismatch", "image.nii.gz"), np.zeros((32, 40, 3))), "shape mismatch")
     pair("unknown_modality", _nifti(r("unknown_modality", "image.nii.gz"), good), "unknown modality", modality="XR",
@@ -127,8 +147,8 @@ def make_corpus(root: str) -> dict[str, Case]:
     pair("missing_modality", _nifti(r("missing_modality", "image.nii.gz"), good), "no 'modality'", modality=None,
          culprit=r("missing_modality", "label.nii.gz"))
     pair("missing_file", r("missing_file", "image.nii.gz"), "not found")
-    p = r("not_nifti", "image.nii.gz"); os.makedirs(os.path.dirname(p)); open(p, "w").write("<html>404</html>")
-    pair("not_nifti", p, "not a nifti")
+    pair("not_nifti", _raw(r("not_nifti", "image.nii.gz"), b"<html>404</html>"), "not a nifti")
+
     # --- DICOM series folders (label = a valid 3-slice series) ---
     def dpair(name: str, image: str, problem: str) -> None:
         label = _series(r(name, "label"), [0, 1, 2])
@@ -140,13 +160,14 @@ def make_corpus(root: str) -> dict[str, Case]:
     os.makedirs(r("dicom_empty", "image"))
     dpair("dicom_empty", r("dicom_empty", "image"), "no dicom file")
     dpair("dicom_no_pixels", _series(r("dicom_no_pixels", "image"), [0, 1, 2], pixels=False), "no pixel data")
-    folder = r("dicom_non_image", "image"); os.makedirs(folder)  # a structured report, no image at all
+    folder = r("dicom_non_image", "image")  # a structured report, no image at all
+    os.makedirs(folder)
     _dicom_slice(os.path.join(folder, "report.dcm"), 0, generate_uid(), generate_uid(), pixels=False, modality="SR",
                  sop_class="1.2.840.10008.5.1.4.1.1.88.11")
     dpair("dicom_non_image", folder, "not an image")
-    folder = r("dicom_garbage", "image"); os.makedirs(folder)
+    folder = r("dicom_garbage", "image")
     for z in range(3):
-        open(os.path.join(folder, f"slice{z}.dcm"), "wb").write(b"\x00" * 200 + b"not dicom")
+        _raw(os.path.join(folder, f"slice{z}.dcm"), b"\x00" * 200 + b"not dicom")
     dpair("dicom_garbage", folder, "no dicom")
     return cases
 

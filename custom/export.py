@@ -2,7 +2,8 @@
 
 Findings (torch 2.13, see the Export section of ``bundle/docs/README.md``):
 
-* ``torch.jit.script`` fails (einops-style shape code, ``Sequence`` arguments, data-dependent window lists).
+* ``torch.jit.script`` fails: the dims-generic code is not TorchScript (first error: the star-unpacked list
+  ``[0, *dims[2:], 1]`` in ``custom/networks/blocks/layer_norm.py``; window and padding code is Python on sizes).
 * ``torch.jit.trace`` is exact at the traced input shape only: padding to a multiple of 8, the local-window
   grid and the per-sample dynamic convolution (batch folded into ``groups``) are frozen, so another height,
   width **or batch size** raises or gives wrong values. Export one TorchScript file per serving shape

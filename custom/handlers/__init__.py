@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .checkpoint import AtomicCheckpointSaver, AtomicDiskSaver, ResumeCheckpointLoader
+from .checkpoint import AtomicCheckpointSaver, AtomicDiskSaver, ResumeCheckpointLoader, SafeCheckpointLoader
 from .determinism import EpochDataSeeder, GlobalRNGState, epoch_seed
 from .ema import ModelEMA, ema_decay
 from .tensorboard import TrainingScalarWriter, per_task_mean
@@ -11,6 +11,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "ResumeCheckpointLoader",
+    "SafeCheckpointLoader",
     "EpochDataSeeder",
     "GlobalRNGState",
     "epoch_seed",

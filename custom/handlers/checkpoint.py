@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,7 +84,25 @@ class AtomicCheckpointSaver(CheckpointSaver):
             super().load_state_dict(state_dict)
 
 
-class ResumeCheckpointLoader(CheckpointLoader):
+class SafeCheckpointLoader(CheckpointLoader):
+    """:class:`monai.handlers.CheckpointLoader` (``weights_only=True``) whose errors name the checkpoint file.
+
+    Raises:
+        ValueError: the file would need to run code to load (refused), or does not match the objects to restore.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        try:
+            super().__call__(engine)
+        except pickle.UnpicklingError as e:
+            raise ValueError(
+                f"{self.load_path}: cannot be loaded safely as a weights-only checkpoint ({str(e).splitlines()[0]})."
+            ) from e
+        except RuntimeError as e:
+            raise ValueError(f"{self.load_path}: does not match the network or training state ({e}).") from e
+
+
+class ResumeCheckpointLoader(SafeCheckpointLoader):
     """:class:`monai.handlers.CheckpointLoader` that attaches only when ``load_path`` exists (resume if a previous
     run left a checkpoint, start fresh otherwise). Loads with ``weights_only=True`` like its parent.
 

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import unittest
+
+import torch
+from ignite.engine import Engine
+
+from custom.handlers import SafeCheckpointLoader
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.makedirs, ("/tmp/should_not_exist_tat_payload",))
+
+
+class TestSafeCheckpointLoader(unittest.TestCase):
+    def _run(self, path: str, net: torch.nn.Module) -> None:
+        engine = Engine(lambda e, b: None)
+        SafeCheckpointLoader(load_path=path, load_dict={"model": net}).attach(engine)
+        engine.run([0], max_epochs=1)
+
+    def test_errors_name_the_file(self):
+        with tempfile.TemporaryDirectory() as d:
+            evil = os.path.join(d, "evil.pt")
+            with open(evil, "wb") as f:
+                pickle.dump({"model": _Payload()}, f)
+            with self.assertRaisesRegex(ValueError, "evil.pt: cannot be loaded safely"):
+                self._run(evil, torch.nn.Linear(2, 2))
+            self.assertFalse(os.path.exists("/tmp/should_not_exist_tat_payload"))
+            other = os.path.join(d, "other.pt")
+            torch.save({"model": torch.nn.Linear(3, 2).state_dict()}, other)
+            with self.assertRaisesRegex(ValueError, "other.pt: does not match"):
+                self._run(other, torch.nn.Linear(2, 2))
+            good = os.path.join(d, "good.pt")
+            src = torch.nn.Linear(2, 2)
+            torch.save({"model": src.state_dict()}, good)
+            dst = torch.nn.Linear(2, 2)
+            self._run(good, dst)
+            torch.testing.assert_close(dst.weight, src.weight)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -25,7 +25,6 @@ import os
 from pathlib import Path
 
 import torch
-
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, ConditionType, Fragment, Operator, OperatorSpec
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator

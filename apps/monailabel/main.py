@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 from lib.tat_restore import TATRestore
-
 from monailabel.interfaces.app import MONAILabelApp
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,6 @@ def child_env() -> dict:
 def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     """Plain state dict of a tiny TAT (the format train.json's best saver writes)."""
     import torch
-
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -70,7 +69,6 @@ def write_ct_dicom_series(folder: Path, shape=(40, 48, 3)) -> np.ndarray:
     """A CT series (uint16 stored, RescaleIntercept -1024) of the same phantom; returns HU values (rows, cols, n)."""
     import datetime
 
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 

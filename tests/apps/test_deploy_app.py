@@ -23,7 +23,6 @@ ENV_VAR, ENV_DEFAULT = "TAT_DEPLOY_ENV", "/tmp/deployenv"
 def _reference_hu(hu: np.ndarray, ckpt: Path) -> np.ndarray:
     """The tiny network's restoration of each slice, computed here (project venv) with ct.json's normalisation."""
     import torch
-
     from monai.bundle import ConfigParser
 
     ct = json.loads((BUNDLE / "configs" / "modality" / "ct.json").read_text())

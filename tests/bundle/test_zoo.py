@@ -15,7 +15,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
-
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"

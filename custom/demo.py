@@ -95,19 +95,15 @@ def bundle_command(
 
 
 def default_threads() -> int:
-    """Torch threads for the demo: 2 (at most the CPU count) on an idle machine, else 1.
+    """Torch threads for the demo: 1.
 
-    Measured on the 2-core development machine shared with other jobs: with 1 thread a step of the demo network
-    took ~0.8 s whatever the load, with 2 threads ~0.5 s when the cores were free but 5-15 s when other processes
-    held them (OpenMP threads waiting on each other), so 2 threads are only used when the 1-minute load average
-    is below 1.
+    Measured on the 2-core development machine (shared with other jobs; no idle window was available): the demo
+    network (64^2 crops, 6 per step) took 0.4-0.8 s per step with 1 thread at any load, and with 2 threads
+    ~0.5 s per step at best but 3-16 s per step as soon as other processes held a core (OpenMP threads waiting on
+    each other). The small network has little intra-op parallelism, so 1 thread is the reliable choice; pass
+    ``--threads 2`` on a dedicated machine to try 2.
     """
-    cores = os.cpu_count() or 1
-    try:
-        idle = os.getloadavg()[0] < 1.0
-    except OSError:  # not available on every platform
-        idle = False
-    return min(2, cores) if idle else 1
+    return 1
 
 
 def _run(cmd: Sequence[str], env: Mapping[str, str], step: str) -> float:
@@ -220,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--datalist", default=None, help="use this datalist.json instead of building the demo data")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of training and evaluation (default: 2 on an idle machine, else 1)")
+                        help="torch threads of training and evaluation (default 1, see default_threads)")
     parser.add_argument("--override", type=_override, action="append", default=[], metavar="KEY=VALUE",
                         help="extra train.json override (JSON value), e.g. num_iterations=600; repeatable")
     parser.add_argument("--no_require_gain", action="store_true",

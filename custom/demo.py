@@ -183,7 +183,7 @@ def run_demo(
     print("\n=== TAT demo: test split, degraded input vs restored output (physical units, published windows) ===")
     print(format_summary_table(summary))
     print(f"\nwall time: data {timings.get('data', 0.0):.0f} s, training {timings['training']:.0f} s, "
-          f"evaluation {timings['evaluation']:.0f} s, total {timings['total']:.0f} s ({threads} threads)")
+          f"evaluation {timings['evaluation']:.0f} s, total {timings['total']:.0f} s (torch threads: {threads})")
     print(f"model:     {os.path.join(ckpt_dir, 'model.pt')}  (demonstration weights only)")
     print(f"per scan:  {summary['files']['scans_csv']}")
     print(f"summary:   {summary_path}")

@@ -105,9 +105,10 @@ def test_pickle_payload_refused_by_resume_loader(evil, tmp_path):
     net = torch.nn.Linear(1, 1)
     engine = Engine(lambda e, b: None)
     ResumeCheckpointLoader(load_path=path, load_dict={"network": net}, map_location="cpu").attach(engine)
-    with pytest.raises(Exception, match="Weights only load failed") as err:
+    with pytest.raises(ValueError, match="cannot be loaded safely as a weights-only checkpoint") as err:
         engine.run([0], max_epochs=1)
-    assert "unsupported GLOBAL os.makedirs" in str(err.value)  # torch names the refused callable
+    assert path in str(err.value)  # the message names the file
+    assert "GLOBAL os.makedirs" in str(err.value)  # and the refused callable
     assert not os.path.exists(marker)
 
 

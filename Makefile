@@ -6,7 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO_DIR ?= demo_output
 
-.PHONY: venv test demo lint clean benchmark
+.PHONY: venv test test-external demo lint clean benchmark
+
+# Separately built environments for the ecosystem tests (tests/apps): a fresh venv with only the bundle's
+# metadata.json packages (built by `make test`), MONAI Deploy and MONAI Label (built by `make test-external`).
+ENVS := $(abspath .envs)
+export TAT_BUNDLE_ENV ?= $(ENVS)/bundle
+export TAT_DEPLOY_ENV ?= $(ENVS)/deploy
+export MONAILABEL_ENV ?= $(ENVS)/monailabel
+BUNDLE_STAMP := $(TAT_BUNDLE_ENV)/.installed
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +23,17 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+$(BUNDLE_STAMP): bundle/configs/metadata.json scripts/build_bundle_env.sh
+	PYTHON=$(PYTHON) bash scripts/build_bundle_env.sh $(TAT_BUNDLE_ENV)
+	touch $(BUNDLE_STAMP)
+
+test: $(STAMP) $(BUNDLE_STAMP)
 	$(BIN)/python -m pytest -q tests
+
+test-external: $(STAMP) $(BUNDLE_STAMP)
+	DEPLOY_ENV=$(TAT_DEPLOY_ENV) PYTHON=$(PYTHON) bash scripts/build_deploy_env.sh
+	PYTHON=$(PYTHON) bash scripts/build_monailabel_env.sh
+	$(BIN)/python -m pytest -q tests/apps
 
 demo: $(STAMP)
 	$(BIN)/python -m custom.demo --output_dir $(DEMO_DIR)
@@ -29,4 +46,4 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/network.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info
+	rm -rf $(VENV) $(ENVS) $(DEMO_DIR) build *.egg-info

@@ -53,13 +53,12 @@ class TestArchiveFreshEnv(unittest.TestCase):
         self.py = env_python(ENV_VAR, ENV_DEFAULT)
         if self.py is None:
             self.skipTest(f"no fresh bundle environment at ${ENV_VAR} (default {ENV_DEFAULT}); build it with "
-                          f"`scripts/build_bundle_env.sh {ENV_DEFAULT}` (~1-4 min, torch wheel) to run this test")
+                          f"`make test` (or `scripts/build_bundle_env.sh DIR`) (~1-4 min, torch wheel) to run this test")
         probe = run([self.py, "-c", "import importlib.util as u, sys; print(u.find_spec('custom') is None, "
                      "sys.prefix != sys.base_prefix)"], cwd=Path(tempfile.gettempdir()))
         if probe.stdout.split() != ["True", "True"]:
             self.fail(f"{self.py} is not a fresh venv without `custom`: {probe.stdout}")
 
-    @unittest.skipUnless((BUNDLE / "configs" / "inference.json").is_file(), "inference.json not in the tree yet")
     def test_run_inference_from_unzipped_bundle(self):
         import nibabel as nib
 

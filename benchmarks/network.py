@@ -118,7 +118,8 @@ def main() -> None:
                 cmd += ["--threads", str(args.threads)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                print(f"{batch:>6} {str(ckpt):>5}   failed: {proc.stderr.strip().splitlines()[-1:]}")
+                why = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode} (killed: out of memory?)"]
+                print(f"{batch:>6} {str(ckpt):>5}   failed: {why[0]}")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"{batch:>6} {str(ckpt):>5} {r['step_seconds']:>8.2f} {r['peak_gb']:>8.2f}")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from custom.packaging import build_archive
-from tests.apps.helpers import BUNDLE, TINY_ARGS, env_python, run, write_ct_nifti, write_tiny_checkpoint
+from tests.apps.helpers import TINY_ARGS, env_python, run, write_ct_nifti, write_tiny_checkpoint
 
 ENV_VAR = "TAT_BUNDLE_ENV"
 ENV_DEFAULT = "/tmp/tat_bundle_env"

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,6 +41,7 @@ from monai.data import load_decathlon_datalist
 from custom.data.readers import DICOM_TO_MODALITY, load_image
 from custom.data.settings import MODALITIES, load_modality_settings
 from custom.data.slicing import spatial_shape
+from custom.io import write_text_atomic
 
 __all__ = ["SPLITS", "PATH_KEYS", "build_datalist", "load_datalist", "validate_datalist", "write_json_atomic", "main"]
 
@@ -52,18 +52,7 @@ _SUFFIXES = (".nii.gz", ".nii", ".dcm")
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     """Write json to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def _case_name(name: str) -> str | None:

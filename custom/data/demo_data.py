@@ -34,7 +34,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ from skimage.transform import resize
 
 from custom.data.datalist import SPLITS, write_json_atomic
 from custom.data.settings import load_modality_settings
+from custom.io import atomic_output, write_text_atomic
 from custom.transforms.ct_low_dose import simulate_low_dose_ct
 from custom.transforms.mri_resolution import kspace_truncate
 from custom.transforms.pet_low_count import simulate_low_count_pet
@@ -302,17 +302,9 @@ def _degrade(job: tuple[str, dict[str, Any], dict[str, Any]]) -> tuple[np.ndarra
 
 def _save_nifti(arr: np.ndarray, path: str, spacing: float) -> None:
     """Write a 2D float32 NIfTI atomically (temporary name in the same folder, then ``os.replace``)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     img = nib.Nifti1Image(np.ascontiguousarray(arr, dtype=np.float32), np.diag([spacing, spacing, 1.0, 1.0]))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".nii.gz", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _psnr(ref: np.ndarray, x: np.ndarray, window: tuple[float, float]) -> float:
@@ -410,10 +402,7 @@ def _write_provenance(output_dir: str, sources: dict[str, list[dict[str, Any]]],
         lines += ["", f"{modality}:"]
         lines += [f"  [{it['split']}] {it['name']}: {it['source']}" for it in items]
     text = "\n".join(lines) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".txt", dir=output_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(output_dir, "PROVENANCE.txt"))
+    write_text_atomic(os.path.join(output_dir, "PROVENANCE.txt"), text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

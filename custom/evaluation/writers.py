@@ -6,36 +6,12 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from custom.io import write_text_atomic
+
 __all__ = ["write_text_atomic", "write_csv_atomic", "write_json_atomic", "summarize_scans"]
-
-
-def write_text_atomic(path: str, text: str) -> str:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    Args:
-        path: destination file; its folder is created if needed.
-        text: content.
-
-    Returns:
-        ``path``.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
 
 
 def write_csv_atomic(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:

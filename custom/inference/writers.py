@@ -36,6 +36,8 @@ from monai.transforms import MapTransform
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from custom.io import atomic_output
+
 __all__ = ["DERIVATION_DESCRIPTION", "cast_to_dtype", "write_nifti", "write_dicom_series", "SaveRestoredd"]
 
 DERIVATION_DESCRIPTION = "Restored by TAT (Task-Adaptive Transformer, MICCAI 2025), MONAI bundle"
@@ -92,18 +94,8 @@ def write_nifti(values: np.ndarray, reference: nib.Nifti1Image, path: str, overw
     klass = type(reference) if isinstance(reference, (nib.Nifti1Image, nib.Nifti2Image)) else nib.Nifti1Image
     img = klass(data, reference.affine, header)
     img.set_data_dtype(dtype)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = ".nii.gz" if path.lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -205,10 +205,11 @@ class TAT(nn.Module):
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         # channels-last activations: the depthwise and 1x1 convs are several times faster on CPU, and the
-        # layer norms and attention read the channels-last view without copies.
-        x = x.contiguous(memory_format=torch.channels_last)
-
-        enc1 = self._blocks(self.encoder_level1, self.patch_embed(x), None)
+        # layer norms and attention read the channels-last view without copies. The layout is set on the
+        # embedded features: a 1-channel input is already "channels-last", and the convs would keep the
+        # default layout from there. Every later block preserves it.
+        enc1 = self.patch_embed(x).contiguous(memory_format=torch.channels_last)
+        enc1 = self._blocks(self.encoder_level1, enc1, None)
         enc2 = self._blocks(self.encoder_level2, self.down1_2(enc1), None)
         enc3 = self._blocks(self.encoder_level3, self.down2_3(enc2), None)
         latent = self.down3_4(enc3)

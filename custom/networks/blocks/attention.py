@@ -2,45 +2,103 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
 from custom.networks.blocks.dynamic_conv import DepthwiseConv
-from custom.networks.blocks.local_windows import merge_windows, partition_windows
+from custom.networks.blocks.local_windows import window_tiles
 
 __all__ = ["ChannelAttention", "channel_attention"]
 
 
-def channel_attention(qkv: torch.Tensor, num_heads: int, temperature: torch.Tensor) -> torch.Tensor:
-    """Transposed (channel) self-attention over all voxels of each sample.
+def _over_axis(x: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor:
+    """Contract axis ``axis`` of ``x`` (length m) with ``matrix`` of shape ``(m, n)``; the result has n there."""
+    return (x.movedim(axis, -1) @ matrix).movedim(-1, axis)
 
-    Per head (``C / num_heads`` channels), q and k are L2-normalised along the voxel axis and
-    ``A = softmax(q k^T * temperature)`` is a ``(C/h, C/h)`` matrix applied to v. The normalisation is
-    applied to the Gram matrix ``q k^T`` (``A_ij = G_ij / (|q_i| |k_j|)``, norms clamped at 1e-12 as in
-    ``F.normalize``), which is the same value without materialising normalised copies of q and k.
-    Works on the channels-last view, so a channels-last input needs no layout copies.
+
+def _concat_tiles(tiles: list[torch.Tensor], grid: Sequence[int]) -> torch.Tensor:
+    """Reassemble ``(B, *tile, C)`` pieces listed row-major over ``grid`` into ``(B, *spatial, C)``."""
+    for axis in reversed(range(len(grid))):
+        n = grid[axis]
+        tiles = [torch.cat(tiles[i : i + n], dim=1 + axis) for i in range(0, len(tiles), n)]
+    return tiles[0]
+
+
+def channel_attention(
+    qkv: torch.Tensor, num_heads: int, temperature: torch.Tensor, window: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Transposed (channel) self-attention of each sample, globally or in overlapping local windows.
+
+    Per head (``C / num_heads`` channels) and per window, q and k are L2-normalised along the voxel axis and
+    ``A = softmax(q k^T * temperature)`` is a ``(C/h, C/h)`` matrix applied to v; with ``window``, each voxel
+    gets the mean of the outputs of the windows that cover it (test-time local converter, windows as in
+    :func:`~custom.networks.blocks.local_windows.window_starts`), otherwise one window is the whole map.
+
+    Computed in factored form, exactly equal to the per-window definition up to float rounding: the window
+    edges cut the map into tiles (:func:`~custom.networks.blocks.local_windows.window_tiles`); the Gram matrix
+    ``q k^T`` and the squared norms of a window are sums of per-tile ones, and since ``A`` acts linearly on v
+    the mean over covering windows is one averaged ``(C/h, C/h)`` matrix per tile. So nothing is copied per
+    window and q k^T is computed once per voxel, not once per covering window. The normalisation is applied
+    to the Gram matrix (``A_ij = G_ij / (|q_i| |k_j|)``, norms clamped at 1e-12 as in ``F.normalize``).
+    Works on the channels-last view, so a channels-last input needs no layout copies for global attention.
 
     Args:
         qkv: ``(B, 3C, *spatial)``: q, k and v stacked along channels.
         num_heads: number of heads h; divides C.
         temperature: ``(h, 1, 1)`` learned scale per head.
+        window: window length per spatial axis, or ``None`` for global attention.
 
     Returns:
         ``(B, C, *spatial)``, channels-last in memory.
+
+    Raises:
+        ValueError: ``window`` does not give one length per spatial axis.
     """
     b, c3 = qkv.shape[:2]
-    spatial = qkv.shape[2:]
+    spatial = list(qkv.shape[2:])
     c = c3 // 3
-    t = qkv.movedim(1, -1).reshape(b, -1, 3, num_heads, c // num_heads)  # (B, N, 3, h, C/h)
-    q, k, v = (t[:, :, i].permute(0, 2, 3, 1) for i in range(3))  # each (B, h, C/h, N)
-    gram = q @ k.transpose(-2, -1)  # (B, h, C/h, C/h)
-    q_norm = torch.linalg.vector_norm(q, dim=-1).clamp_min(1e-12)  # (B, h, C/h), no squared copy of q
-    k_norm = torch.linalg.vector_norm(k, dim=-1).clamp_min(1e-12)
-    attn = gram / (q_norm[..., :, None] * k_norm[..., None, :]) * temperature
-    out = v.transpose(-2, -1) @ attn.softmax(dim=-1).transpose(-2, -1)  # (B, h, N, C/h)
-    out = out.permute(0, 2, 1, 3).reshape(b, *spatial, c)  # (B, *spatial, C)
-    return out.movedim(-1, 1)
+    dh = c // num_heads
+    if window is not None and len(window) != len(spatial):
+        raise ValueError(f"window needs {len(spatial)} lengths for a {len(spatial)}D input, got {tuple(window)}.")
+    axes = [([(0, s)], [[1]]) for s in spatial] if window is None else list(map(window_tiles, spatial, window))
+    grid = [len(tiles) for tiles, _ in axes]
+    t = qkv.movedim(1, -1)  # (B, *S, 3C): a view, contiguous for channels-last input
+    parts, grams, q_sq, k_sq = [], [], [], []
+    for index in itertools.product(*(range(n) for n in grid)):
+        piece = t[(slice(None), *(slice(*axes[i][0][j]) for i, j in enumerate(index)))]  # (B, *tile, 3C)
+        u = piece.reshape(b, -1, 3, num_heads, dh)  # a copy only for a strict sub-tile
+        q, k, v = (u[:, :, i].transpose(1, 2) for i in range(3))  # each (B, h, P, C/h)
+        grams.append(q.transpose(-2, -1) @ k)  # (B, h, C/h, C/h)
+        q_sq.append(torch.linalg.vector_norm(q, dim=-2).square())  # (B, h, C/h), no squared copy of q
+        k_sq.append(torch.linalg.vector_norm(k, dim=-2).square())
+        parts.append((v, piece.shape[1:-1]))
+    gram = torch.stack(grams).reshape(*grid, b, num_heads, dh, dh)
+    q_norm = torch.stack(q_sq).reshape(*grid, b, num_heads, dh)
+    k_norm = torch.stack(k_sq).reshape(*grid, b, num_heads, dh)
+    tile_mean = []
+    for axis, (_, coverage) in enumerate(axes):  # per-tile sums -> per-window sums
+        if len(coverage) == 1 and len(coverage[0]) == 1:
+            tile_mean.append(None)
+            continue
+        cov = torch.tensor(coverage, dtype=gram.dtype, device=gram.device)  # (windows, tiles)
+        gram, q_norm, k_norm = (_over_axis(z, cov.T, axis) for z in (gram, q_norm, k_norm))
+        tile_mean.append(cov / cov.sum(0))  # (windows, tiles): mean over the windows covering a tile
+    q_norm = q_norm.sqrt().clamp_min(1e-12)
+    k_norm = k_norm.sqrt().clamp_min(1e-12)
+    attn = (gram / (q_norm[..., :, None] * k_norm[..., None, :]) * temperature).softmax(dim=-1)
+    for axis, mean in enumerate(tile_mean):  # per-window attention -> per-tile averaged attention
+        if mean is not None:
+            attn = _over_axis(attn, mean, axis)
+    attn = attn.reshape(-1, b, num_heads, dh, dh)
+    outs = []
+    for i, (v, tile_shape) in enumerate(parts):
+        out = v @ attn[i].transpose(-2, -1)  # (B, h, P, C/h)
+        outs.append(out.transpose(1, 2).reshape(b, *tile_shape, c))
+    return _concat_tiles(outs, grid).movedim(-1, 1)
 
 
 class ChannelAttention(nn.Module):
@@ -98,10 +156,6 @@ class ChannelAttention(nn.Module):
         """
         qkv = self.qkv_dwconv(self.qkv(x), kernel)
         spatial = qkv.shape[2:]
-        if self.window is None or all(s <= self.window for s in spatial):
-            out = channel_attention(qkv, self.num_heads, self.temperature)
-        else:
-            patches, index = partition_windows(qkv, [self.window] * self.spatial_dims)
-            out = channel_attention(patches, self.num_heads, self.temperature)
-            out = merge_windows(out, index, spatial)
-        return self.project_out(out)
+        local = self.window is not None and any(s > self.window for s in spatial)
+        window = [self.window] * self.spatial_dims if local else None
+        return self.project_out(channel_attention(qkv, self.num_heads, self.temperature, window))

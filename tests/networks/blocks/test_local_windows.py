@@ -5,7 +5,8 @@ import unittest
 import torch
 from parameterized import parameterized
 
-from custom.networks.blocks import merge_windows, partition_windows, window_starts
+from custom.networks.blocks import channel_attention, merge_windows, partition_windows, window_starts
+from custom.networks.blocks.local_windows import window_tiles
 
 
 def loop_partition_merge(x: torch.Tensor, window: int, fn) -> torch.Tensor:
@@ -71,6 +72,56 @@ class TestPartitionMerge(unittest.TestCase):
     def test_window_length_per_axis_required(self):
         with self.assertRaises(ValueError):
             partition_windows(torch.zeros(1, 1, 8, 8), (4,))
+
+
+class TestWindowTiles(unittest.TestCase):
+    @parameterized.expand([(256, 192), (200, 192), (97, 24), (400, 192), (128, 192), (25, 24)])
+    def test_tiles_cut_at_every_window_edge(self, size, window):
+        tiles, coverage = window_tiles(size, window)
+        self.assertEqual(tiles[0][0], 0)
+        self.assertEqual(tiles[-1][1], size)
+        for (_, e), (a, _) in zip(tiles[:-1], tiles[1:]):
+            self.assertEqual(e, a)  # contiguous, no gaps or overlaps
+        k = min(size, window)
+        starts = window_starts(size, window)
+        self.assertEqual(len(coverage), len(starts))
+        for s, row in zip(starts, coverage):
+            covered = sum(e - a for (a, e), c in zip(tiles, row) if c)
+            self.assertEqual(covered, k)  # each window is exactly the union of the tiles it covers
+        for t in range(len(tiles)):
+            self.assertGreaterEqual(sum(row[t] for row in coverage), 1)  # every tile is in some window
+
+
+class TestFactoredWindowAttention(unittest.TestCase):
+    """The tile-factored attention equals the literal definition: attention inside each window, averaged."""
+
+    @parameterized.expand(
+        [
+            ((2, 24, 50, 37), 2, (24, 24)),
+            ((3, 12, 41, 29), 1, (16, 20)),
+            ((1, 12, 200, 200), 1, (192, 192)),
+            ((2, 24, 97, 60), 4, (24, 24)),
+            ((1, 12, 9, 10, 11), 2, (4, 5, 6)),
+        ]
+    )
+    def test_equals_partition_attend_merge(self, shape, heads, window):
+        g = torch.Generator().manual_seed(0)
+        qkv = torch.randn(shape, generator=g)
+        temperature = torch.rand(heads, 1, 1, generator=g) * 3 + 0.5
+        patches, index = partition_windows(qkv, window)
+        expected = merge_windows(channel_attention(patches, heads, temperature), index, shape[2:])
+        torch.testing.assert_close(channel_attention(qkv, heads, temperature, window), expected, atol=2e-5, rtol=1e-4)
+
+    def test_window_larger_than_map_is_global(self):
+        qkv = torch.randn(2, 12, 20, 20)
+        temperature = torch.ones(2, 1, 1)
+        torch.testing.assert_close(
+            channel_attention(qkv, 2, temperature, (32, 32)), channel_attention(qkv, 2, temperature), atol=1e-6, rtol=0
+        )
+
+    def test_window_length_per_axis_required(self):
+        with self.assertRaises(ValueError):
+            channel_attention(torch.zeros(1, 6, 8, 8), 1, torch.ones(1, 1, 1), (4,))
 
 
 if __name__ == "__main__":

@@ -49,4 +49,9 @@ class GatedFeedForward(nn.Module):
             ``(B, C, *spatial)``.
         """
         x1, x2 = self.dwconv(self.project_in(x), kernel).chunk(2, dim=1)
-        return self.project_out(F.gelu(x1) * x2)
+        gated = F.gelu(x1)
+        if gated.requires_grad or x2.requires_grad:
+            gated = gated * x2
+        else:  # no graph to keep (inference): multiply in place, one hidden-size map less to allocate and write
+            gated.mul_(x2)
+        return self.project_out(gated)

@@ -1,51 +1,266 @@
-"""Export TAT for serving: TorchScript by tracing (``monai.bundle ckpt_export``) and ONNX, with the limits found.
+"""Export TAT for serving: TorchScript (one traced model per serving size, or a dispatcher over several) and ONNX.
 
-Findings (torch 2.13, see the Export section of ``bundle/docs/README.md``):
+Findings (torch 2.13, onnx 1.23, onnxruntime 1.32; measured on the tiny network of the tests, pinned by
+``tests/inference/test_export.py``; see the Export section of ``bundle/docs/README.md``):
 
-* ``torch.jit.script`` fails: the dims-generic code is not TorchScript (first error: the star-unpacked list
-  ``[0, *dims[2:], 1]`` in ``custom/networks/blocks/layer_norm.py``; window and padding code is Python on sizes).
+* ``torch.jit.script`` of the network fails: the dims-generic code is not TorchScript (first error: the
+  star-unpacked list ``[0, *dims[2:], 1]`` in ``custom/networks/blocks/layer_norm.py``).
 * ``torch.jit.trace`` is exact at the traced input shape only: padding to a multiple of 8, the local-window
-  grid and the per-sample dynamic convolution (batch folded into ``groups``) are frozen, so another height,
-  width **or batch size** raises or gives wrong values. Export one TorchScript file per serving shape
-  (batch 1, the scanner's slice size), e.g. ``ckpt_export ... --use_trace True --input_shape "[1, 1, 512, 512]"``.
-* ONNX (``torch.onnx.export(dynamo=False)``; the dynamo exporter needs ``onnxscript``) has the same fixed shape
-  and two more limits: the exporter writes ``Transpose`` nodes with negative ``perm`` entries that onnxruntime
-  rejects (:func:`fix_negative_transpose_perms` repairs them), and the local-window merge (``index_add_`` with
-  repeated indices) cannot be exported, so ONNX works only where attention is global: slices up to
-  ``1.5 * train_patch_size`` per side (192 for the published model). Sizes that need padding (not multiples
-  of 8) fail too ("convolution for kernel of unknown shape": the padded shape reaches the generated kernels
-  as unknown): export at a multiple of 8 and pad/crop outside the model.
+  grid and the per-sample dynamic convolution (batch 1 takes a plain depthwise conv; more samples fold the
+  batch into ``groups``) are frozen, so another height, width **or batch size** raises or gives wrong values.
+  :func:`serving_module` makes that safe: it traces once per serving size (batch 1) and scripts a small
+  :class:`SizeDispatcher` that picks the traced model by the input's ``(H, W)``, runs the batch one sample at
+  a time (so any batch size is exact) and raises, naming the served sizes, for any other size.
+  ``monai.bundle ckpt_export serving_network`` produces it through :class:`ServingNetwork`
+  (``bundle/configs/export.json``); the file loads with ``torch.jit.load`` where ``custom`` is not importable.
+  Max |dispatcher - eager| about 2e-7 (64 x 64 with local windows, 36 x 44 padded; batch 2, different images).
+* The channel attention passes the spatial sizes to :func:`~custom.networks.blocks.local_windows.window_tiles`
+  as they come from ``qkv.shape``; while tracing these are 0-d tensors, so the set of tile bounds keeps both
+  the tensor and the ``int`` of an equal bound: an extra empty tile, a graph that differs between two traces
+  (``torch.jit.trace``'s check, hence ``ckpt_export network_def --use_trace True``, fails with "Graphs differed
+  across invocations") and an ONNX ``Reshape`` to a zero-length dimension, which onnxruntime reads as "copy the
+  input dimension" and fails. Until the attention casts the sizes to ``int``, :func:`static_window_sizes` does
+  it around every trace and export made here (a no-op once the network does it).
+* ONNX (``torch.onnx.export(dynamo=False)``; the dynamo exporter needs ``onnxscript``, not a dependency) works
+  at a fixed input shape, **local windows included** (static slices, ``MatMul``, ``Concat``, ``Softmax``):
+  the exporter's ``aten::movedim`` writes ``Transpose`` nodes with negative ``perm`` entries (``movedim(-1,
+  k)``), which break its own shape inference (the convolutions with generated kernels downstream then fail with
+  "convolution for kernel of unknown shape") and onnxruntime; :func:`export_onnx` registers a corrected
+  ``movedim`` for the export (:func:`fix_negative_transpose_perms` stays as a safety net). Sizes that need
+  padding failed the same way (the pad amounts are traced from the input size, so the padded shape is unknown
+  to the exporter): :func:`export_onnx` pads in a wrapper with constant indices, by the network's rule.
+  onnxruntime equals eager within 3e-7 at 40 x 48 (global attention), 64 x 64 and 96 x 96 (local windows),
+  36 x 44 (padding) and 60 x 52 (padding and windows), at batch 1 and at a fixed batch of 3 different images.
+* A **dynamic batch axis** in ONNX does not export: the per-sample depthwise conv reshapes the generated kernels
+  to ``(B * C, 1, k, k)``, so with ``B`` symbolic the kernel shape is unknown ("convolution for kernel of
+  unknown shape"), with either branch of the dynamic conv; scripting a per-sample loop around a traced model
+  loses the shapes inside the ONNX ``Loop`` the same way. Export at the batch size you serve
+  (``input_shape[0]``). A prototype that writes the dynamic conv as a sum of its ``k * k`` shifted taps
+  (no kernel reshape) exported with a dynamic batch axis and matched eager within 2e-7 at batch 1 and 3.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Dict, List
 
 import torch
+import torch.nn as nn
 
-__all__ = ["trace_network", "fix_negative_transpose_perms", "export_onnx"]
+from custom.io import atomic_output
+
+__all__ = [
+    "trace_network",
+    "static_window_sizes",
+    "SizeDispatcher",
+    "serving_module",
+    "save_torchscript",
+    "ServingNetwork",
+    "fix_negative_transpose_perms",
+    "export_onnx",
+]
+
+ATOL = 1e-4
 
 
-def trace_network(network: torch.nn.Module, input_shape: Sequence[int]) -> torch.jit.ScriptModule:
+@contextlib.contextmanager
+def static_window_sizes() -> Iterator[None]:
+    """Make the channel attention compute its window tiles from ``int`` sizes while tracing or exporting.
+
+    Wraps ``custom.networks.blocks.attention.window_tiles`` (if the module has it) with ``int(size)``,
+    ``int(window)`` and restores it afterwards. Under tracing the sizes are 0-d tensors, which the tile
+    computation would otherwise treat as distinct from equal ``int`` bounds (see the module docstring).
+    """
+    try:
+        from custom.networks.blocks import attention
+    except ImportError:  # pragma: no cover - the package is part of this repository
+        yield
+        return
+    original = getattr(attention, "window_tiles", None)
+    if original is None:
+        yield
+        return
+
+    def int_window_tiles(size: Any, window: Any) -> Any:
+        return original(int(size), int(window))
+
+    attention.window_tiles = int_window_tiles
+    try:
+        yield
+    finally:
+        attention.window_tiles = original
+
+
+def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (B, C, H, W) with positive sizes, got {tuple(input_shape)}.")
+    return shape
+
+
+def trace_network(network: nn.Module, input_shape: Sequence[int], verify: bool = True) -> torch.jit.ScriptModule:
     """Trace ``network`` (eval mode) at one input shape; the result is exact at that shape only.
 
     Args:
         network: the network.
-        input_shape: ``(1, C, H, W)``: the serving shape.
+        input_shape: ``(B, C, H, W)``: the serving shape (batch size included).
+        verify: run the traced and the eager network on a random input (not the traced one) and raise if they
+            differ by more than 1e-4 (replaces ``torch.jit.trace``'s own check, which traces twice).
 
     Returns:
         the traced module.
+
+    Raises:
+        ValueError: bad ``input_shape``, or the traced model differs from eager.
     """
+    shape = _check_shape(input_shape)
     network = network.eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    device = next(iter(network.parameters()), torch.empty(0)).device
+    x, probe = (torch.rand(*shape, generator=torch.Generator().manual_seed(s)).to(device) for s in (0, 1))
+    with torch.no_grad(), warnings.catch_warnings(), static_window_sizes():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return torch.jit.trace(network, torch.rand(*input_shape))
+        traced = torch.jit.trace(network, x, check_trace=False)
+        if verify:  # on another input than the traced one
+            diff = float((traced(probe) - network(probe)).abs().max())
+            if not diff <= ATOL:
+                raise ValueError(f"the model traced at {shape} differs from eager by {diff:.3g} at that shape.")
+    return traced
 
 
-def fix_negative_transpose_perms(model: object) -> int:
+class SizeDispatcher(nn.Module):
+    """Scriptable front of several traced models, one per served ``(H, W)`` (each traced at batch 1).
+
+    ``forward`` picks the traced model by the input's height and width and runs the batch one sample at a
+    time, so any batch size gives the eager result; any other size raises, naming the served sizes.
+
+    Args:
+        models: ``"HxW"`` -> traced module.
+        in_channels: input channels the models were traced with.
+    """
+
+    def __init__(self, models: Dict[str, nn.Module], in_channels: int) -> None:
+        super().__init__()
+        self.models = nn.ModuleDict(models)
+        self.in_channels = int(in_channels)
+        self.served = ", ".join(models)
+        self.sizes: List[List[int]] = [[int(v) for v in k.split("x")] for k in models]
+
+    @torch.jit.export
+    def served_sizes(self) -> List[List[int]]:
+        """The ``[H, W]`` sizes this module serves."""
+        return self.sizes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[0] == 0 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                "expects a non-empty (B, " + str(self.in_channels) + ", H, W) batch, got shape " + str(x.shape)
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("the input holds NaN or Inf values; clean or mask the image first.")
+        key = str(x.shape[2]) + "x" + str(x.shape[3])
+        outs: List[torch.Tensor] = []
+        for name, model in self.models.items():
+            if name == key:
+                for i in range(x.shape[0]):
+                    outs.append(model(x[i : i + 1]))
+        if len(outs) == 0:
+            raise ValueError(
+                "no model for H x W = " + key + ": this TorchScript file serves " + self.served
+                + " only (export it again with that size in the serving sizes, or use the eager network)."
+            )
+        return torch.cat(outs, 0)
+
+
+def _check_sizes(sizes: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    out = []
+    for size in sizes:
+        if len(size) != 2 or min(int(s) for s in size) < 1:
+            raise ValueError(f"each serving size must be [H, W] with positive values, got {list(size)}.")
+        hw = (int(size[0]), int(size[1]))
+        if hw not in out:
+            out.append(hw)
+    if not out:
+        raise ValueError("give at least one serving size [H, W].")
+    return out
+
+
+def _dispatcher(network: nn.Module, sizes: Sequence[Sequence[int]], in_channels: int | None = None) -> SizeDispatcher:
+    c = int(in_channels if in_channels is not None else getattr(network, "in_channels", 1))
+    models = {f"{h}x{w}": trace_network(network, (1, c, h, w)) for h, w in _check_sizes(sizes)}
+    return SizeDispatcher(models, c)
+
+
+def serving_module(
+    network: nn.Module, sizes: Sequence[Sequence[int]], in_channels: int | None = None
+) -> torch.jit.ScriptModule:
+    """Trace ``network`` once per serving size and script a :class:`SizeDispatcher` over them.
+
+    Args:
+        network: the network (put in eval mode).
+        sizes: the ``[H, W]`` sizes to serve, e.g. ``[[512, 512], [256, 256]]``.
+        in_channels: input channels; defaults to ``network.in_channels`` (else 1).
+
+    Returns:
+        the scripted module: exact at the served sizes for any batch size, an error at other sizes.
+
+    Raises:
+        ValueError: bad ``sizes``, or a traced model differs from eager (:func:`trace_network`).
+    """
+    return torch.jit.script(_dispatcher(network, sizes, in_channels))
+
+
+def save_torchscript(module: torch.jit.ScriptModule, path: str | os.PathLike,
+                     extra_files: Dict[str, str] | None = None) -> str:
+    """``torch.jit.save`` written atomically (nothing at ``path`` unless the whole file was written).
+
+    Args:
+        module: a scripted or traced module.
+        path: destination ``.ts`` file.
+        extra_files: name -> text stored in the archive (as ``ckpt_export`` stores the metadata and configs).
+
+    Returns:
+        the path written.
+    """
+    with atomic_output(path) as tmp:
+        torch.jit.save(module, tmp, _extra_files=dict(extra_files or {}))
+    return os.fspath(path)
+
+
+class ServingNetwork(nn.Module):
+    """Bundle-config wrapper that ``torch.jit.script`` (what ``monai.bundle ckpt_export`` runs) turns into a
+    :func:`serving_module` over ``sizes``.
+
+    Loading a checkpoint into it loads the wrapped network (same state-dict keys as ``network_def``), and its
+    ``forward`` is the network's, so ``ckpt_export`` needs no other change::
+
+        python -m monai.bundle ckpt_export serving_network \\
+            --config_file "['configs/inference.json','configs/export.json']" --serving_sizes "[[512,512]]" ...
+
+    Args:
+        network: the network (``@network_def``).
+        sizes: the ``[H, W]`` sizes to serve.
+    """
+
+    def __init__(self, network: nn.Module, sizes: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        self.network = network
+        self.sizes = _check_sizes(sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load the wrapped network's weights (checkpoint keys as saved from ``network_def``)."""
+        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def __prepare_scriptable__(self) -> SizeDispatcher:
+        return _dispatcher(self.network, self.sizes)
+
+
+def fix_negative_transpose_perms(model: Any) -> int:
     """Rewrite negative ``perm`` entries of ONNX ``Transpose`` nodes (``p -> p % rank``) in place.
 
     Args:
@@ -55,7 +270,7 @@ def fix_negative_transpose_perms(model: object) -> int:
         the number of nodes changed.
     """
     changed = 0
-    for node in model.graph.node:  # type: ignore[attr-defined]
+    for node in model.graph.node:
         if node.op_type != "Transpose":
             continue
         for attr in node.attribute:
@@ -68,44 +283,103 @@ def fix_negative_transpose_perms(model: object) -> int:
     return changed
 
 
-def export_onnx(network: torch.nn.Module, path: str | os.PathLike, input_shape: Sequence[int],
+def _movedim_symbolic() -> Any:
+    """``aten::movedim`` -> ONNX ``Transpose`` with non-negative ``perm`` (torch's own keeps negative dims)."""
+    from torch.onnx import symbolic_helper
+
+    @symbolic_helper.parse_args("v", "t", "t")
+    def movedim(g: Any, self: Any, source: torch.Tensor, destination: torch.Tensor) -> Any:
+        rank = symbolic_helper._get_tensor_rank(self)
+        if rank is None:
+            raise ValueError("movedim of a tensor of unknown rank")
+        src = [int(s) % rank for s in source.view(-1).tolist()]
+        dst = [int(d) % rank for d in destination.view(-1).tolist()]
+        perm = [-1] * rank
+        for s, d in zip(src, dst):
+            perm[d] = s
+        rest = iter([i for i in range(rank) if i not in src])
+        perm = [p if p >= 0 else next(rest) for p in perm]
+        if perm == list(range(rank)):
+            return self
+        return g.op("Transpose", self, perm_i=perm)
+
+    return movedim
+
+
+@contextlib.contextmanager
+def _onnx_movedim_fix(opset_version: int) -> Iterator[None]:
+    torch.onnx.register_custom_op_symbolic("aten::movedim", _movedim_symbolic(), opset_version)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::movedim", opset_version)
+
+
+class _Padded(nn.Module):
+    """Pad to a multiple of ``multiple`` as the network does (bottom/right; reflect, or replicate where the
+    image is smaller than the padding), run the network, crop back.
+
+    The padding is a gather with constant indices, so the exporter knows the padded shape (``F.pad`` with
+    reflect/replicate goes through ops whose output shape the exporter leaves unknown).
+    """
+
+    def __init__(self, network: nn.Module, h: int, w: int, multiple: int) -> None:
+        super().__init__()
+        self.network = network
+        self.h, self.w = h, w
+        pad_h, pad_w = (-h) % multiple, (-w) % multiple
+        reflect = pad_h < h and pad_w < w
+
+        def index(n: int, p: int) -> torch.Tensor:
+            tail = [n - 2 - i for i in range(p)] if reflect else [n - 1] * p
+            return torch.tensor(list(range(n)) + tail, dtype=torch.long)
+
+        self.register_buffer("rows", index(h, pad_h), persistent=False)
+        self.register_buffer("cols", index(w, pad_w), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.index_select(2, self.rows).index_select(3, self.cols)
+        return self.network(x)[..., : self.h, : self.w]
+
+
+def export_onnx(network: nn.Module, path: str | os.PathLike, input_shape: Sequence[int],
                 opset_version: int = 17) -> str:
-    """Export to ONNX at one input shape (inputs ``image``, output ``pred``), written atomically.
+    """Export to ONNX at one fixed input shape (input ``image``, output ``pred``), written atomically.
+
+    Local windows and sizes that need padding are supported (module docstring); the batch size is fixed to
+    ``input_shape[0]`` (a dynamic batch axis does not export: the per-sample dynamic conv).
 
     Args:
-        network: the network.
+        network: the network (put in eval mode).
         path: destination ``.onnx`` file.
-        input_shape: ``(1, C, H, W)``; H and W multiples of 8, at most ``1.5 * train_patch_size`` (module docstring).
+        input_shape: ``(B, C, H, W)``.
         opset_version: ONNX opset.
 
     Returns:
         the path written.
 
     Raises:
-        ValueError: the export failed (e.g. a size where local windows are active); the message says why.
+        ValueError: bad ``input_shape`` or the export failed; the message says why. Nothing is left at ``path``.
     """
     import onnx
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".onnx", dir=folder)
-    os.close(fd)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
+    shape = _check_shape(input_shape)
+    network = network.eval()
+    module: nn.Module = network
+    multiple = int(getattr(network, "size_multiple", 1))
+    device = next(iter(network.parameters()), torch.empty(0)).device
+    if shape[2] % multiple or shape[3] % multiple:
+        module = _Padded(network, shape[2], shape[3], multiple).to(device).eval()
+    with atomic_output(path) as tmp:
+        with torch.no_grad(), warnings.catch_warnings(), static_window_sizes(), _onnx_movedim_fix(opset_version):
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(network.eval(), (torch.rand(*input_shape),), tmp, dynamo=False,
-                                  input_names=["image"], output_names=["pred"], opset_version=opset_version)
+                torch.onnx.export(module, (torch.rand(*shape, device=device),), tmp, dynamo=False, input_names=["image"],
+                                  output_names=["pred"], opset_version=opset_version)
             except Exception as e:  # exporter errors are of many types
-                raise ValueError(f"{path}: ONNX export at {tuple(input_shape)} failed ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0][:300]}); ONNX needs H and W multiples of 8 and at most 1.5x "
-                                 "train_patch_size: local windows and padding cannot be exported.") from e
+                raise ValueError(f"{os.fspath(path)}: ONNX export at {shape} failed ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:300]}).") from e
         model = onnx.load(tmp)
-        fix_negative_transpose_perms(model)
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+        if fix_negative_transpose_perms(model):
+            onnx.save(model, tmp)
+    return os.fspath(path)

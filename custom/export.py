@@ -5,24 +5,18 @@ Findings (torch 2.13, onnx 1.23, onnxruntime 1.32; measured on the tiny network 
 
 * ``torch.jit.script`` of the network fails: the dims-generic code is not TorchScript (first error: the
   star-unpacked list ``[0, *dims[2:], 1]`` in ``custom/networks/blocks/layer_norm.py``).
-* ``torch.jit.trace`` is exact at the traced input shape only: padding to a multiple of 8, the local-window
-  grid and the per-sample dynamic convolution (batch 1 takes a plain depthwise conv; more samples fold the
-  batch into ``groups``) are frozen, so another height, width **or batch size** raises or gives wrong values.
+* ``torch.jit.trace`` is exact at the traced height and width only: the padding to a multiple of 8 and the
+  local-window grid are Python on sizes and are frozen, so another height or width raises or gives wrong
+  values. The batch size is not frozen (the dynamic conv traces as shifted taps, see below): a model traced at
+  batch 1 is exact at batch 3 (tested).
   :func:`serving_module` makes that safe: it traces once per serving size (batch 1) and scripts a small
   :class:`SizeDispatcher` that picks the traced model by the input's ``(H, W)``, runs the batch one sample at
   a time (so any batch size is exact) and raises, naming the served sizes, for any other size.
   ``monai.bundle ckpt_export serving_network`` produces it through :class:`ServingNetwork`
   (``bundle/configs/export.json``); the file loads with ``torch.jit.load`` where ``custom`` is not importable.
   Max |dispatcher - eager| about 2e-7 (64 x 64 with local windows, 36 x 44 padded; batch 2, different images).
-* The channel attention passes the spatial sizes to :func:`~custom.networks.blocks.local_windows.window_tiles`
-  as they come from ``qkv.shape``; while tracing these are 0-d tensors, so the set of tile bounds keeps both
-  the tensor and the ``int`` of an equal bound: an extra empty tile, a graph that differs between two traces
-  (``torch.jit.trace``'s check, hence ``ckpt_export network_def --use_trace True``, fails with "Graphs differed
-  across invocations") and an ONNX ``Reshape`` to a zero-length dimension, which onnxruntime reads as "copy the
-  input dimension" and fails. Until the attention casts the sizes to ``int``, :func:`static_window_sizes` does
-  it around every trace and export made here (a no-op once the network does it).
 * ONNX (``torch.onnx.export(dynamo=False)``; the dynamo exporter needs ``onnxscript``, not a dependency) works
-  at a fixed input shape, **local windows included** (static slices, ``MatMul``, ``Concat``, ``Softmax``):
+  at a fixed height and width, **local windows included** (static slices, ``MatMul``, ``Concat``, ``Softmax``):
   the exporter's ``aten::movedim`` writes ``Transpose`` nodes with negative ``perm`` entries (``movedim(-1,
   k)``), which break its own shape inference (the convolutions with generated kernels downstream then fail with
   "convolution for kernel of unknown shape") and onnxruntime; :func:`export_onnx` registers a corrected
@@ -31,12 +25,10 @@ Findings (torch 2.13, onnx 1.23, onnxruntime 1.32; measured on the tiny network 
   to the exporter): :func:`export_onnx` pads in a wrapper with constant indices, by the network's rule.
   onnxruntime equals eager within 3e-7 at 40 x 48 (global attention), 64 x 64 and 96 x 96 (local windows),
   36 x 44 (padding) and 60 x 52 (padding and windows), at batch 1 and at a fixed batch of 3 different images.
-* A **dynamic batch axis** in ONNX does not export: the per-sample depthwise conv reshapes the generated kernels
-  to ``(B * C, 1, k, k)``, so with ``B`` symbolic the kernel shape is unknown ("convolution for kernel of
-  unknown shape"), with either branch of the dynamic conv; scripting a per-sample loop around a traced model
-  loses the shapes inside the ONNX ``Loop`` the same way. Export at the batch size you serve
-  (``input_shape[0]``). A prototype that writes the dynamic conv as a sum of its ``k * k`` shifted taps
-  (no kernel reshape) exported with a dynamic batch axis and matched eager within 2e-7 at batch 1 and 3.
+* While tracing or exporting, the dynamic depthwise conv is computed as a sum of its ``k**d`` shifted taps
+  (``DepthwiseConv._shifted_taps``) instead of folding the batch into the groups of one conv, so no shape
+  holds the batch size: :func:`export_onnx` exports a **dynamic batch axis** by default, and onnxruntime equals
+  eager at batch 1 and at batch 3 with different images (tested).
 """
 
 from __future__ import annotations
@@ -54,7 +46,6 @@ from custom.io import atomic_output
 
 __all__ = [
     "trace_network",
-    "static_window_sizes",
     "SizeDispatcher",
     "serving_module",
     "save_torchscript",
@@ -64,34 +55,6 @@ __all__ = [
 ]
 
 ATOL = 1e-4
-
-
-@contextlib.contextmanager
-def static_window_sizes() -> Iterator[None]:
-    """Make the channel attention compute its window tiles from ``int`` sizes while tracing or exporting.
-
-    Wraps ``custom.networks.blocks.attention.window_tiles`` (if the module has it) with ``int(size)``,
-    ``int(window)`` and restores it afterwards. Under tracing the sizes are 0-d tensors, which the tile
-    computation would otherwise treat as distinct from equal ``int`` bounds (see the module docstring).
-    """
-    try:
-        from custom.networks.blocks import attention
-    except ImportError:  # pragma: no cover - the package is part of this repository
-        yield
-        return
-    original = getattr(attention, "window_tiles", None)
-    if original is None:
-        yield
-        return
-
-    def int_window_tiles(size: Any, window: Any) -> Any:
-        return original(int(size), int(window))
-
-    attention.window_tiles = int_window_tiles
-    try:
-        yield
-    finally:
-        attention.window_tiles = original
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -120,7 +83,7 @@ def trace_network(network: nn.Module, input_shape: Sequence[int], verify: bool =
     network = network.eval()
     device = next(iter(network.parameters()), torch.empty(0)).device
     x, probe = (torch.rand(*shape, generator=torch.Generator().manual_seed(s)).to(device) for s in (0, 1))
-    with torch.no_grad(), warnings.catch_warnings(), static_window_sizes():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(network, x, check_trace=False)
         if verify:  # on another input than the traced one
@@ -343,17 +306,18 @@ class _Padded(nn.Module):
 
 
 def export_onnx(network: nn.Module, path: str | os.PathLike, input_shape: Sequence[int],
-                opset_version: int = 17) -> str:
-    """Export to ONNX at one fixed input shape (input ``image``, output ``pred``), written atomically.
+                opset_version: int = 17, dynamic_batch: bool = True) -> str:
+    """Export to ONNX at one input height and width (input ``image``, output ``pred``), written atomically.
 
-    Local windows and sizes that need padding are supported (module docstring); the batch size is fixed to
-    ``input_shape[0]`` (a dynamic batch axis does not export: the per-sample dynamic conv).
+    Local windows and sizes that need padding are supported (module docstring); height and width are fixed,
+    the batch axis is dynamic unless ``dynamic_batch=False``.
 
     Args:
         network: the network (put in eval mode).
         path: destination ``.onnx`` file.
-        input_shape: ``(B, C, H, W)``.
+        input_shape: ``(B, C, H, W)``; ``B`` is only the example's batch size when ``dynamic_batch``.
         opset_version: ONNX opset.
+        dynamic_batch: declare axis 0 of ``image`` and ``pred`` as a symbolic ``batch`` dimension.
 
     Returns:
         the path written.
@@ -371,11 +335,12 @@ def export_onnx(network: nn.Module, path: str | os.PathLike, input_shape: Sequen
     if shape[2] % multiple or shape[3] % multiple:
         module = _Padded(network, shape[2], shape[3], multiple).to(device).eval()
     with atomic_output(path) as tmp:
-        with torch.no_grad(), warnings.catch_warnings(), static_window_sizes(), _onnx_movedim_fix(opset_version):
+        with torch.no_grad(), warnings.catch_warnings(), _onnx_movedim_fix(opset_version):
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(module, (torch.rand(*shape, device=device),), tmp, dynamo=False, input_names=["image"],
-                                  output_names=["pred"], opset_version=opset_version)
+                                  output_names=["pred"], opset_version=opset_version,
+                                  dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}} if dynamic_batch else None)
             except Exception as e:  # exporter errors are of many types
                 raise ValueError(f"{os.fspath(path)}: ONNX export at {shape} failed ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0][:300]}).") from e

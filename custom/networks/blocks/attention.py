@@ -59,7 +59,7 @@ def channel_attention(
         ValueError: ``window`` does not give one length per spatial axis.
     """
     b, c3 = qkv.shape[:2]
-    spatial = list(qkv.shape[2:])
+    spatial = [int(s) for s in qkv.shape[2:]]  # plain ints (traced sizes are tensors): the tile grid is static
     c = c3 // 3
     dh = c // num_heads
     if window is not None and len(window) != len(spatial):

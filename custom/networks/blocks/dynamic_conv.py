@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -104,6 +105,8 @@ class DepthwiseConv(nn.Module):
         expected = (b, self.channels) + (self.kernel_size,) * self.spatial_dims
         if tuple(generated.shape) != expected:
             raise ValueError(f"generated kernel must have shape {expected}, got {tuple(generated.shape)}.")
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self._shifted_taps(x, generated)
         gate = self.gate.reshape((1, -1) + (1,) * (self.spatial_dims + 1))
         kernel = self.weight.unsqueeze(0) + gate * generated.unsqueeze(2)  # (B, C, 1, k, ..., k)
         kernel = kernel.reshape(b * self.channels, 1, *kernel.shape[3:])
@@ -116,6 +119,24 @@ class DepthwiseConv(nn.Module):
         out = conv(folded.permute(d, *range(d)).unsqueeze(0), kernel, padding=pad, groups=b * self.channels)
         out = out[0].permute(*range(1, d + 1), 0).reshape(*x.shape[2:], b, self.channels)  # (*S, B, C)
         return out.permute(d, d + 1, *range(d))
+
+    def _shifted_taps(self, x: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+        """The same per-sample convolution as a sum of ``k**d`` shifted, per-sample-weighted copies of ``x``.
+
+        Slower than the grouped conv, but it never folds the batch size into a shape, so a traced or exported
+        graph stays valid for any batch size (used only while tracing or exporting to ONNX).
+        """
+        d = self.spatial_dims
+        pad = self.kernel_size // 2
+        gate = self.gate.reshape((1, -1) + (1,) * d)  # type: ignore[union-attr]
+        taps = self.weight[:, 0].unsqueeze(0) + gate * generated  # (B, C, k, ..., k)
+        padded = F.pad(x, (pad, pad) * d)
+        spatial = x.shape[2:]
+        out = torch.zeros_like(x)
+        for offset in itertools.product(range(self.kernel_size), repeat=d):
+            window = padded[(slice(None), slice(None), *(slice(o, o + s) for o, s in zip(offset, spatial)))]
+            out = out + window * taps[(slice(None), slice(None), *offset)].reshape(*taps.shape[:2], *(1,) * d)
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.channels}, kernel_size={self.kernel_size}, dynamic={self.dynamic}, init={self.init!r}"

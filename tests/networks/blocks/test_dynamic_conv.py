@@ -26,6 +26,21 @@ class TestDepthwiseConv(unittest.TestCase):
             ref = fn(x[b : b + 1], kernel, padding=1, groups=4)
             torch.testing.assert_close(out[b : b + 1], ref, rtol=1e-5, atol=1e-5)
 
+    @parameterized.expand([(1,), (2,), (3,)])
+    def test_shifted_taps_form_equals_grouped_conv(self, spatial_dims):
+        conv = DepthwiseConv(5, 3, spatial_dims, dynamic=True)
+        torch.nn.init.normal_(conv.gate)
+        x = torch.randn(3, 5, *(7,) * spatial_dims)
+        generated = torch.randn(3, 5, *(3,) * spatial_dims)
+        torch.testing.assert_close(conv._shifted_taps(x, generated), conv(x, generated), atol=1e-5, rtol=1e-5)
+
+    def test_traced_at_batch_1_is_exact_at_batch_3(self):
+        conv = DepthwiseConv(4, 3, 2, dynamic=True)
+        torch.nn.init.normal_(conv.gate)
+        traced = torch.jit.trace(conv, (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 3, 3)), check_trace=False)
+        x, generated = torch.randn(3, 4, 6, 6), torch.randn(3, 4, 3, 3)
+        torch.testing.assert_close(traced(x, generated), conv(x, generated), atol=1e-5, rtol=1e-5)
+
     def test_gate_starts_at_zero_so_generated_kernel_has_no_effect(self):
         conv = DepthwiseConv(6, dynamic=True, init="kaiming")
         self.assertTrue(torch.all(conv.gate == 0))

@@ -7,12 +7,37 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["atomic_output", "write_text_atomic"]
+__all__ = ["atomic_output", "fsync_path", "write_text_atomic"]
 
 
 def _suffix(path: str) -> str:
     name = os.path.basename(path).lower()
     return ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
+
+
+def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    """Flush a written file's data, or a folder's entries, to disk.
+
+    Args:
+        path: the file or folder.
+        directory: ``path`` is a folder: best effort (folders cannot be opened for ``fsync`` on Windows).
+
+    Raises:
+        OSError: a file cannot be opened or flushed.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -21,7 +46,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
 
     The temporary name keeps ``path``'s extension (writers such as nibabel choose the format by it). If the
     block raises, or the process is killed, nothing appears under ``path`` (an existing file stays as it was)
-    and the temporary file is removed where possible. The destination folder is created if needed.
+    and the temporary file is removed where possible. The destination folder is created if needed. The file's
+    data is flushed to disk (``fsync``) before the rename and the folder entry after it, so that a power loss
+    right after the call does not leave an empty or partial file under ``path`` either.
 
     Args:
         path: the final destination.
@@ -36,7 +63,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(folder, directory=True)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -20,6 +20,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from custom.io import fsync_path
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO_ROOT / "bundle"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -103,6 +105,7 @@ def build_archive(
             bad = zf.testzip()
             if bad is not None:
                 raise OSError(f"corrupt entry {bad} in {tmp}")
+        fsync_path(tmp)
         os.replace(tmp, output)
     except BaseException:
         if os.path.exists(tmp):

@@ -5,20 +5,23 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ignite.engine import Engine
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from custom.io import atomic_output
+
 __all__ = ["AtomicDiskSaver", "AtomicCheckpointSaver", "ResumeCheckpointLoader"]
 
 
 class AtomicDiskSaver(DiskSaver):
-    """ignite ``DiskSaver`` writing through a temporary file and ``os.replace`` (``atomic=True``), with an
-    optional fixed file name. With a fixed name, ``remove`` is a no-op: the next save replaces the file
-    atomically, so a crash never leaves the folder without a complete checkpoint. Only rank 0 writes.
+    """ignite ``DiskSaver`` writing through :func:`custom.io.atomic_output` (temporary file, ``fsync``,
+    ``os.replace``), with an optional fixed file name. With a fixed name, ``remove`` is a no-op: the next save
+    replaces the file atomically, so a crash never leaves the folder without a complete checkpoint. Only rank 0
+    writes.
 
     Args:
         dirname: output folder (created if missing).
@@ -31,6 +34,11 @@ class AtomicDiskSaver(DiskSaver):
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         super().__call__(checkpoint, self.filename or filename, metadata)
+
+    def _save_func(self, checkpoint: Mapping, path: Any, func: Callable) -> None:
+        """Write through :func:`custom.io.atomic_output` (temporary name, ``fsync``, rename), whatever ``atomic``."""
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            func(checkpoint, f, **self.kwargs)
 
     def remove(self, filename: str) -> None:
         if self.filename is None:

@@ -36,7 +36,7 @@ from monai.transforms import MapTransform
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from custom.io import atomic_output
+from custom.io import atomic_output, fsync_path
 
 __all__ = ["DERIVATION_DESCRIPTION", "cast_to_dtype", "write_nifti", "write_dicom_series", "SaveRestoredd"]
 
@@ -190,12 +190,14 @@ def write_dicom_series(
                 raise ValueError(f"{src}: restored slice {vol.shape[:2]} does not match {ds.Rows}x{ds.Columns}.")
             out = _derived_slice(ds, vol[..., k] / factors[k], series_uid, now)
             out.save_as(os.path.join(tmp_dir, os.path.basename(src)), enforce_file_format=True)
+            fsync_path(os.path.join(tmp_dir, os.path.basename(src)))
         result = os.path.join(tmp_dir, os.path.basename(files[0])) if single_file else tmp_dir
         old = None
         if os.path.lexists(path):  # overwrite: move the old output aside, then swap in the new one
             old = tempfile.mkdtemp(prefix=".old_", dir=parent)
             os.replace(path, os.path.join(old, "x"))
         os.replace(result, path)
+        fsync_path(parent, directory=True)
         if old:
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -49,9 +49,51 @@ class TaskAdaptiveTrainer(SupervisedTrainer):
 
     The loss may also be a plain callable returning a scalar tensor. A non-finite loss raises
     ``FloatingPointError`` naming the iteration and the batch's source files.
+
+    With ``amp=True``, :meth:`state_dict` carries the AMP ``GradScaler`` state (current loss scale and growth
+    tracker) under ``"grad_scaler"``, so that a resumed run does not restart from the initial scale of 2**16 and
+    skip steps re-learning it. It is restored by :meth:`load_state_dict` during :meth:`run` (the scaler is built
+    there; MONAI's ``CheckpointLoader`` loads at ``Events.STARTED``).
     """
 
     info_keys: tuple[str, ...] = ("modality", "task")
+    scaler_key = "grad_scaler"
+
+    def _active_scaler(self) -> torch.amp.GradScaler | None:
+        scaler = getattr(self, "scaler", None)
+        return scaler if scaler is not None and scaler.is_enabled() else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """ignite's engine state (iteration, epoch length, max epochs) plus the AMP scaler state when AMP is on.
+
+        Returns:
+            a dict of numbers only (loads with ``torch.load(weights_only=True)``).
+        """
+        state = dict(super().state_dict())
+        scaler = self._active_scaler()
+        if scaler is not None:
+            state[self.scaler_key] = scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; a checkpoint without scaler state (AMP off, older files) is accepted.
+
+        Args:
+            state_dict: output of :meth:`state_dict`.
+
+        Raises:
+            ValueError: the checkpoint holds a scaler state but this run has AMP on and no scaler yet (call it
+                during :meth:`run`, as MONAI's ``CheckpointLoader`` does).
+        """
+        state = dict(state_dict)
+        scaler_state = state.pop(self.scaler_key, None)
+        super().load_state_dict(state)
+        scaler = self._active_scaler()
+        if scaler_state and scaler is not None:
+            scaler.load_state_dict(scaler_state)
+        elif scaler_state and self.amp and getattr(self, "scaler", None) is None:
+            raise ValueError("the AMP GradScaler state can only be restored while the trainer runs (after run() "
+                             "builds the scaler), e.g. by a CheckpointLoader attached to the trainer.")
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         """One optimisation step.

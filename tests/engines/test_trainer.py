@@ -82,6 +82,58 @@ class TestTaskAdaptiveTrainer(unittest.TestCase):
         trainer.run()
         self.assertEqual(steps, [2, 4])
 
+    def test_amp_scaler_state_survives_resume(self):
+        """The loss scale learnt before a checkpoint (halved by an overflow) is what the resumed run continues
+        with, through the real resume loader (``weights_only=True``). CPU-only machine: the CPU GradScaler stands
+        in for the CUDA one that ``Trainer.run`` builds."""
+        import tempfile
+        import warnings
+        from unittest import mock
+
+        from custom.handlers import ResumeCheckpointLoader
+
+        factor = {"value": 1e35}  # finite loss, inf once scaled by 2**16: the first step overflows
+
+        def loss_fn(inputs, pred, target):
+            return (pred - target).abs().mean() * factor["value"]
+
+        def make(max_epochs):
+            net = torch.nn.Conv2d(1, 1, 1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return TaskAdaptiveTrainer(
+                    device=torch.device("cpu"), max_epochs=max_epochs, train_data_loader=_batches(1), network=net,
+                    optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=loss_fn, amp=True,
+                    epoch_length=1,
+                )
+
+        cpu_scaler = lambda: torch.amp.GradScaler("cpu", init_scale=2.0**16)  # noqa: E731
+        with tempfile.TemporaryDirectory() as tmp, mock.patch("torch.cuda.amp.GradScaler", cpu_scaler), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            first = make(1)
+            first.run()
+            self.assertEqual(first.scaler.get_scale(), 2.0**15)
+            path = f"{tmp}/latest.pt"
+            torch.save({"trainer": first.state_dict()}, path)
+
+            factor["value"] = 1.0
+            resumed = make(2)
+            ResumeCheckpointLoader(load_path=path, load_dict={"trainer": resumed}).attach(resumed)
+            resumed.run()
+            self.assertEqual(resumed.state.iteration, 2)  # resumed after iteration 1
+            self.assertEqual(resumed.scaler.get_scale(), 2.0**15)  # not the initial 2**16
+
+            fresh = make(1)  # a checkpoint without scaler state (AMP off, older files) loads and keeps the default
+            state = first.state_dict()
+            del state["grad_scaler"]
+            state["max_epochs"] = 2
+            torch.save({"trainer": state}, path)
+            ResumeCheckpointLoader(load_path=path, load_dict={"trainer": fresh}).attach(fresh)
+            fresh.state.max_epochs = 2
+            fresh.run()
+            self.assertEqual(fresh.scaler.get_scale(), 2.0**16)
+
     def test_batch_sources(self):
         self.assertEqual(len(batch_sources(_batches(1)[0])), 6)
         self.assertEqual(batch_sources({"image": torch.zeros(1)}), [])

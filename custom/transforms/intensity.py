@@ -117,8 +117,10 @@ class ModalityNormalized(_ModalityTransform):
 class ModalityDenormalized(_ModalityTransform):
     """Inverse of :class:`ModalityNormalized`: map [0, 1] back to physical units (HU, SUV, scanner units).
 
-    Values are not clipped (a prediction slightly outside [0, 1] maps slightly outside ``clip_range``);
-    apply :class:`ModalityEvalWindowd` afterwards for the published evaluation window.
+    By default values are not clipped (a prediction slightly outside [0, 1] maps slightly outside
+    ``clip_range``); apply :class:`ModalityEvalWindowd` afterwards for the published evaluation window. With
+    ``clip=True`` the result is clipped to ``clip_range``, the range the network was trained on: no negative SUV
+    or MRI intensity, no CT below -1024 HU in a restored scan (what the inference config does).
 
     Args:
         keys: keys of the images to map back; shape (C, H, W[, D]), or a batch (B, C, H, W) whose
@@ -126,17 +128,29 @@ class ModalityDenormalized(_ModalityTransform):
         settings: modality name -> dict with ``clip_range``.
         modality_key: key of the item's modality name.
         allow_missing_keys: don't raise if a key is absent.
+        clip: clip the result to ``clip_range``. Defaults to False.
 
     Raises:
         ValueError: unknown or missing modality, or non-finite values.
     """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        settings: Mapping[str, Mapping[str, Any]],
+        modality_key: str = "modality",
+        allow_missing_keys: bool = False,
+        clip: bool = False,
+    ) -> None:
+        super().__init__(keys, settings, modality_key, allow_missing_keys)
+        self.clip = bool(clip)
 
     def _ranges(self, setting: Mapping[str, Any]) -> tuple[float, float, float, float]:
         low, high = setting["clip_range"]
         return 0.0, 1.0, float(low), float(high)
 
     def _clip(self) -> bool:
-        return False
+        return self.clip
 
 
 class ModalityEvalWindowd(_ModalityTransform):

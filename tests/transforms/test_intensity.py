@@ -33,6 +33,16 @@ class TestModalityIntensity(unittest.TestCase):
         torch.testing.assert_close(back["image"], phys, atol=1e-3 * (high - low), rtol=0)
         self.assertEqual(back["image"].dtype, torch.float32)
 
+    def test_denormalise_clip_option(self):
+        pred = torch.tensor([-0.1, 0.5, 1.1]).reshape(1, 1, 3)
+        free = ModalityDenormalized(["pred"], SETTINGS)({"pred": pred, "modality": "PET"})["pred"]
+        self.assertAlmostEqual(free.flatten()[0].item(), -2.0, places=4)  # unclipped: negative SUV
+        clipped = ModalityDenormalized(["pred"], SETTINGS, clip=True)({"pred": pred, "modality": "PET"})["pred"]
+        self.assertEqual(clipped.flatten().tolist(), [0.0, 10.0, 20.0])
+        batch = pred.reshape(3, 1, 1, 1)  # per-sample ranges: mixed-modality batch
+        mixed = ModalityDenormalized(["pred"], SETTINGS, clip=True)({"pred": batch, "modality": ["CT", "PET", "MRI"]})
+        self.assertEqual(mixed["pred"].flatten().tolist(), [-1024.0, 10.0, 4095.0])
+
     def test_eval_window(self):
         hu = torch.tensor([[[-1000.0, 0.0, 1000.0]]])
         out = ModalityEvalWindowd(["pred"], SETTINGS)({"pred": hu, "modality": "CT"})

@@ -119,7 +119,7 @@ class TestDemoBuildOffline(unittest.TestCase):
             out = os.path.join(d, "demo")
             with mock.patch.object(demo_data.subprocess, "run", side_effect=AssertionError("pip called")):
                 path = build_demo_data(out, wheels, cfg, workers=1, log=lambda s: None)
-                self.assertEqual(validate_datalist(path), (3 + 1 + 1 + 2) + (3 + 10 + 1 + 2) + (4 + 2 + 2))
+                self.assertEqual(validate_datalist(path), (3 + 1 + 1 + 2) + (3 + 10 + 4 + 1 + 1) + (4 + 2 + 2))
             splits = {s: load_datalist(path, s) for s in ("training", "validation", "test")}
             for modality in ("CT", "MRI", "PET"):
                 for s in splits.values():

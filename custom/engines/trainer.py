@@ -35,6 +35,23 @@ def batch_sources(batchdata: Any, keys: Sequence[str] = (Keys.IMAGE, Keys.LABEL)
     return names
 
 
+def _nonfinite_gradient(engine: SupervisedTrainer) -> str | None:
+    """Name of the first optimised parameter whose gradient holds inf/NaN, or None when all are finite.
+
+    One fused norm over all gradients on the fast path; names are only looked up when it is not finite.
+    """
+    params = [p for group in engine.optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not params or bool(torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in params]))):
+        return None
+    names = {id(p): f"network.{n}" for n, p in engine.network.named_parameters()}
+    if isinstance(engine.loss_function, torch.nn.Module):
+        names.update({id(p): f"loss_function.{n}" for n, p in engine.loss_function.named_parameters()})
+    for p in params:
+        if not bool(torch.isfinite(p.grad).all()):
+            return names.get(id(p), f"unnamed parameter of shape {tuple(p.shape)}")
+    return "<gradient norm overflow>"  # every gradient finite, their total norm not
+
+
 class TaskAdaptiveTrainer(SupervisedTrainer):
     """:class:`monai.engines.SupervisedTrainer` for losses called as ``loss_function(inputs, preds, targets)``.
 
@@ -48,7 +65,9 @@ class TaskAdaptiveTrainer(SupervisedTrainer):
       (``TaskAdaptiveBalancedLoss(return_details=True)``).
 
     The loss may also be a plain callable returning a scalar tensor. A non-finite loss raises
-    ``FloatingPointError`` naming the iteration and the batch's source files.
+    ``FloatingPointError`` naming the iteration and the batch's source files; so does a non-finite gradient
+    without AMP (with AMP the ``GradScaler`` skips that step and lowers its scale), before the optimiser step,
+    so no weight is corrupted.
 
     With ``amp=True``, :meth:`state_dict` carries the AMP ``GradScaler`` state (current loss scale and growth
     tracker) under ``"grad_scaler"``, so that a resumed run does not restart from the initial scale of 2**16 and
@@ -107,7 +126,7 @@ class TaskAdaptiveTrainer(SupervisedTrainer):
 
         Raises:
             ValueError: when ``batchdata`` is None.
-            FloatingPointError: when the loss is NaN or infinite.
+            FloatingPointError: when the loss, or without AMP a gradient, is NaN or infinite.
         """
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -166,10 +185,18 @@ class TaskAdaptiveTrainer(SupervisedTrainer):
             scaled.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         if should_step:
-            if use_scaler:
+            if use_scaler:  # the scaler skips the step on inf/NaN gradients and lowers the scale
                 engine.scaler.step(engine.optimizer)
                 engine.scaler.update()
             else:
+                bad = _nonfinite_gradient(engine)
+                if bad is not None:
+                    files = batch_sources(batchdata) or ["<no file metadata in the batch>"]
+                    raise FloatingPointError(
+                        f"non-finite gradient of '{bad}' (finite loss {float(loss.detach()):.6g}) at iteration "
+                        f"{engine.state.iteration} (epoch {engine.state.epoch}), before the optimiser step; batch "
+                        f"source files: {', '.join(files)}"
+                    )
                 engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -70,6 +70,20 @@ class TestTaskAdaptiveTrainer(unittest.TestCase):
         self.assertIn("iteration 2", msg)
         self.assertIn("/data/CT_1_0.nii.gz", msg)
 
+    def test_nonfinite_gradient_stops_before_the_step(self):
+        net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        trainer = _trainer(PlainL1Loss(), _batches(3), net=net)
+        before = [p.detach().clone() for p in net.parameters()]
+        net.bias.register_hook(lambda g: g * float("nan"))  # finite loss, NaN gradient for one parameter
+        with self.assertRaises(FloatingPointError) as ctx:
+            trainer.run()
+        msg = str(ctx.exception)
+        self.assertIn("network.bias", msg)
+        self.assertIn("iteration 1", msg)
+        self.assertIn("/data/CT_0_0.nii.gz", msg)
+        for a, b in zip(before, net.parameters()):  # the optimiser never stepped on the corrupt gradient
+            self.assertTrue(torch.equal(a, b.detach()))
+
     def test_gradient_accumulation_steps_once_per_two_batches(self):
         net = torch.nn.Conv2d(1, 1, 3, padding=1)
         loss = PlainL1Loss()

@@ -128,21 +128,14 @@ class ModalityDenormalized(_ModalityTransform):
         settings: modality name -> dict with ``clip_range``.
         modality_key: key of the item's modality name.
         allow_missing_keys: don't raise if a key is absent.
-        clip: clip the result to ``clip_range``. Defaults to False.
+        clip: (keyword only) clip the result to ``clip_range``. Defaults to False.
 
     Raises:
         ValueError: unknown or missing modality, or non-finite values.
     """
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        settings: Mapping[str, Mapping[str, Any]],
-        modality_key: str = "modality",
-        allow_missing_keys: bool = False,
-        clip: bool = False,
-    ) -> None:
-        super().__init__(keys, settings, modality_key, allow_missing_keys)
+    def __init__(self, *args: Any, clip: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.clip = bool(clip)
 
     def _ranges(self, setting: Mapping[str, Any]) -> tuple[float, float, float, float]:

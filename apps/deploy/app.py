@@ -71,6 +71,7 @@ class TATRestoreOperator(Operator):
         self.device = parser.get_parsed_content("device")
         self.settings = parser.get_parsed_content("modality_settings")
         self.inferer = parser.get_parsed_content("inferer")
+        self.clip_output = bool(parser.get("clip_output", False))  # as the bundle's inference: clip to clip_range
         net = parser.get_parsed_content("network_def")
         state = torch.load(str(self.ckpt), map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
@@ -86,7 +87,8 @@ class TATRestoreOperator(Operator):
         img = img[None] if img.ndim == 3 else img[None, ..., None]  # (1, H, W, D)
         x = ModalityNormalized(keys="image", settings=self.settings)({"image": img, "modality": modality})["image"]
         pred = self.inferer(x[None].to(self.device), self._net)[0].float().cpu()
-        out = ModalityDenormalized(keys="pred", settings=self.settings)({"pred": pred, "modality": modality})["pred"]
+        denormalise = ModalityDenormalized(keys="pred", settings=self.settings, clip=self.clip_output)
+        out = denormalise({"pred": pred, "modality": modality})["pred"]
         out = out.numpy()[0]
         return out if values.ndim == 3 else out[..., 0]
 

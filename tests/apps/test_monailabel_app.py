@@ -94,6 +94,9 @@ class TestMonaiLabelApp(unittest.TestCase):
                 np.testing.assert_allclose(img.affine, nib.load(str(d / "studies" / "ct_case.nii.gz")).affine)
                 self.assertTrue(np.isfinite(out).all())
                 self.assertGreater(out.max() - out.min(), 10.0, "not in HU (or constant)")
+                lo, hi = json.loads((BUNDLE / "configs" / "modality" / "ct.json").read_text())["clip_range"]
+                self.assertGreaterEqual(out.min(), lo - 0.5)  # clip_output, as the bundle's inference
+                self.assertLessEqual(out.max(), hi + 0.5)
             finally:
                 os.killpg(server.pid, 15)
                 server.wait(timeout=30)

@@ -64,7 +64,7 @@ class TATRestore(BasicInferTask):
             net.load_state_dict(state)
             device = parser.get_parsed_content("device")
             self._parts = (net.to(device).eval(), device, parser.get_parsed_content("modality_settings"),
-                           parser.get_parsed_content("inferer"))
+                           parser.get_parsed_content("inferer"), bool(parser.get("clip_output", False)))
         return self._parts
 
     @torch.no_grad()
@@ -77,13 +77,14 @@ class TATRestore(BasicInferTask):
         modality = request.get("modality") or self.default_modality
         if not modality:
             raise ValueError("TAT restoration needs the modality: pass params {'modality': 'CT'|'PET'|'MRI'}")
-        net, device, settings, inferer = self._load()
+        net, device, settings, inferer, clip_output = self._load()
         values, info = load_nifti(request["image"])
         img = torch.as_tensor(values)
         img = img[None] if img.ndim == 3 else img[None, ..., None]
         x = ModalityNormalized(keys="image", settings=settings)({"image": img, "modality": modality})["image"]
         pred = inferer(x[None].to(device), net)[0].float().cpu()
-        out = ModalityDenormalized(keys="pred", settings=settings)({"pred": pred, "modality": modality})["pred"]
+        denormalise = ModalityDenormalized(keys="pred", settings=settings, clip=clip_output)  # as the bundle's inference
+        out = denormalise({"pred": pred, "modality": modality})["pred"]
         out = out.numpy()[0]
         out = out if values.ndim == 3 else out[..., 0]
         fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="tat_restored_")

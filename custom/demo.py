@@ -11,7 +11,9 @@
    ``python -m monai.bundle run evaluating`` on ``['train.json', 'evaluate.json']`` and the same overrides,
    writing ``OUTPUT_DIR/evaluation/test_scans.csv``, ``test_summary.json`` and ``test_panel_<task>.png``;
 4. prints per task PSNR/SSIM/RMSE of the degraded input and of the restored output, and exits with status 1 if a
-   task's restored PSNR does not beat its input's.
+   task's restored PSNR does not beat its input's;
+5. writes ``OUTPUT_DIR/models/demo_inference.json``, an overlay of ``inference.json`` with the demo network and
+   checkpoint, and prints the one command that restores a folder of the user's own scans with it.
 
 Reruns: the data is reused; training starts fresh every run (``OUTPUT_DIR/models``, ``OUTPUT_DIR/train_logs``
 and ``OUTPUT_DIR/evaluation`` are emptied first) so the figures always belong to one complete, known budget.
@@ -35,8 +37,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from custom.evaluation import format_summary_table
+from custom.io import write_text_atomic
 
-__all__ = ["DEMO_OVERRIDES", "BUNDLE_DIR", "bundle_command", "default_threads", "run_demo", "main"]
+__all__ = ["DEMO_OVERRIDES", "BUNDLE_DIR", "bundle_command", "inference_overlay", "restore_command", "default_threads",
+           "run_demo", "main"]
 
 BUNDLE_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bundle"))
 
@@ -63,6 +67,34 @@ DEMO_OVERRIDES: dict[str, Any] = {
     # no DataLoader worker processes on a 2-core machine (they would compete with the training threads)
     "num_workers": 0,
 }
+
+
+def inference_overlay(settings: Mapping[str, Any], checkpoint: str) -> dict[str, Any]:
+    """Config overlay for ``inference.json`` that restores scans with the demo's checkpoint.
+
+    Merged after ``inference.json`` (``--config_file '["inference.json", "overlay.json"]'``: MONAI merges ``#`` keys
+    into the nested config), it sets the demo network's hyper-parameters and the checkpoint, so that one command restores a
+    user's scans with the demo weights.
+
+    Args:
+        settings: the demo's train.json overrides (:data:`DEMO_OVERRIDES` plus the user's).
+        checkpoint: path of the trained ``model.pt``.
+
+    Returns:
+        ``{"checkpoint": ..., "network_def#...": ...}`` (``patch_size`` becomes ``network_def#train_patch_size``).
+    """
+    overlay: dict[str, Any] = {"checkpoint": os.path.abspath(checkpoint)}
+    overlay.update({k: v for k, v in settings.items() if k.startswith("network_def#")})
+    if "patch_size" in settings:
+        overlay["network_def#train_patch_size"] = settings["patch_size"]
+    return overlay
+
+
+def restore_command(overlay_path: str) -> str:
+    """The one-line shell command restoring a folder of scans with the demo weights (placeholders in capitals)."""
+    configs = json.dumps([os.path.join(BUNDLE_DIR, "configs", "inference.json"), os.path.abspath(overlay_path)])
+    return (f"python -m monai.bundle run inference --config_file {shlex.quote(configs)} --bundle_root {shlex.quote(BUNDLE_DIR)} "
+            "--dataset_dir YOUR_SCANS --output_dir YOUR_OUTPUT_DIR  # add --modality CT|PET|MRI for NIfTI")
 
 
 def bundle_command(
@@ -173,6 +205,8 @@ def run_demo(
         bundle_command("evaluating", ["train.json", "evaluate.json"], dataset_dir, ckpt_dir, eval_dir, settings), env,
         "3/3 evaluation of models/model.pt on the test split (python -m monai.bundle run evaluating)")
     timings["total"] = time.time() - start
+    overlay_path = os.path.join(ckpt_dir, "demo_inference.json")
+    write_text_atomic(overlay_path, json.dumps(inference_overlay(settings, os.path.join(ckpt_dir, "model.pt")), indent=2))
 
     summary_path = os.path.join(eval_dir, "test_summary.json")
     with open(summary_path, encoding="utf-8") as f:
@@ -190,6 +224,7 @@ def run_demo(
     for task, path in summary["files"]["panels"].items():
         print(f"panel:     {path}")
     print(f"TensorBoard: tensorboard --logdir {log_dir}")
+    print(f"restore your scans with these weights:\n  {restore_command(overlay_path)}")
     if failed:
         message = f"{summary_path}: restored PSNR does not beat the degraded input for {failed}."
         if require_gain:

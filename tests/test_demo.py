@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -56,3 +57,19 @@ def test_demo_smoke(tmp_path):
     assert not (demo / "data").exists()  # a given data list is used as is
 
     assert "starting a new training" in log  # the stale latest.pt was removed, not resumed from
+
+    # the printed one-line restore command works on a user's folder of scans (here the tiny test images, as CT)
+    overlay = json.loads((demo / "models" / "demo_inference.json").read_text())
+    assert overlay["checkpoint"] == str(demo / "models" / "model.pt")
+    assert overlay["network_def#dim"] == TINY_OVERRIDES["network_def#dim"]
+    line = next(x for x in proc.stdout.splitlines() if "run inference" in x).split("#")[0]
+    scans, restored = tmp_path / "my_scans", tmp_path / "restored"
+    scans.mkdir()
+    src = next(p for p in sorted((tmp_path / "data").rglob("*.nii*")) if "ct" in str(p).lower())
+    (scans / src.name).write_bytes(src.read_bytes())
+    args = shlex.split(line.replace("YOUR_SCANS", str(scans)).replace("YOUR_OUTPUT_DIR", str(restored)))
+    assert args[:3] == ["python", "-m", "monai.bundle"]
+    run = subprocess.run([sys.executable, *args[1:], "--modality", "CT"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert (restored / src.name).is_file()

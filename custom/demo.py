@@ -73,8 +73,8 @@ def inference_overlay(settings: Mapping[str, Any], checkpoint: str) -> dict[str,
     """Config overlay for ``inference.json`` that restores scans with the demo's checkpoint.
 
     Merged after ``inference.json`` (``--config_file '["inference.json", "overlay.json"]'``: MONAI merges ``#`` keys
-    into the nested config), it sets the demo network's hyper-parameters and the checkpoint, so that one command restores a
-    user's scans with the demo weights.
+    into the nested config), it sets the demo network's hyper-parameters and the checkpoint, so that one command
+    restores a user's scans with the demo weights.
 
     Args:
         settings: the demo's train.json overrides (:data:`DEMO_OVERRIDES` plus the user's).

@@ -15,12 +15,11 @@ import argparse
 import fnmatch
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from custom.io import fsync_path
+from custom.io import atomic_output
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO_ROOT / "bundle"
@@ -91,10 +90,7 @@ def build_archive(
     check_bundle(bundle_dir)
     prefix = name or output.stem
     entries = bundle_entries(bundle_dir, package_dir, prefix, include_weights)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
-    os.close(fd)
-    try:
+    with atomic_output(output) as tmp:  # temporary name, fsync, rename: never a partial zip under ``output``
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for src, arcname in entries:
                 info = zipfile.ZipInfo(arcname, date_time=_ZIP_DATE)
@@ -105,12 +101,6 @@ def build_archive(
             bad = zf.testzip()
             if bad is not None:
                 raise OSError(f"corrupt entry {bad} in {tmp}")
-        fsync_path(tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return output
 
 

@@ -45,7 +45,8 @@ class TestDeployApp(unittest.TestCase):
         self.py = env_python(ENV_VAR, ENV_DEFAULT)
         if self.py is None:
             self.skipTest(f"no MONAI Deploy environment at ${ENV_VAR} (default {ENV_DEFAULT}); build it with "
-                          "`scripts/build_deploy_env.sh` (~4 min: monai-deploy-app-sdk 4.0.0 + holoscan + highdicom)")
+                          "`scripts/build_deploy_env.sh` (~2-4 min: monai-deploy-app-sdk 4.0.0 + holoscan + highdicom); "
+                          "`CI=true make test` and `make test-external` build it")
 
     def test_dicom_in_derived_dicom_out_in_hu(self):
         import pydicom

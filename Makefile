@@ -55,9 +55,14 @@ test-external: $(STAMP) $(BUNDLE_STAMP) $(DEPLOY_STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m custom.demo --output_dir $(DEMO_DIR)
 
+# The model zoo's format check (runtests.sh --codeformat: black --skip-magic-trailing-comma, isort, flake8 at line
+# length 120, settings in pyproject.toml / setup.cfg) and its pre-commit JSON format (pretty-format-json, indent 4).
+PY_SOURCES := custom tests benchmarks apps scripts
 lint: $(STAMP)
-	$(BIN)/python -m flake8 custom tests benchmarks
-	$(BIN)/python -m isort --check-only --diff custom tests benchmarks
+	$(BIN)/python -m black --check --diff $(PY_SOURCES)
+	$(BIN)/python -m isort --check-only --diff $(PY_SOURCES)
+	$(BIN)/python -m flake8 $(PY_SOURCES)
+	$(BIN)/pretty-format-json --no-sort-keys --indent=4 $$(find bundle -name '*.json')
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/network.py

@@ -99,8 +99,10 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, device {device}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, device {device}"
+    )
     print(f"float32 matmul: {matmul_gflops(device):.1f} GFLOP/s")
     model = TAT().to(device).eval()
     sizes = [128, 256] + ([512] if args.large else [])
@@ -112,8 +114,17 @@ def main() -> None:
     print(f"{'batch':>6} {'ckpt':>5} {'s/step':>8} {'peak GB':>8}   (training steps @128x128)")
     for batch in args.train_batches:
         for ckpt in (False, True):
-            cmd = [sys.executable, __file__, "--device", args.device, "--train_steps", str(args.train_steps),
-                   "--_child", str(batch), "1" if ckpt else "0"]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--device",
+                args.device,
+                "--train_steps",
+                str(args.train_steps),
+                "--_child",
+                str(batch),
+                "1" if ckpt else "0",
+            ]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -39,8 +39,16 @@ from typing import Any
 from custom.evaluation import format_summary_table
 from custom.io import write_text_atomic
 
-__all__ = ["DEMO_OVERRIDES", "BUNDLE_DIR", "bundle_command", "inference_overlay", "restore_command", "default_threads",
-           "run_demo", "main"]
+__all__ = [
+    "DEMO_OVERRIDES",
+    "BUNDLE_DIR",
+    "bundle_command",
+    "inference_overlay",
+    "restore_command",
+    "default_threads",
+    "run_demo",
+    "main",
+]
 
 BUNDLE_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bundle"))
 
@@ -93,12 +101,18 @@ def inference_overlay(settings: Mapping[str, Any], checkpoint: str) -> dict[str,
 def restore_command(overlay_path: str) -> str:
     """The one-line shell command restoring a folder of scans with the demo weights (placeholders in capitals)."""
     configs = json.dumps([os.path.join(BUNDLE_DIR, "configs", "inference.json"), os.path.abspath(overlay_path)])
-    return (f"python -m monai.bundle run inference --config_file {shlex.quote(configs)} --bundle_root {shlex.quote(BUNDLE_DIR)} "
-            "--dataset_dir YOUR_SCANS --output_dir YOUR_OUTPUT_DIR  # add --modality CT|PET|MRI for NIfTI")
+    return (
+        f"python -m monai.bundle run inference --config_file {shlex.quote(configs)} --bundle_root {shlex.quote(BUNDLE_DIR)} "
+        "--dataset_dir YOUR_SCANS --output_dir YOUR_OUTPUT_DIR  # add --modality CT|PET|MRI for NIfTI"
+    )
 
 
 def bundle_command(
-    target: str, config_files: Sequence[str], dataset_dir: str, ckpt_dir: str, output_dir: str,
+    target: str,
+    config_files: Sequence[str],
+    dataset_dir: str,
+    ckpt_dir: str,
+    output_dir: str,
     overrides: Mapping[str, Any],
 ) -> list[str]:
     """The ``python -m monai.bundle run <target>`` command line with ``--key value`` overrides.
@@ -115,12 +129,27 @@ def bundle_command(
         argv list.
     """
     configs = [os.path.join(BUNDLE_DIR, "configs", name) for name in config_files]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", target,
-           "--meta_file", os.path.join(BUNDLE_DIR, "configs", "metadata.json"),
-           "--config_file", configs[0] if len(configs) == 1 else json.dumps(configs),
-           "--logging_file", os.path.join(BUNDLE_DIR, "configs", "logging.conf"),
-           "--bundle_root", BUNDLE_DIR,
-           "--dataset_dir", dataset_dir, "--ckpt_dir", ckpt_dir, "--output_dir", output_dir]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        target,
+        "--meta_file",
+        os.path.join(BUNDLE_DIR, "configs", "metadata.json"),
+        "--config_file",
+        configs[0] if len(configs) == 1 else json.dumps(configs),
+        "--logging_file",
+        os.path.join(BUNDLE_DIR, "configs", "logging.conf"),
+        "--bundle_root",
+        BUNDLE_DIR,
+        "--dataset_dir",
+        dataset_dir,
+        "--ckpt_dir",
+        ckpt_dir,
+        "--output_dir",
+        output_dir,
+    ]
     for key, value in overrides.items():
         cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)]
     return cmd
@@ -184,8 +213,11 @@ def run_demo(
 
     if datalist is None:
         data_dir = os.path.join(output_dir, "data")
-        timings["data"] = _run([sys.executable, "-m", "custom.data.demo_data", "--output_dir", data_dir], env,
-                               "1/3 demo data (reused when already built)")
+        timings["data"] = _run(
+            [sys.executable, "-m", "custom.data.demo_data", "--output_dir", data_dir],
+            env,
+            "1/3 demo data (reused when already built)",
+        )
         datalist = os.path.join(data_dir, "datalist.json")
     datalist = os.path.abspath(datalist)
     if not os.path.isfile(datalist):
@@ -199,14 +231,20 @@ def run_demo(
         shutil.rmtree(folder, ignore_errors=True)
 
     timings["training"] = _run(
-        bundle_command("training", ["train.json"], dataset_dir, ckpt_dir, log_dir, settings), env,
-        f"2/3 training a small TAT for {settings['num_iterations']} iterations (python -m monai.bundle run training)")
+        bundle_command("training", ["train.json"], dataset_dir, ckpt_dir, log_dir, settings),
+        env,
+        f"2/3 training a small TAT for {settings['num_iterations']} iterations (python -m monai.bundle run training)",
+    )
     timings["evaluation"] = _run(
-        bundle_command("evaluating", ["train.json", "evaluate.json"], dataset_dir, ckpt_dir, eval_dir, settings), env,
-        "3/3 evaluation of models/model.pt on the test split (python -m monai.bundle run evaluating)")
+        bundle_command("evaluating", ["train.json", "evaluate.json"], dataset_dir, ckpt_dir, eval_dir, settings),
+        env,
+        "3/3 evaluation of models/model.pt on the test split (python -m monai.bundle run evaluating)",
+    )
     timings["total"] = time.time() - start
     overlay_path = os.path.join(ckpt_dir, "demo_inference.json")
-    write_text_atomic(overlay_path, json.dumps(inference_overlay(settings, os.path.join(ckpt_dir, "model.pt")), indent=2))
+    write_text_atomic(
+        overlay_path, json.dumps(inference_overlay(settings, os.path.join(ckpt_dir, "model.pt")), indent=2)
+    )
 
     summary_path = os.path.join(eval_dir, "test_summary.json")
     with open(summary_path, encoding="utf-8") as f:
@@ -216,12 +254,14 @@ def run_demo(
 
     print("\n=== TAT demo: test split, degraded input vs restored output (physical units, published windows) ===")
     print(format_summary_table(summary))
-    print(f"\nwall time: data {timings.get('data', 0.0):.0f} s, training {timings['training']:.0f} s, "
-          f"evaluation {timings['evaluation']:.0f} s, total {timings['total']:.0f} s (torch threads: {threads})")
+    print(
+        f"\nwall time: data {timings.get('data', 0.0):.0f} s, training {timings['training']:.0f} s, "
+        f"evaluation {timings['evaluation']:.0f} s, total {timings['total']:.0f} s (torch threads: {threads})"
+    )
     print(f"model:     {os.path.join(ckpt_dir, 'model.pt')}  (demonstration weights only)")
     print(f"per scan:  {summary['files']['scans_csv']}")
     print(f"summary:   {summary_path}")
-    for task, path in summary["files"]["panels"].items():
+    for path in summary["files"]["panels"].values():
         print(f"panel:     {path}")
     print(f"TensorBoard: tensorboard --logdir {log_dir}")
     print(f"restore your scans with these weights:\n  {restore_command(overlay_path)}")
@@ -250,12 +290,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m custom.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--datalist", default=None, help="use this datalist.json instead of building the demo data")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of training and evaluation (default 1, see default_threads)")
-    parser.add_argument("--override", type=_override, action="append", default=[], metavar="KEY=VALUE",
-                        help="extra train.json override (JSON value), e.g. num_iterations=600; repeatable")
-    parser.add_argument("--no_require_gain", action="store_true",
-                        help="exit 0 even if a task's restored PSNR does not beat its input's")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of training and evaluation (default 1, see default_threads)",
+    )
+    parser.add_argument(
+        "--override",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra train.json override (JSON value), e.g. num_iterations=600; repeatable",
+    )
+    parser.add_argument(
+        "--no_require_gain", action="store_true", help="exit 0 even if a task's restored PSNR does not beat its input's"
+    )
     args = parser.parse_args(argv)
     try:
         run_demo(args.output_dir, args.datalist, dict(args.override), args.threads, not args.no_require_gain)

@@ -131,7 +131,10 @@ class SizeDispatcher(nn.Module):
                     outs.append(model(x[i : i + 1]))
         if len(outs) == 0:
             raise ValueError(
-                "no model for H x W = " + key + ": this TorchScript file serves " + self.served
+                "no model for H x W = "
+                + key
+                + ": this TorchScript file serves "
+                + self.served
                 + " only (export it again with that size in the serving sizes, or use the eager network)."
             )
         return torch.cat(outs, 0)
@@ -175,8 +178,9 @@ def serving_module(
     return torch.jit.script(_dispatcher(network, sizes, in_channels))
 
 
-def save_torchscript(module: torch.jit.ScriptModule, path: str | os.PathLike,
-                     extra_files: Dict[str, str] | None = None) -> str:
+def save_torchscript(
+    module: torch.jit.ScriptModule, path: str | os.PathLike, extra_files: Dict[str, str] | None = None
+) -> str:
     """``torch.jit.save`` written atomically (nothing at ``path`` unless the whole file was written).
 
     Args:
@@ -305,8 +309,13 @@ class _Padded(nn.Module):
         return self.network(x)[..., : self.h, : self.w]
 
 
-def export_onnx(network: nn.Module, path: str | os.PathLike, input_shape: Sequence[int],
-                opset_version: int = 17, dynamic_batch: bool = True) -> str:
+def export_onnx(
+    network: nn.Module,
+    path: str | os.PathLike,
+    input_shape: Sequence[int],
+    opset_version: int = 17,
+    dynamic_batch: bool = True,
+) -> str:
     """Export to ONNX at one input height and width (input ``image``, output ``pred``), written atomically.
 
     Local windows and sizes that need padding are supported (module docstring); height and width are fixed,
@@ -338,12 +347,21 @@ def export_onnx(network: nn.Module, path: str | os.PathLike, input_shape: Sequen
         with torch.no_grad(), warnings.catch_warnings(), _onnx_movedim_fix(opset_version):
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(module, (torch.rand(*shape, device=device),), tmp, dynamo=False, input_names=["image"],
-                                  output_names=["pred"], opset_version=opset_version,
-                                  dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}} if dynamic_batch else None)
+                torch.onnx.export(
+                    module,
+                    (torch.rand(*shape, device=device),),
+                    tmp,
+                    dynamo=False,
+                    input_names=["image"],
+                    output_names=["pred"],
+                    opset_version=opset_version,
+                    dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}} if dynamic_batch else None,
+                )
             except Exception as e:  # exporter errors are of many types
-                raise ValueError(f"{os.fspath(path)}: ONNX export at {shape} failed ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0][:300]}).") from e
+                raise ValueError(
+                    f"{os.fspath(path)}: ONNX export at {shape} failed ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:300]})."
+                ) from e
         model = onnx.load(tmp)
         if fix_negative_transpose_perms(model):
             onnx.save(model, tmp)

@@ -36,8 +36,22 @@ def test_demo_overrides_are_train_json_keys():
 @pytest.mark.slow
 def test_demo_smoke(tmp_path):
     datalist = make_tiny_dataset(str(tmp_path / "data"))
-    cmd = [sys.executable, "-m", "custom.demo", "--output_dir", str(tmp_path / "demo"), "--datalist", datalist,
-           "--threads", "1", "--no_require_gain", "--override", "num_iterations=2", "--override", "val_interval=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "custom.demo",
+        "--output_dir",
+        str(tmp_path / "demo"),
+        "--datalist",
+        datalist,
+        "--threads",
+        "1",
+        "--no_require_gain",
+        "--override",
+        "num_iterations=2",
+        "--override",
+        "val_interval=1",
+    ]
     cmd += [a for k, v in TINY_OVERRIDES.items() for a in ("--override", f"{k}={json.dumps(v)}")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     stale = tmp_path / "demo" / "models" / "latest.pt"  # a previous run's leftovers: training must start afresh
@@ -69,7 +83,8 @@ def test_demo_smoke(tmp_path):
     (scans / src.name).write_bytes(src.read_bytes())
     args = shlex.split(line.replace("YOUR_SCANS", str(scans)).replace("YOUR_OUTPUT_DIR", str(restored)))
     assert args[:3] == ["python", "-m", "monai.bundle"]
-    run = subprocess.run([sys.executable, *args[1:], "--modality", "CT"], env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [sys.executable, *args[1:], "--modality", "CT"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     assert (restored / src.name).is_file()

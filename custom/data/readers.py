@@ -208,7 +208,9 @@ def check_nifti_header(path: str | os.PathLike, max_voxels: int = MAX_VOXELS) ->
         itemsize = np.dtype(nii.get_data_dtype()).itemsize
         offset = int(nii.header.get("vox_offset", 0) or 0)
     except Exception as e:  # nibabel raises several types for a corrupt header or a non-gzip .gz
-        raise ValueError(f"{path}: unreadable NIfTI header, corrupt or not a NIfTI file ({type(e).__name__}: {e}).") from e
+        raise ValueError(
+            f"{path}: unreadable NIfTI header, corrupt or not a NIfTI file ({type(e).__name__}: {e})."
+        ) from e
     if not shape or min(shape) <= 0:
         raise ValueError(f"{path}: invalid image dimensions {shape} in the NIfTI header.")
     voxels = int(np.prod(shape, dtype=np.float64))
@@ -255,29 +257,40 @@ def dicom_series_files(folder: str | os.PathLike) -> list[str]:
         raise ValueError(f"{folder}: no DICOM file in the series folder.")
     series = sorted({str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in entries})
     if len(series) > 1:
-        raise ValueError(f"{folder}: mixed series, {len(series)} SeriesInstanceUIDs in one folder ({', '.join(series)}); "
-                         "put each series in its own folder.")
-    no_pixels = [f for f, ds in entries if "PixelData" not in ds and "FloatPixelData" not in ds
-                 and "DoubleFloatPixelData" not in ds]
+        raise ValueError(
+            f"{folder}: mixed series, {len(series)} SeriesInstanceUIDs in one folder ({', '.join(series)}); "
+            "put each series in its own folder."
+        )
+    no_pixels = [
+        f
+        for f, ds in entries
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds
+    ]
     if no_pixels:
         ds = dict(entries)[no_pixels[0]]
-        raise ValueError(f"{folder}: no pixel data in {os.path.basename(no_pixels[0])} (Modality "
-                         f"{getattr(ds, 'Modality', '?')}, SOP class {getattr(ds, 'SOPClassUID', '?')}): not an image"
-                         + (f" ({len(no_pixels)} such files)." if len(no_pixels) > 1 else "."))
+        raise ValueError(
+            f"{folder}: no pixel data in {os.path.basename(no_pixels[0])} (Modality "
+            f"{getattr(ds, 'Modality', '?')}, SOP class {getattr(ds, 'SOPClassUID', '?')}): not an image"
+            + (f" ({len(no_pixels)} such files)." if len(no_pixels) > 1 else ".")
+        )
     entries.sort(key=lambda e: int(getattr(e[1], "InstanceNumber", 0) or 0))
     numbers = [int(getattr(ds, "InstanceNumber", 0) or 0) for _, ds in entries]
     if len(entries) > 1 and all(numbers) and numbers != list(range(numbers[0], numbers[0] + len(numbers))):
         gaps = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
-        raise ValueError(f"{folder}: missing slice(s), InstanceNumber {gaps[:10]} absent "
-                         f"(have {len(numbers)} of {numbers[-1] - numbers[0] + 1}).")
+        raise ValueError(
+            f"{folder}: missing slice(s), InstanceNumber {gaps[:10]} absent "
+            f"(have {len(numbers)} of {numbers[-1] - numbers[0] + 1})."
+        )
     positions = [getattr(ds, "ImagePositionPatient", None) for _, ds in entries]
     orientation = getattr(entries[0][1], "ImageOrientationPatient", None)
     if len(entries) > 2 and orientation is not None and all(p is not None for p in positions):
         normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
         steps = np.diff(sorted(float(np.dot(normal, np.asarray(p, float))) for p in positions))
         if steps.size and np.median(steps) > 0 and np.max(steps) > 1.5 * np.median(steps):
-            raise ValueError(f"{folder}: missing slice(s), slice spacing jumps from {np.median(steps):.3g} to "
-                             f"{np.max(steps):.3g} mm (ImagePositionPatient).")
+            raise ValueError(
+                f"{folder}: missing slice(s), slice spacing jumps from {np.median(steps):.3g} to "
+                f"{np.max(steps):.3g} mm (ImagePositionPatient)."
+            )
     return [f for f, _ in entries]
 
 

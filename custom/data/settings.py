@@ -90,7 +90,9 @@ def load_modality_settings(directory: str | os.PathLike) -> dict[str, dict[str, 
     return settings
 
 
-def get_modality_setting(settings: Mapping[str, Mapping[str, Any]], modality: Any, where: str = "") -> Mapping[str, Any]:
+def get_modality_setting(
+    settings: Mapping[str, Mapping[str, Any]], modality: Any, where: str = ""
+) -> Mapping[str, Any]:
     """Look a modality up in a settings dict, case-insensitively.
 
     Args:

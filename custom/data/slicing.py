@@ -66,7 +66,7 @@ def num_slices(path: str | os.PathLike, axis: int = 2) -> int:
             shape = nib.load(path).shape  # header only: the voxel data stays on disk
         except Exception as e:  # nibabel raises several types
             raise ValueError(f"{path}: unreadable image ({e}).") from e
-        spatial = [s for s in shape[:3]]
+        spatial = list(shape[:3])
     else:
         return 1  # single DICOM file or 2D image
     return int(spatial[axis]) if len(spatial) > axis else 1
@@ -186,8 +186,11 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor
                 raise ValueError(f"{path}: unreadable image ({e}).") from e
             affine = nii.affine.copy()
             affine[:3, 3] += affine[:3, axis] * index  # origin of the slice
-            img = MetaTensor(torch.as_tensor(arr), affine=torch.as_tensor(affine, dtype=torch.float64),
-                             meta={"filename_or_obj": path, "pixdim": np.asarray(nii.header["pixdim"]).copy()})
+            img = MetaTensor(
+                torch.as_tensor(arr),
+                affine=torch.as_tensor(affine, dtype=torch.float64),
+                meta={"filename_or_obj": path, "pixdim": np.asarray(nii.header["pixdim"]).copy()},
+            )
     else:
         img = load_image(path)
         if img.ndim > 2:

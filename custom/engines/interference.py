@@ -28,7 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["group_name", "task_gradients", "pairwise_cosine", "write_csv", "plot_heatmap", "load_network_weights", "main"]
+__all__ = [
+    "group_name",
+    "task_gradients",
+    "pairwise_cosine",
+    "write_csv",
+    "plot_heatmap",
+    "load_network_weights",
+    "main",
+]
 
 
 def group_name(param_name: str, depth: int = 2) -> str:
@@ -101,7 +109,9 @@ def pairwise_cosine(grads: Mapping[str, Mapping[str, torch.Tensor]]) -> tuple[li
     return layers, [f"{a}-{b}" for a, b in pairs], matrix
 
 
-def write_csv(path: str, layers: Sequence[str], pairs: Sequence[str], matrix: np.ndarray, sizes: Mapping[str, int]) -> None:
+def write_csv(
+    path: str, layers: Sequence[str], pairs: Sequence[str], matrix: np.ndarray, sizes: Mapping[str, int]
+) -> None:
     """Write ``layer, num_params, <pair>...`` rows plus a parameter-weighted ``mean`` row.
 
     Args:
@@ -172,7 +182,9 @@ def load_network_weights(network: nn.Module, checkpoint: str, weights: str = "em
     network.load_state_dict(state)
 
 
-def _task_batches(parser: Any, batches: int, samples_per_task: int, seed: int) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+def _task_batches(
+    parser: Any, batches: int, samples_per_task: int, seed: int
+) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
     items = parser.get_parsed_content("train#datalist")
     transform = parser.get_parsed_content("train#preprocessing")
     transform.set_random_state(seed=seed)
@@ -182,10 +194,15 @@ def _task_batches(parser: Any, batches: int, samples_per_task: int, seed: int) -
         by_task.setdefault(str(item["modality"]).upper(), []).append(item)
     out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for task, task_items in sorted(by_task.items()):
-        chosen = rng.choice(len(task_items), size=batches * samples_per_task, replace=len(task_items) < batches * samples_per_task)
+        chosen = rng.choice(
+            len(task_items), size=batches * samples_per_task, replace=len(task_items) < batches * samples_per_task
+        )
         samples = [transform(task_items[i]) for i in chosen]
         out[task] = [
-            (torch.stack([torch.as_tensor(s["image"]) for s in group]), torch.stack([torch.as_tensor(s["label"]) for s in group]))
+            (
+                torch.stack([torch.as_tensor(s["image"]) for s in group]),
+                torch.stack([torch.as_tensor(s["label"]) for s in group]),
+            )
             for group in (samples[b * samples_per_task : (b + 1) * samples_per_task] for b in range(batches))
         ]
     return out
@@ -235,7 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(args.output_dir, exist_ok=True)
     write_csv(os.path.join(args.output_dir, "task_interference.csv"), layers, pairs, matrix, sizes)
     plot_heatmap(os.path.join(args.output_dir, "task_interference.png"), layers, pairs, matrix)
-    print(f"wrote {os.path.join(args.output_dir, 'task_interference.csv')} and .png ({len(layers)} layers, pairs {pairs})")
+    print(
+        f"wrote {os.path.join(args.output_dir, 'task_interference.csv')} and .png ({len(layers)} layers, pairs {pairs})"
+    )
     return 0
 
 

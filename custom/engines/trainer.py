@@ -111,8 +111,10 @@ class TaskAdaptiveTrainer(SupervisedTrainer):
         if scaler_state and scaler is not None:
             scaler.load_state_dict(scaler_state)
         elif scaler_state and self.amp and getattr(self, "scaler", None) is None:
-            raise ValueError("the AMP GradScaler state can only be restored while the trainer runs (after run() "
-                             "builds the scaler), e.g. by a CheckpointLoader attached to the trainer.")
+            raise ValueError(
+                "the AMP GradScaler state can only be restored while the trainer runs (after run() "
+                "builds the scaler), e.g. by a CheckpointLoader attached to the trainer."
+            )
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         """One optimisation step.

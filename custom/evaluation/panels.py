@@ -50,20 +50,28 @@ def plot_task_panel(
     """
     image, pred, label = (np.asarray(a, dtype=np.float32) for a in (image, pred, label))
     if image.ndim != 2 or image.shape != pred.shape or image.shape != label.shape:
-        raise ValueError(f"{path}: panel needs three 2D slices of one shape, got {image.shape}, {pred.shape}, "
-                         f"{label.shape}.")
+        raise ValueError(
+            f"{path}: panel needs three 2D slices of one shape, got {image.shape}, {pred.shape}, " f"{label.shape}."
+        )
     low, high = float(window[0]), float(window[1])
     if not low < high:
         raise ValueError(f"{path}: display window must be increasing, got {window}.")
-    clip = (lambda a: np.clip(a, low, high))  # errors measured inside the window, as the metrics are
+
+    def clip(a: np.ndarray) -> np.ndarray:  # errors measured inside the window, as the metrics are
+        return np.clip(a, low, high)
+
     error = np.abs(clip(pred) - clip(label))
     input_error = np.abs(clip(image) - clip(label))
     err_max = float(np.percentile(input_error, 99.5)) or float(error.max()) or 1.0  # same scale as the input's
 
     fig, axes = plt.subplots(1, 4, figsize=(14.5, 4.0), constrained_layout=True)
-    tag = (lambda name, v: f"{name} ({v:.2f} dB)" if v is not None else name)
-    for ax, data, name in zip(axes[:3], (image, pred, label),
-                              (tag("degraded input", input_psnr), tag("restored", output_psnr), "target")):
+
+    def tag(name: str, v: float | None) -> str:
+        return f"{name} ({v:.2f} dB)" if v is not None else name
+
+    for ax, data, name in zip(
+        axes[:3], (image, pred, label), (tag("degraded input", input_psnr), tag("restored", output_psnr), "target")
+    ):
         im = ax.imshow(data, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
         ax.set_title(name)
     fig.colorbar(im, ax=axes[:3].tolist(), shrink=0.8, label=units)

@@ -29,8 +29,10 @@ def _items(data: Any, size_key: str) -> list[Mapping]:
     """Per-sample dicts from a decollated list or a collated batch dict."""
     if isinstance(data, Mapping):
         size = len(data[size_key])
-        return [{k: (v[i] if isinstance(v, (torch.Tensor, list, tuple)) and len(v) == size else v)
-                 for k, v in data.items()} for i in range(size)]
+        return [
+            {k: (v[i] if isinstance(v, (torch.Tensor, list, tuple)) and len(v) == size else v) for k, v in data.items()}
+            for i in range(size)
+        ]
     return list(data)
 
 
@@ -44,13 +46,17 @@ def _filename(value: Any, fallback: str) -> str:
 
 def format_summary_table(summary: Mapping[str, Any]) -> str:
     """Plain-text table of a :func:`summarize_scans` summary: per task, input vs restored PSNR/SSIM/RMSE."""
-    head = (f"{'task':<22}{'slices':>7}  {'PSNR in':>8} {'PSNR out':>8} {'gain':>6}  {'SSIM in':>7} {'SSIM out':>8}"
-            f"  {'RMSE in':>9} {'RMSE out':>9}")
+    head = (
+        f"{'task':<22}{'slices':>7}  {'PSNR in':>8} {'PSNR out':>8} {'gain':>6}  {'SSIM in':>7} {'SSIM out':>8}"
+        f"  {'RMSE in':>9} {'RMSE out':>9}"
+    )
     lines = [head, "-" * len(head)]
     for task, t in summary["tasks"].items():
         i, o = t["input"], t["output"]
-        lines.append(f"{task:<22}{t['n_slices']:>7}  {i['psnr']:>8.2f} {o['psnr']:>8.2f} {o['psnr'] - i['psnr']:>+6.2f}"
-                     f"  {i['ssim']:>7.4f} {o['ssim']:>8.4f}  {i['rmse']:>9.4g} {o['rmse']:>9.4g}")
+        lines.append(
+            f"{task:<22}{t['n_slices']:>7}  {i['psnr']:>8.2f} {o['psnr']:>8.2f} {o['psnr'] - i['psnr']:>+6.2f}"
+            f"  {i['ssim']:>7.4f} {o['ssim']:>8.4f}  {i['rmse']:>9.4g} {o['rmse']:>9.4g}"
+        )
     return "\n".join(lines)
 
 
@@ -138,26 +144,39 @@ class RestorationReport:
         for out, item in zip(outputs, batch):
             modality = item.get(self.task_key, out.get(self.task_key))
             if modality is None or any(k not in out for k in (Keys.IMAGE, Keys.LABEL, Keys.PRED)):
-                raise ValueError(f"evaluation sample {item.get(Keys.LABEL, '?')!s:.200}: needs '{self.task_key}' in "
-                                 "the batch and image/label/pred in the evaluator output.")
+                raise ValueError(
+                    f"evaluation sample {item.get(Keys.LABEL, '?')!s:.200}: needs '{self.task_key}' in "
+                    "the batch and image/label/pred in the evaluator output."
+                )
             setting = self._setting(modality)
-            image, label, pred = (torch.as_tensor(out[k]).detach().cpu().float()
-                                  for k in (Keys.IMAGE, Keys.LABEL, Keys.PRED))
+            image, label, pred = (
+                torch.as_tensor(out[k]).detach().cpu().float() for k in (Keys.IMAGE, Keys.LABEL, Keys.PRED)
+            )
             fn = self._metrics(setting)
             v_in, v_out = fn(image[None], label[None]), fn(pred[None], label[None])
             scan = _filename(item.get(Keys.LABEL, out.get(Keys.LABEL)), f"item{len(self.slices)}")
             index = item.get(self.index_key, 0)
-            row = {"task": str(setting["task"]), "modality": setting["modality"], "scan": scan,
-                   "degraded_file": _filename(item.get(Keys.IMAGE, out.get(Keys.IMAGE)), ""),
-                   "slice_index": int(torch.as_tensor(index).reshape(-1)[0]) if index is not None else 0}
+            row = {
+                "task": str(setting["task"]),
+                "modality": setting["modality"],
+                "scan": scan,
+                "degraded_file": _filename(item.get(Keys.IMAGE, out.get(Keys.IMAGE)), ""),
+                "slice_index": int(torch.as_tensor(index).reshape(-1)[0]) if index is not None else 0,
+            }
             row.update({f"input_{m}": float(v_in[m][0]) for m in METRIC_NAMES})
             row.update({f"output_{m}": float(v_out[m][0]) for m in METRIC_NAMES})
             self.slices.append(row)
             if self.panels:
                 self._keep_panel(row, setting, image, pred, label)
 
-    def _keep_panel(self, row: Mapping[str, Any], setting: Mapping[str, Any], image: torch.Tensor,
-                    pred: torch.Tensor, label: torch.Tensor) -> None:
+    def _keep_panel(
+        self,
+        row: Mapping[str, Any],
+        setting: Mapping[str, Any],
+        image: torch.Tensor,
+        pred: torch.Tensor,
+        label: torch.Tensor,
+    ) -> None:
         """Keep, per task, the first scan's slice with the largest target standard deviation."""
         current = self._panel.get(row["task"])
         if current is not None and current["row"]["scan"] != row["scan"]:
@@ -166,8 +185,13 @@ class RestorationReport:
         phys = [to_physical(t[0], setting["clip_range"], setting["clip_range"]).numpy() for t in (image, pred, label)]
         spread = float(np.clip(phys[2], *window).std())
         if current is None or spread > current["spread"]:
-            self._panel[row["task"]] = {"row": dict(row), "arrays": phys, "window": window, "spread": spread,
-                                        "units": str(setting.get("units", ""))}
+            self._panel[row["task"]] = {
+                "row": dict(row),
+                "arrays": phys,
+                "window": window,
+                "spread": spread,
+                "units": str(setting.get("units", "")),
+            }
 
     def write(self, engine: Engine | None = None) -> dict[str, Any]:
         """Write the CSV, JSON summary and panels; returns the summary (also kept in ``self.summary``).
@@ -179,7 +203,9 @@ class RestorationReport:
             raise ValueError(f"{self.output_dir}: no test slice was evaluated (is the 'test' split empty?).")
         scans: dict[tuple[str, str], dict[str, Any]] = {}
         for s in self.slices:
-            scans.setdefault((s["task"], s["scan"]), {"rows": [], **{k: s[k] for k in SCAN_COLUMNS[:4]}})["rows"].append(s)
+            scans.setdefault((s["task"], s["scan"]), {"rows": [], **{k: s[k] for k in SCAN_COLUMNS[:4]}})[
+                "rows"
+            ].append(s)
         scan_rows = []
         for entry in scans.values():
             rows = entry.pop("rows")
@@ -195,15 +221,22 @@ class RestorationReport:
         for task, p in sorted(self._panel.items()):
             r = p["row"]
             panels[task] = plot_task_panel(
-                os.path.join(self.output_dir, f"{self.prefix}_panel_{task}.png"), *p["arrays"], window=p["window"],
+                os.path.join(self.output_dir, f"{self.prefix}_panel_{task}.png"),
+                *p["arrays"],
+                window=p["window"],
                 title=f"{task}: {os.path.basename(r['scan'])} slice {r['slice_index']} "
-                      f"(window [{p['window'][0]:g}, {p['window'][1]:g}] {p['units']})",
-                units=p["units"], input_psnr=r["input_psnr"], output_psnr=r["output_psnr"])
+                f"(window [{p['window'][0]:g}, {p['window'][1]:g}] {p['units']})",
+                units=p["units"],
+                input_psnr=r["input_psnr"],
+                output_psnr=r["output_psnr"],
+            )
         summary["files"] = {"scans_csv": csv_path, "panels": panels}
         summary["files"]["summary_json"] = os.path.join(self.output_dir, f"{self.prefix}_summary.json")
-        summary["protocol"] = ("physical units clipped to each modality's eval_window; PSNR/SSIM data range = max - min "
-                               "of the clipped target slice; SSIM Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03; RMSE "
-                               "in units; task value = mean over its test slices")
+        summary["protocol"] = (
+            "physical units clipped to each modality's eval_window; PSNR/SSIM data range = max - min "
+            "of the clipped target slice; SSIM Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03; RMSE "
+            "in units; task value = mean over its test slices"
+        )
         write_json_atomic(summary["files"]["summary_json"], summary)
         self.summary = summary
         if self.log_table:

@@ -105,7 +105,9 @@ class SafeCheckpointLoader(CheckpointLoader):
         except pickle.UnpicklingError as e:
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(e).__name__)
-            raise ValueError(f"{self.load_path}: cannot be loaded safely as a weights-only checkpoint ({reason}).") from e
+            raise ValueError(
+                f"{self.load_path}: cannot be loaded safely as a weights-only checkpoint ({reason})."
+            ) from e
         except RuntimeError as e:
             raise ValueError(f"{self.load_path}: does not match the network or training state ({e}).") from e
 

@@ -15,7 +15,9 @@ __all__ = ["ModelEMA", "ema_decay"]
 WARMUPS = ("none", "power", "torch_ema")
 
 
-def ema_decay(num_updates: int, decay: float, warmup: str = "power", power: float = 2.0 / 3.0, inv_gamma: float = 1.0) -> float:
+def ema_decay(
+    num_updates: int, decay: float, warmup: str = "power", power: float = 2.0 / 3.0, inv_gamma: float = 1.0
+) -> float:
     """Effective decay of the ``num_updates``-th EMA update (0-based: the first update has ``num_updates = 0``).
 
     Args:
@@ -91,7 +93,9 @@ class ModelEMA:
 
     @staticmethod
     def _unwrap(network: nn.Module) -> nn.Module:
-        return network.module if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else network
+        return (
+            network.module if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else network
+        )
 
     def current_decay(self) -> float:
         """Decay used by the next update."""
@@ -125,8 +129,10 @@ class ModelEMA:
         Args:
             engine: the trainer.
         """
-        event = IterationEvents.MODEL_COMPLETED if engine.has_registered_events(IterationEvents.MODEL_COMPLETED) else (
-            Events.ITERATION_COMPLETED
+        event = (
+            IterationEvents.MODEL_COMPLETED
+            if engine.has_registered_events(IterationEvents.MODEL_COMPLETED)
+            else (Events.ITERATION_COMPLETED)
         )
         if not engine.has_event_handler(self, event):
             engine.add_event_handler(event, self)

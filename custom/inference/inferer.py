@@ -31,8 +31,9 @@ class SliceBatchInferer(Inferer):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.batch_size = batch_size
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
-                 ) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """Restore ``inputs``.
 
         Args:
@@ -45,8 +46,12 @@ class SliceBatchInferer(Inferer):
             ``(B, C', H, W)`` or ``(B, C', H, W, D)``.
         """
         if inputs.dim() == 4:
-            return torch.cat([network(inputs[i:i + self.batch_size], *args, **kwargs)
-                              for i in range(0, inputs.shape[0], self.batch_size)])
+            return torch.cat(
+                [
+                    network(inputs[i : i + self.batch_size], *args, **kwargs)
+                    for i in range(0, inputs.shape[0], self.batch_size)
+                ]
+            )
         if inputs.dim() != 5:
             raise ValueError(f"expected (B, C, H, W) or (B, C, H, W, D) input, got {tuple(inputs.shape)}.")
         b, c, h, w, d = inputs.shape

@@ -102,16 +102,19 @@ def load_dicom_series(files: list[str], where: str, suv: bool = True) -> tuple[n
         raise ValueError(f"{where}: no DICOM file.")
     uids = {str(getattr(d, "SeriesInstanceUID", "")) for d, _, _ in datasets}
     if len(uids) > 1:
-        raise ValueError(f"{where}: mixed series ({len(uids)} SeriesInstanceUIDs in one scan); put each series in "
-                         "its own folder or list it separately.")
+        raise ValueError(
+            f"{where}: mixed series ({len(uids)} SeriesInstanceUIDs in one scan); put each series in "
+            "its own folder or list it separately."
+        )
     datasets.sort(key=lambda t: _sort_key(t[0]))
     positions = np.array([_sort_key(d)[0] for d, _, _ in datasets])
     if len(positions) > 2 and all(getattr(d, "ImagePositionPatient", None) is not None for d, _, _ in datasets):
         gaps = np.diff(positions)
         step = float(gaps[gaps > 1e-6].min()) if (gaps > 1e-6).any() else 0.0  # the nominal spacing
         if step > 0 and (gaps > 1.5 * step).any():
-            raise ValueError(f"{where}: missing slice(s): gap of {float(gaps.max()):.3g} mm between slices spaced "
-                             f"{step:.3g} mm.")
+            raise ValueError(
+                f"{where}: missing slice(s): gap of {float(gaps.max()):.3g} mm between slices spaced " f"{step:.3g} mm."
+            )
     shapes = {a.shape for _, a, _ in datasets}
     if len(shapes) > 1:
         raise ValueError(f"{where}: slices of different sizes {sorted(shapes)} in one series.")

@@ -66,7 +66,9 @@ def _scan_folder(dataset_dir: str, output_dir: str, modality: str | None) -> lis
     items: list[dict[str, Any]] = []
     out_real = os.path.realpath(output_dir)
     for root, dirs, files in os.walk(dataset_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != out_real)
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != out_real
+        )
         rel_root = os.path.relpath(root, dataset_dir)
         paths = [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
         for path in paths:
@@ -79,27 +81,51 @@ def _scan_folder(dataset_dir: str, output_dir: str, modality: str | None) -> lis
         if rel_root == ".":  # DICOM files directly in dataset_dir: one scan per file
             for path in dicoms:
                 rel = os.path.basename(path)
-                items.append({"image": path, "kind": "dicom", "files": [path],
-                              "output": _output_for(rel, output_dir), "name": rel})
+                items.append(
+                    {
+                        "image": path,
+                        "kind": "dicom",
+                        "files": [path],
+                        "output": _output_for(rel, output_dir),
+                        "name": rel,
+                    }
+                )
             continue
         try:
             groups = read_dicom_headers(dicoms)
         except ValueError as e:  # reported as a failed scan, the other scans still run
-            items.append({"image": root, "kind": "dicom", "files": dicoms, "error": str(e),
-                          "output": _output_for(rel_root, output_dir), "name": rel_root})
+            items.append(
+                {
+                    "image": root,
+                    "kind": "dicom",
+                    "files": dicoms,
+                    "error": str(e),
+                    "output": _output_for(rel_root, output_dir),
+                    "name": rel_root,
+                }
+            )
             continue
         for uid, group in sorted(groups.items()):
             rel = rel_root if len(groups) == 1 else os.path.join(rel_root, uid or "unknown_series")
-            items.append({"image": root, "kind": "dicom", "files": group, "series_uid": uid,
-                          "output": _output_for(rel, output_dir), "name": rel})
+            items.append(
+                {
+                    "image": root,
+                    "kind": "dicom",
+                    "files": group,
+                    "series_uid": uid,
+                    "output": _output_for(rel, output_dir),
+                    "name": rel,
+                }
+            )
     for item in items:
         item.setdefault("modality", modality)
         item["source"] = item["image"]
     return items
 
 
-def _scan_datalist(datalist: str, dataset_dir: str, output_dir: str, modality: str | None,
-                   split: str) -> list[dict[str, Any]]:
+def _scan_datalist(
+    datalist: str, dataset_dir: str, output_dir: str, modality: str | None, split: str
+) -> list[dict[str, Any]]:
     try:
         with open(datalist, encoding="utf-8") as f:
             raw = json.load(f)
@@ -118,12 +144,20 @@ def _scan_datalist(datalist: str, dataset_dir: str, output_dir: str, modality: s
         path = rel if os.path.isabs(rel) else os.path.join(base, rel)
         rel = os.path.basename(rel) if os.path.isabs(rel) else rel
         kind = "nifti" if _is_nifti(path) else "dicom"
-        item = {"image": path, "kind": kind, "output": _output_for(rel, output_dir), "name": rel,
-                "modality": entry.get("modality") or modality}
+        item = {
+            "image": path,
+            "kind": kind,
+            "output": _output_for(rel, output_dir),
+            "name": rel,
+            "modality": entry.get("modality") or modality,
+        }
         item["source"] = path
         if kind == "dicom":
-            files = ([os.path.join(path, f) for f in sorted(os.listdir(path)) if _looks_dicom(os.path.join(path, f))]
-                     if os.path.isdir(path) else [path])
+            files = (
+                [os.path.join(path, f) for f in sorted(os.listdir(path)) if _looks_dicom(os.path.join(path, f))]
+                if os.path.isdir(path)
+                else [path]
+            )
             item["files"] = files
         items.append(item)
     return items
@@ -148,7 +182,8 @@ def find_scans(
         split: split read from a dict data list.
 
     Returns:
-        items ``{"image", "source" (= image, kept after loading), "kind" ("nifti"/"dicom"), "output", "name", "modality", ["files", "series_uid"]}``.
+        items ``{"image", "source" (= image, kept after loading), "kind" ("nifti"/"dicom"), "output", "name",
+        "modality", ["files", "series_uid"]}``.
 
     Raises:
         ValueError: missing folder, ``output_dir`` equal to ``dataset_dir``, unreadable data list, or no scan found.
@@ -167,6 +202,7 @@ def find_scans(
     inputs = {os.path.realpath(f) for item in items for f in item.get("files", [item["image"]])}
     for item in items:
         if os.path.realpath(item["output"]) in inputs or os.path.realpath(item["output"]) == os.path.realpath(
-                item["image"]):
+            item["image"]
+        ):
             raise ValueError(f"{item['output']}: output path is an input file; choose another output_dir.")
     return items

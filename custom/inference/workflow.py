@@ -44,8 +44,10 @@ class CatchFailures(Transform):
         try:
             return dict(self.transform(data))
         except Exception as e:  # every failure is reported per scan
-            return {**{k: v for k, v in dict(data).items() if isinstance(v, (str, int, float, list))},
-                    "error": _root_message(e)}
+            return {
+                **{k: v for k, v in dict(data).items() if isinstance(v, (str, int, float, list))},
+                "error": _root_message(e),
+            }
 
 
 def first_item(batch: Sequence[Any]) -> Any:
@@ -90,8 +92,17 @@ class RestorationEvaluator(SupervisedEvaluator):
         amp: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer,
-                         postprocessing=None, val_handlers=val_handlers, amp=amp, decollate=False, **kwargs)
+        super().__init__(
+            device=device,
+            val_data_loader=val_data_loader,
+            network=network,
+            inferer=inferer,
+            postprocessing=None,
+            val_handlers=val_handlers,
+            amp=amp,
+            decollate=False,
+            **kwargs,
+        )
         self.restore_postprocessing = postprocessing
         self.overwrite = overwrite
         self.report_path = report_path
@@ -101,8 +112,13 @@ class RestorationEvaluator(SupervisedEvaluator):
         source = str(item.get("source", item.get("image", "?")))
         if status == "failed" and source not in message:
             message = f"{source}: {message}"
-        entry = {"image": source, "output": str(item.get("output", "")), "status": status, "message": message,
-                 "seconds": round(seconds, 3)}
+        entry = {
+            "image": source,
+            "output": str(item.get("output", "")),
+            "status": status,
+            "message": message,
+            "seconds": round(seconds, 3),
+        }
         self.results.append(entry)
         log = logger.error if status == "failed" else logger.warning if status == "skipped" else logger.info
         log("%s %s -> %s %s", status, entry["image"], entry["output"], message)
@@ -118,7 +134,9 @@ class RestorationEvaluator(SupervisedEvaluator):
             return {}
         try:
             image = item["image"]
-            x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None].to(engine.state.device)
+            x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None].to(
+                engine.state.device
+            )
             engine.network.eval()
             with torch.no_grad(), torch.autocast(device_type=torch.device(engine.state.device).type, enabled=self.amp):
                 pred = engine.inferer(x, engine.network)
@@ -141,8 +159,9 @@ class RestorationEvaluator(SupervisedEvaluator):
         self.results = []
         super().run(global_epoch)
         counts = {s: sum(r["status"] == s for r in self.results) for s in ("written", "skipped", "failed")}
-        logger.info("inference: %d written, %d skipped, %d failed", counts["written"], counts["skipped"],
-                    counts["failed"])
+        logger.info(
+            "inference: %d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"]
+        )
         if self.report_path:
             write_json_atomic({"counts": counts, "scans": self.results}, self.report_path)
         failed = [r for r in self.results if r["status"] == "failed"]

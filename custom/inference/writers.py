@@ -120,8 +120,15 @@ def _derived_slice(ds: Dataset, values: np.ndarray, series_uid: str, now: _dt.da
     out.PixelRepresentation = 1 if lo < 0 else 0
     out.SamplesPerPixel = 1
     out.PhotometricInterpretation = getattr(ds, "PhotometricInterpretation", "MONOCHROME2")
-    for tag in ("SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue", "WindowCenter",
-                "WindowWidth", "FloatPixelData", "DoubleFloatPixelData"):
+    for tag in (
+        "SmallestImagePixelValue",
+        "LargestImagePixelValue",
+        "PixelPaddingValue",
+        "WindowCenter",
+        "WindowWidth",
+        "FloatPixelData",
+        "DoubleFloatPixelData",
+    ):
         if tag in out:
             delattr(out, tag)
     out.PixelData = raw.tobytes()
@@ -140,7 +147,9 @@ def _derived_slice(ds: Dataset, values: np.ndarray, series_uid: str, now: _dt.da
         out.SeriesNumber = int(ds.SeriesNumber) + 1000
     out.InstanceCreationDate = now.strftime("%Y%m%d")
     out.InstanceCreationTime = now.strftime("%H%M%S")
-    meta = copy.deepcopy(ds.file_meta) if getattr(ds, "file_meta", None) is not None else pydicom.dataset.FileMetaDataset()
+    meta = (
+        copy.deepcopy(ds.file_meta) if getattr(ds, "file_meta", None) is not None else pydicom.dataset.FileMetaDataset()
+    )
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -235,6 +244,13 @@ class SaveRestoredd(MapTransform):
                 write_nifti(values, info["nifti"], d["output"], self.overwrite)
             else:
                 single = not os.path.isdir(str(d.get("source", "")))
-                write_dicom_series(values, info["datasets"], info["files"], d["output"], info.get("suv_factors"),
-                                   single_file=single, overwrite=self.overwrite)
+                write_dicom_series(
+                    values,
+                    info["datasets"],
+                    info["files"],
+                    d["output"],
+                    info.get("suv_factors"),
+                    single_file=single,
+                    overwrite=self.overwrite,
+                )
         return d

@@ -89,9 +89,7 @@ class TaskAdaptiveBalancedLoss(nn.Module):
             Defaults to False (returns the scalar loss only).
     """
 
-    def __init__(
-        self, hidden: int = 16, mlp_dim: int = 256, eps: float = 1e-8, return_details: bool = False
-    ) -> None:
+    def __init__(self, hidden: int = 16, mlp_dim: int = 256, eps: float = 1e-8, return_details: bool = False) -> None:
         super().__init__()
         if eps < 0:
             raise ValueError(f"eps must be non-negative, got {eps}.")

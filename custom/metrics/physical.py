@@ -71,8 +71,14 @@ class PhysicalUnitMetrics:
         self.eps = eps
         self.psnr = PSNRMetric(max_val=1.0, reduction="none")
         self.ssim = SSIMMetric(
-            spatial_dims=spatial_dims, data_range=1.0, kernel_type="gaussian", win_size=win_size,
-            kernel_sigma=kernel_sigma, k1=k1, k2=k2, reduction="none",
+            spatial_dims=spatial_dims,
+            data_range=1.0,
+            kernel_type="gaussian",
+            win_size=win_size,
+            kernel_sigma=kernel_sigma,
+            k1=k1,
+            k2=k2,
+            reduction="none",
         )
         self.rmse = RMSEMetric(reduction="none")
 
@@ -88,18 +94,16 @@ class PhysicalUnitMetrics:
             ValueError: when shapes differ.
         """
         if pred.shape != target.shape or pred.ndim < 3:
-            raise ValueError(f"pred and target must share one (B, C, *spatial) shape, got {pred.shape}, {target.shape}.")
+            raise ValueError(
+                f"pred and target must share one (B, C, *spatial) shape, got {pred.shape}, {target.shape}."
+            )
         p = to_physical(torch.as_tensor(pred), self.clip_range, self.eval_window)
         t = to_physical(torch.as_tensor(target), self.clip_range, self.eval_window)
         dims = tuple(range(1, t.ndim))
         t_min = t.amin(dim=dims, keepdim=True)
         t_range = (t.amax(dim=dims, keepdim=True) - t_min).clamp_min(self.eps)  # data range of the clipped target
         p_unit, t_unit = (p - t_min) / t_range, (t - t_min) / t_range
-        out = {
-            "psnr": self.psnr(p_unit, t_unit),
-            "ssim": self.ssim(p_unit, t_unit),
-            "rmse": self.rmse(p, t),
-        }
+        out = {"psnr": self.psnr(p_unit, t_unit), "ssim": self.ssim(p_unit, t_unit), "rmse": self.rmse(p, t)}
         for m in (self.psnr, self.ssim, self.rmse):
             m.reset()  # used as per-sample functions; accumulation is done by the caller
         return {k: torch.as_tensor(v).float().reshape(v.shape[0], -1).mean(dim=1) for k, v in out.items()}

@@ -23,7 +23,10 @@ def _as_items(data: Any) -> list[Mapping]:
     """Decollated list of per-sample dicts from a (possibly collated) batch/output."""
     if isinstance(data, Mapping):
         size = len(data[Keys.PRED]) if Keys.PRED in data else len(data[Keys.LABEL])
-        return [{k: (v[i] if isinstance(v, (torch.Tensor, list, tuple)) and len(v) == size else v) for k, v in data.items()} for i in range(size)]
+        return [
+            {k: (v[i] if isinstance(v, (torch.Tensor, list, tuple)) and len(v) == size else v) for k, v in data.items()}
+            for i in range(size)
+        ]
     return list(data)
 
 

@@ -60,8 +60,10 @@ def simulate_low_dose_ct(
     if not np.isfinite(hu).all():
         raise ValueError("simulate_low_dose_ct: non-finite values in the slice.")
     if i0 <= 0 or pixel_spacing_mm <= 0 or mu_water <= 0:
-        raise ValueError(f"simulate_low_dose_ct: i0, mu_water, pixel_spacing_mm must be > 0, got {i0}, {mu_water}, "
-                         f"{pixel_spacing_mm}.")
+        raise ValueError(
+            f"simulate_low_dose_ct: i0, mu_water, pixel_spacing_mm must be > 0, got {i0}, {mu_water}, "
+            f"{pixel_spacing_mm}."
+        )
     rng = rng if rng is not None else np.random.RandomState()
     theta = _angles(num_angles, max(hu.shape))
     mu = np.clip(mu_water * (1.0 + hu / 1000.0), 0.0, None)
@@ -136,14 +138,16 @@ class SimulateLowDoseCTd(MapTransform):
         if arr.ndim != 3:
             raise ValueError(f"SimulateLowDoseCTd: '{self.clean_key}' must be (C, H, W), got shape {arr.shape}.")
         spacing = self.pixel_spacing_mm or _spacing_from_meta(clean)
-        pairs = [
-            simulate_low_dose_ct(c, i0, rng, self.mu_water, spacing, self.num_angles) for c in arr
-        ]
+        pairs = [simulate_low_dose_ct(c, i0, rng, self.mu_water, spacing, self.num_angles) for c in arr]
         noisy = np.stack([p[0] for p in pairs])
-        d[self.output_key] = convert_to_dst_type(noisy, clean, dtype=torch.float32 if isinstance(clean, torch.Tensor) else np.float32)[0]
+        d[self.output_key] = convert_to_dst_type(
+            noisy, clean, dtype=torch.float32 if isinstance(clean, torch.Tensor) else np.float32
+        )[0]
         if self.replace_clean:
             ref = np.stack([p[1] for p in pairs])
-            d[self.clean_key] = convert_to_dst_type(ref, clean, dtype=torch.float32 if isinstance(clean, torch.Tensor) else np.float32)[0]
+            d[self.clean_key] = convert_to_dst_type(
+                ref, clean, dtype=torch.float32 if isinstance(clean, torch.Tensor) else np.float32
+            )[0]
         return d
 
 

@@ -49,6 +49,7 @@ class ModalityDispatchd(Transform):
         name = DICOM_TO_MODALITY.get(name, name)
         if name not in self.transforms:
             where = item_name(d, "label") if "label" in d else "item"
-            raise ValueError(f"{where}: no transform for modality {d.get(self.modality_key)!r} "
-                             f"(have {sorted(self.transforms)}).")
+            raise ValueError(
+                f"{where}: no transform for modality {d.get(self.modality_key)!r} " f"(have {sorted(self.transforms)})."
+            )
         return dict(self.transforms[name](d))

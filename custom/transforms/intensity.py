@@ -53,8 +53,9 @@ class _ModalityTransform(MapTransform):
     def _modalities(self, d: Mapping[Hashable, Any]) -> list[Any]:
         """The item's modality, or one per sample for a collated batch (list/tuple of names)."""
         if self.modality_key not in d:
-            raise ValueError(f"{self._where(d)}: no '{self.modality_key}' entry in the item, cannot pick an "
-                             "intensity range.")
+            raise ValueError(
+                f"{self._where(d)}: no '{self.modality_key}' entry in the item, cannot pick an " "intensity range."
+            )
         value = d[self.modality_key]
         return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -81,7 +82,9 @@ class _ModalityTransform(MapTransform):
             if img.shape[0] != len(ranges):
                 raise ValueError(f"{item_name(d, key)}: {len(ranges)} modalities for a batch of {img.shape[0]}.")
             # mixed-modality batch (B, C, ...): one range per sample, broadcast over the other axes
-            r = torch.as_tensor(ranges, dtype=torch.float32, device=img.device).reshape(len(ranges), 4, *[1] * (img.ndim - 1))
+            r = torch.as_tensor(ranges, dtype=torch.float32, device=img.device).reshape(
+                len(ranges), 4, *[1] * (img.ndim - 1)
+            )
             a_min, a_max, b_min, b_max = r.unbind(1)
             out = (img.float() - a_min) / (a_max - a_min) * (b_max - b_min) + b_min
             d[key] = torch.minimum(torch.maximum(out, b_min), b_max) if self._clip() else out

@@ -37,8 +37,9 @@ class PairedRandCropd(RandSpatialCropd):
         pad_mode: str | None = "constant",
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, roi_size=roi_size, random_center=True, random_size=False,
-                         allow_missing_keys=allow_missing_keys)
+        super().__init__(
+            keys, roi_size=roi_size, random_center=True, random_size=False, allow_missing_keys=allow_missing_keys
+        )
         self.roi_size = roi_size
         self.pad = SpatialPad(roi_size, mode=pad_mode) if pad_mode else None
 

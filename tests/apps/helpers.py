@@ -10,7 +10,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundle"
-TINY_ARGS = ["--network_def#dim", "8", "--network_def#num_blocks", "[1,1,1,1]", "--network_def#num_refinement_blocks", "1"]
+TINY_ARGS = [
+    "--network_def#dim",
+    "8",
+    "--network_def#num_blocks",
+    "[1,1,1,1]",
+    "--network_def#num_refinement_blocks",
+    "1",
+]
 TINY_KW = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}
 
 
@@ -58,8 +65,9 @@ def write_ct_nifti(path: Path, shape=(40, 48, 3)) -> np.ndarray:
 
 
 def run(cmd: list, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], cwd=str(cwd), env=child_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=str(cwd), env=child_env(), capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

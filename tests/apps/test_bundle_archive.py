@@ -27,8 +27,15 @@ class TestArchive(unittest.TestCase):
             names = zipfile.ZipFile(out).namelist()
             self.assertEqual(sorted(os.listdir(out.parent)), ["tat_bundle.zip"])  # no temporary left
             self.assertTrue(all(n.startswith("tat_bundle/") for n in names))
-            for need in ["LICENSE", "configs/metadata.json", "configs/train.json", "docs/README.md",
-                         "configs/schema/meta_schema.json", "custom/__init__.py", "custom/networks/__init__.py"]:
+            for need in [
+                "LICENSE",
+                "configs/metadata.json",
+                "configs/train.json",
+                "docs/README.md",
+                "configs/schema/meta_schema.json",
+                "custom/__init__.py",
+                "custom/networks/__init__.py",
+            ]:
                 self.assertIn(f"tat_bundle/{need}", names)
             self.assertFalse([n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pt", ".ts"))])
             again = build_archive(Path(d) / "again.zip", name="tat_bundle")
@@ -52,10 +59,19 @@ class TestArchiveFreshEnv(unittest.TestCase):
     def setUp(self):
         self.py = env_python(ENV_VAR, ENV_DEFAULT)
         if self.py is None:
-            self.skipTest(f"no fresh bundle environment at ${ENV_VAR} (default {ENV_DEFAULT}); build it with "
-                          f"`make test` (or `scripts/build_bundle_env.sh DIR`) (~1-4 min, torch wheel) to run this test")
-        probe = run([self.py, "-c", "import importlib.util as u, sys; print(u.find_spec('custom') is None, "
-                     "sys.prefix != sys.base_prefix)"], cwd=Path(tempfile.gettempdir()))
+            self.skipTest(
+                f"no fresh bundle environment at ${ENV_VAR} (default {ENV_DEFAULT}); build it with "
+                f"`make test` (or `scripts/build_bundle_env.sh DIR`) (~1-4 min, torch wheel) to run this test"
+            )
+        probe = run(
+            [
+                self.py,
+                "-c",
+                "import importlib.util as u, sys; print(u.find_spec('custom') is None, "
+                "sys.prefix != sys.base_prefix)",
+            ],
+            cwd=Path(tempfile.gettempdir()),
+        )
         if probe.stdout.split() != ["True", "True"]:
             self.fail(f"{self.py} is not a fresh venv without `custom`: {probe.stdout}")
 
@@ -70,10 +86,33 @@ class TestArchiveFreshEnv(unittest.TestCase):
             root = d / "unzipped" / "tat_bundle"
             write_tiny_checkpoint(root / "models" / "model.pt")
             vol = write_ct_nifti(d / "scans" / "ct_case.nii.gz")
-            run([self.py, "-m", "monai.bundle", "run", "inference", "--meta_file", "configs/metadata.json",
-                 "--config_file", "configs/inference.json", "--logging_file", "configs/logging.conf",
-                 "--bundle_root", ".", "--dataset_dir", d / "scans", "--output_dir", d / "restored",
-                 "--modality", "CT", "--device", "$torch.device('cpu')", *TINY_ARGS], cwd=root)
+            run(
+                [
+                    self.py,
+                    "-m",
+                    "monai.bundle",
+                    "run",
+                    "inference",
+                    "--meta_file",
+                    "configs/metadata.json",
+                    "--config_file",
+                    "configs/inference.json",
+                    "--logging_file",
+                    "configs/logging.conf",
+                    "--bundle_root",
+                    ".",
+                    "--dataset_dir",
+                    d / "scans",
+                    "--output_dir",
+                    d / "restored",
+                    "--modality",
+                    "CT",
+                    "--device",
+                    "$torch.device('cpu')",
+                    *TINY_ARGS,
+                ],
+                cwd=root,
+            )
             outs = sorted(p for p in (d / "restored").rglob("*.nii*"))
             self.assertEqual(len(outs), 1, list((d / "restored").rglob("*")))
             img = nib.load(str(outs[0]))

@@ -35,7 +35,7 @@ def _reference_hu(hu: np.ndarray, ckpt: Path) -> np.ndarray:
     net.load_state_dict(torch.load(str(ckpt), weights_only=True))
     x = torch.as_tensor(np.clip((hu - lo) / (hi - lo), 0, 1), dtype=torch.float32).permute(2, 0, 1)[:, None]
     with torch.no_grad():
-        pred = torch.cat([net(x[i:i + 1]) for i in range(x.shape[0])])
+        pred = torch.cat([net(x[i : i + 1]) for i in range(x.shape[0])])
     return (pred[:, 0].permute(1, 2, 0).numpy() * (hi - lo) + lo).astype(np.float32)
 
 
@@ -44,9 +44,11 @@ class TestDeployApp(unittest.TestCase):
     def setUp(self):
         self.py = env_python(ENV_VAR, ENV_DEFAULT)
         if self.py is None:
-            self.skipTest(f"no MONAI Deploy environment at ${ENV_VAR} (default {ENV_DEFAULT}); build it with "
-                          "`scripts/build_deploy_env.sh` (~2-4 min: monai-deploy-app-sdk 4.0.0 + holoscan + highdicom); "
-                          "`CI=true make test` and `make test-external` build it")
+            self.skipTest(
+                f"no MONAI Deploy environment at ${ENV_VAR} (default {ENV_DEFAULT}); build it with "
+                "`scripts/build_deploy_env.sh` (~2-4 min: monai-deploy-app-sdk 4.0.0 + holoscan + highdicom); "
+                "`CI=true make test` and `make test-external` build it"
+            )
 
     def test_dicom_in_derived_dicom_out_in_hu(self):
         import pydicom
@@ -62,15 +64,20 @@ class TestDeployApp(unittest.TestCase):
 
             os.environ["TAT_DEPLOY_OVERRIDE"] = env_override
             try:
-                run([self.py, REPO / "apps" / "deploy" / "app.py", "-i", d / "in", "-o", d / "out", "-m", bundle],
-                    cwd=d, timeout=600)
+                run(
+                    [self.py, REPO / "apps" / "deploy" / "app.py", "-i", d / "in", "-o", d / "out", "-m", bundle],
+                    cwd=d,
+                    timeout=600,
+                )
             finally:
                 os.environ.pop("TAT_DEPLOY_OVERRIDE", None)
             src = [pydicom.dcmread(str(p)) for p in sorted((d / "in" / "series1").glob("*.dcm"))]
             series_dirs = [p for p in (d / "out").iterdir() if p.is_dir()]
             self.assertEqual([p.name for p in series_dirs], [src[0].SeriesInstanceUID])
-            out = sorted((pydicom.dcmread(str(p)) for p in series_dirs[0].glob("*.dcm")),
-                         key=lambda ds: float(ds.ImagePositionPatient[2]))
+            out = sorted(
+                (pydicom.dcmread(str(p)) for p in series_dirs[0].glob("*.dcm")),
+                key=lambda ds: float(ds.ImagePositionPatient[2]),
+            )
             self.assertEqual(len(out), len(src))
             for o, s in zip(out, src):
                 self.assertNotEqual(o.SeriesInstanceUID, s.SeriesInstanceUID)

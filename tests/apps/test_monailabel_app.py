@@ -36,10 +36,13 @@ def _free_port() -> int:
 
 def _post_infer(url: str, params: dict) -> tuple[int, bytes]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n"
-            f"--{boundary}--\r\n").encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{json.dumps(params)}\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     with urllib.request.urlopen(req, timeout=300) as r:
         return r.status, r.read()
 
@@ -49,10 +52,12 @@ class TestMonaiLabelApp(unittest.TestCase):
     def setUp(self):
         py = env_python(ENV_VAR, ENV_DEFAULT)
         if py is None or not (py.parent / "monailabel").is_file():
-            self.skipTest(f"no MONAI Label environment at ${ENV_VAR} (default {ENV_DEFAULT}): it needs monailabel "
-                          "0.8.5 + torch 2.14.1 + torchvision 0.29.1 (5.5-8 GB, 6-12 min to build), which CI does "
-                          "not build (it would not fit the suite's time); run scripts/monailabel_e2e.sh or "
-                          "`make test-external` to build it and run this test")
+            self.skipTest(
+                f"no MONAI Label environment at ${ENV_VAR} (default {ENV_DEFAULT}): it needs monailabel "
+                "0.8.5 + torch 2.14.1 + torchvision 0.29.1 (5.5-8 GB, 6-12 min to build), which CI does "
+                "not build (it would not fit the suite's time); run scripts/monailabel_e2e.sh or "
+                "`make test-external` to build it and run this test"
+            )
         self.bin = py.parent
 
     def test_start_server_and_infer(self):
@@ -70,10 +75,30 @@ class TestMonaiLabelApp(unittest.TestCase):
             env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"  # the monailabel wrapper calls `python`
             log = open(d / "server.log", "w")
             server = subprocess.Popen(
-                [str(self.bin / "monailabel"), "start_server", "--app", str(REPO / "apps" / "monailabel"),
-                 "--studies", str(d / "studies"), "--host", "127.0.0.1", "--port", str(port),
-                 "--conf", "bundle_root", str(bundle), "--conf", "tat_override", override],
-                cwd=str(d), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    str(self.bin / "monailabel"),
+                    "start_server",
+                    "--app",
+                    str(REPO / "apps" / "monailabel"),
+                    "--studies",
+                    str(d / "studies"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--conf",
+                    "bundle_root",
+                    str(bundle),
+                    "--conf",
+                    "tat_override",
+                    override,
+                ],
+                cwd=str(d),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
                 info, deadline = None, time.time() + 240
                 while time.time() < deadline and server.poll() is None:
@@ -85,8 +110,10 @@ class TestMonaiLabelApp(unittest.TestCase):
                         time.sleep(2)
                 self.assertIsNotNone(info, f"server did not come up:\n{(d / 'server.log').read_text()[-4000:]}")
                 self.assertEqual(info["models"]["tat_restore"]["type"], "others")  # not segmentation
-                status, data = _post_infer(f"http://127.0.0.1:{port}/infer/tat_restore?image=ct_case&output=image",
-                                           {"modality": "CT", "device": "cpu"})
+                status, data = _post_infer(
+                    f"http://127.0.0.1:{port}/infer/tat_restore?image=ct_case&output=image",
+                    {"modality": "CT", "device": "cpu"},
+                )
                 self.assertEqual(status, 200)
                 (d / "restored.nii.gz").write_bytes(data)
                 img = nib.load(str(d / "restored.nii.gz"))

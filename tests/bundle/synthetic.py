@@ -18,14 +18,20 @@ def _volume(rng: np.random.Generator, modality: str, shape: tuple[int, int, int]
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     label = np.empty(shape, np.float32)
     for z in range(shape[2]):
-        cy, cx, r = rng.uniform(0.3, 0.7) * shape[0], rng.uniform(0.3, 0.7) * shape[1], rng.uniform(0.2, 0.35) * shape[0]
+        cy, cx, r = (
+            rng.uniform(0.3, 0.7) * shape[0],
+            rng.uniform(0.3, 0.7) * shape[1],
+            rng.uniform(0.2, 0.35) * shape[0],
+        )
         disk = ((yy - cy) ** 2 + (xx - cx) ** 2) < r**2
         label[..., z] = np.where(disk, fg * (1 + 0.3 * np.sin(xx / 3.0)), bg)
     image = label + rng.normal(0, noise, shape).astype(np.float32)
     return image, label
 
 
-def make_dataset(root: str, n_train: int = 2, n_val: int = 1, shape: tuple[int, int, int] = (40, 40, 3), seed: int = 0) -> str:
+def make_dataset(
+    root: str, n_train: int = 2, n_val: int = 1, shape: tuple[int, int, int] = (40, 40, 3), seed: int = 0
+) -> str:
     """Write ``n_train``/``n_val`` volume pairs per modality under ``root`` and ``root/datalist.json``.
 
     Returns:

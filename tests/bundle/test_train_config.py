@@ -52,14 +52,31 @@ def data(tmp_path_factory):
     return {"root": str(root), "datalist": datalist, "tiny": str(tiny)}
 
 
-def _cli(data: dict, out: str, *extra: str, launcher: tuple[str, ...] = (sys.executable, "-m")) -> subprocess.CompletedProcess:
+def _cli(
+    data: dict, out: str, *extra: str, launcher: tuple[str, ...] = (sys.executable, "-m")
+) -> subprocess.CompletedProcess:
     configs = [TRAIN, *(c for c in extra if c.endswith(".json")), data["tiny"]]
     overrides = [c for c in extra if not c.endswith(".json")]
     cmd = [
-        *launcher, "monai.bundle", "run", "training", "--meta_file", META,
-        "--config_file", str(configs), "--logging_file", LOGGING,
-        "--bundle_root", os.path.join(REPO, "bundle"), "--dataset_dir", data["root"],
-        "--ckpt_dir", os.path.join(out, "models"), "--output_dir", os.path.join(out, "eval"), *overrides,
+        *launcher,
+        "monai.bundle",
+        "run",
+        "training",
+        "--meta_file",
+        META,
+        "--config_file",
+        str(configs),
+        "--logging_file",
+        LOGGING,
+        "--bundle_root",
+        os.path.join(REPO, "bundle"),
+        "--dataset_dir",
+        data["root"],
+        "--ckpt_dir",
+        os.path.join(out, "models"),
+        "--output_dir",
+        os.path.join(out, "eval"),
+        *overrides,
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
@@ -135,8 +152,17 @@ class TestTrainCLI:
                 assert math.isfinite(float(rows[f"val_{task}_{metric}"])), (task, metric)
 
         scalars = _scalars(os.path.join(out, "eval"))
-        for tag in ("train_loss", "lr", "loss_weight/ct", "loss_weight/pet", "loss_weight/mri",
-                    "val_mean_psnr", "val_ct_psnr", "val_pet_ssim", "val_mri_rmse"):
+        for tag in (
+            "train_loss",
+            "lr",
+            "loss_weight/ct",
+            "loss_weight/pet",
+            "loss_weight/mri",
+            "val_mean_psnr",
+            "val_ct_psnr",
+            "val_pet_ssim",
+            "val_mri_rmse",
+        ):
             assert tag in scalars, (tag, sorted(scalars))
             assert all(math.isfinite(v) for v in scalars[tag]), tag
         case.assertEqual(len(scalars["train_loss"]), 4)
@@ -185,9 +211,15 @@ def test_ablation_overrides(data, tmp_path, override, check):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        overrides = {**TINY, "num_iterations": 2, "bundle_root": os.path.join(REPO, "bundle"),
-                     "dataset_dir": data["root"], "ckpt_dir": str(tmp_path / "models"),
-                     "output_dir": str(tmp_path / "eval"), **override}
+        overrides = {
+            **TINY,
+            "num_iterations": 2,
+            "bundle_root": os.path.join(REPO, "bundle"),
+            "dataset_dir": data["root"],
+            "ckpt_dir": str(tmp_path / "models"),
+            "output_dir": str(tmp_path / "eval"),
+            **override,
+        }
         wf = ConfigWorkflow(config_file=TRAIN, meta_file=META, workflow_type="train", **overrides)
         wf.initialize()
         wf.run()
@@ -208,8 +240,15 @@ def test_ablation_overrides(data, tmp_path, override, check):
 def _tat_keys(task_adaptive: bool) -> list[str]:
     from custom.networks import TAT
 
-    net = TAT(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, train_patch_size=32,
-              tren_hidden_channels=8, tren_embed_dim=16, task_adaptive=task_adaptive)
+    net = TAT(
+        dim=8,
+        num_blocks=(1, 1, 1, 1),
+        num_refinement_blocks=1,
+        train_patch_size=32,
+        tren_hidden_channels=8,
+        tren_embed_dim=16,
+        task_adaptive=task_adaptive,
+    )
     return list(net.state_dict())
 
 
@@ -217,9 +256,16 @@ def test_config_properties(data, tmp_path):
     """MONAI's train-workflow property check (the zoo tooling relies on it) passes on the layered configs."""
     from monai.bundle import ConfigWorkflow
 
-    wf = ConfigWorkflow(config_file=TRAIN, meta_file=META, workflow_type="train",
-                        bundle_root=os.path.join(REPO, "bundle"), dataset_dir=data["root"],
-                        ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"), **TINY)
+    wf = ConfigWorkflow(
+        config_file=TRAIN,
+        meta_file=META,
+        workflow_type="train",
+        bundle_root=os.path.join(REPO, "bundle"),
+        dataset_dir=data["root"],
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        **TINY,
+    )
     wf.initialize()
     assert not wf.check_properties()
     assert wf.parser["training"] == wf.parser["run"]

@@ -31,8 +31,15 @@ def _meta() -> dict:
 
 class TestZooFiles(unittest.TestCase):
     def test_required_files(self):
-        for rel in ["LICENSE", "configs/metadata.json", "configs/logging.conf", "docs/README.md",
-                    "docs/data_license.txt", "large_files.yml", "configs/train.json"]:
+        for rel in [
+            "LICENSE",
+            "configs/metadata.json",
+            "configs/logging.conf",
+            "docs/README.md",
+            "docs/data_license.txt",
+            "large_files.yml",
+            "configs/train.json",
+        ]:
             self.assertTrue((BUNDLE / rel).is_file(), f"bundle/{rel} missing")
         self.assertIn("Apache License", (BUNDLE / "LICENSE").read_text())
 
@@ -53,8 +60,16 @@ class TestZooFiles(unittest.TestCase):
     def test_readme_headings(self):
         text = (BUNDLE / "docs" / "README.md").read_text()
         headings = {h.strip().lower() for h in re.findall(r"^#+\s+(.*)$", text, re.M)}
-        for h in ["model overview", "data", "training configuration", "performance", "limitations",
-                  "intended use and disclaimer", "references", "license"]:
+        for h in [
+            "model overview",
+            "data",
+            "training configuration",
+            "performance",
+            "limitations",
+            "intended use and disclaimer",
+            "references",
+            "license",
+        ]:
             self.assertIn(h, headings, f"docs/README.md lacks heading {h!r}")
 
 
@@ -103,8 +118,13 @@ class TestMetadata(unittest.TestCase):
         """Every third-party top-level import of custom/ is torch, monai, numpy or in required_packages_version."""
         import ast
 
-        dist_of = {"skimage": "scikit-image", "ignite": "pytorch-ignite", "yaml": "pyyaml", "PIL": "pillow",
-                   "SimpleITK": "SimpleITK"}
+        dist_of = {
+            "skimage": "scikit-image",
+            "ignite": "pytorch-ignite",
+            "yaml": "pyyaml",
+            "PIL": "pillow",
+            "SimpleITK": "SimpleITK",
+        }
         required = {k.lower() for k in _meta()["required_packages_version"]}
         optional_only = {"nilearn", "dipy", "onnx", "onnxruntime"}  # demo-data builder / export, imported lazily
         import sys
@@ -130,8 +150,9 @@ class TestMetadata(unittest.TestCase):
 class TestNetInOut(unittest.TestCase):
     def _verify(self, config: str):
         torch.set_num_threads(1)
-        verify_net_in_out(net_id="network_def", meta_file=str(META), config_file=str(CONFIGS / config),
-                          device="cpu", n=4, **TINY)
+        verify_net_in_out(
+            net_id="network_def", meta_file=str(META), config_file=str(CONFIGS / config), device="cpu", n=4, **TINY
+        )
 
     def test_train_config(self):
         self._verify("train.json")
@@ -153,8 +174,21 @@ class TestNetInOut(unittest.TestCase):
 class TestInferenceIds(unittest.TestCase):
     def test_zoo_ids(self):
         cfg = ConfigParser.load_config_file(CONFIGS / "inference.json")
-        for key in ["bundle_root", "device", "network_def", "network", "preprocessing", "dataset", "dataloader",
-                    "inferer", "postprocessing", "evaluator", "checkpointloader", "initialize", "run"]:
+        for key in [
+            "bundle_root",
+            "device",
+            "network_def",
+            "network",
+            "preprocessing",
+            "dataset",
+            "dataloader",
+            "inferer",
+            "postprocessing",
+            "evaluator",
+            "checkpointloader",
+            "initialize",
+            "run",
+        ]:
             self.assertIn(key, cfg, f"inference.json lacks id {key!r}")
         self.assertEqual(cfg.get("inference"), "%run", "`run inference` needs an 'inference' id aliasing 'run'")
 

@@ -74,7 +74,9 @@ class TestDatalist(unittest.TestCase):
 
     def test_cli_build_then_validate(self):
         out_path = os.path.join(self.root, "dl.json")
-        self.assertEqual(main(["build", "--root", self.root, "--output", out_path, "--settings_dir", str(SETTINGS_DIR)]), 0)
+        self.assertEqual(
+            main(["build", "--root", self.root, "--output", out_path, "--settings_dir", str(SETTINGS_DIR)]), 0
+        )
         self.assertEqual(main(["validate", "--datalist", out_path]), 0)
         shutil.rmtree(os.path.join(self.root, "MR"))
         with self.assertRaisesRegex(ValueError, "file not found"):

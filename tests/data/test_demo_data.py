@@ -91,11 +91,16 @@ def _fake_wheels(folder: str) -> None:
     members = {
         "pydicom-data": {f"data_store/data/{n}": ct for n in ("693_UNCR.dcm", "explicit_VR-UN.dcm")}
         | {"data_store/data/MR2_UNCR.dcm": mr},
-        "dipy": {"dipy/data/files/S0_10slices.nii.gz": _nifti_bytes(rng.uniform(0, 4095, (16, 16, 10, 1)).astype(np.uint16)),
-                 "dipy/data/files/t1_coronal_slice.npy": b""},
+        "dipy": {
+            "dipy/data/files/S0_10slices.nii.gz": _nifti_bytes(rng.uniform(0, 4095, (16, 16, 10, 1)).astype(np.uint16)),
+            "dipy/data/files/t1_coronal_slice.npy": b"",
+        },
         "nilearn": {demo_data._MNI.format(k): _nifti_bytes(head // d) for k, d in (("t1", 1), ("gm", 2), ("wm", 3))},
-        "totalsegmentator": {"totalsegmentator/resources/ct_brain_atlas_1mm.nii.gz":
-                             _nifti_bytes(np.where(head > 0, 35, 0).astype(np.int16))},
+        "totalsegmentator": {
+            "totalsegmentator/resources/ct_brain_atlas_1mm.nii.gz": _nifti_bytes(
+                np.where(head > 0, 35, 0).astype(np.int16)
+            )
+        },
     }
     npy = io.BytesIO()
     np.save(npy, rng.uniform(0, 1, (20, 20)))
@@ -114,8 +119,16 @@ class TestDemoBuildOffline(unittest.TestCase):
             wheels = os.path.join(d, "wheels")
             os.makedirs(wheels)
             _fake_wheels(wheels)
-            cfg = DemoConfig(ct_size=32, mri_size=32, pet_size=32, ct_train_slices=3, ct_realisations=1,
-                             mri_train_slices=3, pet_iterations=2, pet_slabs=(4, 2, 2))
+            cfg = DemoConfig(
+                ct_size=32,
+                mri_size=32,
+                pet_size=32,
+                ct_train_slices=3,
+                ct_realisations=1,
+                mri_train_slices=3,
+                pet_iterations=2,
+                pet_slabs=(4, 2, 2),
+            )
             out = os.path.join(d, "demo")
             with mock.patch.object(demo_data.subprocess, "run", side_effect=AssertionError("pip called")):
                 path = build_demo_data(out, wheels, cfg, workers=1, log=lambda s: None)
@@ -124,12 +137,15 @@ class TestDemoBuildOffline(unittest.TestCase):
             for modality in ("CT", "MRI", "PET"):
                 for s in splits.values():
                     self.assertTrue(any(i["modality"] == modality for i in s))
-            sources = {s: {i["source"].split(",")[0] for i in items if i["modality"] != "PET"} for s, items in splits.items()}
+            sources = {
+                s: {i["source"].split(",")[0] for i in items if i["modality"] != "PET"} for s, items in splits.items()
+            }
             self.assertFalse(sources["training"] & sources["test"])  # no source file in two splits
             self.assertFalse(sources["training"] & sources["validation"])
             pet = [i for s in splits.values() for i in s if i["modality"] == "PET"]
-            self.assertTrue(all("synthetic" in i["image"] and "synthetic" in i["task"] and "SYNTHETIC" in i["source"]
-                                for i in pet))
+            self.assertTrue(
+                all("synthetic" in i["image"] and "synthetic" in i["task"] and "SYNTHETIC" in i["source"] for i in pet)
+            )
             with open(os.path.join(out, "PROVENANCE.txt")) as f:
                 self.assertIn("SYNTHETIC", f.read())
             with mock.patch.object(demo_data, "fetch_wheels", side_effect=AssertionError("rebuilt")):

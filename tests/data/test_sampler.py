@@ -38,8 +38,10 @@ class TestTaskUniformBatchSampler(unittest.TestCase):
 
     @parameterized.expand([(2,), (3,)])
     def test_ranks_get_distinct_samples(self, world_size):
-        per_rank = [list(TaskUniformBatchSampler(TASKS, samples_per_task=2, seed=5, rank=r, world_size=world_size))
-                    for r in range(world_size)]
+        per_rank = [
+            list(TaskUniformBatchSampler(TASKS, samples_per_task=2, seed=5, rank=r, world_size=world_size))
+            for r in range(world_size)
+        ]
         self.assertEqual(len({len(p) for p in per_rank}), 1)  # same number of steps on every rank
         first_batches = [set(p[0]) for p in per_rank]
         for a in range(world_size):

@@ -32,7 +32,9 @@ class TestModalitySettings(unittest.TestCase):
                 load_modality_settings(d)
             path = os.path.join(d, "ct.json")
             with open(path, "w") as f:
-                json.dump({"modality": "CT", "task": "t", "units": "HU", "clip_range": [5, 1], "eval_window": [0, 1]}, f)
+                json.dump(
+                    {"modality": "CT", "task": "t", "units": "HU", "clip_range": [5, 1], "eval_window": [0, 1]}, f
+                )
             with self.assertRaisesRegex(ValueError, "ct.json: 'clip_range'"):
                 load_modality_settings(d)
             with open(path, "w") as f:

@@ -33,8 +33,13 @@ class TestSlicing(unittest.TestCase):
 
     def test_slices_pair_in_a_dataset(self):
         items = expand_slices([{"image": self.img, "label": self.lab}])
-        chain = Compose([LoadImaged(["image", "label"]), EnsureChannelFirstd(["image", "label"], channel_dim="no_channel"),
-                         SelectSliced(["image", "label"])])
+        chain = Compose(
+            [
+                LoadImaged(["image", "label"]),
+                EnsureChannelFirstd(["image", "label"], channel_dim="no_channel"),
+                SelectSliced(["image", "label"]),
+            ]
+        )
         ds = Dataset(items, chain)
         out = ds[3]
         self.assertEqual(tuple(out["label"].shape), (1, 8, 6))
@@ -63,12 +68,14 @@ class TestLoadSliced(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             vol = np.random.default_rng(0).normal(size=(9, 7, 4)).astype(np.float32)
             path = save_nifti(os.path.join(d, "v.nii.gz"), vol, spacing=2.0)
-            chain = Compose([LoadImaged("label"), EnsureChannelFirstd("label", channel_dim="no_channel"),
-                             SelectSliced("label")])
+            chain = Compose(
+                [LoadImaged("label"), EnsureChannelFirstd("label", channel_dim="no_channel"), SelectSliced("label")]
+            )
             for z in range(4):
                 full = chain({"label": path, "slice_index": z})["label"]
                 part = EnsureChannelFirstd("label", channel_dim="no_channel")(
-                    LoadSliced("label")({"label": path, "slice_index": z}))["label"]
+                    LoadSliced("label")({"label": path, "slice_index": z})
+                )["label"]
                 torch_equal = np.array_equal(full.numpy(), part.numpy())
                 self.assertTrue(torch_equal)
             self.assertEqual(float(load_slice(path, 2).affine[2, 3]), 2.0)  # slice origin moves along z

@@ -15,8 +15,12 @@ from tests.bundle.synthetic import make_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = {
-    "network_def#dim": 8, "network_def#num_blocks": [1, 1, 1, 1], "network_def#num_refinement_blocks": 1,
-    "network_def#tren_hidden_channels": 8, "network_def#tren_embed_dim": 16, "patch_size": 32,
+    "network_def#dim": 8,
+    "network_def#num_blocks": [1, 1, 1, 1],
+    "network_def#num_refinement_blocks": 1,
+    "network_def#tren_hidden_channels": 8,
+    "network_def#tren_embed_dim": 16,
+    "patch_size": 32,
 }
 
 
@@ -50,15 +54,36 @@ class TestInterference(unittest.TestCase):
 
         with tempfile.TemporaryDirectory() as d:
             datalist = make_dataset(os.path.join(d, "data"), n_train=1, n_val=0)
-            net = TAT(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, train_patch_size=32,
-                      tren_hidden_channels=8, tren_embed_dim=16)
+            net = TAT(
+                dim=8,
+                num_blocks=(1, 1, 1, 1),
+                num_refinement_blocks=1,
+                train_patch_size=32,
+                tren_hidden_channels=8,
+                tren_embed_dim=16,
+            )
             torch.save(net.state_dict(), os.path.join(d, "model.pt"))
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                main(["--checkpoint", os.path.join(d, "model.pt"), "--datalist", datalist, "--output_dir",
-                      os.path.join(d, "out"), "--config_file", os.path.join(REPO, "bundle", "configs", "train.json"),
-                      "--override", json.dumps(TINY), "--batches", "1", "--samples_per_task", "2"])
+                main(
+                    [
+                        "--checkpoint",
+                        os.path.join(d, "model.pt"),
+                        "--datalist",
+                        datalist,
+                        "--output_dir",
+                        os.path.join(d, "out"),
+                        "--config_file",
+                        os.path.join(REPO, "bundle", "configs", "train.json"),
+                        "--override",
+                        json.dumps(TINY),
+                        "--batches",
+                        "1",
+                        "--samples_per_task",
+                        "2",
+                    ]
+                )
             finally:
                 torch.set_num_threads(threads)
             with open(os.path.join(d, "out", "task_interference.csv")) as f:

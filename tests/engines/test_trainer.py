@@ -19,11 +19,13 @@ def _batches(n: int, bad: int | None = None) -> list[dict]:
         if i == bad:
             image[0, 0, 0, 0] = float("nan")
         meta = {"filename_or_obj": [f"/data/{m}_{i}_{j}.nii.gz" for j, m in enumerate(["CT", "PET", "MRI"] * 2)]}
-        out.append({
-            "image": MetaTensor(image, meta=meta),
-            "label": torch.rand(6, 1, 8, 8, generator=g),
-            "modality": ["CT", "PET", "MRI"] * 2,
-        })
+        out.append(
+            {
+                "image": MetaTensor(image, meta=meta),
+                "label": torch.rand(6, 1, 8, 8, generator=g),
+                "modality": ["CT", "PET", "MRI"] * 2,
+            }
+        )
     return out
 
 
@@ -32,8 +34,12 @@ def _trainer(loss, data, net=None):
     net = net or torch.nn.Conv2d(1, 1, 3, padding=1)
     params = list(net.parameters()) + list(loss.parameters())
     return TaskAdaptiveTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net,
-        optimizer=torch.optim.AdamW(params, lr=1e-2), loss_function=loss,
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=torch.optim.AdamW(params, lr=1e-2),
+        loss_function=loss,
     )
 
 
@@ -42,8 +48,12 @@ class TestTaskAdaptiveTrainer(unittest.TestCase):
         loss = TaskAdaptiveBalancedLoss(return_details=True)
         trainer = _trainer(loss, _batches(3))
         events = []
-        for ev in (IterationEvents.FORWARD_COMPLETED, IterationEvents.LOSS_COMPLETED,
-                   IterationEvents.BACKWARD_COMPLETED, IterationEvents.MODEL_COMPLETED):
+        for ev in (
+            IterationEvents.FORWARD_COMPLETED,
+            IterationEvents.LOSS_COMPLETED,
+            IterationEvents.BACKWARD_COMPLETED,
+            IterationEvents.MODEL_COMPLETED,
+        ):
             trainer.add_event_handler(ev, lambda e, ev=ev: events.append(ev))
         bias0 = loss.estimator.head.bias.detach().clone()
         trainer.run()
@@ -88,8 +98,13 @@ class TestTaskAdaptiveTrainer(unittest.TestCase):
         net = torch.nn.Conv2d(1, 1, 3, padding=1)
         loss = PlainL1Loss()
         trainer = TaskAdaptiveTrainer(
-            device=torch.device("cpu"), max_epochs=1, train_data_loader=_batches(4), network=net,
-            optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=loss, accumulation_steps=2,
+            device=torch.device("cpu"),
+            max_epochs=1,
+            train_data_loader=_batches(4),
+            network=net,
+            optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+            loss_function=loss,
+            accumulation_steps=2,
         )
         steps = []
         trainer.optimizer.register_step_post_hook(lambda *a: steps.append(trainer.state.iteration))
@@ -116,14 +131,22 @@ class TestTaskAdaptiveTrainer(unittest.TestCase):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return TaskAdaptiveTrainer(
-                    device=torch.device("cpu"), max_epochs=max_epochs, train_data_loader=_batches(1), network=net,
-                    optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=loss_fn, amp=True,
+                    device=torch.device("cpu"),
+                    max_epochs=max_epochs,
+                    train_data_loader=_batches(1),
+                    network=net,
+                    optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                    loss_function=loss_fn,
+                    amp=True,
                     epoch_length=1,
                 )
 
         cpu_scaler = lambda: torch.amp.GradScaler("cpu", init_scale=2.0**16)  # noqa: E731
-        with tempfile.TemporaryDirectory() as tmp, mock.patch("torch.cuda.amp.GradScaler", cpu_scaler), \
-                warnings.catch_warnings():
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            mock.patch("torch.cuda.amp.GradScaler", cpu_scaler),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")
             first = make(1)
             first.run()

@@ -39,12 +39,27 @@ def evaluated(tmp_path_factory):
     torch.manual_seed(0)
     os.makedirs(root / "models")
     torch.save(TAT(**tiny_network_kwargs()).state_dict(), root / "models" / "model.pt")  # as the best saver writes
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating",
-           "--meta_file", os.path.join(CONFIGS, "metadata.json"),
-           "--config_file", json.dumps([os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")]),
-           "--logging_file", os.path.join(CONFIGS, "logging.conf"), "--bundle_root", os.path.join(REPO, "bundle"),
-           "--dataset_dir", os.path.dirname(datalist), "--ckpt_dir", str(root / "models"),
-           "--output_dir", str(root / "eval")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "evaluating",
+        "--meta_file",
+        os.path.join(CONFIGS, "metadata.json"),
+        "--config_file",
+        json.dumps([os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")]),
+        "--logging_file",
+        os.path.join(CONFIGS, "logging.conf"),
+        "--bundle_root",
+        os.path.join(REPO, "bundle"),
+        "--dataset_dir",
+        os.path.dirname(datalist),
+        "--ckpt_dir",
+        str(root / "models"),
+        "--output_dir",
+        str(root / "eval"),
+    ]
     for key, value in TINY_OVERRIDES.items():
         cmd += [f"--{key}", json.dumps(value)]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
@@ -101,10 +116,15 @@ def test_writers_are_atomic_and_validate(tmp_path):
 
 
 def test_summary_slice_and_scan_means():
-    slices = [{"task": "t", "input_psnr": 10.0, "output_psnr": 12.0}, {"task": "t", "input_psnr": 20.0,
-              "output_psnr": 22.0}, {"task": "t", "input_psnr": 30.0, "output_psnr": 33.0}]
-    scans = [{"task": "t", "input_psnr": 15.0, "output_psnr": 17.0}, {"task": "t", "input_psnr": 30.0,
-             "output_psnr": 33.0}]
+    slices = [
+        {"task": "t", "input_psnr": 10.0, "output_psnr": 12.0},
+        {"task": "t", "input_psnr": 20.0, "output_psnr": 22.0},
+        {"task": "t", "input_psnr": 30.0, "output_psnr": 33.0},
+    ]
+    scans = [
+        {"task": "t", "input_psnr": 15.0, "output_psnr": 17.0},
+        {"task": "t", "input_psnr": 30.0, "output_psnr": 33.0},
+    ]
     s = summarize_scans(scans, slices, ["psnr"])
     assert s["tasks"]["t"]["input"]["psnr"] == 20.0 and s["tasks"]["t"]["input_scan_mean"]["psnr"] == 22.5
     assert s["tasks"]["t"]["psnr_gain"] == pytest.approx(2 + 1 / 3)
@@ -113,8 +133,17 @@ def test_summary_slice_and_scan_means():
 
 def test_panel(tmp_path):
     a = np.linspace(-200, 300, 24 * 20, dtype=np.float32).reshape(24, 20)
-    path = plot_task_panel(str(tmp_path / "p.png"), a + 5, a + 1, a, window=(-160, 240), title="ct", units="HU",
-                           input_psnr=30.0, output_psnr=40.0)
+    path = plot_task_panel(
+        str(tmp_path / "p.png"),
+        a + 5,
+        a + 1,
+        a,
+        window=(-160, 240),
+        title="ct",
+        units="HU",
+        input_psnr=30.0,
+        output_psnr=40.0,
+    )
     assert open(path, "rb").read(4) == b"\x89PNG"
     with pytest.raises(ValueError, match="p2.png"):
         plot_task_panel(str(tmp_path / "p2.png"), a, a[:3], a, window=(0, 1), title="x")

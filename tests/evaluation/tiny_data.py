@@ -29,8 +29,12 @@ TINY_OVERRIDES = {
 def tiny_network_kwargs() -> dict:
     """``custom.networks.TAT`` arguments equal to :data:`TINY_OVERRIDES` on top of train.json."""
     return {k.split("#")[1]: v for k, v in TINY_OVERRIDES.items() if k.startswith("network_def#")} | {
-        "train_patch_size": TINY_OVERRIDES["patch_size"], "bias": False, "ffn_expansion_factor": 2.66,
-        "layer_norm_type": "WithBias", "task_adaptive": True}
+        "train_patch_size": TINY_OVERRIDES["patch_size"],
+        "bias": False,
+        "ffn_expansion_factor": 2.66,
+        "layer_norm_type": "WithBias",
+        "task_adaptive": True,
+    }
 
 
 def _pair(rng: np.random.Generator, modality: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -39,8 +43,11 @@ def _pair(rng: np.random.Generator, modality: str, shape: tuple[int, ...]) -> tu
     cy, cx, r = 0.5 * shape[0], 0.45 * shape[1], 0.3 * shape[0]
     disk = ((yy - cy) ** 2 + (xx - cx) ** 2) < r**2
     label2d = np.where(disk, fg * (1 + 0.3 * np.sin(xx / 3.0)), bg).astype(np.float32)
-    label = label2d if len(shape) == 2 else np.repeat(label2d[..., None], shape[2], axis=2) * (
-        1 + 0.1 * np.arange(shape[2], dtype=np.float32))
+    label = (
+        label2d
+        if len(shape) == 2
+        else np.repeat(label2d[..., None], shape[2], axis=2) * (1 + 0.1 * np.arange(shape[2], dtype=np.float32))
+    )
     image = (label + rng.normal(0, noise, label.shape)).astype(np.float32)
     return image, label
 
@@ -53,8 +60,12 @@ def make_tiny_dataset(root: str, size: int = 32, seed: int = 0) -> str:
     """
     rng = np.random.default_rng(seed)
     lists: dict[str, list] = {"training": [], "validation": [], "test": []}
-    plan = [(m, s, i, (size, size)) for m in MODELS for s, n in (("training", 2), ("validation", 1), ("test", 1))
-            for i in range(n)] + [("MRI", "test", "vol", (size, size, 3))]
+    plan = [
+        (m, s, i, (size, size))
+        for m in MODELS
+        for s, n in (("training", 2), ("validation", 1), ("test", 1))
+        for i in range(n)
+    ] + [("MRI", "test", "vol", (size, size, 3))]
     for modality, split, i, shape in plan:
         image, label = _pair(rng, modality, shape)
         item = {"modality": modality, "task": TASKS[modality]}

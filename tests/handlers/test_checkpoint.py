@@ -15,8 +15,13 @@ class TestCheckpointHandlers(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             net = torch.nn.Linear(2, 2)
             engine = Engine(lambda e, b: None)
-            AtomicCheckpointSaver(save_dir=d, save_dict={"net": net, "trainer": engine, "rng": GlobalRNGState()},
-                                  save_interval=1, n_saved=1, interval_filename="latest.pt").attach(engine)
+            AtomicCheckpointSaver(
+                save_dir=d,
+                save_dict={"net": net, "trainer": engine, "rng": GlobalRNGState()},
+                save_interval=1,
+                n_saved=1,
+                interval_filename="latest.pt",
+            ).attach(engine)
             engine.run([0, 1], max_epochs=3)
             self.assertEqual(sorted(os.listdir(d)), ["latest.pt"])  # replaced in place, no temp file left
             ckpt = torch.load(os.path.join(d, "latest.pt"), weights_only=True)
@@ -53,8 +58,9 @@ class TestBestSaverState(unittest.TestCase):
                 def _metric(e):
                     e.state.metrics["val_mean_psnr"] = next(scores)
 
-                saver = AtomicCheckpointSaver(save_dir=d, save_dict={"model": score_net}, save_key_metric=True,
-                                              key_metric_filename="model.pt")
+                saver = AtomicCheckpointSaver(
+                    save_dir=d, save_dict={"model": score_net}, save_key_metric=True, key_metric_filename="model.pt"
+                )
                 saver.attach(engine)
                 return engine, saver
 

@@ -11,8 +11,15 @@ from custom.handlers import ModelEMA, ema_decay
 
 
 class TestEMA(unittest.TestCase):
-    @parameterized.expand([["none", 0, 0.999], ["torch_ema", 0, 0.1], ["torch_ema", 10**6, 0.999],
-                           ["power", 0, 0.0], ["power", 31622, 0.999]])
+    @parameterized.expand(
+        [
+            ["none", 0, 0.999],
+            ["torch_ema", 0, 0.1],
+            ["torch_ema", 10**6, 0.999],
+            ["power", 0, 0.0],
+            ["power", 31622, 0.999],
+        ]
+    )
     def test_decay(self, warmup, n, expected):
         self.assertAlmostEqual(ema_decay(n, 0.999, warmup), expected, places=5)
         self.assertLess(ema_decay(1000, 0.999, "power"), 0.999)

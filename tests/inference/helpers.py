@@ -19,8 +19,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BUNDLE = os.path.join(REPO, "bundle")
 INFERENCE_CONFIG = os.path.join(BUNDLE, "configs", "inference.json")
 TINY = {"dim": 8, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "train_patch_size": 32}
-TINY_OVERRIDES = ["--network_def#dim", "8", "--network_def#num_blocks", "[1,1,1,1]",
-                  "--network_def#num_refinement_blocks", "1", "--network_def#train_patch_size", "32"]
+TINY_OVERRIDES = [
+    "--network_def#dim",
+    "8",
+    "--network_def#num_blocks",
+    "[1,1,1,1]",
+    "--network_def#num_refinement_blocks",
+    "1",
+    "--network_def#train_patch_size",
+    "32",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
@@ -44,8 +52,9 @@ def save_checkpoint(path: str, seed: int = 0) -> TAT:
 
 def run_cli(*args: str, cwd: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle <args>`` with one thread."""
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def tree_hashes(root: str) -> dict[str, str]:

@@ -2,8 +2,9 @@
 ONNX + onnxruntime, and ``monai.bundle verify_net_in_out`` with the metadata's ``network_data_format``.
 
 Findings pinned here (see ``custom/export.py``): a traced model equals eager at the traced height and width, local
-windows included, at any batch size, and is not valid at other heights and widths; the serving dispatcher equals eager at every served size and any
-batch size and refuses other sizes; ONNX equals eager with local windows active, at sizes that need padding, and with a dynamic batch axis.
+windows included, at any batch size, and is not valid at other heights and widths; the serving dispatcher equals
+eager at every served size and any batch size and refuses other sizes; ONNX equals eager with local windows active,
+at sizes that need padding, and with a dynamic batch axis.
 Every comparison uses a batch of different images where the batch is larger than one.
 """
 
@@ -55,10 +56,28 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = str(tmp_path_factory.mktemp("export"))
     net = save_checkpoint(os.path.join(tmp, "model.pt"), seed=1)
     ts_path = os.path.join(tmp, "model.ts")
-    run = run_cli("ckpt_export", "network_def", "--filepath", ts_path, "--ckpt_file", os.path.join(tmp, "model.pt"),
-                  "--key_in_ckpt", "model", "--meta_file", META, "--config_file", INFERENCE_CONFIG,
-                  "--bundle_root", BUNDLE, "--use_trace", "True", "--input_shape", f"[1,1,{TRACE_SIZE},{TRACE_SIZE}]",
-                  *TINY_OVERRIDES, cwd=tmp)
+    run = run_cli(
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        ts_path,
+        "--ckpt_file",
+        os.path.join(tmp, "model.pt"),
+        "--key_in_ckpt",
+        "model",
+        "--meta_file",
+        META,
+        "--config_file",
+        INFERENCE_CONFIG,
+        "--bundle_root",
+        BUNDLE,
+        "--use_trace",
+        "True",
+        "--input_shape",
+        f"[1,1,{TRACE_SIZE},{TRACE_SIZE}]",
+        *TINY_OVERRIDES,
+        cwd=tmp,
+    )
     return {"tmp": tmp, "net": net, "run": run, "ts_path": ts_path}
 
 
@@ -139,10 +158,26 @@ def test_ckpt_export_serving_sizes_loads_without_custom(tmp_path) -> None:
     be imported, equal to eager at both sizes for a batch of 2 different images."""
     net = save_checkpoint(str(tmp_path / "model.pt"), seed=4)
     ts_path = str(tmp_path / "serve.ts")
-    run = run_cli("ckpt_export", "serving_network", "--filepath", ts_path, "--ckpt_file", str(tmp_path / "model.pt"),
-                  "--key_in_ckpt", "model", "--meta_file", META, "--config_file", str([INFERENCE_CONFIG, EXPORT_CONFIG]),
-                  "--bundle_root", BUNDLE, "--serving_sizes", str(SERVED).replace(" ", ""), *TINY_OVERRIDES,
-                  cwd=str(tmp_path))
+    run = run_cli(
+        "ckpt_export",
+        "serving_network",
+        "--filepath",
+        ts_path,
+        "--ckpt_file",
+        str(tmp_path / "model.pt"),
+        "--key_in_ckpt",
+        "model",
+        "--meta_file",
+        META,
+        "--config_file",
+        str([INFERENCE_CONFIG, EXPORT_CONFIG]),
+        "--bundle_root",
+        BUNDLE,
+        "--serving_sizes",
+        str(SERVED).replace(" ", ""),
+        *TINY_OVERRIDES,
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     inputs = {f"{h}x{w}": _images(2, 1, h, w, seed=20 + h) for h, w in SERVED}
     torch.save(inputs, str(tmp_path / "inputs.pt"))
@@ -159,9 +194,14 @@ def test_ckpt_export_serving_sizes_loads_without_custom(tmp_path) -> None:
         "except Exception as e:\n"
         "    print('refused:', str(e).splitlines()[-1])\n"
     )
-    child = subprocess.run([sys.executable, "-c", script, ts_path, str(tmp_path / "inputs.pt"),
-                            str(tmp_path / "outputs.pt")], cwd=str(tmp_path), env=ENV, capture_output=True,
-                           text=True, timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-c", script, ts_path, str(tmp_path / "inputs.pt"), str(tmp_path / "outputs.pt")],
+        cwd=str(tmp_path),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == 0, child.stderr[-3000:]
     assert "refused:" in child.stdout and "serves 64x64, 36x44 only" in child.stdout
     outputs = torch.load(str(tmp_path / "outputs.pt"), weights_only=True)
@@ -173,16 +213,20 @@ def test_ckpt_export_serving_sizes_loads_without_custom(tmp_path) -> None:
 # ---- ONNX ----
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 40, 48), (1, 1, TRACE_SIZE, TRACE_SIZE), (3, 1, 60, 52)],
-                         ids=["global", "local-windows", "padding-windows-batch3"])
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1, 40, 48), (1, 1, TRACE_SIZE, TRACE_SIZE), (3, 1, 60, 52)],
+    ids=["global", "local-windows", "padding-windows-batch3"],
+)
 def test_onnx_matches_eager(tmp_path, shape: tuple) -> None:
     net = tiny_net(3)
     assert _windows_active(net, shape[2]) == (shape[2] > 48)
     path = export_onnx(net, tmp_path / "model.onnx", (1, *shape[1:]))  # dynamic batch: exported at 1
     assert sorted(os.listdir(tmp_path)) == ["model.onnx"]  # no temporary file left
     model = onnx.load(path)
-    assert not [n for n in model.graph.node if n.op_type == "Transpose" and any(p < 0 for a in n.attribute
-                                                                                for p in a.ints)]
+    assert not [
+        n for n in model.graph.node if n.op_type == "Transpose" and any(p < 0 for a in n.attribute for p in a.ints)
+    ]
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     x = _images(*shape)
     with torch.no_grad():
@@ -217,7 +261,21 @@ def test_onnx_export_failure_is_a_clear_error_and_leaves_no_file(tmp_path) -> No
 
 @pytest.mark.slow
 def test_verify_net_in_out(tmp_path) -> None:
-    run = run_cli("verify_net_in_out", "network_def", "--meta_file", META, "--config_file", INFERENCE_CONFIG,
-                  "--bundle_root", BUNDLE, "-n", "4", "--any", "8", *TINY_OVERRIDES, cwd=str(tmp_path))
+    run = run_cli(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        META,
+        "--config_file",
+        INFERENCE_CONFIG,
+        "--bundle_root",
+        BUNDLE,
+        "-n",
+        "4",
+        "--any",
+        "8",
+        *TINY_OVERRIDES,
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "verified with no error" in run.stdout + run.stderr

@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
-import SimpleITK as sitk
+import SimpleITK
 
 from tests.inference.helpers import (
     BUNDLE,
@@ -42,8 +42,18 @@ def _affine() -> np.ndarray:
 
 
 def _run(tmp: str, *extra: str) -> tuple:
-    args = ["run", "inference", "--config_file", INFERENCE_CONFIG, "--bundle_root", BUNDLE,
-            "--checkpoint", os.path.join(tmp, "model.pt"), *TINY_OVERRIDES, *extra]
+    args = [
+        "run",
+        "inference",
+        "--config_file",
+        INFERENCE_CONFIG,
+        "--bundle_root",
+        BUNDLE,
+        "--checkpoint",
+        os.path.join(tmp, "model.pt"),
+        *TINY_OVERRIDES,
+        *extra,
+    ]
     return run_cli(*args, cwd=tmp)
 
 
@@ -69,8 +79,16 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     nib.save(mri_img, os.path.join(nifti_dir, "mri3d.nii.gz"))
     datalist = os.path.join(tmp, "datalist.json")
     with open(datalist, "w", encoding="utf-8") as f:
-        json.dump({"test": [{"image": "ct3d.nii.gz", "modality": "CT"}, {"image": "sub/pet2d.nii", "modality": "PET"},
-                            {"image": "mri3d.nii.gz", "modality": "MRI"}]}, f)
+        json.dump(
+            {
+                "test": [
+                    {"image": "ct3d.nii.gz", "modality": "CT"},
+                    {"image": "sub/pet2d.nii", "modality": "PET"},
+                    {"image": "mri3d.nii.gz", "modality": "MRI"},
+                ]
+            },
+            f,
+        )
     before = {"dicom": tree_hashes(dicom_dir), "nifti": tree_hashes(nifti_dir)}
 
     dicom_out, nifti_out = os.path.join(tmp, "dicom_out"), os.path.join(tmp, "nifti_out")
@@ -79,9 +97,20 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out_hashes = tree_hashes(nifti_out)
     report_nifti = _report(nifti_out)
     run_again = _run(tmp, "--dataset_dir", nifti_dir, "--datalist", datalist, "--output_dir", nifti_out)
-    return {"tmp": tmp, "dicom_dir": dicom_dir, "nifti_dir": nifti_dir, "dicom_out": dicom_out, "nifti_out": nifti_out,
-            "before": before, "run_dicom": run_dicom, "run_nifti": run_nifti, "run_again": run_again,
-            "out_hashes": out_hashes, "report_nifti": report_nifti, "out_hashes_after": tree_hashes(nifti_out)}
+    return {
+        "tmp": tmp,
+        "dicom_dir": dicom_dir,
+        "nifti_dir": nifti_dir,
+        "dicom_out": dicom_out,
+        "nifti_out": nifti_out,
+        "before": before,
+        "run_dicom": run_dicom,
+        "run_nifti": run_nifti,
+        "run_again": run_again,
+        "out_hashes": out_hashes,
+        "report_nifti": report_nifti,
+        "out_hashes_after": tree_hashes(nifti_out),
+    }
 
 
 def _report(folder: str) -> dict:
@@ -150,9 +179,20 @@ def test_dicom_series_derived(workspace: dict) -> None:
     for s, o in zip(src, out):
         assert o.ImageType[0] == "DERIVED" and o.DerivationDescription
         assert o.SourceImageSequence[0].ReferencedSOPInstanceUID == s.SOPInstanceUID
-        for tag in ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID", "Modality", "Rows",
-                    "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-                    "RescaleIntercept"):
+        for tag in (
+            "PatientID",
+            "PatientName",
+            "StudyInstanceUID",
+            "FrameOfReferenceUID",
+            "Modality",
+            "Rows",
+            "Columns",
+            "ImagePositionPatient",
+            "ImageOrientationPatient",
+            "PixelSpacing",
+            "SliceThickness",
+            "RescaleIntercept",
+        ):
             assert o.get(tag) == s.get(tag), tag
         hu_in = s.pixel_array * float(s.RescaleSlope) + float(s.RescaleIntercept)
         hu_out = o.pixel_array * float(o.RescaleSlope) + float(o.RescaleIntercept)
@@ -160,8 +200,8 @@ def test_dicom_series_derived(workspace: dict) -> None:
 
 
 def test_dicom_series_simpleitk_geometry(workspace: dict) -> None:
-    def read(folder: str) -> sitk.Image:
-        reader = sitk.ImageSeriesReader()
+    def read(folder: str) -> SimpleITK.Image:
+        reader = SimpleITK.ImageSeriesReader()
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(folder))
         return reader.Execute()
 
@@ -187,7 +227,7 @@ def test_real_pydicom_files(workspace: dict, name: str) -> None:
     v_in = src.pixel_array * slope_in + float(src.get("RescaleIntercept", 0))
     v_out = out.pixel_array * slope_out + float(out.get("RescaleIntercept", 0))
     assert np.corrcoef(v_in.ravel(), v_out.ravel())[0, 1] > 0.5
-    image = sitk.ReadImage(os.path.join(workspace["dicom_out"], name))
-    ref = sitk.ReadImage(os.path.join(workspace["dicom_dir"], name))
+    image = SimpleITK.ReadImage(os.path.join(workspace["dicom_out"], name))
+    ref = SimpleITK.ReadImage(os.path.join(workspace["dicom_dir"], name))
     np.testing.assert_allclose(image.GetOrigin(), ref.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(image.GetSpacing(), ref.GetSpacing(), atol=1e-4)

@@ -116,8 +116,13 @@ def test_inference_config_has_monai_infer_properties(tmp_path) -> None:
     from tests.inference.helpers import BUNDLE, INFERENCE_CONFIG
 
     nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), str(tmp_path / "a.nii"))
-    workflow = ConfigWorkflow(config_file=INFERENCE_CONFIG, workflow_type="infer", bundle_root=BUNDLE,
-                              dataset_dir=str(tmp_path), output_dir=str(tmp_path / "out"),
-                              **{"network_def#dim": 8, "network_def#num_blocks": [1, 1, 1, 1]})
+    workflow = ConfigWorkflow(
+        config_file=INFERENCE_CONFIG,
+        workflow_type="infer",
+        bundle_root=BUNDLE,
+        dataset_dir=str(tmp_path),
+        output_dir=str(tmp_path / "out"),
+        **{"network_def#dim": 8, "network_def#num_blocks": [1, 1, 1, 1]},
+    )
     workflow.initialize()
     assert workflow.check_properties() == []

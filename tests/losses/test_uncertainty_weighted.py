@@ -59,7 +59,9 @@ class TestTaskAdaptiveBalancedLoss(unittest.TestCase):
         self.assertIsNotNone(loss_fn.estimator.head.bias.grad)
         # d/ds [0.5 l / s^2 + 0.5 log(1+s^2)] at s=1 = -l + 0.5
         l_rest = (pred.detach() - y).abs().mean(dim=(1, 2, 3))
-        torch.testing.assert_close(loss_fn.estimator.head.bias.grad, (-l_rest + 0.5).mean().reshape(1), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            loss_fn.estimator.head.bias.grad, (-l_rest + 0.5).mean().reshape(1), atol=1e-6, rtol=1e-5
+        )
 
     def test_batch_independence(self):
         """Vectorised: each sample's contribution does not depend on the others."""

@@ -19,8 +19,9 @@ SETTINGS = {
 class TestPhysical(unittest.TestCase):
     def test_to_physical(self):
         x = torch.tensor([0.0, 0.2, 0.25, 0.3, 1.0])
-        torch.testing.assert_close(to_physical(x, (-1024, 3072), (-160, 240)),
-                                   torch.tensor([-160.0, -160.0, 0.0, 204.8, 240.0]))
+        torch.testing.assert_close(
+            to_physical(x, (-1024, 3072), (-160, 240)), torch.tensor([-160.0, -160.0, 0.0, 204.8, 240.0])
+        )
         with self.assertRaises(ValueError):
             to_physical(x, (1, 0), (0, 1))
 

@@ -55,7 +55,11 @@ class TestConvert(unittest.TestCase):
             ref,
             {"state_dict": ref, "epoch": 3},
             {f"module.{k}": v for k, v in ref.items()},
-            {"step": torch.tensor(5), **{f"ema_model.{k}": v for k, v in ref.items()}, **{f"online_model.{k}": v for k, v in ref.items()}},
+            {
+                "step": torch.tensor(5),
+                **{f"ema_model.{k}": v for k, v in ref.items()},
+                **{f"online_model.{k}": v for k, v in ref.items()},
+            },
         ]
         with tempfile.TemporaryDirectory() as d:
             for i, obj in enumerate(wrappers):

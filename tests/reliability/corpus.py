@@ -63,8 +63,17 @@ def _clean(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1000, 1000, SHAPE).astype(np.float32)
 
 
-def _dicom_slice(path: str, z: int, series: str, study: str, pixels: bool = True, modality: str = "CT",
-                 sop_class: str = CTImageStorage, rows: int = 40, cols: int = 40) -> None:
+def _dicom_slice(
+    path: str,
+    z: int,
+    series: str,
+    study: str,
+    pixels: bool = True,
+    modality: str = "CT",
+    sop_class: str = CTImageStorage,
+    rows: int = 40,
+    cols: int = 40,
+) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -103,8 +112,14 @@ def make_corpus(root: str) -> dict[str, Case]:
     r = lambda *p: os.path.join(root, *p)  # noqa: E731
     cases: dict[str, Case] = {}
 
-    def pair(name: str, image: str, problem: str, modality: str | None = "CT", label: str | None = None,
-             culprit: str | None = None) -> None:
+    def pair(
+        name: str,
+        image: str,
+        problem: str,
+        modality: str | None = "CT",
+        label: str | None = None,
+        culprit: str | None = None,
+    ) -> None:
         label = label or _nifti(r(name, "label.nii.gz"), _clean())
         item = {"image": os.path.relpath(image, root), "label": os.path.relpath(label, root)}
         if modality is not None:
@@ -127,13 +142,22 @@ def make_corpus(root: str) -> dict[str, Case]:
     hdr.set_data_shape((30000, 30000, 30000))  # declares ~100 TB of voxels, the file holds a few bytes
     hdr.set_data_dtype(np.float32)
     hdr["vox_offset"] = 352
-    pair("huge_dims", _raw(r("huge_dims", "image.nii.gz"), gzip.compress(hdr.binaryblock + b"\x00" * 68)),
-         "larger than")
-    pair("four_d", _nifti(r("four_d", "image.nii.gz"), np.zeros((40, 40, 3, 2))), "2d or 3d",
-         label=_nifti(r("four_d", "label.nii.gz"), np.zeros((40, 40, 3, 2))))
+    pair(
+        "huge_dims", _raw(r("huge_dims", "image.nii.gz"), gzip.compress(hdr.binaryblock + b"\x00" * 68)), "larger than"
+    )
+    pair(
+        "four_d",
+        _nifti(r("four_d", "image.nii.gz"), np.zeros((40, 40, 3, 2))),
+        "2d or 3d",
+        label=_nifti(r("four_d", "label.nii.gz"), np.zeros((40, 40, 3, 2))),
+    )
     cases["four_d"].culprit = cases["four_d"].item["label"]
-    pair("one_d", _nifti(r("one_d", "image.nii.gz"), np.zeros((40,))), "2d or 3d",
-         label=_nifti(r("one_d", "label.nii.gz"), np.zeros((40,))))
+    pair(
+        "one_d",
+        _nifti(r("one_d", "image.nii.gz"), np.zeros((40,))),
+        "2d or 3d",
+        label=_nifti(r("one_d", "label.nii.gz"), np.zeros((40,))),
+    )
     cases["one_d"].culprit = cases["one_d"].item["label"]
     bad = good.copy()
     bad[3, 4, 1] = np.nan
@@ -142,10 +166,20 @@ def make_corpus(root: str) -> dict[str, Case]:
     bad[5, 5, 0] = np.inf
     pair("inf_voxels", _nifti(r("inf_voxels", "image.nii.gz"), bad), "non-finite")
     pair("shape_mismatch", _nifti(r("shape_mismatch", "image.nii.gz"), np.zeros((32, 40, 3))), "shape mismatch")
-    pair("unknown_modality", _nifti(r("unknown_modality", "image.nii.gz"), good), "unknown modality", modality="XR",
-         culprit=r("unknown_modality", "label.nii.gz"))
-    pair("missing_modality", _nifti(r("missing_modality", "image.nii.gz"), good), "no 'modality'", modality=None,
-         culprit=r("missing_modality", "label.nii.gz"))
+    pair(
+        "unknown_modality",
+        _nifti(r("unknown_modality", "image.nii.gz"), good),
+        "unknown modality",
+        modality="XR",
+        culprit=r("unknown_modality", "label.nii.gz"),
+    )
+    pair(
+        "missing_modality",
+        _nifti(r("missing_modality", "image.nii.gz"), good),
+        "no 'modality'",
+        modality=None,
+        culprit=r("missing_modality", "label.nii.gz"),
+    )
     pair("missing_file", r("missing_file", "image.nii.gz"), "not found")
     pair("not_nifti", _raw(r("not_nifti", "image.nii.gz"), b"<html>404</html>"), "not a nifti")
 
@@ -155,15 +189,24 @@ def make_corpus(root: str) -> dict[str, Case]:
         pair(name, image, problem, label=label)
 
     s1, s2 = generate_uid(), generate_uid()
-    dpair("dicom_mixed_series", _series(r("dicom_mixed_series", "image"), [0, 1, 2], series=[s1, s1, s2]), "mixed series")
+    dpair(
+        "dicom_mixed_series", _series(r("dicom_mixed_series", "image"), [0, 1, 2], series=[s1, s1, s2]), "mixed series"
+    )
     dpair("dicom_missing_slice", _series(r("dicom_missing_slice", "image"), [0, 1, 3]), "missing slice")
     os.makedirs(r("dicom_empty", "image"))
     dpair("dicom_empty", r("dicom_empty", "image"), "no dicom file")
     dpair("dicom_no_pixels", _series(r("dicom_no_pixels", "image"), [0, 1, 2], pixels=False), "no pixel data")
     folder = r("dicom_non_image", "image")  # a structured report, no image at all
     os.makedirs(folder)
-    _dicom_slice(os.path.join(folder, "report.dcm"), 0, generate_uid(), generate_uid(), pixels=False, modality="SR",
-                 sop_class="1.2.840.10008.5.1.4.1.1.88.11")
+    _dicom_slice(
+        os.path.join(folder, "report.dcm"),
+        0,
+        generate_uid(),
+        generate_uid(),
+        pixels=False,
+        modality="SR",
+        sop_class="1.2.840.10008.5.1.4.1.1.88.11",
+    )
     dpair("dicom_non_image", folder, "not an image")
     folder = r("dicom_garbage", "image")
     for z in range(3):

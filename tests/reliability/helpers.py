@@ -25,5 +25,6 @@ def tree_hashes(root: str) -> dict[str, str]:
 
 def run_module(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -m <args>`` from the repository root with single-threaded maths; never raises on failure."""
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+    )

@@ -19,8 +19,13 @@ import torch
 
 from tests.reliability.helpers import ENV, REPO
 
-TINY_NET = {"dim": 8, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "tren_hidden_channels": 8,
-            "tren_embed_dim": 16}
+TINY_NET = {
+    "dim": 8,
+    "num_blocks": (1, 1, 1, 1),
+    "num_refinement_blocks": 1,
+    "tren_hidden_channels": 8,
+    "tren_embed_dim": 16,
+}
 
 
 def _python_sources() -> list[str]:
@@ -129,8 +134,11 @@ def test_wrong_architecture_names_keys_and_shapes(tmp_path):
     with pytest.raises(RuntimeError) as err:
         deeper.load_state_dict(small.state_dict(), strict=True)
     assert "Missing key(s)" in str(err.value) and "encoder_level1.1." in str(err.value)
-    with pytest.raises(RuntimeError, match=r"size mismatch for patch_embed.weight: copying a param with shape "
-                                           r"torch.Size\(\[8, 1, 3, 3\]\).*torch.Size\(\[16, 1, 3, 3\]\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"size mismatch for patch_embed.weight: copying a param with shape "
+        r"torch.Size\(\[8, 1, 3, 3\]\).*torch.Size\(\[16, 1, 3, 3\]\)",
+    ):
         wider.load_state_dict(small.state_dict(), strict=True)
 
 
@@ -187,8 +195,14 @@ def test_sigkill_during_checkpoint_write(tmp_path):
     """A real writer process SIGKILLed while a temporary file is being written: the final name is either absent
     or a complete checkpoint, never a partial one."""
     out = tmp_path / "models"
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(out)], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(out)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 60
@@ -228,9 +242,16 @@ def test_grad_scaler_skips_overflowing_step():
     data = [{"image": torch.rand(1, 1, 4, 4), "label": torch.rand(1, 1, 4, 4)}] * 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = TaskAdaptiveTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net,
-                                      optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=loss_fn,
-                                      amp=True, epoch_length=1)
+        trainer = TaskAdaptiveTrainer(
+            device=torch.device("cpu"),
+            max_epochs=1,
+            train_data_loader=data,
+            network=net,
+            optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+            loss_function=loss_fn,
+            amp=True,
+            epoch_length=1,
+        )
     before = [p.detach().clone() for p in net.parameters()]
     # SupervisedTrainer.run() builds torch.cuda.amp.GradScaler(), disabled without CUDA: use the CPU scaler instead
     cpu_scaler = lambda: torch.amp.GradScaler("cpu", init_scale=2.0**16)  # noqa: E731

@@ -14,18 +14,45 @@ from tests.reliability.corpus import make_corpus, make_empty_tree
 from tests.reliability.helpers import run_module, tree_hashes
 
 NAMES = [
-    "zero_byte", "truncated_gz", "truncated_nii", "corrupt_header", "absurd_shape", "huge_dims", "four_d", "one_d",
-    "nan_voxels", "inf_voxels", "shape_mismatch", "unknown_modality", "missing_modality", "missing_file",
-    "not_nifti", "dicom_mixed_series", "dicom_missing_slice", "dicom_empty", "dicom_no_pixels", "dicom_non_image",
+    "zero_byte",
+    "truncated_gz",
+    "truncated_nii",
+    "corrupt_header",
+    "absurd_shape",
+    "huge_dims",
+    "four_d",
+    "one_d",
+    "nan_voxels",
+    "inf_voxels",
+    "shape_mismatch",
+    "unknown_modality",
+    "missing_modality",
+    "missing_file",
+    "not_nifti",
+    "dicom_mixed_series",
+    "dicom_missing_slice",
+    "dicom_empty",
+    "dicom_no_pixels",
+    "dicom_non_image",
     "dicom_garbage",
 ]
 # the file-level problems also surface on the training path (header count + one-slice read), before any voxel
 # of a huge declared image is allocated
 SLICE_PROBLEMS = {
-    "zero_byte": "empty file", "truncated_nii": "truncated", "corrupt_header": "corrupt", "absurd_shape": "invalid",
-    "huge_dims": "larger than", "four_d": "2d or 3d", "one_d": "2d or 3d", "missing_file": "not found",
-    "not_nifti": "not a nifti", "dicom_mixed_series": "mixed series", "dicom_missing_slice": "missing slice",
-    "dicom_empty": "empty", "dicom_no_pixels": "no pixel data", "dicom_non_image": "no pixel data",
+    "zero_byte": "empty file",
+    "truncated_nii": "truncated",
+    "corrupt_header": "corrupt",
+    "absurd_shape": "invalid",
+    "huge_dims": "larger than",
+    "four_d": "2d or 3d",
+    "one_d": "2d or 3d",
+    "missing_file": "not found",
+    "not_nifti": "not a nifti",
+    "dicom_mixed_series": "mixed series",
+    "dicom_missing_slice": "missing slice",
+    "dicom_empty": "empty",
+    "dicom_no_pixels": "no pixel data",
+    "dicom_non_image": "no pixel data",
     "dicom_garbage": "no dicom",
 }
 

@@ -27,9 +27,26 @@ PAIR_ONLY = {"shape_mismatch"}
 
 
 def _cmd(tmp: str, datalist: str, out: str) -> list[str]:
-    return [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", INFERENCE_CONFIG,
-            "--bundle_root", BUNDLE, "--checkpoint", os.path.join(tmp, "model.pt"), *TINY_OVERRIDES,
-            "--dataset_dir", os.path.join(tmp, "in"), "--datalist", datalist, "--output_dir", out]
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inference",
+        "--config_file",
+        INFERENCE_CONFIG,
+        "--bundle_root",
+        BUNDLE,
+        "--checkpoint",
+        os.path.join(tmp, "model.pt"),
+        *TINY_OVERRIDES,
+        "--dataset_dir",
+        os.path.join(tmp, "in"),
+        "--datalist",
+        datalist,
+        "--output_dir",
+        out,
+    ]
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -61,8 +78,9 @@ def runs(tmp_path_factory):
 
     res["killed_out"] = out = os.path.join(tmp, "killed_out")
     first = os.path.join(out, valid[0]["image"])
-    proc = subprocess.Popen(_cmd(tmp, datalist, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=tmp)
+    proc = subprocess.Popen(
+        _cmd(tmp, datalist, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp
+    )
     deadline = time.monotonic() + 240
     while not os.path.exists(first) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -115,22 +133,43 @@ def test_inference_never_modifies_inputs(runs):
 
 # problem words of the inference reader's messages (custom/inference/io.py, its own loader)
 INFERENCE_PROBLEM = {
-    "zero_byte": "empty file", "truncated_gz": "compressed file ended", "truncated_nii": "damaged",
-    "corrupt_header": "cannot work out file type", "absurd_shape": "invalid image dimensions",
-    "huge_dims": "larger than", "four_d": "2d or 3d", "one_d": "2d or 3d", "nan_voxels": "non-finite",
-    "inf_voxels": "non-finite", "unknown_modality": "unknown modality", "missing_modality": "no modality",
-    "missing_file": "no such file", "not_nifti": "not a gzip file", "dicom_mixed_series": "mixed series",
-    "dicom_missing_slice": "missing slice", "dicom_empty": "no dicom file", "dicom_no_pixels": "no pixel data",
-    "dicom_non_image": "no pixel data", "dicom_garbage": "dicom",
+    "zero_byte": "empty file",
+    "truncated_gz": "compressed file ended",
+    "truncated_nii": "damaged",
+    "corrupt_header": "cannot work out file type",
+    "absurd_shape": "invalid image dimensions",
+    "huge_dims": "larger than",
+    "four_d": "2d or 3d",
+    "one_d": "2d or 3d",
+    "nan_voxels": "non-finite",
+    "inf_voxels": "non-finite",
+    "unknown_modality": "unknown modality",
+    "missing_modality": "no modality",
+    "missing_file": "no such file",
+    "not_nifti": "not a gzip file",
+    "dicom_mixed_series": "mixed series",
+    "dicom_missing_slice": "missing slice",
+    "dicom_empty": "no dicom file",
+    "dicom_no_pixels": "no pixel data",
+    "dicom_non_image": "no pixel data",
+    "dicom_garbage": "dicom",
 }
 # custom/inference/io.py refuses bad headers, huge declared dimensions, empty/mixed/gapped DICOM series itself
 # (commit 2d0d09b, after this suite reported them); list a case here (non-strict xfail) only while a gap is open
 INFERENCE_GAPS: set[str] = set()
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=False, reason="custom/inference reader: see issue 7 report")) if n in INFERENCE_GAPS else n
-    for n in sorted(INFERENCE_PROBLEM)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        (
+            pytest.param(n, marks=pytest.mark.xfail(strict=False, reason="custom/inference reader: see issue 7 report"))
+            if n in INFERENCE_GAPS
+            else n
+        )
+        for n in sorted(INFERENCE_PROBLEM)
+    ],
+)
 def test_inference_message_names_file_and_problem(runs, name):
     case = runs["cases"][name]
     path = os.path.join(runs["root"], case.item["image"])

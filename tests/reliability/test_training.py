@@ -32,8 +32,11 @@ STATE_KEYS = ("network", "ema", "loss", "optimizer", "lr_scheduler", "trainer", 
 POISON = {
     "train#random_transforms": [
         {"_target_": "custom.transforms.PairedRandCropd", "keys": ["image", "label"], "roi_size": "@patch_size"},
-        {"_target_": "Lambdad", "keys": ["label"],
-         "func": "$lambda x, n=[0]: x if (n.append(1) or len(n) <= 24) else x * float('nan')"},
+        {
+            "_target_": "Lambdad",
+            "keys": ["label"],
+            "func": "$lambda x, n=[0]: x if (n.append(1) or len(n) <= 24) else x * float('nan')",
+        },
     ]
 }
 
@@ -42,10 +45,26 @@ def _cmd(root: str, out: str, *configs: str) -> list[str]:
     extra = [c for c in configs if not c.endswith(".json")]
     configs = tuple(c for c in configs if c.endswith(".json"))
     return [
-        sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", META, *extra,
-        "--config_file", str([TRAIN, *configs]), "--logging_file", LOGGING,
-        "--bundle_root", os.path.join(REPO, "bundle"), "--dataset_dir", root,
-        "--ckpt_dir", os.path.join(out, "models"), "--output_dir", os.path.join(out, "eval"),
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--meta_file",
+        META,
+        *extra,
+        "--config_file",
+        str([TRAIN, *configs]),
+        "--logging_file",
+        LOGGING,
+        "--bundle_root",
+        os.path.join(REPO, "bundle"),
+        "--dataset_dir",
+        root,
+        "--ckpt_dir",
+        os.path.join(out, "models"),
+        "--output_dir",
+        os.path.join(out, "eval"),
     ]
 
 
@@ -88,8 +107,9 @@ def runs(tmp_path_factory):
     # killed as soon as the first checkpoint exists, then the same command again
     res["killed"] = killed = str(tmp_path_factory.mktemp("killed"))
     latest = os.path.join(killed, "models", "latest.pt")
-    proc = subprocess.Popen(_cmd(root, killed, tiny), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(root, killed, tiny), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     while not os.path.exists(latest) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -15,10 +15,17 @@ class TestModalityDispatchd(unittest.TestCase):
     def test_clean_only_items_get_their_modality_degradation(self):
         yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
         disc = (((yy - 16) ** 2 + (xx - 16) ** 2) < 100).float()[None]
-        items = [{"label": disc * 1040 - 1000, "modality": "CT"}, {"label": disc * 2000, "modality": "MR"},
-                 {"label": disc * 5, "image": disc * 4, "modality": "PET"}]  # already paired: untouched
-        chain = Compose([ModalityDispatchd({"CT": SimulateLowDoseCTd(i0=1e5), "MRI": KSpaceTruncated(factor=4)}),
-                         ModalityNormalized(["image", "label"], load_modality_settings(SETTINGS_DIR))])
+        items = [
+            {"label": disc * 1040 - 1000, "modality": "CT"},
+            {"label": disc * 2000, "modality": "MR"},
+            {"label": disc * 5, "image": disc * 4, "modality": "PET"},
+        ]  # already paired: untouched
+        chain = Compose(
+            [
+                ModalityDispatchd({"CT": SimulateLowDoseCTd(i0=1e5), "MRI": KSpaceTruncated(factor=4)}),
+                ModalityNormalized(["image", "label"], load_modality_settings(SETTINGS_DIR)),
+            ]
+        )
         ds = CacheDataset(items, chain, progress=False)
         for i in range(3):
             out = ds[i]

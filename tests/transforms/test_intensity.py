@@ -15,8 +15,14 @@ SETTINGS = load_modality_settings(SETTINGS_DIR)
 
 
 class TestModalityIntensity(unittest.TestCase):
-    @parameterized.expand([("CT", -2000.0, -1024.0, 3072.0, 5000.0), ("PET", -1.0, 0.0, 20.0, 30.0),
-                           ("MRI", -5.0, 0.0, 4095.0, 9000.0), ("MR", -5.0, 0.0, 4095.0, 9000.0)])
+    @parameterized.expand(
+        [
+            ("CT", -2000.0, -1024.0, 3072.0, 5000.0),
+            ("PET", -1.0, 0.0, 20.0, 30.0),
+            ("MRI", -5.0, 0.0, 4095.0, 9000.0),
+            ("MR", -5.0, 0.0, 4095.0, 9000.0),
+        ]
+    )
     def test_clip_and_map_to_unit_range(self, modality, below, low, high, above):
         img = np.array([[[below, low, (low + high) / 2, high, above]]], dtype=np.float32)
         original = img.copy()
@@ -28,7 +34,9 @@ class TestModalityIntensity(unittest.TestCase):
     def test_denormalize_inverts(self, modality):
         low, high = SETTINGS["CT" if modality == "CT" else modality]["clip_range"]
         phys = torch.linspace(low, high, 11).reshape(1, 1, 11)
-        d = ModalityNormalized(["image", "label"], SETTINGS)({"image": phys, "label": phys.clone(), "modality": modality})
+        d = ModalityNormalized(["image", "label"], SETTINGS)(
+            {"image": phys, "label": phys.clone(), "modality": modality}
+        )
         back = ModalityDenormalized(["image"], SETTINGS)(d)
         torch.testing.assert_close(back["image"], phys, atol=1e-3 * (high - low), rtol=0)
         self.assertEqual(back["image"].dtype, torch.float32)

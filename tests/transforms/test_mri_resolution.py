@@ -11,7 +11,9 @@ from custom.transforms import BicubicDegraded, KSpaceTruncated, bicubic_degrade,
 
 def image(n=64):
     yy, xx = np.mgrid[:n, :n] / n
-    return (1000 + 800 * np.cos(2 * np.pi * 2 * xx) + 500 * (np.abs(xx - 0.5) + np.abs(yy - 0.5) < 0.25)).astype(np.float32)
+    return (1000 + 800 * np.cos(2 * np.pi * 2 * xx) + 500 * (np.abs(xx - 0.5) + np.abs(yy - 0.5) < 0.25)).astype(
+        np.float32
+    )
 
 
 class TestKSpace(unittest.TestCase):

@@ -31,16 +31,23 @@ class TestPairedRandCropd(unittest.TestCase):
         self.assertEqual(float(out["label"].sum()), float(self._pair(20, 30)["label"].sum()))
 
     def test_flips_rotations_stay_paired(self):
-        aug = Compose([PairedRandCropd(["image", "label"], 16), RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
-                       RandRotate90d(["image", "label"], prob=0.5)])
+        aug = Compose(
+            [
+                PairedRandCropd(["image", "label"], 16),
+                RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
+                RandRotate90d(["image", "label"], prob=0.5),
+            ]
+        )
         aug.set_random_state(3)
         for _ in range(6):
             out = aug(self._pair())
             torch.testing.assert_close(out["image"] - out["label"], torch.full((1, 16, 16), 0.5))
 
     def test_shape_mismatch_names_files(self):
-        d = {"image": MetaTensor(torch.zeros(1, 8, 8), meta={"filename_or_obj": "in.nii"}),
-             "label": MetaTensor(torch.zeros(1, 8, 9), meta={"filename_or_obj": "target.nii"})}
+        d = {
+            "image": MetaTensor(torch.zeros(1, 8, 8), meta={"filename_or_obj": "in.nii"}),
+            "label": MetaTensor(torch.zeros(1, 8, 9), meta={"filename_or_obj": "target.nii"}),
+        }
         with self.assertRaisesRegex(ValueError, "shape mismatch.*in.nii.*target.nii"):
             PairedRandCropd(["image", "label"], 4)(d)
 

@@ -63,8 +63,13 @@ class TATRestore(BasicInferTask):
                 state = state["model"]
             net.load_state_dict(state)
             device = parser.get_parsed_content("device")
-            self._parts = (net.to(device).eval(), device, parser.get_parsed_content("modality_settings"),
-                           parser.get_parsed_content("inferer"), bool(parser.get("clip_output", False)))
+            self._parts = (
+                net.to(device).eval(),
+                device,
+                parser.get_parsed_content("modality_settings"),
+                parser.get_parsed_content("inferer"),
+                bool(parser.get("clip_output", False)),
+            )
         return self._parts
 
     @torch.no_grad()
@@ -83,7 +88,9 @@ class TATRestore(BasicInferTask):
         img = img[None] if img.ndim == 3 else img[None, ..., None]
         x = ModalityNormalized(keys="image", settings=settings)({"image": img, "modality": modality})["image"]
         pred = inferer(x[None].to(device), net)[0].float().cpu()
-        denormalise = ModalityDenormalized(keys="pred", settings=settings, clip=clip_output)  # as the bundle's inference
+        denormalise = ModalityDenormalized(
+            keys="pred", settings=settings, clip=clip_output
+        )  # as the bundle's inference
         out = denormalise({"pred": pred, "modality": modality})["pred"]
         out = out.numpy()[0]
         out = out if values.ndim == 3 else out[..., 0]
@@ -91,7 +98,13 @@ class TATRestore(BasicInferTask):
         os.close(fd)
         os.unlink(path)
         write_nifti(out, info["nifti"], path, overwrite=True)
-        result = {"modality": modality, "units": settings[modality].get("units", ""), "shape": list(out.shape),
-                  "min": float(out.min()), "max": float(out.max()), "latency": round(time.time() - begin, 3)}
+        result = {
+            "modality": modality,
+            "units": settings[modality].get("units", ""),
+            "shape": list(out.shape),
+            "min": float(out.min()),
+            "max": float(out.max()),
+            "latency": round(time.time() - begin, 3),
+        }
         logger.info(f"TAT restore {request['image']}: {json.dumps(result)}")
         return path, result

@@ -36,7 +36,12 @@ class GatedFeedForward(nn.Module):
         hidden = ffn_hidden_channels(dim, expansion)
         self.project_in = conv(dim, hidden * 2, kernel_size=1, bias=bias)
         self.dwconv = DepthwiseConv(
-            hidden * 2, 3, spatial_dims, dynamic=dynamic, bias=bias and not dynamic, init="kaiming" if dynamic else "conv"
+            hidden * 2,
+            3,
+            spatial_dims,
+            dynamic=dynamic,
+            bias=bias and not dynamic,
+            init="kaiming" if dynamic else "conv",
         )
         self.project_out = conv(hidden, dim, kernel_size=1, bias=bias)
 

@@ -34,7 +34,9 @@ class _ResidualConvBlock(nn.Module):
         super().__init__()
         conv = Conv[Conv.CONV, spatial_dims]
         self.body = nn.Sequential(
-            conv(channels, channels, kernel_size=3, padding=1), nn.GELU(), conv(channels, channels, kernel_size=3, padding=1)
+            conv(channels, channels, kernel_size=3, padding=1),
+            nn.GELU(),
+            conv(channels, channels, kernel_size=3, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -86,8 +86,10 @@ class TestWindowTiles(unittest.TestCase):
         starts = window_starts(size, window)
         self.assertEqual(len(coverage), len(starts))
         for s, row in zip(starts, coverage):
-            covered = sum(e - a for (a, e), c in zip(tiles, row) if c)
-            self.assertEqual(covered, k)  # each window is exactly the union of the tiles it covers
+            covered = [(a, e) for (a, e), c in zip(tiles, row) if c]
+            # each window is exactly the union of the tiles it covers: contiguous from its start to start + k
+            self.assertEqual((covered[0][0], covered[-1][1]), (s, s + k))
+            self.assertEqual(sum(e - a for a, e in covered), k)
         for t in range(len(tiles)):
             self.assertGreaterEqual(sum(row[t] for row in coverage), 1)  # every tile is in some window
 

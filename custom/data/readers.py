@@ -1,29 +1,48 @@
-"""Image reading: MONAI's loaders plus the DICOM details TAT needs (HU rescale, PET SUV, Modality tag).
+"""The one reading layer: MONAI's ``NibabelReader`` / ``PydicomReader`` plus the rules TAT needs, for every workflow.
 
-NIfTI files (``.nii``, ``.nii.gz``) are read by MONAI's ``NibabelReader``; DICOM files and DICOM series
-(a folder of slices) by :class:`DicomReader`, a MONAI ``PydicomReader`` that
+Training and validation (:mod:`custom.data.slicing`), evaluation, inference (:class:`custom.inference.LoadScand`)
+and the data-list validator all read through this module, so they accept and refuse exactly the same inputs.
+Each rule lives in one place:
 
-* applies ``RescaleSlope`` (0028,1053) and ``RescaleIntercept`` (0028,1052) per slice (HU for CT),
-* converts PET (``Modality`` (0008,0060) = ``PT``, ``Units`` (0054,1001) = ``BQML``) to body-weight SUV:
-
+* **NIfTI** (:class:`NiftiReader`, a ``NibabelReader``; :func:`nifti_image`): header checked before any voxel is
+  read (empty, corrupt, non-positive or more than :data:`MAX_VOXELS` voxels, an uncompressed file shorter than
+  declared); complex, RGB and other non-scalar voxel types refused; a ``.nii.gz`` is decompressed to its end once
+  so that a failing gzip CRC or a truncated stream is an error (:func:`verify_gzip`); ``scl_slope`` /
+  ``scl_inter`` are applied (physical values) and the on-disk type and scaling are carried in the meta data
+  (``source_dtype``, ``source_scl_slope``, ``source_scl_inter``) for the writer; NaN / inf refused.
+* **DICOM** (:class:`DicomReader`, a ``PydicomReader``; :func:`dicom_series`): a series is the DICOM files of a
+  folder (or a given list) with one ``SeriesInstanceUID``; slices are sorted along the slice normal
+  (``ImagePositionPatient`` projected on the cross product of ``ImageOrientationPatient``), else by
+  ``InstanceNumber``; two slices at one position are refused (duplicate), a step larger than 1.5 x the smallest
+  step is refused (missing slice), as are slices of different size, spacing or orientation, more than
+  :data:`MAX_VOXELS` voxels, colour / multi-frame images, a pixel data length that does not match ``Rows`` x
+  ``Columns`` x ``BitsAllocated``, and ``RescaleSlope`` 0. Headers are read once per file and cached (keyed by
+  path, size and modification time); the pixel data of a slice is read on demand, so a training item that needs
+  one slice of a 300-slice series decodes one file and re-reads no header.
+* **PET** (``Modality`` PT): converted to body-weight SUV,
   ``SUV = value [Bq/ml] * PatientWeight [kg] * 1000 [g/kg] / dose [Bq]``, with
-  ``dose = RadionuclideTotalDose * 2 ** (-(t_ref - t_inj) / RadionuclideHalfLife)`` when
-  ``DecayCorrection`` (0054,1102) is ``START`` (decay of the injected dose to the series start),
-  and ``dose = RadionuclideTotalDose`` when it is ``ADMIN``. Tags: ``PatientWeight`` (0010,1030);
-  in ``RadiopharmaceuticalInformationSequence`` (0054,0016): ``RadionuclideTotalDose`` (0018,1074, Bq),
-  ``RadionuclideHalfLife`` (0018,1075, s), ``RadiopharmaceuticalStartDateTime`` (0018,1078) or
-  ``RadiopharmaceuticalStartTime`` (0018,1072); ``t_ref`` = ``SeriesDate/SeriesTime`` (0008,0021/0031),
-  else ``AcquisitionTime`` (0008,0032). Values already in ``GML`` (g/ml, i.e. SUV) are kept. Without the
-  tags the values are left in their stored units and ``meta["suv_factor"]`` is absent,
-* stores the DICOM modality in ``meta["modality"]`` (``CT``, ``PET``, ``MRI``) so that
-  :class:`ModalityFromMetad` can fill an item's modality when the data list does not give it.
+  ``dose = RadionuclideTotalDose * 2 ** (-(t_ref - t_inj) / RadionuclideHalfLife)`` when ``DecayCorrection``
+  (0054,1102) is ``START`` and ``dose = RadionuclideTotalDose`` when it is ``ADMIN``; ``t_inj`` from
+  ``RadiopharmaceuticalStartDateTime`` (0018,1078) or ``RadiopharmaceuticalStartTime`` (0018,1072),
+  ``t_ref`` from ``SeriesDate/SeriesTime`` (0008,0021/0031) else ``AcquisitionDate/Time``. ``Units`` GML is SUV
+  already. PET that cannot become SUV (``Units`` CNTS, BQML without ``PatientWeight``, dose, half-life or
+  times, ``DecayCorrection`` NONE) is refused naming the missing tags, unless the user declares the units
+  (``pet_units="SUV"``: the rescaled values are SUV).
+* **Modality**: the one alias table is :data:`custom.data.settings.MODALITY_ALIASES`; ``meta["modality"]`` is the
+  task modality or None, ``meta["dicom_modality"]`` the raw tag (so ``OT`` is reported as unsupported, not
+  missing).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import gzip
 import os
-from collections.abc import Hashable, Mapping
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,25 +50,254 @@ import pydicom
 from monai.config import KeysCollection
 from monai.data import NibabelReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform
+from pydicom.dataset import FileDataset
+
+from custom.data.settings import MODALITY_ALIASES, canonical_modality
 
 __all__ = [
     "DICOM_TO_MODALITY",
     "MAX_VOXELS",
+    "PET_UNITS",
     "suv_factor",
+    "missing_suv_tags",
+    "pet_suv_factor",
     "DicomReader",
+    "NiftiReader",
+    "DicomSeries",
     "ModalityFromMetad",
     "is_dicom",
+    "is_nifti",
     "check_nifti_header",
+    "nifti_image",
+    "nifti_source_meta",
+    "verify_gzip",
+    "read_dicom_header",
+    "dicom_series",
     "dicom_series_files",
+    "modality_error",
     "load_image",
 ]
 
-DICOM_TO_MODALITY = {"CT": "CT", "PT": "PET", "PET": "PET", "MR": "MRI", "MRI": "MRI"}
-MAX_VOXELS = 2**30  # 4 GiB as float32: a header declaring more is refused before any voxel is read
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_TO_MODALITY = MODALITY_ALIASES  # the one alias table (kept under its old name for imports)
+MAX_VOXELS = 2**31  # 8 GiB as float32: a header declaring more is refused before any voxel is read
+PET_UNITS = ("SUV",)  # units a user may declare for PET that cannot be converted (pet_units)
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+_OTHER_IMAGE_SUFFIXES = (".mgz", ".nrrd", ".mha", ".mhd", ".bin", ".png", ".jpg", ".json", ".txt")
+_POSITION_TOL = 1e-3  # mm: two slices closer than this along the normal are duplicates
+_GAP_FACTOR = 1.5  # a step larger than this times the smallest step is a missing slice
+_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 
 
-def _parse_time(date: str | None, time: str | None) -> _dt.datetime | None:
+def _file_key(path: str) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return os.path.realpath(path), int(st.st_size), int(st.st_mtime_ns)
+
+
+class _Cache:
+    """Small thread-safe LRU cache keyed by (realpath, size, mtime) so a changed file is read again."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        return None
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self.lock:
+            self.data[key] = value
+            self.data.move_to_end(key)
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+
+
+_HEADERS = _Cache(100_000)  # DICOM headers (pixel data deferred, i.e. left on disk)
+_GZIP_OK = _Cache(10_000)  # .nii.gz files whose whole stream (CRC, length) was checked
+_SERIES = _Cache(2_000)  # checked series: tuple of file keys -> DicomSeries
+
+
+# ----------------------------------------------------------------------------------------------------------- sniffing
+def is_nifti(path: str | os.PathLike) -> bool:
+    """True for a ``.nii`` / ``.nii.gz`` file name."""
+    return os.fspath(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """True for a DICOM series folder or a DICOM file (by suffix or by the DICM preamble)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return True
+    if path.lower().endswith(DICOM_SUFFIXES):
+        return True
+    if is_nifti(path) or path.lower().endswith(_OTHER_IMAGE_SUFFIXES):
+        return False
+    try:
+        return bool(pydicom.misc.is_dicom(path))
+    except OSError:
+        return False
+
+
+# -------------------------------------------------------------------------------------------------------------- NIfTI
+def verify_gzip(path: str | os.PathLike) -> None:
+    """Decompress a gzip file to its end (CRC and length checked), once per file version.
+
+    nibabel reads only the bytes the voxels need, so a damaged trailer or a truncated stream would go unnoticed.
+
+    Raises:
+        ValueError: truncated stream, CRC / length mismatch or corrupt data (the message names the file).
+    """
+    path = os.fspath(path)
+    key = _file_key(path)
+    if _GZIP_OK.get(key):
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except EOFError as e:
+        raise ValueError(f"{path}: truncated compressed file, the gzip stream ends early ({e}).") from e
+    except (gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise ValueError(f"{path}: corrupt compressed file, gzip CRC or data check failed ({e}).") from e
+    _GZIP_OK.put(key, True)
+
+
+def nifti_image(path: str | os.PathLike, max_voxels: int = MAX_VOXELS, verify: bool = True) -> Any:
+    """Open a NIfTI file (header only) after the checks of the module docstring.
+
+    Args:
+        path: the ``.nii``/``.nii.gz`` file.
+        max_voxels: largest accepted number of voxels.
+        verify: also check the whole gzip stream of a ``.nii.gz`` (:func:`verify_gzip`).
+
+    Returns:
+        the nibabel image (voxels still on disk, scaling in its array proxy).
+
+    Raises:
+        ValueError: missing, empty, corrupt, truncated, oversized, complex / RGB / non-scalar (names the file).
+    """
+    import nibabel as nib  # local: nibabel is only needed for NIfTI
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: file not found.")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a NIfTI image.")
+    try:
+        img = nib.load(path)
+        shape = tuple(int(s) for s in img.shape)
+        dtype = np.dtype(img.get_data_dtype())
+        offset = int(img.header.get("vox_offset", 0) or 0)
+    except Exception as e:  # nibabel raises several types for a corrupt header or a non-gzip .gz
+        raise ValueError(
+            f"{path}: unreadable NIfTI header, corrupt or not a NIfTI file ({type(e).__name__}: {e})."
+        ) from e
+    if not shape or min(shape) <= 0:
+        raise ValueError(f"{path}: invalid image dimensions {shape} in the NIfTI header.")
+    if dtype.kind == "c":
+        raise ValueError(f"{path}: complex voxel type {dtype} is not supported; only real scalar images are.")
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise ValueError(f"{path}: RGB / vector voxel type {dtype} is not supported; only real scalar images are.")
+    voxels = int(np.prod(shape, dtype=np.float64))
+    if voxels > max_voxels:
+        raise ValueError(
+            f"{path}: header declares shape {shape} ({voxels:.3g} voxels), larger than the limit of {max_voxels:.3g} "
+            "voxels; refusing to allocate it (corrupt header?)."
+        )
+    if not path.lower().endswith(".gz") and size < offset + voxels * dtype.itemsize:
+        raise ValueError(
+            f"{path}: truncated NIfTI file ({size} bytes, the header declares {offset + voxels * dtype.itemsize})."
+        )
+    if verify and path.lower().endswith(".gz"):
+        verify_gzip(path)
+    return img
+
+
+def check_nifti_header(path: str | os.PathLike, max_voxels: int = MAX_VOXELS) -> tuple[int, ...]:
+    """Sanity-check a NIfTI header without reading the voxels (see :func:`nifti_image`); returns the shape."""
+    return tuple(int(s) for s in nifti_image(path, max_voxels, verify=False).shape)
+
+
+def nifti_source_meta(img: Any) -> dict[str, Any]:
+    """On-disk type and scaling of a loaded NIfTI image, for the writer (``source_*`` meta keys).
+
+    nibabel moves ``scl_slope``/``scl_inter`` into the array proxy (the header then reports no scaling), so they
+    are taken from the proxy; an unscaled file gives slope 1, intercept 0.
+    """
+    slope = float(getattr(img.dataobj, "slope", 1.0))
+    inter = float(getattr(img.dataobj, "inter", 0.0))
+    return {
+        "source_format": "nifti",
+        "source_dtype": np.dtype(img.get_data_dtype()).str,  # e.g. "|u1", "<i2", ">f4": np.dtype() reads it
+        "source_scl_slope": slope if np.isfinite(slope) and slope != 0 else 1.0,
+        "source_scl_inter": inter if np.isfinite(inter) else 0.0,
+    }
+
+
+def _finite(data: np.ndarray, path: str) -> np.ndarray:
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise ValueError(f"{path}: non-finite values (NaN or inf) in the image.")
+    return data
+
+
+class NiftiReader(NibabelReader):
+    """MONAI ``NibabelReader`` with the NIfTI rules of the module docstring (checks, gzip CRC, source meta)."""
+
+    def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
+        names = [os.fspath(n) for n in (data if isinstance(data, (list, tuple)) else [data])]
+        for name in names:
+            nifti_image(name)  # refuse before MONAI's reader allocates anything
+        return super().read(names if len(names) > 1 else names[0], **kwargs)
+
+    def _get_meta_dict(self, img: Any) -> dict:
+        meta = super()._get_meta_dict(img)
+        meta.update(nifti_source_meta(img))
+        return meta
+
+    def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
+        try:
+            data = np.asanyarray(img.dataobj, order="C")  # scaling applied: physical values
+        except Exception as e:  # truncated or corrupt voxel data
+            raise ValueError(f"{filename}: unreadable NIfTI voxel data ({type(e).__name__}: {e}).") from e
+        return _finite(data, str(filename))
+
+
+# -------------------------------------------------------------------------------------------------------------- DICOM
+def read_dicom_header(path: str | os.PathLike) -> FileDataset:
+    """The dataset of a DICOM file with its pixel data left on disk (deferred), read once per file version.
+
+    Raises:
+        ValueError: not a readable DICOM file (the message names it).
+    """
+    path = os.fspath(path)
+    key = _file_key(path)
+    ds = _HEADERS.get(key)
+    if ds is None:
+        try:
+            ds = pydicom.dcmread(path, defer_size=4096)
+        except Exception as e:  # pydicom raises many types for broken files
+            raise ValueError(f"{path}: unreadable DICOM file ({type(e).__name__}: {e}).") from e
+        _HEADERS.put(key, ds)
+    return ds
+
+
+def _fresh(ds: FileDataset) -> FileDataset:
+    """A new dataset sharing the cached header's elements; reading its pixel data leaves the cache untouched."""
+    out = FileDataset(ds.filename, dict(ds._dict), preamble=ds.preamble, file_meta=ds.file_meta)
+    out.set_original_encoding(*ds.original_encoding, character_encoding=ds.original_character_set)
+    return out
+
+
+def _tag_value(ds: Any, name: str, default: Any = None) -> Any:
+    value = getattr(ds, name, default)
+    return default if value is None or value == "" else value
+
+
+def _parse_time(date: Any, time: Any) -> _dt.datetime | None:
     if not time:
         return None
     time = str(time).split(".")[0].ljust(6, "0")[:6]
@@ -60,79 +308,387 @@ def _parse_time(date: str | None, time: str | None) -> _dt.datetime | None:
         return None
 
 
+def _suv(ds: Any) -> tuple[float | None, list[str]]:
+    """(factor, missing tags / reasons) of a PET dataset; factor None when it cannot be computed."""
+    units = str(_tag_value(ds, "Units", "")).upper()
+    if units == "GML":
+        return 1.0, []
+    if not units:
+        return None, ["Units (0054,1001)"]
+    if units != "BQML":
+        return None, [f"Units {units} (only BQML or GML can become SUV)"]
+    missing = []
+    weight = float(_tag_value(ds, "PatientWeight", 0) or 0)
+    if not weight > 0:
+        missing.append("PatientWeight (0010,1030)")
+    seq = _tag_value(ds, "RadiopharmaceuticalInformationSequence", None)
+    info = seq[0] if seq else None
+    if info is None:
+        missing.append("RadiopharmaceuticalInformationSequence (0054,0016)")
+    dose = float(_tag_value(info, "RadionuclideTotalDose", 0) or 0) if info is not None else 0.0
+    if info is not None and not dose > 0:
+        missing.append("RadionuclideTotalDose (0018,1074)")
+    decay = str(_tag_value(ds, "DecayCorrection", "")).upper()
+    if not decay:
+        missing.append("DecayCorrection (0054,1102)")
+    elif decay not in ("START", "ADMIN"):
+        missing.append(f"DecayCorrection {decay} (only START or ADMIN)")
+    factor_dose = dose
+    if decay == "START" and info is not None:
+        half_life = float(_tag_value(info, "RadionuclideHalfLife", 0) or 0)
+        if not half_life > 0:
+            missing.append("RadionuclideHalfLife (0018,1075)")
+        start = _tag_value(info, "RadiopharmaceuticalStartDateTime", None)
+        t_inj = _parse_time(str(start)[:8], str(start)[8:]) if start else None
+        t_inj = t_inj or _parse_time(
+            _tag_value(ds, "SeriesDate", None), _tag_value(info, "RadiopharmaceuticalStartTime", None)
+        )
+        if t_inj is None:
+            missing.append("RadiopharmaceuticalStartDateTime (0018,1078) or RadiopharmaceuticalStartTime (0018,1072)")
+        t_ref = _parse_time(_tag_value(ds, "SeriesDate", None), _tag_value(ds, "SeriesTime", None))
+        t_ref = t_ref or _parse_time(_tag_value(ds, "AcquisitionDate", None), _tag_value(ds, "AcquisitionTime", None))
+        if t_ref is None:
+            missing.append("SeriesTime (0008,0031) or AcquisitionTime (0008,0032)")
+        if not missing:
+            factor_dose = dose * 2.0 ** (-(t_ref - t_inj).total_seconds() / half_life)
+    if missing:
+        return None, missing
+    return weight * 1000.0 / factor_dose, []
+
+
 def suv_factor(ds: Any) -> float | None:
-    """Body-weight SUV scale factor of a PET DICOM dataset (multiply rescaled Bq/ml values by it).
+    """Body-weight SUV scale factor of a PET dataset (module docstring), None when the tags do not allow it."""
+    return _suv(ds)[0]
+
+
+def missing_suv_tags(ds: Any) -> list[str]:
+    """The tags (or tag values) that prevent the SUV conversion of a PET dataset; empty when it is possible."""
+    return _suv(ds)[1]
+
+
+def pet_suv_factor(ds: Any, where: str, pet_units: str | None = None) -> float:
+    """SUV factor of a PET dataset, or the declared units' factor.
 
     Args:
-        ds: a ``pydicom.Dataset`` of a PET slice.
+        ds: a PET slice's dataset.
+        where: file name used in the message.
+        pet_units: None (convert from the tags) or ``"SUV"`` (the rescaled values are SUV: factor 1).
 
     Returns:
-        the factor, 1.0 when the values are already SUV (``Units`` = ``GML``), or None when a tag needed
-        by the formula (module docstring) is missing or not positive.
+        the factor that turns rescaled values into SUV.
+
+    Raises:
+        ValueError: unknown ``pet_units``, or the conversion is impossible (names the file and the missing tags).
     """
-    units = str(getattr(ds, "Units", "")).upper()
-    if units == "GML":
+    if pet_units is not None:
+        if str(pet_units).upper() not in PET_UNITS + ("GML",):
+            raise ValueError(f"{where}: pet_units {pet_units!r} not understood; expected one of {PET_UNITS} or null.")
         return 1.0
-    if units not in ("BQML", ""):
-        return None
-    weight = float(getattr(ds, "PatientWeight", 0) or 0)
-    seq = getattr(ds, "RadiopharmaceuticalInformationSequence", None)
-    if weight <= 0 or not seq:
-        return None
-    info = seq[0]
-    dose = float(getattr(info, "RadionuclideTotalDose", 0) or 0)
-    half_life = float(getattr(info, "RadionuclideHalfLife", 0) or 0)
-    if dose <= 0:
-        return None
-    decay = str(getattr(ds, "DecayCorrection", "START")).upper()
-    if decay == "START":
-        if half_life <= 0:
-            return None
-        start_dt = getattr(info, "RadiopharmaceuticalStartDateTime", None)
-        t_inj = _parse_time(str(start_dt)[:8], str(start_dt)[8:]) if start_dt else None
-        if t_inj is None:
-            t_inj = _parse_time(getattr(ds, "SeriesDate", None), getattr(info, "RadiopharmaceuticalStartTime", None))
-        t_ref = _parse_time(getattr(ds, "SeriesDate", None), getattr(ds, "SeriesTime", None))
-        t_ref = t_ref or _parse_time(getattr(ds, "AcquisitionDate", None), getattr(ds, "AcquisitionTime", None))
-        if t_inj is None or t_ref is None:
-            return None
-        elapsed = (t_ref - t_inj).total_seconds()
-        dose = dose * 2.0 ** (-elapsed / half_life)
-    return weight * 1000.0 / dose
+    factor, missing = _suv(ds)
+    if factor is None:
+        raise ValueError(
+            f"{where}: PET cannot be converted to SUV, missing or unusable: {'; '.join(missing)}. If the values are "
+            "SUV already, declare it with pet_units='SUV'."
+        )
+    return float(factor)
+
+
+def modality_error(where: str, dicom_modality: str | None) -> str:
+    """The message for a scan whose modality is unknown: unsupported tag value, or no tag at all."""
+    if dicom_modality:
+        return (
+            f"{where}: unsupported modality {dicom_modality} (DICOM Modality tag); supported: CT, PT, MR. Set "
+            "'modality' (CT, PET or MRI) in the config or data list if the image is one of them."
+        )
+    return f"{where}: no modality: set 'modality' (CT, PET or MRI) in the config or data list."
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One checked DICOM series: files sorted along the slice normal and their (pixel-deferred) headers."""
+
+    where: str
+    files: tuple[str, ...]
+    headers: tuple[Any, ...]
+    positions: tuple[float, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        ds = self.headers[0]
+        return (int(ds.Rows), int(ds.Columns)) + ((len(self.files),) if len(self.files) > 1 else ())
+
+
+def _has_pixels(ds: Any) -> bool:
+    return any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def _check_pixel_header(ds: Any, path: str) -> None:
+    """Refuse, from the header, images whose pixels would not read back as one grey-level plane of the right size."""
+    spp = int(_tag_value(ds, "SamplesPerPixel", 1))
+    photometric = str(_tag_value(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if spp != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(
+            f"{path}: colour image (SamplesPerPixel {spp}, PhotometricInterpretation {photometric}); only grey-level "
+            "(MONOCHROME) images are supported."
+        )
+    frames = int(_tag_value(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ValueError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; use one file per slice.")
+    if "PixelData" not in ds:
+        return
+    bits = int(_tag_value(ds, "BitsAllocated", 0) or 0)
+    stored = int(_tag_value(ds, "BitsStored", bits) or bits)
+    if bits not in (8, 16, 32):
+        raise ValueError(f"{path}: BitsAllocated {bits} is not supported (8, 16 or 32).")
+    if not 0 < stored <= bits:
+        raise ValueError(f"{path}: BitsStored {stored} does not fit BitsAllocated {bits}.")
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2.1"))
+    elem = ds.get_item("PixelData")
+    length = getattr(elem, "length", None)
+    if syntax in _NATIVE_SYNTAXES and length not in (None, 0xFFFFFFFF):
+        expected = int(ds.Rows) * int(ds.Columns) * bits // 8
+        if length not in (expected, expected + 1):
+            raise ValueError(
+                f"{path}: pixel data holds {length} bytes but Rows x Columns x BitsAllocated/8 = {ds.Rows} x "
+                f"{ds.Columns} x {bits}/8 = {expected} bytes (BitsAllocated {bits} does not match the data)."
+            )
+
+
+def _check_rescale(ds: Any, path: str) -> tuple[float, float]:
+    slope = _tag_value(ds, "RescaleSlope", None)
+    inter = _tag_value(ds, "RescaleIntercept", None)
+    slope = 1.0 if slope is None else float(slope)
+    inter = 0.0 if inter is None else float(inter)
+    if slope == 0 or not np.isfinite(slope) or not np.isfinite(inter):
+        raise ValueError(
+            f"{path}: invalid RescaleSlope {slope:g} / RescaleIntercept {inter:g} (0028,1053/1052): the slope must "
+            "be finite and non-zero."
+        )
+    return slope, inter
+
+
+def _sort_series(where: str, entries: list[tuple[str, Any]]) -> tuple[list[tuple[str, Any]], list[float]]:
+    """Sort along the slice normal (else InstanceNumber) and apply the one duplicate and gap rule."""
+    names = lambda i, j: f"{os.path.basename(entries[i][0])} and {os.path.basename(entries[j][0])}"  # noqa: E731
+    if len(entries) == 1:
+        return entries, [0.0]
+    orientations = [_tag_value(ds, "ImageOrientationPatient", None) for _, ds in entries]
+    ipps = [_tag_value(ds, "ImagePositionPatient", None) for _, ds in entries]
+    if all(o is not None for o in orientations) and all(p is not None for p in ipps):
+        iop = np.asarray(orientations[0], float)
+        for (f, _), o in zip(entries, orientations):
+            if not np.allclose(np.asarray(o, float), iop, atol=1e-4):
+                raise ValueError(f"{where}: slices with different ImageOrientationPatient ({os.path.basename(f)}).")
+        normal = np.cross(iop[:3], iop[3:])
+        keys = [float(np.dot(normal, np.asarray(p, float))) for p in ipps]
+        label = "slice position along the normal (ImagePositionPatient)"
+    else:
+        numbers = [_tag_value(ds, "InstanceNumber", None) for _, ds in entries]
+        if any(n is None for n in numbers):
+            raise ValueError(f"{where}: cannot order the slices: neither ImagePositionPatient nor InstanceNumber.")
+        keys = [float(n) for n in numbers]
+        label = "InstanceNumber"
+    order = np.argsort(keys, kind="stable")
+    keys_sorted = [keys[i] for i in order]
+    steps = np.diff(keys_sorted)
+    tol = _POSITION_TOL if label != "InstanceNumber" else 0.5
+    dup = np.flatnonzero(steps < tol)
+    if dup.size:
+        i, j = int(order[dup[0]]), int(order[dup[0] + 1])
+        raise ValueError(f"{where}: duplicate slice, {names(i, j)} have the same {label} ({keys[i]:.4g}).")
+    step = float(steps.min()) if label != "InstanceNumber" else 1.0
+    if (steps > _GAP_FACTOR * step + 1e-6).any():
+        raise ValueError(
+            f"{where}: missing slice(s): {label} jumps by {float(steps.max()):.4g} between slices spaced {step:.4g}."
+        )
+    return [entries[i] for i in order], keys_sorted
+
+
+def dicom_series(source: str | os.PathLike | Sequence[str | os.PathLike], where: str | None = None) -> DicomSeries:
+    """Check a DICOM series from its headers (each read once, cached) and sort it.
+
+    Args:
+        source: a series folder (its DICOM files; non-DICOM files are ignored as MONAI does), one file, or a
+            list of files.
+        where: name used in messages (default: the folder or file).
+
+    Returns:
+        the :class:`DicomSeries`.
+
+    Raises:
+        ValueError: no DICOM file, mixed series, no pixel data, unsupported pixel format, bad rescale, slices of
+            different size / spacing / orientation, duplicate or missing slices, too many voxels (names the
+            folder and the file).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise ValueError(f"{path}: file not found.")
+        if os.path.isdir(path):
+            files = [os.path.join(path, n) for n in sorted(os.listdir(path))]
+            files = [f for f in files if os.path.isfile(f) and not os.path.basename(f).startswith(".")]
+            folder = True
+        else:
+            files, folder = [path], False
+        where = where or path
+    else:
+        files, folder = [os.fspath(f) for f in source], False
+        where = where or (os.path.dirname(files[0]) if files else "series")
+    if not files:
+        raise ValueError(f"{where}: no DICOM file in the series folder (empty folder).")
+    key = tuple(_file_key(f) for f in files)
+    cached = _SERIES.get((where, key))
+    if cached is not None:
+        return cached
+    entries = []
+    for f in files:
+        if os.path.getsize(f) == 0:
+            if folder:
+                continue
+            raise ValueError(f"{f}: empty file (0 bytes).")
+        if folder and not f.lower().endswith(DICOM_SUFFIXES) and not is_dicom(f):
+            continue
+        try:
+            entries.append((f, read_dicom_header(f)))
+        except ValueError:
+            if folder:  # a non-DICOM file in a series folder is not part of the series
+                continue
+            raise
+    if not entries:
+        raise ValueError(f"{where}: no DICOM file in the series folder.")
+    uids = sorted({str(_tag_value(ds, "SeriesInstanceUID", "")) for _, ds in entries})
+    if len(uids) > 1:
+        raise ValueError(
+            f"{where}: mixed series, {len(uids)} SeriesInstanceUIDs in one folder ({', '.join(uids)}); "
+            "put each series in its own folder."
+        )
+    no_pixels = [(f, ds) for f, ds in entries if not _has_pixels(ds)]
+    if no_pixels:
+        f, ds = no_pixels[0]
+        raise ValueError(
+            f"{where}: no pixel data in {os.path.basename(f)} (Modality {_tag_value(ds, 'Modality', '?')}, SOP class "
+            f"{_tag_value(ds, 'SOPClassUID', '?')}): not an image"
+            + (f" ({len(no_pixels)} such files)." if len(no_pixels) > 1 else ".")
+        )
+    for f, ds in entries:
+        _check_pixel_header(ds, f)
+        _check_rescale(ds, f)
+    sizes = sorted({(int(ds.Rows), int(ds.Columns)) for _, ds in entries})
+    if len(sizes) > 1:
+        raise ValueError(f"{where}: slices of different sizes {sizes} in one series.")
+    spacings = [_tag_value(ds, "PixelSpacing", None) for _, ds in entries]
+    if any(s is not None for s in spacings) and not all(
+        s is not None and np.allclose(np.asarray(s, float), np.asarray(spacings[0], float), rtol=1e-4) for s in spacings
+    ):
+        raise ValueError(f"{where}: slices with different PixelSpacing in one series.")
+    voxels = sizes[0][0] * sizes[0][1] * len(entries)
+    if voxels > MAX_VOXELS:
+        raise ValueError(f"{where}: {voxels:.3g} voxels, larger than the limit of {MAX_VOXELS:.3g} voxels.")
+    entries, positions = _sort_series(where, entries)
+    series = DicomSeries(where, tuple(f for f, _ in entries), tuple(ds for _, ds in entries), tuple(positions))
+    _SERIES.put((where, key), series)
+    return series
+
+
+def dicom_series_files(folder: str | os.PathLike) -> list[str]:
+    """Files of a DICOM series in slice order, after :func:`dicom_series`'s checks (headers only)."""
+    return list(dicom_series(folder).files)
 
 
 class DicomReader(PydicomReader):
-    """MONAI ``PydicomReader`` that also converts PET to SUV and records the modality in the meta data.
+    """MONAI ``PydicomReader`` with the series, rescale, PET and modality rules of the module docstring.
 
-    Use it as ``LoadImaged(keys, reader=DicomReader)`` (or ``reader="$custom.data.DicomReader"`` in a
-    config) for DICOM files and series folders. Rescale slope/intercept are applied by ``PydicomReader``.
+    ``read`` takes a series folder, a file or a list of files of one series (a list is one series here, not
+    channels); ``get_data`` stacks the slices along the last axis in :func:`dicom_series` order.
 
     Args:
-        suv: convert PET slices to body-weight SUV when the tags allow it (see module docstring).
-        kwargs: forwarded to ``monai.data.PydicomReader`` (e.g. ``swap_ij``, ``prune_metadata``).
+        suv: convert PET to SUV (refused when impossible, see :func:`pet_suv_factor`).
+        pet_units: declared PET units (``"SUV"``) for PET that cannot be converted; None converts from the tags.
+        kwargs: forwarded to ``monai.data.PydicomReader`` (e.g. ``swap_ij``).
     """
 
-    def __init__(self, suv: bool = True, **kwargs: Any) -> None:
+    def __init__(self, suv: bool = True, pet_units: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.suv = suv
+        self.pet_units = pet_units
+        self.series: DicomSeries | None = None
+
+    def verify_suffix(self, filename: Sequence[Any] | Any) -> bool:
+        names = filename if isinstance(filename, (list, tuple)) else [filename]
+        return all(is_dicom(n) for n in names)
+
+    def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
+        names = [os.fspath(n) for n in (data if isinstance(data, (list, tuple)) else [data])]
+        series = dicom_series(names[0] if len(names) == 1 else names)
+        return self.read_series(series)
+
+    def read_series(self, series: DicomSeries, index: int | None = None) -> Any:
+        """Read the pixels of a checked series (all slices, or slice ``index``); headers come from the cache.
+
+        Returns:
+            a dataset (one slice) or a list of datasets (``get_data`` input).
+        """
+        self.series = series
+        picks = range(len(series.files)) if index is None else [index]
+        datasets = []
+        for i in picks:
+            ds = _fresh(series.headers[i])
+            try:
+                arr = ds.pixel_array
+            except Exception as e:  # pydicom raises many types for broken pixel data / missing decoders
+                raise ValueError(f"{series.files[i]}: unreadable DICOM pixel data ({type(e).__name__}: {e}).") from e
+            if arr.ndim != 2:
+                raise ValueError(f"{series.files[i]}: expected one grey-level plane, got pixel array {arr.shape}.")
+            datasets.append(ds)
+        self.filenames = [[series.files[i] for i in picks]] if len(datasets) > 1 else [series.files[picks[0]]]
+        self.has_series = len(datasets) > 1
+        return datasets if len(datasets) > 1 else datasets[0]
+
+    def _factor(self, img: Any, filename: Any) -> float:
+        if self.suv and str(_tag_value(img, "Modality", "")).upper() == "PT":
+            return pet_suv_factor(img, str(filename), self.pet_units)
+        return 1.0
 
     def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
-        data = super()._get_array_data(img, filename)
-        if self.suv and str(getattr(img, "Modality", "")).upper() == "PT":
-            factor = suv_factor(img)
-            if factor is not None:
-                data = np.asarray(data, dtype=np.float32) * np.float32(factor)
-        return data
+        slope, inter = _check_rescale(img, str(filename))
+        data = img.pixel_array.astype(np.float32)
+        if slope != 1 or inter != 0:
+            data = data * np.float32(slope) + np.float32(inter)
+        factor = self._factor(img, filename)
+        if factor != 1.0:
+            data = data * np.float32(factor)
+        return _finite(data, str(filename))
+
+    def _combine_dicom_series(self, data: Sequence[Any], filenames: Sequence[Any]) -> tuple[np.ndarray, dict]:
+        arrays = [self._get_array_data(ds, f) for ds, f in zip(data, filenames)]
+        meta = self._get_meta_dict(data[0])
+        spacing = [float(v) for v in _tag_value(data[0], "PixelSpacing", [1.0, 1.0])]
+        if self.series is not None and len(self.series.positions) > 1:
+            spacing.append(float(np.mean(np.diff(self.series.positions))))
+        meta["spacing"] = np.asarray(spacing)
+        if _tag_value(data[-1], "ImagePositionPatient", None) is not None:
+            meta["lastImagePositionPatient"] = np.asarray(data[-1].ImagePositionPatient, dtype=float)
+        meta["spatial_shape"] = arrays[0].shape + (len(arrays),)
+        self._series_meta(meta, data, filenames)
+        return np.stack(arrays, axis=-1), meta
+
+    def _series_meta(self, meta: dict, data: Sequence[Any], filenames: Sequence[Any]) -> None:
+        meta["rescale_slopes"] = [_check_rescale(ds, str(f))[0] for ds, f in zip(data, filenames)]
+        meta["rescale_intercepts"] = [_check_rescale(ds, str(f))[1] for ds, f in zip(data, filenames)]
+        meta["suv_factors"] = [self._factor(ds, f) for ds, f in zip(data, filenames)]
+        meta["source_files"] = [str(f) for f in filenames]
 
     def _get_meta_dict(self, img: Any) -> dict:
         meta = super()._get_meta_dict(img)
-        dicom_modality = str(getattr(img, "Modality", "")).upper()
-        if dicom_modality:
-            meta["modality"] = DICOM_TO_MODALITY.get(dicom_modality, dicom_modality)
-        if self.suv and dicom_modality == "PT":
-            factor = suv_factor(img)
-            if factor is not None:
-                meta["suv_factor"] = factor
+        tag = str(_tag_value(img, "Modality", "")).upper()
+        meta["dicom_modality"] = tag
+        meta["modality"] = canonical_modality(tag)
+        meta["source_format"] = "dicom"
+        meta["transfer_syntax"] = str(getattr(getattr(img, "file_meta", None), "TransferSyntaxUID", ""))
+        if tag == "PT":
+            meta["pet_units"] = str(self.pet_units or _tag_value(img, "Units", ""))
+        if not self.has_series:  # a single slice: its own per-slice lists
+            self._series_meta(meta, [img], [getattr(img, "filename", "")])
         return meta
 
 
@@ -145,7 +701,8 @@ class ModalityFromMetad(MapTransform):
         allow_missing_keys: don't raise if an image key is absent.
 
     Raises:
-        ValueError: the item has no modality and no image carries a modality tag (the message names the file).
+        ValueError: the item has no modality and no image carries a supported modality tag (names the file:
+            "unsupported modality OT" or "no modality").
     """
 
     def __init__(self, keys: KeysCollection, modality_key: str = "modality", allow_missing_keys: bool = False) -> None:
@@ -155,173 +712,75 @@ class ModalityFromMetad(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if d.get(self.modality_key):
-            d[self.modality_key] = DICOM_TO_MODALITY.get(str(d[self.modality_key]).upper(), d[self.modality_key])
+            d[self.modality_key] = canonical_modality(d[self.modality_key]) or d[self.modality_key]
             return d
-        names = []
+        names, tags = [], []
         for key in self.key_iterator(d):
             meta = getattr(d[key], "meta", {}) or {}
             names.append(str(meta.get("filename_or_obj", key)))
             if meta.get("modality"):
                 d[self.modality_key] = meta["modality"]
                 return d
-        raise ValueError(f"{', '.join(names) or 'item'}: no modality in the data list and no DICOM Modality tag.")
+            if meta.get("dicom_modality"):
+                tags.append(str(meta["dicom_modality"]))
+        raise ValueError(modality_error(", ".join(names) or "item", tags[0] if tags else None))
 
 
-def is_dicom(path: str | os.PathLike) -> bool:
-    """True for a DICOM series folder or a DICOM file (by suffix or by the DICM preamble)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return True
-    if path.lower().endswith((".dcm", ".dicom", ".ima")):
-        return True
-    if path.lower().endswith((".nii", ".nii.gz", ".mgz", ".nrrd", ".mha", ".mhd")):
-        return False
-    try:
-        return bool(pydicom.misc.is_dicom(path))
-    except OSError:
-        return False
+_LOADER: LoadImage | None = None
 
 
-def check_nifti_header(path: str | os.PathLike, max_voxels: int = MAX_VOXELS) -> tuple[int, ...]:
-    """Read and sanity-check a NIfTI header without reading the voxels.
+def load_image(
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    dicom_suv: bool = True,
+    pet_units: str | None = None,
+    swap_ij: bool = True,
+) -> Any:
+    """Read one image (NIfTI file, DICOM file, DICOM series folder or list of one series' files).
+
+    Uses MONAI's ``LoadImage`` with :class:`NiftiReader` / :class:`DicomReader`.
 
     Args:
-        path: the ``.nii``/``.nii.gz`` file.
-        max_voxels: largest accepted number of voxels (protects memory from absurd declared dimensions).
+        path: the file, folder or list of DICOM files.
+        dicom_suv: convert PET DICOM to SUV.
+        pet_units: declared PET units (see :func:`pet_suv_factor`).
+        swap_ij: DICOM array layout (Columns, Rows[, slices]) as MONAI's default; False gives (Rows, Columns[, ...]).
 
     Returns:
-        the declared shape.
+        a float32 ``MetaTensor`` without channel axis, shape (H, W) or (H, W, D) (other shapes as stored), with
+        ``filename_or_obj``, ``affine``, the source headers and the ``source_*`` keys in its meta.
 
     Raises:
-        ValueError: empty file, unparsable/corrupt header, non-positive or too large dimensions, or an uncompressed
-            file shorter than its header declares (the message names the file and the problem).
+        ValueError: missing, empty, corrupt, truncated, oversized, non-scalar or non-finite image, bad DICOM series or
+            PET that cannot become SUV; the message names the file and the problem.
     """
-    import nibabel as nib  # local: nibabel is only needed for NIfTI
+    global _LOADER
+    many = isinstance(path, (list, tuple))
+    first = os.fspath(path[0]) if many and path else os.fspath(path) if not many else ""
+    name = first if not many else os.path.dirname(first) or first
+    if not many:
+        if not os.path.exists(first):
+            raise ValueError(f"{first}: file not found.")
+        if first.lower().endswith(".bin"):  # the authors' pickled training patches (custom/data/pickled.py)
+            from custom.data.pickled import load_pickled_image
 
-    path = os.fspath(path)
-    size = os.path.getsize(path)
-    if size == 0:
-        raise ValueError(f"{path}: empty file (0 bytes), not a NIfTI image.")
+            return load_pickled_image(first)
+        if os.path.isfile(first) and os.path.getsize(first) == 0:
+            raise ValueError(f"{first}: empty file (0 bytes).")
+    if many or is_dicom(first):
+        reader: Any = DicomReader(suv=dicom_suv, pet_units=pet_units, swap_ij=swap_ij)
+    elif is_nifti(first):
+        reader = NiftiReader()
+    else:
+        raise ValueError(f"{first}: unsupported file type (expected .nii, .nii.gz or DICOM).")
+    if _LOADER is None:
+        _LOADER = LoadImage(image_only=True, dtype=np.float32)
     try:
-        nii = nib.load(path)
-        shape = tuple(int(s) for s in nii.shape)
-        itemsize = np.dtype(nii.get_data_dtype()).itemsize
-        offset = int(nii.header.get("vox_offset", 0) or 0)
-    except Exception as e:  # nibabel raises several types for a corrupt header or a non-gzip .gz
-        raise ValueError(
-            f"{path}: unreadable NIfTI header, corrupt or not a NIfTI file ({type(e).__name__}: {e})."
-        ) from e
-    if not shape or min(shape) <= 0:
-        raise ValueError(f"{path}: invalid image dimensions {shape} in the NIfTI header.")
-    voxels = int(np.prod(shape, dtype=np.float64))
-    if voxels > max_voxels:
-        raise ValueError(
-            f"{path}: header declares shape {shape} ({voxels:.3g} voxels), larger than the limit of {max_voxels:.3g} "
-            "voxels; refusing to allocate it (corrupt header?)."
-        )
-    if not path.lower().endswith(".gz") and size < offset + voxels * itemsize:
-        raise ValueError(
-            f"{path}: truncated NIfTI file ({size} bytes, the header declares {offset + voxels * itemsize})."
-        )
-    return shape
-
-
-def dicom_series_files(folder: str | os.PathLike) -> list[str]:
-    """Files of a DICOM series folder ordered by InstanceNumber, after checking the series (headers only).
-
-    Non-DICOM files are skipped, as MONAI's ``PydicomReader`` does.
-
-    Args:
-        folder: the series folder.
-
-    Returns:
-        the image files in slice order.
-
-    Raises:
-        ValueError: no DICOM file, more than one ``SeriesInstanceUID``, a file without pixel data (e.g. a
-            structured report), or missing slices (a gap in ``InstanceNumber`` or in the slice positions along
-            the slice normal). The message names the folder and the offending files.
-    """
-    folder = os.fspath(folder)
-    entries = []
-    for name in sorted(os.listdir(folder)):
-        f = os.path.join(folder, name)
-        if not os.path.isfile(f):
-            continue
-        try:
-            ds = pydicom.dcmread(f, defer_size=1024)  # large values (pixel data) stay on disk, their tags are seen
-        except Exception:  # not a DICOM file
-            continue
-        entries.append((f, ds))
-    if not entries:
-        raise ValueError(f"{folder}: no DICOM file in the series folder.")
-    series = sorted({str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in entries})
-    if len(series) > 1:
-        raise ValueError(
-            f"{folder}: mixed series, {len(series)} SeriesInstanceUIDs in one folder ({', '.join(series)}); "
-            "put each series in its own folder."
-        )
-    no_pixels = [
-        f
-        for f, ds in entries
-        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds
-    ]
-    if no_pixels:
-        ds = dict(entries)[no_pixels[0]]
-        raise ValueError(
-            f"{folder}: no pixel data in {os.path.basename(no_pixels[0])} (Modality "
-            f"{getattr(ds, 'Modality', '?')}, SOP class {getattr(ds, 'SOPClassUID', '?')}): not an image"
-            + (f" ({len(no_pixels)} such files)." if len(no_pixels) > 1 else ".")
-        )
-    entries.sort(key=lambda e: int(getattr(e[1], "InstanceNumber", 0) or 0))
-    numbers = [int(getattr(ds, "InstanceNumber", 0) or 0) for _, ds in entries]
-    if len(entries) > 1 and all(numbers) and numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-        gaps = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
-        raise ValueError(
-            f"{folder}: missing slice(s), InstanceNumber {gaps[:10]} absent "
-            f"(have {len(numbers)} of {numbers[-1] - numbers[0] + 1})."
-        )
-    positions = [getattr(ds, "ImagePositionPatient", None) for _, ds in entries]
-    orientation = getattr(entries[0][1], "ImageOrientationPatient", None)
-    if len(entries) > 2 and orientation is not None and all(p is not None for p in positions):
-        normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-        steps = np.diff(sorted(float(np.dot(normal, np.asarray(p, float))) for p in positions))
-        if steps.size and np.median(steps) > 0 and np.max(steps) > 1.5 * np.median(steps):
-            raise ValueError(
-                f"{folder}: missing slice(s), slice spacing jumps from {np.median(steps):.3g} to "
-                f"{np.max(steps):.3g} mm (ImagePositionPatient)."
-            )
-    return [f for f, _ in entries]
-
-
-def load_image(path: str | os.PathLike, dicom_suv: bool = True) -> Any:
-    """Read one image (NIfTI file, DICOM file or DICOM series folder) with MONAI's ``LoadImage``.
-
-    Args:
-        path: the file or folder.
-        dicom_suv: convert PET DICOM to SUV (:class:`DicomReader`).
-
-    Returns:
-        a ``MetaTensor`` without channel axis, shape (H, W) or (H, W, D), with ``filename_or_obj`` in its meta.
-
-    Raises:
-        ValueError: missing, empty, corrupt, truncated or oversized file, or a bad DICOM series (see
-            :func:`check_nifti_header`, :func:`dicom_series_files`); the message names the file and the problem.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: file not found.")
-    dicom = is_dicom(path)
-    if os.path.isdir(path):
-        dicom_series_files(path)  # clear errors for empty, mixed, pixel-less or incomplete series
-    elif not dicom and path.lower().endswith(_NIFTI_SUFFIXES):
-        check_nifti_header(path)  # clear errors for empty, corrupt, huge or truncated files, before any allocation
-    elif os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: empty file (0 bytes).")
-    reader = DicomReader(suv=dicom_suv) if dicom else NibabelReader()
-    try:
-        return LoadImage(reader=reader, image_only=True)(path)
+        img = _LOADER([os.fspath(p) for p in path] if many else first, reader=reader)
+    except ValueError:
+        raise
     except EOFError as e:
-        raise ValueError(f"{path}: truncated compressed file, unreadable image ({e}).") from e
+        raise ValueError(f"{name}: truncated compressed file, unreadable image ({e}).") from e
     except Exception as e:  # readers raise many exception types
-        raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e}).") from e
+        raise ValueError(f"{name}: unreadable image ({type(e).__name__}: {e}).") from e
+    img.meta["filename_or_obj"] = name
+    return img

@@ -19,9 +19,36 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MODALITIES", "load_modality_settings", "validate_modality_settings", "get_modality_setting"]
+__all__ = [
+    "MODALITIES",
+    "MODALITY_ALIASES",
+    "canonical_modality",
+    "load_modality_settings",
+    "validate_modality_settings",
+    "get_modality_setting",
+]
 
 MODALITIES = ("CT", "PET", "MRI")
+# the one modality alias table: DICOM Modality (0008,0060) spellings and data-list spellings -> task modality
+MODALITY_ALIASES = {"CT": "CT", "PT": "PET", "PET": "PET", "MR": "MRI", "MRI": "MRI"}
+
+
+def canonical_modality(name: Any) -> str | None:
+    """The task modality (``CT``, ``PET``, ``MRI``) of a modality name, case-insensitive; None when unsupported.
+
+    Args:
+        name: e.g. ``"mr"``, ``"PT"``, ``"CT"``; a one-element sequence (batch collation) is accepted.
+
+    Returns:
+        the canonical name, or None for an empty or unsupported name (e.g. DICOM ``OT``).
+    """
+    if isinstance(name, (list, tuple)) and len(name) == 1:
+        name = name[0]
+    if name is None:
+        return None
+    return MODALITY_ALIASES.get(str(name).strip().upper())
+
+
 _REQUIRED = ("modality", "task", "units", "clip_range", "eval_window")
 
 
@@ -51,7 +78,7 @@ def validate_modality_settings(setting: Mapping[str, Any], where: str = "modalit
     if missing:
         raise ValueError(f"{where}: missing keys {missing}.")
     out = dict(setting)
-    out["modality"] = str(setting["modality"]).upper()
+    out["modality"] = canonical_modality(setting["modality"]) or str(setting["modality"]).upper()
     if out["modality"] not in MODALITIES:
         raise ValueError(f"{where}: unknown modality {setting['modality']!r}, expected one of {MODALITIES}.")
     out["clip_range"] = _check_range(setting["clip_range"], "clip_range", where)
@@ -108,11 +135,7 @@ def get_modality_setting(
     """
     if isinstance(modality, (list, tuple)) and len(modality) == 1:
         modality = modality[0]
-    name = str(modality).upper()
-    if name == "MR":  # DICOM spelling
-        name = "MRI"
-    if name == "PT":
-        name = "PET"
+    name = canonical_modality(modality) or str(modality).upper()
     for key, value in settings.items():
         if key.upper() == name:
             return value

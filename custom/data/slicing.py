@@ -1,7 +1,7 @@
 """3D volumes -> 2D axial slices for the 2D network, without loading every volume at once.
 
 :func:`expand_slices` turns each data-list item into one item per slice (adding ``slice_index``), reading
-only image headers (nibabel) or counting DICOM files, never the voxels. The transform chain then loads the
+only image headers (nibabel; DICOM headers once per file, cached), never the voxels. The transform chain then loads the
 item's volume, and :class:`SelectSliced` keeps the one slice. Wrap the result in a MONAI
 ``PersistentDataset`` (or ``CacheDataset`` for small data) so the load-and-slice prefix runs once per slice:
 memory then holds one volume per worker at a time, not the whole data set.
@@ -20,7 +20,15 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from custom.data.readers import check_nifti_header, dicom_series_files, is_dicom, load_image
+from custom.data.readers import (
+    DicomReader,
+    dicom_series,
+    is_dicom,
+    is_nifti,
+    load_image,
+    nifti_image,
+    nifti_source_meta,
+)
 
 __all__ = ["num_slices", "expand_slices", "SelectSliced", "LoadSliced", "load_slice", "spatial_shape"]
 
@@ -50,17 +58,17 @@ def num_slices(path: str | os.PathLike, axis: int = 2) -> int:
         the slice count.
 
     Raises:
-        ValueError: unreadable file or missing path (the message names it).
+        ValueError: unreadable file or missing path (the message names it); the same header checks as
+            :func:`custom.data.load_image` (one reading layer, headers cached).
     """
     path = os.fspath(path)
-    if os.path.isdir(path):
-        if not any(os.path.isfile(os.path.join(path, f)) for f in os.listdir(path)):
-            raise ValueError(f"{path}: empty DICOM series folder.")
-        return len(dicom_series_files(path)) if axis == 2 else 1  # headers only; checks series and gaps
     if not os.path.exists(path):
         raise ValueError(f"{path}: file not found.")
-    if path.endswith((".nii", ".nii.gz")):
-        spatial = list(spatial_shape(check_nifti_header(path), path))  # header only: the voxels stay on disk
+    if os.path.isdir(path) or (is_dicom(path) and not is_nifti(path)):
+        series = dicom_series(path)  # headers only, read once and cached; checks series, gaps, pixel format
+        return len(series.files) if axis == 2 else 1
+    if is_nifti(path):
+        spatial = list(spatial_shape(nifti_image(path).shape, path))  # header (+ gzip CRC): voxels stay on disk
     elif path.endswith((".mgz", ".img", ".hdr")):
         try:
             shape = nib.load(path).shape  # header only: the voxel data stays on disk
@@ -68,7 +76,7 @@ def num_slices(path: str | os.PathLike, axis: int = 2) -> int:
             raise ValueError(f"{path}: unreadable image ({e}).") from e
         spatial = list(shape[:3])
     else:
-        return 1  # single DICOM file or 2D image
+        return 1  # a 2D image (e.g. a pickled patch)
     return int(spatial[axis]) if len(spatial) > axis else 1
 
 
@@ -140,15 +148,16 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor
     """Read one 2D slice of an image file without reading the rest of the volume.
 
     Args:
-        path: NIfTI file (sliced through nibabel's array proxy), DICOM series folder (only file number
-            ``index`` by InstanceNumber is decoded, rescaled and SUV-converted by :class:`DicomReader`),
-            or a 2D image (``index`` must be 0).
+        path: NIfTI file (sliced through nibabel's array proxy after :func:`custom.data.readers.nifti_image`'s
+            checks), DICOM series folder (only slice ``index`` of :func:`custom.data.readers.dicom_series` is
+            decoded, rescaled and SUV-converted by :class:`DicomReader`; the headers come from the cache), or a 2D
+            image (``index`` must be 0).
         index: slice index along ``axis``.
         axis: spatial axis (DICOM series: only 2).
 
     Returns:
-        (H, W) float32 ``MetaTensor`` with ``filename_or_obj``, ``slice_index`` and, for NIfTI, the slice's
-        affine in its meta data; equal to ``LoadImage`` + :class:`SelectSliced`.
+        (H, W) float32 ``MetaTensor`` with ``filename_or_obj``, ``slice_index`` and the slice's affine in its meta
+        data; equal to ``load_image`` + :class:`SelectSliced`.
 
     Raises:
         ValueError: missing or unreadable file, or index out of range (the message names the file).
@@ -159,38 +168,38 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor
     if os.path.isdir(path):
         if axis != 2:
             raise ValueError(f"{path}: a DICOM series can only be sliced along axis 2.")
-        files = dicom_series_files(path)
-        if not 0 <= index < len(files):
-            raise ValueError(f"{path}: slice index {index} out of range for {len(files)} slices.")
-        img = load_image(files[index])
+        series = dicom_series(path)
+        if not 0 <= index < len(series.files):
+            raise ValueError(f"{path}: slice index {index} out of range for {len(series.files)} slices.")
+        reader = DicomReader()
+        arr, meta = reader.get_data(reader.read_series(series, index))
+        img = MetaTensor(torch.as_tensor(np.asarray(arr, dtype=np.float32)), meta=meta)
         img.meta["filename_or_obj"] = path
-    elif not is_dicom(path) and path.endswith((".nii", ".nii.gz")):
-        spatial_shape(check_nifti_header(path), path)  # empty, corrupt, huge, truncated, 1D or 4D: clear error
-        try:
-            nii = nib.load(path)
-        except Exception as e:  # nibabel raises several types
-            raise ValueError(f"{path}: unreadable image ({e}).") from e
-        shape = nii.shape
-        if len(shape) < 3 or shape[2:] == (1,) * (len(shape) - 2):
+    elif is_nifti(path) and not is_dicom(path):
+        nii = nifti_image(path)  # empty, corrupt, huge, truncated, CRC, complex / RGB: clear error
+        shape = spatial_shape(nii.shape, path)
+        if len(shape) < 3:
             img = load_image(path)
             if index != 0:
                 raise ValueError(f"{path}: slice index {index} out of range for 1 slice.")
         else:
             if not 0 <= index < shape[axis]:
                 raise ValueError(f"{path}: slice index {index} out of range for {shape[axis]} slices.")
-            sl = [slice(None)] * len(shape)
+            sl = [slice(None)] * len(nii.shape)
             sl[axis] = index
+            for k in range(3, len(nii.shape)):  # trailing singleton axes
+                sl[k] = 0
             try:
-                arr = np.asarray(nii.dataobj[tuple(sl)], dtype=np.float32)  # reads this slab only
+                arr = np.array(nii.dataobj[tuple(sl)], dtype=np.float32)  # reads this slab only, scaling applied
             except Exception as e:
-                raise ValueError(f"{path}: unreadable image ({e}).") from e
+                raise ValueError(f"{path}: unreadable NIfTI voxel data ({type(e).__name__}: {e}).") from e
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{path}: non-finite values (NaN or inf) in the image.")
             affine = nii.affine.copy()
             affine[:3, 3] += affine[:3, axis] * index  # origin of the slice
-            img = MetaTensor(
-                torch.as_tensor(arr),
-                affine=torch.as_tensor(affine, dtype=torch.float64),
-                meta={"filename_or_obj": path, "pixdim": np.asarray(nii.header["pixdim"]).copy()},
-            )
+            meta = {"filename_or_obj": path, "pixdim": np.asarray(nii.header["pixdim"]).copy()}
+            meta.update(nifti_source_meta(nii))
+            img = MetaTensor(torch.as_tensor(arr), affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
     else:
         img = load_image(path)
         if img.ndim > 2:

@@ -83,9 +83,10 @@ class TestLoadSliced(unittest.TestCase):
                 load_slice(path, 4)
             series = os.path.join(d, "series")
             os.makedirs(series)
-            for i in (2, 0, 1):  # written out of order: the InstanceNumber decides
+            for i in (2, 0, 1):  # written out of order, InstanceNumber reversed: the position along the normal decides
                 ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-                ds.InstanceNumber = i + 1
+                ds.InstanceNumber = 3 - i
+                ds.ImagePositionPatient = [0.0, 0.0, 2.5 * i]
                 ds.PixelData = (ds.pixel_array + i * 100).astype(ds.pixel_array.dtype).tobytes()
                 ds.save_as(os.path.join(series, f"f{i}.dcm"))
             s0, s2 = load_slice(series, 0), load_slice(series, 2)

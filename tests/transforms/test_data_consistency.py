@@ -1,0 +1,132 @@
+"""k-space data consistency: the measured block is kept, the rest is the network's, other modalities untouched."""
+
+from __future__ import annotations
+
+import logging
+import unittest
+
+import torch
+from parameterized import parameterized
+
+from custom.transforms import kspace_center_mask, kspace_truncate
+from custom.transforms.data_consistency import DataConsistencyd, as_flag, kspace_block_error, kspace_data_consistency
+
+SHAPES = [[(1, 64, 64)], [(1, 37, 45)], [(1, 21, 20)], [(1, 40, 30, 3)], [(1, 33, 27, 2)]]
+
+
+def _pair(shape: tuple, factor: float = 4.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(clean, truncated input, a 'restored' slice: clean + noise)."""
+    g = torch.Generator().manual_seed(seed)
+    clean = 200 + 1000 * torch.rand(shape, generator=g)
+    if len(shape) == 4:
+        low = torch.stack([kspace_truncate(clean[..., i], factor) for i in range(shape[-1])], -1)
+    else:
+        low = kspace_truncate(clean, factor)
+    return clean, low, clean + 30 * torch.randn(shape, generator=g)
+
+
+def _spectrum(x: torch.Tensor) -> torch.Tensor:
+    x = x if x.dim() == 3 else x.movedim(-1, 1)
+    return torch.fft.fftshift(torch.fft.fft2(x.double()), dim=(-2, -1))
+
+
+class TestKSpaceDataConsistency(unittest.TestCase):
+    @parameterized.expand(SHAPES)
+    def test_block_is_the_inputs(self, shape: tuple) -> None:
+        _, low, restored = _pair(shape)
+        self.assertGreater(kspace_block_error(restored, low), 3e-3)  # the network changed the measured block
+        self.assertLess(kspace_block_error(kspace_data_consistency(restored, low, 4, "real"), low), 1e-6)
+        self.assertLess(kspace_block_error(kspace_data_consistency(restored, low, 4, "magnitude"), low), 1e-3)
+
+    @parameterized.expand(SHAPES)
+    def test_outside_the_block_is_the_networks(self, shape: tuple) -> None:
+        _, low, restored = _pair(shape)
+        out = kspace_data_consistency(restored, low, 4, "real")
+        mask = torch.as_tensor(kspace_center_mask(shape[1:3], 4))
+        ko, kr = _spectrum(out), _spectrum(restored)
+        outside = ~(mask | mask.flip(0).roll(1 - shape[1] % 2, 0).flip(1).roll(1 - shape[2] % 2, 1))
+        torch.testing.assert_close(ko[..., outside], kr[..., outside], rtol=1e-6, atol=1e-6 * kr.abs().max())
+
+    @parameterized.expand(SHAPES)
+    def test_input_is_a_fixed_point(self, shape: tuple) -> None:
+        _, low, _ = _pair(shape)
+        for mode in ("magnitude", "real"):
+            torch.testing.assert_close(kspace_data_consistency(low, low, 4, mode), low, rtol=1e-5, atol=1e-3)
+
+    def test_factor_sets_the_block(self) -> None:
+        _, low2, restored = _pair((1, 48, 48), factor=2)
+        self.assertLess(kspace_block_error(kspace_data_consistency(restored, low2, 2, "real"), low2, 2), 1e-6)
+        self.assertGreater(kspace_block_error(kspace_data_consistency(restored, low2, 4, "real"), low2, 2), 1e-3)
+
+    def test_inputs_not_modified_and_shape_kept(self) -> None:
+        _, low, restored = _pair((1, 24, 20, 2))
+        a, b = low.clone(), restored.clone()
+        out = kspace_data_consistency(restored, low)
+        self.assertEqual(out.shape, restored.shape)
+        self.assertEqual(out.dtype, torch.float32)
+        torch.testing.assert_close(low, a, rtol=0, atol=0)
+        torch.testing.assert_close(restored, b, rtol=0, atol=0)
+
+    def test_bad_arguments(self) -> None:
+        x = torch.rand(1, 8, 8)
+        with self.assertRaisesRegex(ValueError, "shape"):
+            kspace_data_consistency(x, torch.rand(1, 8, 9))
+        with self.assertRaisesRegex(ValueError, "mode"):
+            kspace_data_consistency(x, x, mode="phase")
+        with self.assertRaisesRegex(ValueError, ">= 1"):
+            kspace_data_consistency(x, x, factor=0.5)
+        with self.assertRaisesRegex(ValueError, "slice"):
+            kspace_data_consistency(torch.rand(8, 8), torch.rand(8, 8))
+
+
+class TestDataConsistencyd(unittest.TestCase):
+    def test_mri_replaced(self) -> None:
+        _, low, restored = _pair((1, 32, 28, 2))
+        d = {"pred": restored, "input": low, "modality": "MRI", "source": "a.nii"}
+        with self.assertLogs("custom.transforms.data_consistency", logging.INFO) as logs:
+            out = DataConsistencyd("pred", factor=4)(d)
+        self.assertLess(kspace_block_error(out["pred"], low), 1e-3)
+        torch.testing.assert_close(d["pred"], restored)  # the item is not modified
+        self.assertIn("8x7", "".join(logs.output))
+        self.assertNotIn("warnings", out)
+
+    @parameterized.expand([["CT"], ["PET"]])
+    def test_other_modalities_untouched_and_logged(self, modality: str) -> None:
+        _, low, restored = _pair((1, 32, 32))
+        with self.assertLogs("custom.transforms.data_consistency", logging.INFO) as logs:
+            out = DataConsistencyd("pred")({"pred": restored, "input": low, "modality": modality, "source": "b.nii"})
+        self.assertIs(out["pred"], restored)
+        self.assertIn(f"b.nii is {modality}, not MRI: left unchanged", "".join(logs.output))
+
+    def test_dicom_mr_and_disabled(self) -> None:
+        _, low, restored = _pair((1, 32, 32))
+        out = DataConsistencyd("pred")({"pred": restored, "input": low, "modality": "MR"})
+        self.assertLess(kspace_block_error(out["pred"], low), 1e-3)
+        off = DataConsistencyd("pred", enabled="false")({"pred": restored, "input": low, "modality": "MRI"})
+        self.assertIs(off["pred"], restored)
+
+    def test_size_not_divisible_warns_and_uses_simulator_rounding(self) -> None:
+        _, low, restored = _pair((1, 30, 32))
+        with self.assertLogs("custom.transforms.data_consistency", logging.WARNING) as logs:
+            out = DataConsistencyd("pred")({"pred": restored, "input": low, "modality": "MRI", "source": "c.nii"})
+        self.assertIn("30x32 is not divisible by kspace_factor 4", "".join(logs.output))
+        self.assertIn("central 8x8", out["warnings"][0])  # round(30 / 4) = 8, as the simulator
+        self.assertLess(kspace_block_error(out["pred"], low), 1e-3)
+
+    def test_missing_reference_and_bad_options(self) -> None:
+        with self.assertRaisesRegex(ValueError, "d.nii: data consistency needs the input scan"):
+            DataConsistencyd("pred")({"pred": torch.rand(1, 8, 8), "modality": "MRI", "source": "d.nii"})
+        with self.assertRaisesRegex(ValueError, "mode"):
+            DataConsistencyd("pred", mode="imag")
+        with self.assertRaisesRegex(ValueError, "kspace_factor"):
+            DataConsistencyd("pred", factor=0)
+        with self.assertRaisesRegex(ValueError, "data_consistency must be true or false"):
+            DataConsistencyd("pred", enabled="maybe")
+
+    @parameterized.expand([[True, True], ["true", True], ["False", False], [0, False], ["1", True], ["no", False]])
+    def test_as_flag(self, value: object, expected: bool) -> None:
+        self.assertIs(as_flag(value), expected)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -25,6 +25,12 @@ path, e.g. ``"modality": "CT"`` next to a ``CT`` folder). Command line::
 
     python -m custom.data.datalist build --root DIR --output DIR/datalist.json [--settings_dir bundle/configs/modality]
     python -m custom.data.datalist validate --datalist DIR/datalist.json
+
+The authors' released data set (``root/{PET,CT,MRI}/{train,validation,test}/{LQ,HQ}/``, pickled ``.bin`` training
+patches, 2D ``.nii`` slices) is read in place with ``--layout reference`` (:mod:`custom.data.reference_layout`)::
+
+    python -m custom.data.datalist build --layout reference --root DIR --output DIR/datalist.json
+    python -m custom.data.datalist validate --layout reference --datalist DIR/datalist.json [--root DIR]
 """
 
 from __future__ import annotations
@@ -291,12 +297,16 @@ def validate_datalist(
     return count
 
 
+_LAYOUT_HELP = "folders: root/<MODALITY>/[<split>/]{image,label}; reference: the authors' released data set"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``build`` a data list from a folder tree, or ``validate`` one."""
     parser = argparse.ArgumentParser(prog="python -m custom.data.datalist", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build datalist.json from root/<MODALITY>/[<split>/]{image,label}/<case>")
     b.add_argument("--root", required=True)
+    b.add_argument("--layout", choices=("folders", "reference"), default="folders", help=_LAYOUT_HELP)
     b.add_argument("--output", required=True)
     b.add_argument("--settings_dir", default=None, help="bundle/configs/modality, for task names")
     b.add_argument("--val_fraction", type=float, default=0.1)
@@ -309,9 +319,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     v.add_argument("--base_dir", default=None)
     v.add_argument("--settings_dir", default=None)
     v.add_argument("--headers_only", action="store_true")
+    v.add_argument("--layout", choices=("folders", "reference"), default="folders", help=_LAYOUT_HELP)
+    v.add_argument("--root", default=None, help="reference layout: tree to re-check (default: the datalist's folder)")
     args = parser.parse_args(argv)
     settings = load_modality_settings(args.settings_dir) if args.settings_dir else None
-    if args.command == "build":
+    if args.command == "build" and args.layout == "reference":
+        from custom.data.reference_layout import build_reference_datalist
+
+        out = build_reference_datalist(args.root, args.output, settings, validate=not args.no_validate)
+        print(f"wrote {args.output}: " + ", ".join(f"{k} {len(v)}" for k, v in out.items()))
+    elif args.command == "validate" and args.layout == "reference":
+        from custom.data.reference_layout import validate_reference_datalist
+
+        n = validate_reference_datalist(args.datalist, args.root, settings, check_content=not args.headers_only)
+        print(f"{args.datalist}: {n} items OK")
+    elif args.command == "build":
         out = build_datalist(
             args.root,
             args.output,

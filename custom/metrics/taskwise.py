@@ -49,8 +49,8 @@ class TaskwiseImageQuality(Metric):
         key_metric: metric reported under the attach name. Defaults to ``"psnr"``.
         prefix: prefix of the per-task entries. Defaults to ``"val_"``.
         spatial_dims: 2 or 3. Defaults to 2.
-        win_size: SSIM window. Defaults to 11.
-        kernel_sigma: SSIM sigma. Defaults to 1.5.
+        win_size: SSIM Gaussian window (zero padding win_size // 2, same-size map). Defaults to 11 (published).
+        kernel_sigma: SSIM Gaussian sigma. Defaults to 1.5 (published).
         device: ignite metric device.
 
     Raises:

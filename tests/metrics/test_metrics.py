@@ -6,6 +6,8 @@ import unittest
 import numpy as np
 import torch
 from ignite.engine import Engine
+from parameterized import parameterized
+from scipy.signal import correlate2d
 
 from custom.metrics import PhysicalUnitMetrics, TaskwiseImageQuality, to_physical
 
@@ -16,61 +18,200 @@ SETTINGS = {
 }
 
 
+def reference_metrics(
+    pred: np.ndarray,
+    target: np.ndarray,
+    clip_range: tuple[float, float],
+    window: tuple[float, float],
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    mode: str = "same",
+    shift: bool = False,
+    range_of: str = "target",
+    clip: bool = True,
+) -> dict[str, float]:
+    """The published protocol written from its formula (numpy / scipy, float64), for one 2D slice in [0, 1].
+
+    The keyword arguments other than the ranges produce the wrong variants the bundle must not match.
+    """
+    lo, hi = clip_range
+    p, t = (np.asarray(a, dtype=np.float64) * (hi - lo) + lo for a in (pred, target))
+    if clip:
+        p, t = np.clip(p, *window), np.clip(t, *window)
+    ref = t if range_of == "target" else p
+    data_range = ref.max() - ref.min()
+    mse = np.mean((p - t) ** 2)
+    if shift:  # what the bundle did before: both images shifted by the target's minimum
+        p, t = p - t.min(), t - t.min()
+    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * sigma**2))
+    w = np.outer(g / g.sum(), g / g.sum())
+
+    def f(x):
+        return correlate2d(x, w, mode=mode, boundary="fill", fillvalue=0.0)
+
+    mu1, mu2 = f(p), f(t)
+    s1, s2, s12 = f(p * p) - mu1**2, f(t * t) - mu2**2, f(p * t) - mu1 * mu2
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    ssim_map = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s1 + s2 + c2))
+    return {"psnr": 10 * math.log10(data_range**2 / mse), "ssim": float(ssim_map.mean()), "rmse": math.sqrt(mse)}
+
+
+def phantom_pair(modality: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (prediction, target) pair in [0, 1] at the released slice size, target minimum above the window floor.
+
+    CT: soft tissue between -110 and 90 HU with bone above the window ceiling (clipped at 240); PET: background
+    0.3 SUV with hot spots; MRI: tissue from 150 to 2500. The prediction is the target plus noise and a small
+    bias, with values beyond the window on both sides.
+    """
+    rng = np.random.default_rng(seed)
+    h, w, lo, hi, base, spread, noise = {
+        "CT": (512, 512, -1024.0, 3072.0, -110.0, 200.0, 12.0),
+        "PET": (192, 400, 0.0, 20.0, 0.3, 6.0, 0.25),
+        "MRI": (256, 256, 0.0, 4095.0, 150.0, 2350.0, 60.0),
+    }[modality]
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    smooth = 0.5 + 0.25 * np.sin(9 * xx + 2) * np.cos(7 * yy) + 0.25 * np.sin(23 * xx * yy)
+    target = base + spread * smooth
+    if modality == "CT":
+        target[h // 3 : h // 3 + 40, w // 2 : w // 2 + 60] = 700.0  # bone: clipped to 240 in the window
+    if modality == "PET":
+        target[60:70, 100:112] = 15.0
+    pred = target + noise * rng.standard_normal((h, w)) + 0.3 * noise
+    pred[:3] -= 10 * spread  # below the window floor (clipped away in the prediction only)
+    pred[-3:, :20] += 10 * spread
+    return ((pred - lo) / (hi - lo)).astype(np.float32), ((target - lo) / (hi - lo)).astype(np.float32)
+
+
 class TestPhysical(unittest.TestCase):
     def test_to_physical(self):
         x = torch.tensor([0.0, 0.2, 0.25, 0.3, 1.0])
         torch.testing.assert_close(
             to_physical(x, (-1024, 3072), (-160, 240)), torch.tensor([-160.0, -160.0, 0.0, 204.8, 240.0])
         )
+        self.assertEqual(to_physical(x.double(), (0, 1), (0, 1)).dtype, torch.float64)
         with self.assertRaises(ValueError):
             to_physical(x, (1, 0), (0, 1))
 
-    def test_against_numpy_definition(self):
-        torch.manual_seed(0)
-        t = torch.rand(2, 1, 32, 32) * 0.1 + 0.22
-        p = t + 0.005 * torch.randn_like(t)
-        out = PhysicalUnitMetrics((-1024, 3072), (-160, 240))(p, t)
-        for b in range(2):
-            tt = np.clip(t[b, 0].double().numpy() * 4096 - 1024, -160, 240)
-            pp = np.clip(p[b, 0].double().numpy() * 4096 - 1024, -160, 240)
-            mse = ((tt - pp) ** 2).mean()
-            self.assertAlmostEqual(float(out["psnr"][b]), 10 * math.log10((tt.max() - tt.min()) ** 2 / mse), places=3)
-            self.assertAlmostEqual(float(out["rmse"][b]), math.sqrt(mse), places=2)
-        # SSIM is invariant to the shift/scale used internally
-        same = PhysicalUnitMetrics((-1024, 3072), (-160, 240))(t, t)
-        torch.testing.assert_close(same["ssim"], torch.ones(2))
+    @parameterized.expand([["CT"], ["PET"], ["MRI"]])
+    def test_published_formula_on_released_slice_sizes(self, modality):
+        s = SETTINGS[modality]
+        pairs = [phantom_pair(modality, seed) for seed in (0, 1)]
+        pred = torch.from_numpy(np.stack([p for p, _ in pairs])[:, None])
+        target = torch.from_numpy(np.stack([t for _, t in pairs])[:, None])
+        before = pred.clone(), target.clone()
+        out = PhysicalUnitMetrics(s["clip_range"], s["eval_window"])(pred, target)
+        torch.testing.assert_close(pred, before[0], rtol=0, atol=0)  # inputs not modified
+        torch.testing.assert_close(target, before[1], rtol=0, atol=0)
+        for b, (p, t) in enumerate(pairs):
+            phys = t.astype(np.float64) * (s["clip_range"][1] - s["clip_range"][0]) + s["clip_range"][0]
+            self.assertGreater(phys.min(), s["eval_window"][0] + 0.01)  # the target's minimum is not the floor
+            ref = reference_metrics(p, t, s["clip_range"], s["eval_window"])
+            for m in ("psnr", "ssim", "rmse"):
+                self.assertAlmostEqual(float(out[m][b]), ref[m], delta=1e-6 * max(1.0, abs(ref[m])), msg=m)
+
+    @parameterized.expand(
+        [
+            ["sigma_3", {"sigma": 3.0}, ("ssim",)],
+            ["k1_0.05", {"k1": 0.05}, ("ssim",)],
+            ["k2_0.01", {"k2": 0.01}, ("ssim",)],
+            ["valid_padding", {"mode": "valid"}, ("ssim",)],
+            ["shifted_by_target_min", {"shift": True}, ("ssim",)],
+            ["range_of_prediction", {"range_of": "pred"}, ("psnr", "ssim")],
+            ["not_clipped", {"clip": False}, ("psnr", "ssim", "rmse")],
+        ]
+    )
+    def test_wrong_variants_are_told_apart(self, _, variant, metrics):
+        """Each plausible mistake changes the figures by far more than the 1e-6 of the comparison above."""
+        s = SETTINGS["CT"]
+        p, t = phantom_pair("CT", 0)
+        out = PhysicalUnitMetrics(s["clip_range"], s["eval_window"])(
+            torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None]
+        )
+        wrong = reference_metrics(p, t, s["clip_range"], s["eval_window"], **variant)
+        for m in metrics:
+            self.assertGreater(abs(float(out[m][0]) - wrong[m]), 1e-4, msg=m)
+
+    def test_border_pixels_count(self):
+        """An error confined to the outer 3 rows counts fully (a valid-mode map weighs those rows less)."""
+        t = torch.full((1, 1, 40, 40), 0.3) + 0.05 * torch.rand(1, 1, 40, 40)
+        p = t.clone()
+        p[..., :3, :] += 0.1
+        ssim = PhysicalUnitMetrics((0, 1), (0, 1))(p, t)["ssim"]
+        ref = reference_metrics(p[0, 0].numpy(), t[0, 0].numpy(), (0, 1), (0, 1))["ssim"]
+        self.assertLess(float(ssim), 0.99)
+        self.assertAlmostEqual(float(ssim), ref, places=9)
+        valid = reference_metrics(p[0, 0].numpy(), t[0, 0].numpy(), (0, 1), (0, 1), mode="valid")["ssim"]
+        self.assertGreater(valid - float(ssim), 0.01)
+
+    def test_identical_and_channels(self):
+        t = torch.rand(2, 1, 24, 20)
+        same = PhysicalUnitMetrics((0, 20), (0, 20))(t, t)
+        torch.testing.assert_close(same["ssim"], torch.ones(2, dtype=torch.float64))
+        torch.testing.assert_close(same["rmse"], torch.zeros(2, dtype=torch.float64))
+        self.assertTrue(torch.isinf(same["psnr"]).all())
+        # two channels: SSIM is the mean of the channels' maps, MSE and L over both channels
+        p = t + 0.02 * torch.randn_like(t)
+        two = PhysicalUnitMetrics((0, 20), (0, 20))(torch.cat([p, t], 1), torch.cat([t, t], 1))
+        one = PhysicalUnitMetrics((0, 20), (0, 20))(p, t)
+        torch.testing.assert_close(two["ssim"], (one["ssim"] + 1) / 2)
+        torch.testing.assert_close(two["rmse"], one["rmse"] / math.sqrt(2))
+
+    def test_volume_and_errors(self):
+        t = torch.rand(1, 1, 12, 12, 12)
+        out = PhysicalUnitMetrics((0, 1), (0, 1), spatial_dims=3)(t * 0.9, t)
+        self.assertTrue(0 < float(out["ssim"]) < 1)
+        fn = PhysicalUnitMetrics((0, 1), (0, 1))
+        for a, b in (((1, 1, 8, 8), (1, 1, 8, 4)), ((1, 8, 8), (1, 8, 8)), ((1, 1, 4, 4, 4), (1, 1, 4, 4, 4))):
+            with self.assertRaises(ValueError):
+                fn(torch.rand(a), torch.rand(b))
+        for kwargs in ({"win_size": 10}, {"kernel_sigma": 0.0}, {"spatial_dims": 4}):
+            with self.assertRaises(ValueError):
+                PhysicalUnitMetrics((0, 1), (0, 1), **kwargs)
 
 
 class TestTaskwise(unittest.TestCase):
-    def test_per_task_and_mean(self):
+    def _data(self):
         torch.manual_seed(0)
         data = []
         for i, m in enumerate(["CT", "PET", "MRI", "PET"]):
             t = torch.rand(1, 1, 16, 16) * 0.05 + 0.25
-            data.append({"image": t, "label": t, "pred": t + 0.01 * (i + 1), "modality": [m]})
+            data.append({"image": t, "label": t, "pred": t + 0.01 * (i + 1) * torch.rand_like(t), "modality": [m]})
+        return data
+
+    @parameterized.expand([["psnr"], ["ssim"], ["rmse"]])
+    def test_per_task_means_of_slices(self, key_metric):
+        data = self._data()
 
         def step(engine, batch):
             return [{"pred": batch["pred"][0], "label": batch["label"][0]}]
 
         engine = Engine(step)
-        TaskwiseImageQuality(SETTINGS).attach(engine, "val_mean_psnr")
+        TaskwiseImageQuality(SETTINGS, key_metric=key_metric).attach(engine, "key")
         engine.run(data, max_epochs=1)
         m = engine.state.metrics
-        for task in ("ct", "pet", "mri"):
-            for metric in ("psnr", "ssim", "rmse"):
-                self.assertTrue(math.isfinite(m[f"val_{task}_{metric}"]))
-        self.assertAlmostEqual(m["val_mean_psnr"], (m["val_ct_psnr"] + m["val_pet_psnr"] + m["val_mri_psnr"]) / 3)
-        self.assertEqual(m["val_mean_psnr"], m["val_mean_psnr"])
+        per_task: dict[str, list[dict[str, float]]] = {}
+        for d in data:
+            s = SETTINGS[d["modality"][0]]
+            ref = reference_metrics(
+                d["pred"][0, 0].numpy(), d["label"][0, 0].numpy(), s["clip_range"], s["eval_window"]
+            )
+            per_task.setdefault(d["modality"][0].lower(), []).append(ref)
+        for metric in ("psnr", "ssim", "rmse"):
+            task_means = {task: np.mean([r[metric] for r in rows]) for task, rows in per_task.items()}
+            for task, value in task_means.items():  # PET: the plain mean of its two slices
+                self.assertAlmostEqual(m[f"val_{task}_{metric}"], value, places=5, msg=f"{task} {metric}")
+            self.assertAlmostEqual(m[f"val_mean_{metric}"], np.mean(list(task_means.values())), places=5)
+        self.assertEqual(m["key"], m[f"val_mean_{key_metric}"])
 
     def test_errors(self):
         with self.assertRaises(ValueError):
             TaskwiseImageQuality(SETTINGS, key_metric="mae")
         with self.assertRaises(ValueError):
             TaskwiseImageQuality({})
-
-
-if __name__ == "__main__":
-    unittest.main()
+        metric = TaskwiseImageQuality(SETTINGS)
+        with self.assertRaisesRegex(ValueError, "modality"):
+            metric.update(([{"pred": torch.rand(1, 8, 8), "label": torch.rand(1, 8, 8)}], [{}]))
 
 
 def _ddp_worker(rank: int, world: int, port: int, samples: list, queue) -> None:
@@ -117,3 +258,7 @@ class TestTaskwiseDistributed(unittest.TestCase):
             self.assertEqual(sorted(results[rank]), sorted(expected))
             for key, value in expected.items():
                 self.assertAlmostEqual(results[rank][key], value, places=5, msg=key)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -45,7 +45,7 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 
 from custom.data.readers import DICOM_TO_MODALITY, load_image
-from custom.data.settings import MODALITIES, load_modality_settings
+from custom.data.settings import MODALITIES, canonical_modality, load_modality_settings
 from custom.data.slicing import spatial_shape
 from custom.io import write_text_atomic
 
@@ -223,8 +223,9 @@ def validate_datalist(
     """Check every item of a data list; collect all problems and raise them together.
 
     Checks: known modality (``settings`` or CT/PET/MRI), both files present (``image`` may be absent only for
-    clean-only items), readable (see :func:`custom.data.load_image`), 2D or 3D, same shape for input and target,
-    finite values.
+    clean-only items), readable through the one reading layer (:func:`custom.data.load_image`: the same checks
+    as training and inference, so a file this accepts inference accepts and vice versa), 2D or 3D, same shape for
+    input and target, finite values.
 
     Args:
         datalist: the dict, or a json file (relative paths resolved against its folder).
@@ -260,7 +261,7 @@ def validate_datalist(
             where = f"{split}[{i}]"
             files = {k: _resolve(str(item[k]), base) for k in keys if item.get(k)}
             name = files.get("label") or files.get("image") or where
-            modality = DICOM_TO_MODALITY.get(str(item.get("modality", "")).upper(), str(item.get("modality")))
+            modality = canonical_modality(item.get("modality")) or str(item.get("modality"))
             if not item.get("modality"):
                 errors.append(f"{name}: no 'modality' in the item ({where}; expected one of {sorted(known)}).")
             elif modality.upper() not in known:

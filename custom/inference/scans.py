@@ -4,6 +4,12 @@ Every NIfTI file (``.nii``, ``.nii.gz``) and every DICOM series (the DICOM files
 ``SeriesInstanceUID``; a single DICOM file is a one-slice series) is one scan. Each scan's output mirrors
 its path relative to ``dataset_dir`` under ``output_dir`` (a DICOM series folder -> a folder of derived
 files of the same names; a folder holding several series -> one sub-folder per series).
+
+Symbolic links to files and to series folders are followed (``os.walk(followlinks=True)``), with a loop guard:
+a real folder or file reached a second time (a link loop, or two links to one target) is listed once as
+``skip``. Every other entry found is listed too, so that it appears in ``inference_report.json``: hidden files
+and folders, ``DICOMDIR`` and files that are neither NIfTI nor DICOM get ``skip`` (the reason); a broken link
+gets ``error``. DICOM sniffing and headers go through :mod:`custom.data.readers` (read once, cached).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import pydicom
+from custom.data.readers import is_dicom, is_nifti, read_dicom_header
 
 __all__ = ["NIFTI_SUFFIXES", "find_scans", "read_dicom_headers"]
 
@@ -22,22 +28,18 @@ _SKIP_NAMES = ("DICOMDIR",)
 
 
 def _is_nifti(path: str) -> bool:
-    return path.lower().endswith(NIFTI_SUFFIXES)
+    return is_nifti(path)
 
 
 def _looks_dicom(path: str) -> bool:
-    if path.lower().endswith((".dcm", ".dicom", ".ima")):
-        return True
-    if _is_nifti(path) or os.path.basename(path).startswith(".") or os.path.basename(path) in _SKIP_NAMES:
+    name = os.path.basename(path)
+    if name.startswith(".") or name in _SKIP_NAMES:
         return False
-    try:
-        return bool(pydicom.misc.is_dicom(path))
-    except OSError:
-        return False
+    return is_dicom(path) and not os.path.isdir(path)
 
 
 def read_dicom_headers(files: Sequence[str]) -> dict[str, list[str]]:
-    """Group DICOM files by ``SeriesInstanceUID`` (headers only).
+    """Group DICOM files by ``SeriesInstanceUID`` (headers only, read once and cached for the reader).
 
     Args:
         files: DICOM file paths.
@@ -50,11 +52,8 @@ def read_dicom_headers(files: Sequence[str]) -> dict[str, list[str]]:
     """
     groups: dict[str, list[str]] = {}
     for path in files:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as e:  # pydicom raises many types for broken files
-            raise ValueError(f"{path}: unreadable DICOM file ({type(e).__name__}: {e}).") from e
-        groups.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), []).append(path)
+        ds = read_dicom_header(path)
+        groups.setdefault(str(getattr(ds, "SeriesInstanceUID", "") or ""), []).append(path)
     return {uid: sorted(paths) for uid, paths in groups.items()}
 
 
@@ -62,20 +61,68 @@ def _output_for(rel: str, output_dir: str) -> str:
     return os.path.join(output_dir, rel)
 
 
+def _not_a_scan(path: str, rel: str, reason: str, failed: bool = False) -> dict[str, Any]:
+    """A report entry for an input found that is not restored: ``skip`` (reason) or ``error`` (failed)."""
+    return {"image": path, "kind": "other", "output": "", "name": rel, ("error" if failed else "skip"): reason}
+
+
+def _file_entry(path: str, dataset_dir: str, seen_files: dict[str, str]) -> tuple[str, dict[str, Any] | None]:
+    """Classify one file found: ``("nifti"|"dicom", None)`` or ``("", report entry)`` for anything else."""
+    rel = os.path.relpath(path, dataset_dir)
+    name = os.path.basename(path)
+    if not os.path.exists(path):
+        return "", _not_a_scan(path, rel, f"{path}: broken symbolic link (its target does not exist).", failed=True)
+    real = os.path.realpath(path)
+    if real in seen_files:
+        return "", _not_a_scan(path, rel, f"same file as {seen_files[real]} (symbolic link); read once, there.")
+    seen_files[real] = path
+    if name.startswith("."):
+        return "", _not_a_scan(path, rel, "hidden file, not an input.")
+    if name in _SKIP_NAMES:
+        return "", _not_a_scan(path, rel, "DICOMDIR index file; the series' files are read instead.")
+    if _is_nifti(path):
+        return "nifti", None
+    if _looks_dicom(path):
+        return "dicom", None
+    return "", _not_a_scan(path, rel, "not a NIfTI file or a DICOM file (unsupported format).")
+
+
 def _scan_folder(dataset_dir: str, output_dir: str, modality: str | None) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     out_real = os.path.realpath(output_dir)
-    for root, dirs, files in os.walk(dataset_dir):
-        dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != out_real
-        )
+    seen_dirs = {os.path.realpath(dataset_dir): dataset_dir}  # loop guard for followed symbolic links
+    seen_files: dict[str, str] = {}
+    for root, dirs, files in os.walk(dataset_dir, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            full = os.path.join(root, d)
+            real = os.path.realpath(full)
+            if real == out_real or real.startswith(out_real + os.sep):
+                continue  # the outputs of this run, not inputs
+            rel = os.path.relpath(full, dataset_dir)
+            if d.startswith("."):
+                items.append(_not_a_scan(full, rel, "hidden folder, not searched."))
+            elif real in seen_dirs:
+                items.append(
+                    _not_a_scan(full, rel, f"same folder as {seen_dirs[real]} (symbolic link loop or second link).")
+                )
+            else:
+                seen_dirs[real] = full
+                keep.append(d)
+        dirs[:] = keep
         rel_root = os.path.relpath(root, dataset_dir)
-        paths = [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
-        for path in paths:
-            if _is_nifti(path):
+        dicoms = []
+        for path in (os.path.join(root, f) for f in sorted(files)):
+            if os.path.realpath(path) == os.path.realpath(os.path.join(output_dir, "inference_report.json")):
+                continue
+            kind, entry = _file_entry(path, dataset_dir, seen_files)
+            if entry is not None:
+                items.append(entry)
+            elif kind == "nifti":
                 rel = os.path.relpath(path, dataset_dir)
                 items.append({"image": path, "kind": "nifti", "output": _output_for(rel, output_dir), "name": rel})
-        dicoms = [p for p in paths if _looks_dicom(p)]
+            else:
+                dicoms.append(path)
         if not dicoms:
             continue
         if rel_root == ".":  # DICOM files directly in dataset_dir: one scan per file
@@ -183,7 +230,8 @@ def find_scans(
 
     Returns:
         items ``{"image", "source" (= image, kept after loading), "kind" ("nifti"/"dicom"), "output", "name",
-        "modality", ["files", "series_uid"]}``.
+        "modality", ["files", "series_uid"]}``, and for inputs found that are not scans
+        ``{"image", "source", "kind": "other", "output": "", "name", "skip" or "error": reason}``.
 
     Raises:
         ValueError: missing folder, ``output_dir`` equal to ``dataset_dir``, unreadable data list, or no scan found.
@@ -197,10 +245,12 @@ def find_scans(
         if os.path.realpath(dataset_dir) == os.path.realpath(output_dir):
             raise ValueError(f"{output_dir}: output_dir must differ from dataset_dir (inputs are never overwritten).")
         items = _scan_folder(dataset_dir, output_dir, modality)
-    if not items:
-        raise ValueError(f"{datalist or dataset_dir}: no NIfTI file or DICOM series found.")
-    inputs = {os.path.realpath(f) for item in items for f in item.get("files", [item["image"]])}
-    for item in items:
+    scans = [item for item in items if item.get("kind") != "other"]
+    if not scans:
+        others = f" ({len(items)} other entries found, e.g. {items[0]['image']})" if items else ""
+        raise ValueError(f"{datalist or dataset_dir}: no NIfTI file or DICOM series found{others}.")
+    inputs = {os.path.realpath(f) for item in scans for f in item.get("files", [item["image"]])}
+    for item in scans:
         if os.path.realpath(item["output"]) in inputs or os.path.realpath(item["output"]) == os.path.realpath(
             item["image"]
         ):

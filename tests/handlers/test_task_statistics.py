@@ -1,0 +1,98 @@
+"""Task statistics handler (end of training) and command (existing checkpoint) store the statistics in it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import unittest
+
+import torch
+from ignite.engine import Engine
+
+from custom.data import load_modality_settings
+from custom.handlers.task_statistics import TaskStatisticsHandler, compute_task_statistics, main
+from custom.inference.task_check import STATS_KEY, load_task_statistics
+from tests.inference.helpers import BUNDLE, TINY_OVERRIDES, tiny_net
+from tests.inference.task_data import make_task_dataset
+
+SETTINGS = load_modality_settings(os.path.join(BUNDLE, "configs", "modality"))
+
+
+class TestTaskStatistics(unittest.TestCase):
+    def setUp(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = self._tmp.name
+        self.datalist = make_task_dataset(self.tmp, {"training": 3, "validation": 1})
+        self.ckpt = os.path.join(self.tmp, "model.pt")
+        self.best = tiny_net(seed=1)
+        torch.save({"model": self.best.state_dict()}, self.ckpt)
+
+    def tearDown(self) -> None:
+        self._tmp.cleanup()
+
+    def _without_validation(self, empty: bool) -> str:
+        with open(self.datalist, encoding="utf-8") as f:
+            lists = json.load(f)
+        lists["validation"] = []
+        if not empty:
+            del lists["validation"]
+        path = os.path.join(self.tmp, f"no_val_{empty}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(lists, f)
+        return path
+
+    def test_handler_stores_statistics_of_the_checkpoint_weights_at_completion(self) -> None:
+        live = tiny_net(seed=2)  # the training network: other weights than the saved best model
+        engine = Engine(lambda e, b: None)
+        TaskStatisticsHandler(live, self.ckpt, self.datalist, SETTINGS).attach(engine)
+        self.assertIsNone(load_task_statistics(self.ckpt))
+        engine.run([0, 1], max_epochs=1)
+        stats = load_task_statistics(self.ckpt)
+        self.assertEqual(stats["tasks"], ["CT", "MRI", "PET"])
+        self.assertEqual(stats["count"], [3, 3, 3])
+        self.assertEqual(stats["validation_count"], [1, 1, 1])
+        expected = compute_task_statistics(self.best, self.datalist, SETTINGS)
+        torch.testing.assert_close(stats["mean"], expected["mean"])
+        self.assertAlmostEqual(stats["threshold"], expected["threshold"], places=5)
+        other = compute_task_statistics(live, self.datalist, SETTINGS)
+        self.assertFalse(torch.allclose(stats["mean"], other["mean"]))
+        ckpt = torch.load(self.ckpt, weights_only=True)
+        for k, v in self.best.state_dict().items():  # the weights themselves are kept
+            torch.testing.assert_close(ckpt["model"][k], v)
+
+    def test_handler_disabled_or_without_checkpoint(self) -> None:
+        engine = Engine(lambda e, b: None)
+        TaskStatisticsHandler(self.best, self.ckpt, self.datalist, SETTINGS, enabled="false").attach(engine)
+        engine.run([0], max_epochs=1)
+        self.assertIsNone(load_task_statistics(self.ckpt))
+        with self.assertRaisesRegex(ValueError, "missing.pt: no checkpoint"):
+            TaskStatisticsHandler(self.best, os.path.join(self.tmp, "missing.pt"), self.datalist, SETTINGS)()
+
+    def test_no_validation_data_is_a_clear_error(self) -> None:
+        for empty in (True, False):
+            path = self._without_validation(empty)
+            with self.assertRaisesRegex(ValueError, "no validation data"):
+                compute_task_statistics(self.best, path, SETTINGS)
+            self.assertIsNone(load_task_statistics(self.ckpt))
+
+    def test_command(self) -> None:
+        overlay = os.path.join(self.tmp, "overlay.json")
+        overlay_keys = {k.lstrip("-"): v for k, v in zip(TINY_OVERRIDES[::2], TINY_OVERRIDES[1::2])}
+        with open(overlay, "w", encoding="utf-8") as f:
+            json.dump({k: json.loads(v) for k, v in overlay_keys.items()}, f)
+        configs = json.dumps([os.path.join(BUNDLE, "configs", "inference.json"), overlay])
+        code = main(["--checkpoint", self.ckpt, "--datalist", self.datalist, "--config_file", configs])
+        self.assertEqual(code, 0)
+        stats = load_task_statistics(self.ckpt)
+        self.assertAlmostEqual(
+            stats["threshold"], compute_task_statistics(self.best, self.datalist, SETTINGS)["threshold"], places=5
+        )
+        self.assertIn(STATS_KEY, torch.load(self.ckpt, weights_only=True))
+        bad = self._without_validation(True)
+        code = main(["--checkpoint", self.ckpt, "--datalist", bad, "--config_file", configs])
+        self.assertEqual(code, 1)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -10,7 +10,9 @@ units) end to end and the writer stores them with the source series' rescale slo
 
 Model (-m): a bundle folder (configs/inference.json + models/model.pt, the EMA state dict train.json saves) or a
 model.pt file inside such a bundle. TorchScript is not used: torch.jit.script fails on the network and a trace
-bakes in the batch size (measured), so the network is rebuilt from the bundle's network_def and the state dict.
+bakes in the batch size (measured), so the network is rebuilt from the bundle's network_def and the state dict by
+custom.inference.restore.Restorer, the same restore() (normalise, infer, denormalise, clip) as the bundle's
+inference and the MONAI Label app.
 Config overrides (e.g. a smaller network in tests): env TAT_DEPLOY_OVERRIDE='{"network_def#dim": 8, ...}'.
 
 Run locally:
@@ -24,7 +26,6 @@ import logging
 import os
 from pathlib import Path
 
-import torch
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, ConditionType, Fragment, Operator, OperatorSpec
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
@@ -52,7 +53,7 @@ class TATRestoreOperator(Operator):
 
     def __init__(self, fragment: Fragment, *args, model_path: Path, **kwargs):
         self.bundle_root, self.ckpt = _bundle_paths(model_path)
-        self._net = None
+        self._restorer = None
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec):
@@ -60,42 +61,15 @@ class TATRestoreOperator(Operator):
         spec.output("restored").condition(ConditionType.NONE)
 
     def _load(self):
-        from monai.bundle import ConfigParser
+        from custom.inference.restore import Restorer
 
-        parser = ConfigParser()
-        parser.read_config(str(self.bundle_root / "configs" / "inference.json"))
-        parser["bundle_root"] = str(self.bundle_root)
-        parser["device"] = "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"
-        for k, v in json.loads(os.environ.get("TAT_DEPLOY_OVERRIDE", "{}")).items():
-            parser[k] = v
-        self.device = parser.get_parsed_content("device")
-        self.settings = parser.get_parsed_content("modality_settings")
-        self.inferer = parser.get_parsed_content("inferer")
-        self.clip_output = bool(parser.get("clip_output", False))  # as the bundle's inference: clip to clip_range
-        net = parser.get_parsed_content("network_def")
-        state = torch.load(str(self.ckpt), map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
-        net.load_state_dict(state)
-        self._net = net.to(self.device).eval()
-
-    @torch.no_grad()
-    def restore(self, values, modality: str):
-        from custom.transforms import ModalityDenormalized, ModalityNormalized
-
-        img = torch.as_tensor(values, dtype=torch.float32)
-        img = img[None] if img.ndim == 3 else img[None, ..., None]  # (1, H, W, D)
-        x = ModalityNormalized(keys="image", settings=self.settings)({"image": img, "modality": modality})["image"]
-        pred = self.inferer(x[None].to(self.device), self._net)[0].float().cpu()
-        denormalise = ModalityDenormalized(keys="pred", settings=self.settings, clip=self.clip_output)
-        out = denormalise({"pred": pred, "modality": modality})["pred"]
-        out = out.numpy()[0]
-        return out if values.ndim == 3 else out[..., 0]
+        overrides = json.loads(os.environ.get("TAT_DEPLOY_OVERRIDE", "{}"))
+        self._restorer = Restorer.from_bundle(self.bundle_root, checkpoint=self.ckpt, overrides=overrides)
 
     def compute(self, op_input, op_output, context):
         from custom.inference.io import load_dicom_series
 
-        if self._net is None:
+        if self._restorer is None:
             self._load()
         selections = op_input.receive("study_selected_series_list") or []
         results = []
@@ -106,7 +80,7 @@ class TATRestoreOperator(Operator):
                 values, meta = load_dicom_series(files, where=f"series {series.SeriesInstanceUID}")
                 if meta["modality"] is None:
                     raise ValueError(f"series {series.SeriesInstanceUID}: Modality tag is not CT, PT or MR")
-                restored = self.restore(values, meta["modality"])
+                restored = self._restorer(values, meta["modality"])
                 logging.info(
                     f"restored {series.SeriesInstanceUID} ({meta['modality']}, {values.shape}): "
                     f"input [{values.min():.1f}, {values.max():.1f}] -> [{restored.min():.1f}, {restored.max():.1f}]"

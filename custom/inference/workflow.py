@@ -1,4 +1,8 @@
-"""The inference engine: restore every scan, keep going past failures, report them at the end."""
+"""The inference engine: restore every scan, keep going past failures, report every input at the end.
+
+Every item :func:`custom.inference.find_scans` returns ends up in ``inference_report.json`` as ``written``,
+``skipped`` (output exists, or the scanner's ``skip`` reason) or ``failed`` (with the error naming the file).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from monai.engines import SupervisedEvaluator
 from monai.transforms import Transform
 
 from custom.data.datalist import write_json_atomic
+from custom.inference.restore import restore
 
 __all__ = ["CatchFailures", "first_item", "RestorationEvaluator"]
 
@@ -32,6 +37,7 @@ class CatchFailures(Transform):
     """Apply ``transform``; on an exception return the item with an ``error`` message instead of raising.
 
     Lets the data loader hand a broken scan to :class:`RestorationEvaluator`, which reports it and moves on.
+    Items the scanner marked with ``skip`` (a reason) or ``error`` are passed through unread.
 
     Args:
         transform: the preprocessing chain.
@@ -41,6 +47,8 @@ class CatchFailures(Transform):
         self.transform = transform
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        if data.get("skip") or data.get("error"):
+            return dict(data)
         try:
             return dict(self.transform(data))
         except Exception as e:  # every failure is reported per scan
@@ -60,11 +68,15 @@ def first_item(batch: Sequence[Any]) -> Any:
 class RestorationEvaluator(SupervisedEvaluator):
     """``SupervisedEvaluator`` that restores one whole scan per iteration and never stops on a bad scan.
 
-    Each iteration: skip the scan when its output exists and ``overwrite`` is False (logged), run
-    ``inferer(image, network)`` on the normalised scan, apply ``postprocessing`` (denormalise + write) to the
-    item. Any error of one scan (reading, inference, writing) is logged with its file name and the next
-    scan runs. After the run the per-scan status is written to ``report_path`` (json) and, if any scan
-    failed, a ``RuntimeError`` listing them is raised (non-zero exit of ``monai.bundle run``).
+    Each iteration: record the scanner's ``skip`` / ``error`` items, skip the scan when its output exists and
+    ``overwrite`` is False (logged), restore it with :func:`custom.inference.restore.restore` (normalise with
+    ``settings``, ``inferer(x, network)``, denormalise, clip when ``clip_output``; ``pred`` in physical units,
+    ``image`` replaced by the normalised input, the physical input kept in ``input`` when absent), then apply
+    ``postprocessing`` (e.g. write) to the item. Without ``settings`` the image is taken as already normalised
+    and ``pred`` is the raw network output. Any error of one scan (reading, inference, writing) is logged with
+    its file name and the next scan runs. After the run the per-scan status of every item is written to
+    ``report_path`` (json; also when the run itself stops on an error, the scans not reached listed as failed)
+    and, if any scan failed, a ``RuntimeError`` listing them is raised (non-zero exit of ``monai.bundle run``).
 
     Args:
         device: device of the network.
@@ -72,6 +84,8 @@ class RestorationEvaluator(SupervisedEvaluator):
         network: the restoration network.
         inferer: e.g. :class:`custom.inference.SliceBatchInferer`.
         postprocessing: transform applied to the item dict with ``pred`` added (``(1, H, W[, D])`` on CPU).
+        settings: modality settings (:func:`custom.data.load_modality_settings`); None: input already normalised.
+        clip_output: clip restored values to the modality's ``clip_range``.
         overwrite: replace existing outputs.
         report_path: json file of per-scan results (None: not written).
         val_handlers: handlers (e.g. ``CheckpointLoader``).
@@ -90,6 +104,8 @@ class RestorationEvaluator(SupervisedEvaluator):
         report_path: str | None = None,
         val_handlers: Sequence[Any] | None = None,
         amp: bool = False,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+        clip_output: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -106,10 +122,13 @@ class RestorationEvaluator(SupervisedEvaluator):
         self.restore_postprocessing = postprocessing
         self.overwrite = overwrite
         self.report_path = report_path
+        self.settings = settings
+        self.clip_output = bool(clip_output)
         self.results: list[dict[str, Any]] = []
 
     def _record(self, item: Mapping[Hashable, Any], status: str, message: str = "", seconds: float = 0.0) -> None:
-        source = str(item.get("source", item.get("image", "?")))
+        image = item.get("image", "?")
+        source = str(item.get("source", image if isinstance(image, str) else "?"))
         if status == "failed" and source not in message:
             message = f"{source}: {message}"
         entry = {
@@ -119,6 +138,9 @@ class RestorationEvaluator(SupervisedEvaluator):
             "message": message,
             "seconds": round(seconds, 3),
         }
+        # task check (custom.inference.task_check), data-consistency notes and the difference output, when present
+        extra = ("predicted_task", "task_distance", "warnings", "difference_output")
+        entry.update({k: item[k] for k in extra if k in item})
         self.results.append(entry)
         log = logger.error if status == "failed" else logger.warning if status == "skipped" else logger.info
         log("%s %s -> %s %s", status, entry["image"], entry["output"], message)
@@ -126,21 +148,42 @@ class RestorationEvaluator(SupervisedEvaluator):
     def _iteration(self, engine: Any, batchdata: dict[Hashable, Any]) -> dict[Hashable, Any]:  # type: ignore[override]
         start = time.perf_counter()
         item = dict(batchdata)
+        if item.get("skip"):
+            self._record(item, "skipped", str(item["skip"]))
+            return {}
         if item.get("error"):
             self._record(item, "failed", str(item["error"]))
+            return {}
+        if not item.get("output"):
+            self._record(item, "failed", "no output path for this item")
             return {}
         if os.path.lexists(str(item["output"])) and not self.overwrite:
             self._record(item, "skipped", "output exists (set overwrite=true to replace it)")
             return {}
         try:
             image = item["image"]
-            x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None].to(
-                engine.state.device
-            )
-            engine.network.eval()
-            with torch.no_grad(), torch.autocast(device_type=torch.device(engine.state.device).type, enabled=self.amp):
-                pred = engine.inferer(x, engine.network)
-            item["pred"] = pred[0].float().cpu()
+            if self.settings is not None:
+                item.setdefault("input", image)
+                item["pred"], item["image"] = restore(
+                    image,
+                    item.get("modality"),
+                    engine.network,
+                    engine.inferer,
+                    self.settings,
+                    clip=self.clip_output,
+                    device=engine.state.device,
+                    amp=self.amp,
+                    return_normalised=True,
+                )
+            else:
+                x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None]
+                engine.network.eval()
+                with (
+                    torch.no_grad(),
+                    torch.autocast(device_type=torch.device(engine.state.device).type, enabled=self.amp),
+                ):
+                    pred = engine.inferer(x.to(engine.state.device), engine.network)
+                item["pred"] = pred[0].float().cpu()
             if self.restore_postprocessing is not None:
                 item = dict(self.restore_postprocessing(item))
         except Exception as e:  # report and continue with the next scan
@@ -157,14 +200,38 @@ class RestorationEvaluator(SupervisedEvaluator):
             RuntimeError: one or more scans failed (all are listed).
         """
         self.results = []
-        super().run(global_epoch)
+        try:
+            super().run(global_epoch)
+        except Exception as e:  # e.g. the checkpoint does not load: every scan not reached is reported failed
+            self._record_unreached(f"inference stopped before this scan: {_root_message(e)}")
+            self._write_report()
+            raise
+        self._record_unreached("not processed by the engine")
+        self._write_report()
+        failed = [r for r in self.results if r["status"] == "failed"]
+        if failed:
+            lines = "\n".join(f"  {r['image']}: {r['message']}" for r in failed)
+            raise RuntimeError(f"{len(failed)} of {len(self.results)} scan(s) failed:\n{lines}")
+
+    def _record_unreached(self, message: str) -> None:
+        """Record as failed the data loader's items that have no entry yet (none is ever left out)."""
+        items = getattr(getattr(self.data_loader, "dataset", None), "data", None)
+        if not isinstance(items, (list, tuple)):
+            return
+        seen = {(r["image"], r["output"]) for r in self.results}
+        for item in items:
+            if not isinstance(item, Mapping):
+                continue
+            image = item.get("image", "?")
+            source = str(item.get("source", image if isinstance(image, str) else "?"))
+            if (source, str(item.get("output", ""))) not in seen:
+                self._record(item, "failed", message)
+
+    def _write_report(self) -> dict[str, int]:
         counts = {s: sum(r["status"] == s for r in self.results) for s in ("written", "skipped", "failed")}
         logger.info(
             "inference: %d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"]
         )
         if self.report_path:
             write_json_atomic({"counts": counts, "scans": self.results}, self.report_path)
-        failed = [r for r in self.results if r["status"] == "failed"]
-        if failed:
-            lines = "\n".join(f"  {r['image']}: {r['message']}" for r in failed)
-            raise RuntimeError(f"{len(failed)} of {len(self.results)} scan(s) failed:\n{lines}")
+        return counts

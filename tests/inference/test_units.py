@@ -35,7 +35,9 @@ def test_write_nifti_atomic_and_no_silent_overwrite(tmp_path) -> None:
     path = str(tmp_path / "out.nii.gz")
     write_nifti(np.full((4, 5, 2), 1e6, np.float32), ref, path)
     out = nib.load(path)
-    assert out.get_data_dtype() == np.int16 and int(np.asanyarray(out.dataobj).max()) == 32767
+    # does not fit int16 unscaled: int16 kept with new scale factors, the value itself not clipped
+    assert out.get_data_dtype() == np.int16 and (out.dataobj.slope, out.dataobj.inter) != (1, 0)
+    np.testing.assert_allclose(np.asanyarray(out.dataobj), 1e6, rtol=1e-6)
     np.testing.assert_allclose(out.affine, ref.affine)
     with pytest.raises(FileExistsError, match="out.nii.gz"):
         write_nifti(np.zeros((4, 5, 2), np.float32), ref, path)

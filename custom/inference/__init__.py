@@ -6,6 +6,7 @@ Used by ``bundle/configs/inference.json``; see the Inference section of ``bundle
 from __future__ import annotations
 
 from custom.inference.inferer import SliceBatchInferer
+from custom.inference.modes import INFERENCE_MODES, mode_inferer, network_window_mode
 from custom.inference.io import LoadScand, load_dicom_series, load_nifti
 from custom.inference.scans import find_scans
 from custom.inference.workflow import CatchFailures, RestorationEvaluator, first_item
@@ -17,6 +18,9 @@ __all__ = [
     "load_dicom_series",
     "LoadScand",
     "SliceBatchInferer",
+    "INFERENCE_MODES",
+    "mode_inferer",
+    "network_window_mode",
     "SaveRestoredd",
     "write_nifti",
     "write_dicom_series",

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
 __all__ = ["SliceBatchInferer"]
 
 
@@ -20,16 +22,34 @@ class SliceBatchInferer(Inferer):
 
     Args:
         batch_size: slices per forward pass.
+        inner: an inferer run on each ``(N, C, H, W)`` batch instead of calling the network directly (e.g.
+            MONAI's ``SlidingWindowInferer``), or ``None``.
+        autocast_dtype: ``None`` (float32), ``"bfloat16"`` or ``"float16"``: the forward pass runs under
+            ``torch.autocast`` of the input's device with that dtype and the output is cast back to the
+            input's dtype (faster on CPUs with AMX / AVX512-BF16 and on GPUs; changes the outputs slightly).
 
     Raises:
-        ValueError: ``batch_size`` < 1, or input that is not 4D/5D.
+        ValueError: ``batch_size`` < 1, an unknown ``autocast_dtype``, or input that is not 4D/5D.
     """
 
-    def __init__(self, batch_size: int = 8) -> None:
+    def __init__(self, batch_size: int = 8, inner: Inferer | None = None, autocast_dtype: str | None = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(
+                f"autocast_dtype must be null (float32) or one of {', '.join(AUTOCAST_DTYPES)}; got {autocast_dtype!r}."
+            )
         self.batch_size = batch_size
+        self.inner = inner
+        self.autocast_dtype = autocast_dtype
+
+    def _run(self, x: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """One ``(N, C, H, W)`` batch through ``inner`` or the network, under autocast if asked."""
+        dtype = None if self.autocast_dtype is None else AUTOCAST_DTYPES[self.autocast_dtype]
+        with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype is not None):
+            out = network(x, *args, **kwargs) if self.inner is None else self.inner(x, network, *args, **kwargs)
+        return out.to(x.dtype)
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
@@ -48,7 +68,7 @@ class SliceBatchInferer(Inferer):
         if inputs.dim() == 4:
             return torch.cat(
                 [
-                    network(inputs[i : i + self.batch_size], *args, **kwargs)
+                    self._run(inputs[i : i + self.batch_size], network, *args, **kwargs)
                     for i in range(0, inputs.shape[0], self.batch_size)
                 ]
             )

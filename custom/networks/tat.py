@@ -11,6 +11,7 @@ from monai.networks.layers.factories import Conv
 from torch.utils.checkpoint import checkpoint
 
 from custom.networks.blocks import (
+    ChannelAttention,
     Downsample,
     TaskKernels,
     TaskRepresentationNetwork,
@@ -18,6 +19,7 @@ from custom.networks.blocks import (
     Upsample,
     ffn_hidden_channels,
 )
+from custom.networks.blocks.attention import check_window_mode
 
 __all__ = ["TAT"]
 
@@ -71,9 +73,14 @@ class TAT(nn.Module):
             (less memory, about a third more compute in training).
         tren_hidden_channels: width of the task representation network's conv trunk.
         tren_embed_dim: width of the task embedding.
+        window_mode: how attention treats maps larger than its window: ``"published"`` (the published
+            equal-weight mean of overlapping windows, exact reproduction), ``"global"`` (no windows) or
+            ``"blended"`` (windows mixed with smooth weights, no jump at window edges). Changeable later with
+            :meth:`set_window_mode`; training at the training size is the same in every mode.
 
     Raises:
-        ValueError: unsupported ``spatial_dims``, wrong number of levels, non-divisible widths.
+        ValueError: unsupported ``spatial_dims``, wrong number of levels, non-divisible widths, unknown
+            ``window_mode``.
     """
 
     def __init__(
@@ -93,8 +100,10 @@ class TAT(nn.Module):
         use_checkpoint: bool = False,
         tren_hidden_channels: int = 64,
         tren_embed_dim: int = 256,
+        window_mode: str = "published",
     ) -> None:
         super().__init__()
+        check_window_mode(window_mode)
         if spatial_dims != 2:
             raise ValueError(f"TAT is 2D as published: spatial_dims must be 2, got {spatial_dims}.")
         if len(num_blocks) != 4 or len(heads) != 4:
@@ -122,6 +131,7 @@ class TAT(nn.Module):
                     spatial_dims,
                     dynamic=dynamic,
                     train_size=train_size(n_heads),
+                    window_mode=window_mode,
                 )
                 for _ in range(n)
             )
@@ -160,6 +170,30 @@ class TAT(nn.Module):
         )
         self.output = conv(dim, out_channels, kernel_size=3, padding=1, bias=bias)
         self.size_multiple = 2**3
+
+    @property
+    def window_mode(self) -> str:
+        """The attention window mode of the blocks (see ``window_mode`` of the constructor)."""
+        modes = {m.window_mode for m in self.modules() if isinstance(m, ChannelAttention)}
+        return modes.pop() if len(modes) == 1 else "mixed"
+
+    def set_window_mode(self, mode: str) -> TAT:
+        """Set the attention window mode of every block (weights unchanged); not to be called inside ``forward``.
+
+        Args:
+            mode: ``"published"``, ``"global"`` or ``"blended"``.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: unknown ``mode``, listing the valid ones.
+        """
+        check_window_mode(mode)
+        for m in self.modules():
+            if isinstance(m, ChannelAttention):
+                m.window_mode = mode
+        return self
 
     def _blocks(self, blocks: nn.ModuleList, x: torch.Tensor, kernels: TaskKernels | None) -> torch.Tensor:
         for blk in blocks:

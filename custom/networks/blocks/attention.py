@@ -10,9 +10,25 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
 from custom.networks.blocks.dynamic_conv import DepthwiseConv
-from custom.networks.blocks.local_windows import window_tiles
+from custom.networks.blocks.local_windows import blend_weights, window_starts, window_tiles
 
-__all__ = ["ChannelAttention", "channel_attention"]
+__all__ = ["ChannelAttention", "channel_attention", "WINDOW_MODES", "check_window_mode"]
+
+WINDOW_MODES = ("published", "global", "blended")
+"""How the attention treats feature maps larger than its window: the published equal-weight mean of the
+overlapping windows (``"published"``, jumps at window edges), one global attention (``"global"``), or the
+windows' attention matrices blended with smooth weights that vanish at the window edges (``"blended"``)."""
+
+
+def check_window_mode(mode: str) -> str:
+    """Return ``mode`` if it is one of :data:`WINDOW_MODES`.
+
+    Raises:
+        ValueError: any other value, listing the valid ones.
+    """
+    if mode not in WINDOW_MODES:
+        raise ValueError(f"attention window mode must be one of {', '.join(WINDOW_MODES)}; got {mode!r}.")
+    return mode
 
 
 def _over_axis(x: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor:
@@ -29,7 +45,12 @@ def _concat_tiles(tiles: list[torch.Tensor], grid: Sequence[int]) -> torch.Tenso
 
 
 def channel_attention(
-    qkv: torch.Tensor, num_heads: int, temperature: torch.Tensor, window: Sequence[int] | None = None
+    qkv: torch.Tensor,
+    num_heads: int,
+    temperature: torch.Tensor,
+    window: Sequence[int] | None = None,
+    blend: bool = False,
+    sigma_scale: float = 0.125,
 ) -> torch.Tensor:
     """Transposed (channel) self-attention of each sample, globally or in overlapping local windows.
 
@@ -46,11 +67,18 @@ def channel_attention(
     to the Gram matrix (``A_ij = G_ij / (|q_i| |k_j|)``, norms clamped at 1e-12 as in ``F.normalize``).
     Works on the channels-last view, so a channels-last input needs no layout copies for global attention.
 
+    With ``blend=True`` the windows' attention matrices (the same per-window statistics) are mixed per voxel
+    with the smooth weights of :func:`~custom.networks.blocks.local_windows.blend_weights` instead of the
+    equal-weight mean: ``out(p) = sum_w beta_w(p) A_w v(p)``, with ``beta_w`` falling to 0 at window ``w``'s
+    edges, so the effective attention matrix is continuous in ``p`` (no jump at window edges).
+
     Args:
         qkv: ``(B, 3C, *spatial)``: q, k and v stacked along channels.
         num_heads: number of heads h; divides C.
         temperature: ``(h, 1, 1)`` learned scale per head.
         window: window length per spatial axis, or ``None`` for global attention.
+        blend: smooth blending of the windows (see above) instead of the published mean.
+        sigma_scale: width of the blending weights as a fraction of the window length.
 
     Returns:
         ``(B, C, *spatial)``, channels-last in memory.
@@ -90,6 +118,8 @@ def channel_attention(
     q_norm = q_norm.sqrt().clamp_min(1e-12)
     k_norm = k_norm.sqrt().clamp_min(1e-12)
     attn = (gram / (q_norm[..., :, None] * k_norm[..., None, :]) * temperature).softmax(dim=-1)
+    if blend and window is not None:
+        return _blend_windows(t[..., 2 * c :], attn, spatial, window, num_heads, sigma_scale)
     for axis, mean in enumerate(tile_mean):  # per-window attention -> per-tile averaged attention
         if mean is not None:
             attn = _over_axis(attn, mean, axis)
@@ -101,6 +131,43 @@ def channel_attention(
     return _concat_tiles(outs, grid).movedim(-1, 1)
 
 
+def _blend_windows(
+    v_all: torch.Tensor,
+    attn: torch.Tensor,
+    spatial: Sequence[int],
+    window: Sequence[int],
+    num_heads: int,
+    sigma_scale: float,
+) -> torch.Tensor:
+    """``sum_w beta_w(p) A_w v(p)`` over the window grid.
+
+    Args:
+        v_all: ``(B, *S, C)`` values (channels-last view).
+        attn: ``(*n_windows, B, h, C/h, C/h)`` per-window attention matrices.
+        spatial: ``S``.
+        window: window length per axis.
+        num_heads: h.
+        sigma_scale: see :func:`~custom.networks.blocks.local_windows.blend_weights`.
+
+    Returns:
+        ``(B, C, *S)``, channels-last in memory.
+    """
+    b, c = v_all.shape[0], v_all.shape[-1]
+    starts = [window_starts(s, w) for s, w in zip(spatial, window)]
+    ks = [min(s, w) for s, w in zip(spatial, window)]
+    weights = [blend_weights(s, w, sigma_scale, v_all.device).to(v_all.dtype) for s, w in zip(spatial, window)]
+    out = v_all.new_zeros(b, *spatial, c)
+    for index in itertools.product(*(range(len(st)) for st in starts)):
+        region = (slice(None), *(slice(starts[i][j], starts[i][j] + ks[i]) for i, j in enumerate(index)))
+        v = v_all[region].reshape(b, -1, num_heads, c // num_heads).transpose(1, 2)  # (B, h, P, C/h)
+        o = (v @ attn[index].transpose(-2, -1)).transpose(1, 2).reshape(b, *ks, c)
+        w = weights[0][index[0]]
+        for i in range(1, len(ks)):
+            w = w[..., None] * weights[i][index[i]]
+        out[region] += o * w[..., None]
+    return out.movedim(-1, 1)
+
+
 class ChannelAttention(nn.Module):
     """MDTA: 1x1 conv to q, k, v, 3x3 depthwise conv, channel attention per head, 1x1 output conv.
 
@@ -108,6 +175,8 @@ class ChannelAttention(nn.Module):
     see :class:`DepthwiseConv`). When a feature map is larger than ``1.5 * train_size`` along an axis,
     the attention (not the convs) runs in overlapping local windows of that length and is averaged
     where they overlap (test-time local converter); smaller maps use global attention, as published.
+    ``window_mode`` (:data:`WINDOW_MODES`) chooses the published mean, global attention at every size, or
+    smoothly blended windows; it is an attribute read (never written) in ``forward``.
 
     Args:
         dim: channels C.
@@ -116,9 +185,11 @@ class ChannelAttention(nn.Module):
         spatial_dims: number of spatial dimensions.
         dynamic: task-adaptive depthwise conv (decoder) instead of a static one (encoder).
         train_size: spatial size of this block's input during training; ``None`` disables local windows.
+        window_mode: ``"published"``, ``"global"`` or ``"blended"``.
 
     Raises:
-        ValueError: ``num_heads`` does not divide ``dim``, or ``train_size`` is not positive.
+        ValueError: ``num_heads`` does not divide ``dim``, ``train_size`` is not positive, or an unknown
+            ``window_mode``.
     """
 
     def __init__(
@@ -129,6 +200,7 @@ class ChannelAttention(nn.Module):
         spatial_dims: int = 2,
         dynamic: bool = False,
         train_size: int | None = None,
+        window_mode: str = "published",
     ) -> None:
         super().__init__()
         if num_heads < 1 or dim % num_heads != 0:
@@ -139,6 +211,7 @@ class ChannelAttention(nn.Module):
         self.num_heads = num_heads
         self.spatial_dims = spatial_dims
         self.window = None if train_size is None else int(train_size * 1.5)
+        self.window_mode = check_window_mode(window_mode)
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.qkv = conv(dim, dim * 3, kernel_size=1, bias=bias)
         self.qkv_dwconv = DepthwiseConv(
@@ -156,6 +229,7 @@ class ChannelAttention(nn.Module):
         """
         qkv = self.qkv_dwconv(self.qkv(x), kernel)
         spatial = qkv.shape[2:]
-        local = self.window is not None and any(s > self.window for s in spatial)
+        local = self.window is not None and self.window_mode != "global" and any(s > self.window for s in spatial)
         window = [self.window] * self.spatial_dims if local else None
-        return self.project_out(channel_attention(qkv, self.num_heads, self.temperature, window))
+        blend = self.window_mode == "blended"
+        return self.project_out(channel_attention(qkv, self.num_heads, self.temperature, window, blend))

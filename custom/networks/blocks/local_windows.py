@@ -9,6 +9,9 @@ Two equivalent forms of "run an operation in overlapping windows and average whe
   are sums of per-tile sums, and "mean over the covering windows" is one small matrix per axis. Nothing is
   copied per window; the work is proportional to the image, not to the total window area (2.25x the image at
   256 x 256 with 192-pixel windows).
+
+:func:`blend_weights` gives smooth per-window weights (a partition of unity that falls to zero at every window
+edge), used by the ``"blended"`` attention windows instead of the published equal-weight mean.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["window_starts", "window_tiles", "partition_windows", "merge_windows"]
+__all__ = ["window_starts", "window_tiles", "blend_weights", "partition_windows", "merge_windows"]
 
 
 def window_starts(size: int, window: int) -> list[int]:
@@ -73,6 +76,43 @@ def window_tiles(size: int, window: int) -> tuple[list[tuple[int, int]], list[li
     tiles = list(zip(bounds[:-1], bounds[1:]))
     coverage = [[int(s <= a and e <= s + k) for a, e in tiles] for s in starts]
     return tiles, coverage
+
+
+def blend_weights(
+    size: int, window: int, sigma_scale: float = 0.125, device: torch.device | None = None
+) -> torch.Tensor:
+    """Smooth weights of the overlapping windows along one axis, summing to 1 at every position.
+
+    Window ``w`` (as in :func:`window_starts`, length ``k = min(size, window)``) gets
+    ``g(p) = exp(-d^2 / (2 s^2)) - exp(-(k/2)^2 / (2 s^2))`` with ``d`` the distance of pixel centre ``p`` from
+    the window centre and ``s = sigma_scale * k``: a Gaussian shifted to reach 0 half a pixel outside the window,
+    so it is positive inside and continuous across the window edge. The weights are ``g_w / sum_w' g_w'``.
+    In 2D the product of the per-axis weights is the normalised product of the per-axis Gaussians (the sum
+    over the window grid factorises), so the weights of a window grid are separable.
+
+    Args:
+        size: length of the axis.
+        window: nominal window length.
+        sigma_scale: Gaussian width as a fraction of the window length, in (0, 10].
+        device: device of the result.
+
+    Returns:
+        ``(n_windows, k)`` float32: the weight of each window at each of its ``k`` pixels.
+
+    Raises:
+        ValueError: ``size`` or ``window`` not positive, or ``sigma_scale`` out of (0, 10].
+    """
+    if not 0 < sigma_scale <= 10:
+        raise ValueError(f"sigma_scale must be in (0, 10], got {sigma_scale}.")
+    starts = window_starts(size, window)
+    k = min(size, window)
+    sigma = sigma_scale * k
+    d = torch.arange(k, dtype=torch.float64, device=device) - (k - 1) / 2
+    g = torch.exp(-(d**2) / (2 * sigma**2)) - torch.exp(torch.tensor(-((k / 2) ** 2) / (2 * sigma**2)))
+    total = torch.zeros(size, dtype=torch.float64, device=device)
+    for s in starts:
+        total[s : s + k] += g
+    return torch.stack([g / total[s : s + k] for s in starts]).float()
 
 
 def _axis_index(size: int, window: int, device: torch.device) -> torch.Tensor:

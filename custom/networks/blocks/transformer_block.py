@@ -25,6 +25,7 @@ class TransformerBlock(nn.Module):
         spatial_dims: number of spatial dimensions.
         dynamic: the depthwise convs take generated kernels (decoder block).
         train_size: training spatial size of this block's input for local windows, ``None`` for none.
+        window_mode: attention window mode (see :data:`~custom.networks.blocks.attention.WINDOW_MODES`).
 
     Raises:
         ValueError: unknown ``layer_norm_type``.
@@ -40,13 +41,14 @@ class TransformerBlock(nn.Module):
         spatial_dims: int = 2,
         dynamic: bool = False,
         train_size: int | None = None,
+        window_mode: str = "published",
     ) -> None:
         super().__init__()
         if layer_norm_type not in ("WithBias", "BiasFree"):
             raise ValueError(f"layer_norm_type must be 'WithBias' or 'BiasFree', got {layer_norm_type!r}.")
         with_bias = layer_norm_type == "WithBias"
         self.norm1 = ChannelLayerNorm(dim, bias=with_bias)
-        self.attn = ChannelAttention(dim, num_heads, bias, spatial_dims, dynamic, train_size)
+        self.attn = ChannelAttention(dim, num_heads, bias, spatial_dims, dynamic, train_size, window_mode)
         self.norm2 = ChannelLayerNorm(dim, bias=with_bias)
         self.ffn = GatedFeedForward(dim, ffn_expansion_factor, bias, spatial_dims, dynamic)
 

@@ -1,0 +1,124 @@
+"""Inference modes: one config key picks the network's window mode and the inferer; bad values fail clearly."""
+
+from __future__ import annotations
+
+import unittest
+
+import torch
+from monai.bundle import ConfigParser
+from monai.inferers import sliding_window_inference
+from parameterized import parameterized
+
+from custom.inference import INFERENCE_MODES, SliceBatchInferer, mode_inferer, network_window_mode
+from tests.inference.helpers import INFERENCE_CONFIG, tiny_net
+
+
+class TestModeInferer(unittest.TestCase):
+    def test_window_modes(self):
+        self.assertEqual(
+            [network_window_mode(m) for m in INFERENCE_MODES], ["published", "global", "global", "blended"]
+        )
+
+    @parameterized.expand(
+        [
+            ({"mode": "tlc"}, "published, global, sliding, blended"),
+            ({"mode": "sliding", "roi_size": 4}, "roi_size"),
+            ({"mode": "sliding", "roi_size": (128,)}, "roi_size"),
+            ({"mode": "sliding", "overlap": 1.0}, r"overlap must be in \[0, 1\)"),
+            ({"mode": "sliding", "overlap": -0.1}, "overlap"),
+            ({"mode": "sliding", "sw_batch_size": 0}, "sw_batch_size"),
+            ({"mode": "sliding", "sigma_scale": 0.0}, "sigma_scale"),
+            ({"mode": "global", "slice_batch_size": 0}, "batch_size"),
+            ({"mode": "global", "autocast_dtype": "int8"}, "bfloat16, float16"),
+        ]
+    )
+    def test_bad_values(self, kwargs, message):
+        with self.assertRaisesRegex(ValueError, message):
+            mode_inferer(**kwargs)
+
+    def test_network_window_mode_bad(self):
+        with self.assertRaisesRegex(ValueError, "published, global, sliding, blended"):
+            network_window_mode("windows")
+
+    def test_sliding_is_monai_gaussian_at_roi(self):
+        net = tiny_net().set_window_mode("global")
+        torch.manual_seed(0)
+        x = torch.rand(3, 1, 72, 60)
+        inferer = mode_inferer("sliding", slice_batch_size=2, roi_size=32, overlap=0.5, sw_batch_size=3)
+        with torch.no_grad():
+            got = inferer(x, net)
+            ref = sliding_window_inference(x, (32, 32), 4, net, overlap=0.5, mode="gaussian", padding_mode="reflect")
+            whole = net(x)
+            alone = inferer(x[1:2], net)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(alone, got[1:2], rtol=1e-5, atol=1e-5)
+        self.assertGreater((got - whole).abs().max().item(), 1e-4)  # really tiled
+
+    @parameterized.expand([(m,) for m in INFERENCE_MODES])
+    def test_volume_batch_of_slices_equals_each_alone(self, mode):
+        net = tiny_net().set_window_mode(network_window_mode(mode))
+        torch.manual_seed(1)
+        vol = torch.rand(1, 1, 56, 64, 3)  # (B, C, H, W, D)
+        with torch.no_grad():
+            out = mode_inferer(mode, slice_batch_size=3, roi_size=32)(vol, net)
+            self.assertEqual(tuple(out.shape), tuple(vol.shape))
+            for d in range(3):
+                alone = mode_inferer(mode, slice_batch_size=1, roi_size=32)(vol[..., d], net)
+                torch.testing.assert_close(out[..., d], alone, rtol=1e-5, atol=1e-5)
+
+    def test_bf16_autocast_close_not_equal(self):
+        net = tiny_net()
+        torch.manual_seed(2)
+        x = torch.rand(2, 1, 48, 48)
+        with torch.no_grad():
+            ref = SliceBatchInferer(2)(x, net)
+            bf = SliceBatchInferer(2, autocast_dtype="bfloat16")(x, net)
+        self.assertEqual(bf.dtype, torch.float32)
+        diff = (bf - ref).abs().max().item()
+        self.assertGreater(diff, 0)
+        self.assertLess(diff, 0.1)
+
+
+class TestConfigs(unittest.TestCase):
+    @staticmethod
+    def _parser(files, mode):
+        p = ConfigParser()
+        p.read_config(files)
+        p["bundle_root"] = "bundle"
+        for k, v in {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}.items():
+            p["network_def"][k] = v
+        if mode is not None:
+            p["inference_mode"] = mode
+        return p
+
+    @parameterized.expand([(m,) for m in INFERENCE_MODES])
+    def test_inference_json_one_key(self, mode):
+        p = self._parser(INFERENCE_CONFIG, mode)
+        self.assertEqual(p.get_parsed_content("network_def").window_mode, network_window_mode(mode))
+        inferer = p.get_parsed_content("inferer")
+        self.assertEqual(type(inferer.inner).__name__, "SlidingWindowInferer" if mode == "sliding" else "NoneType")
+
+    def test_defaults(self):
+        self.assertEqual(self._parser(INFERENCE_CONFIG, None)["inference_mode"], "blended")
+        train = INFERENCE_CONFIG.replace("inference.json", "train.json")
+        evaluate = INFERENCE_CONFIG.replace("inference.json", "evaluate.json")
+        p = self._parser([train, evaluate], None)
+        self.assertEqual(p["inference_mode"], "published")  # the published test phase
+        self.assertEqual(p.get_parsed_content("network_def").window_mode, "published")
+        p = self._parser([train, evaluate], "blended")
+        self.assertEqual(p.get_parsed_content("network_def").window_mode, "blended")
+        self.assertEqual(self._parser(train, None).get_parsed_content("network_def").window_mode, "published")
+
+    def test_bad_mode_in_config(self):
+        p = self._parser(INFERENCE_CONFIG, "fast")
+        with self.assertRaises(Exception) as ctx:
+            p.get_parsed_content("inferer")
+        cause = ctx.exception
+        while cause.__cause__ is not None:  # MONAI wraps the instantiation error
+            cause = cause.__cause__
+        self.assertIsInstance(cause, ValueError)
+        self.assertIn("inference_mode must be one of published, global, sliding, blended", str(cause))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -33,13 +33,11 @@ class ChannelLayerNorm(nn.Module):
         """Normalise ``x`` of shape ``(B, C, *spatial)``; returns the same shape."""
         if self.bias is not None:
             # F.layer_norm on a channels-last view: one fused kernel, same statistics as the reference.
-            dims = list(range(x.dim()))
-            to_last = [0, *dims[2:], 1]
-            to_first = [0, x.dim() - 1, *range(1, x.dim() - 1)]
-            y = F.layer_norm(x.permute(to_last), (self.channels,), self.weight, self.bias, self.eps)
-            return y.permute(to_first)
+            # movedim rather than a permutation list built with ``*``: TorchScript cannot size such a list.
+            y = F.layer_norm(x.movedim(1, -1), [self.channels], self.weight, self.bias, self.eps)
+            return y.movedim(-1, 1)
         var = x.var(dim=1, keepdim=True, unbiased=False)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
+        shape = [1, -1] + [1] * (x.dim() - 2)
         return x * torch.rsqrt(var + self.eps) * self.weight.reshape(shape)
 
     def extra_repr(self) -> str:

@@ -29,7 +29,7 @@ Each rule lives in one place:
   times, ``DecayCorrection`` NONE) is refused naming the missing tags, unless the user declares the units
   (``pet_units="SUV"``: the rescaled values are SUV).
 * **Modality**: the one alias table is :data:`custom.data.settings.MODALITY_ALIASES`; ``meta["modality"]`` is the
-  task modality or None, ``meta["dicom_modality"]`` the raw tag (so ``OT`` is reported as unsupported, not
+  task modality or "", ``meta["dicom_modality"]`` the raw tag (so ``OT`` is reported as unsupported, not
   missing).
 """
 
@@ -68,6 +68,7 @@ __all__ = [
     "is_dicom",
     "is_nifti",
     "check_nifti_header",
+    "clear_caches",
     "nifti_image",
     "nifti_source_meta",
     "verify_gzip",
@@ -118,6 +119,14 @@ class _Cache:
 _HEADERS = _Cache(100_000)  # DICOM headers (pixel data deferred, i.e. left on disk)
 _GZIP_OK = _Cache(10_000)  # .nii.gz files whose whole stream (CRC, length) was checked
 _SERIES = _Cache(2_000)  # checked series: tuple of file keys -> DicomSeries
+
+
+def clear_caches() -> None:
+    """Forget the cached headers, gzip checks and series (they are keyed by file version, so this is only
+    needed to measure reads or to free memory)."""
+    for cache in (_HEADERS, _GZIP_OK, _SERIES):
+        with cache.lock:
+            cache.data.clear()
 
 
 # ----------------------------------------------------------------------------------------------------------- sniffing
@@ -682,7 +691,7 @@ class DicomReader(PydicomReader):
         meta = super()._get_meta_dict(img)
         tag = str(_tag_value(img, "Modality", "")).upper()
         meta["dicom_modality"] = tag
-        meta["modality"] = canonical_modality(tag)
+        meta["modality"] = canonical_modality(tag) or ""  # "" (not None: MONAI turns None into "none")
         meta["source_format"] = "dicom"
         meta["transfer_syntax"] = str(getattr(getattr(img, "file_meta", None), "TransferSyntaxUID", ""))
         if tag == "PT":

@@ -95,8 +95,8 @@ def _read_dicom(files: list[str], where: str, suv: bool, pet_units: str | None) 
         "datasets": datasets,
         "files": list(series.files),
         "suv_factors": [float(f) for f in meta["suv_factors"]],
-        "modality": meta.get("modality"),
-        "dicom_modality": meta.get("dicom_modality"),
+        "modality": meta.get("modality") or None,
+        "dicom_modality": meta.get("dicom_modality") or None,
     }
     return array, info, meta
 

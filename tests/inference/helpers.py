@@ -105,3 +105,72 @@ def read_series(folder: str) -> list[pydicom.Dataset]:
     """All DICOM files of a folder, sorted by position along z."""
     files = [pydicom.dcmread(os.path.join(folder, f)) for f in sorted(os.listdir(folder))]
     return sorted(files, key=lambda d: float(d.ImagePositionPatient[2]))
+
+
+def save_identity_checkpoint(path: str, seed: int = 0) -> TAT:
+    """Save the tiny TAT with its final convolution zeroed: zero residual, so the network is the identity."""
+    net = tiny_net(seed)
+    with torch.no_grad():
+        for p in net.output.parameters():
+            p.zero_()
+    torch.save({"model": net.state_dict()}, path)
+    return net
+
+
+def dicom_slice(
+    raw: np.ndarray,
+    *,
+    modality: str = "MR",
+    sop_class: str = "1.2.840.10008.5.1.4.1.1.4",
+    series_uid: str,
+    position: float = 0.0,
+    number: int = 1,
+    slope: float | None = None,
+    inter: float | None = None,
+    syntax: str = ExplicitVRLittleEndian,
+) -> Dataset:
+    """One grey-level slice with geometry, stored values ``raw`` (int16 -> signed, uint16 -> unsigned)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = "Test^Fidelity", "TAT002", modality
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = "1.2.3.4", series_uid, "1.2.3.5"
+    ds.SeriesNumber, ds.InstanceNumber = 7, number
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0.0, 0.0, float(position)]
+    ds.PixelSpacing, ds.SliceThickness = [0.9, 0.9], 3.0
+    ds.Rows, ds.Columns = raw.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 1 if raw.dtype == np.int16 else 0
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, inter or 0
+    if syntax == pydicom.uid.ExplicitVRBigEndian:
+        ds.PixelData = raw.astype(raw.dtype.newbyteorder(">")).tobytes()
+        ds["PixelData"].VR = "OW"
+    elif syntax == pydicom.uid.RLELossless:
+        ds.compress(pydicom.uid.RLELossless, raw)
+    else:
+        ds.PixelData = raw.astype(raw.dtype.newbyteorder("<")).tobytes()
+        ds["PixelData"].VR = "OW"
+    return ds
+
+
+def write_with_command_set(ds: Dataset, path: str) -> None:
+    """Write ``ds`` with command-set elements (group 0000) in its data set, as some clinical exports do
+    (``dcmwrite`` refuses to write them, so the file is assembled with ``write_dataset``)."""
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = ds.copy()
+    ds.add_new(0x00000002, "UI", ds.SOPClassUID)  # AffectedSOPClassUID
+    ds.add_new(0x00000100, "US", 1)  # CommandField
+    with open(path, "wb") as f:
+        f.write(b"\0" * 128 + b"DICM")
+        fp = DicomFileLike(f)
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+        write_dataset(fp, ds)

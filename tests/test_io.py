@@ -1,10 +1,30 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import unittest
 
-from custom.io import atomic_output, write_text_atomic
+from parameterized import parameterized
+
+from custom.io import atomic_output, atomic_output_dir, current_umask, default_mode, write_text_atomic
+
+
+class _Umask:
+    """Set the process umask for a block, then restore it."""
+
+    def __init__(self, mask: int) -> None:
+        self.mask = mask
+
+    def __enter__(self) -> None:
+        self.old = os.umask(self.mask)
+
+    def __exit__(self, *args) -> None:
+        os.umask(self.old)
+
+
+def _mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 class TestAtomicOutput(unittest.TestCase):
@@ -73,6 +93,81 @@ class TestAtomicOutput(unittest.TestCase):
             self.assertTrue(
                 torch.equal(torch.load(os.path.join(d, "latest.pt"), weights_only=True)["w"], torch.ones(3))
             )
+
+
+class TestUmaskPermissions(unittest.TestCase):
+    """Outputs get what a plain open()/mkdir would give under the user's umask, not tempfile's 0600/0700."""
+
+    @parameterized.expand([(0o022,), (0o027,), (0o002,)])
+    def test_current_umask_reads_without_changing(self, mask):
+        with _Umask(mask):
+            self.assertEqual(current_umask(), mask)
+            self.assertEqual(current_umask(), mask)  # reading did not change it
+            self.assertEqual(default_mode(), 0o666 & ~mask)
+            self.assertEqual(default_mode(directory=True), 0o777 & ~mask)
+
+    @parameterized.expand([(0o022, 0o644), (0o027, 0o640)])
+    def test_atomic_file_mode_follows_umask(self, mask, expected):
+        with tempfile.TemporaryDirectory() as d, _Umask(mask):
+            path = write_text_atomic(os.path.join(d, "report.json"), "{}")
+            self.assertEqual(_mode(path), expected)
+            with open(os.path.join(d, "plain.txt"), "w") as f:  # what the user expects: like a plain open()
+                f.write("x")
+            self.assertEqual(_mode(path), _mode(os.path.join(d, "plain.txt")))
+
+    @parameterized.expand([(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+    def test_atomic_dir_modes_follow_umask(self, mask, dir_mode, file_mode):
+        with tempfile.TemporaryDirectory() as d, _Umask(mask):
+            out = os.path.join(d, "series")
+            with atomic_output_dir(out) as tmp:
+                os.makedirs(os.path.join(tmp, "sub"))
+                for name in ("a.dcm", os.path.join("sub", "b.dcm")):
+                    with open(os.path.join(tmp, name), "wb") as f:
+                        f.write(b"x")
+                    os.chmod(os.path.join(tmp, name), 0o600)  # as a writer using mkstemp would leave it
+                self.assertFalse(os.path.exists(out))
+            self.assertEqual(_mode(out), dir_mode)
+            self.assertEqual(_mode(os.path.join(out, "sub")), dir_mode)
+            self.assertEqual(_mode(os.path.join(out, "a.dcm")), file_mode)
+            self.assertEqual(_mode(os.path.join(out, "sub", "b.dcm")), file_mode)
+            self.assertEqual(os.listdir(d), ["series"])
+
+    @parameterized.expand([(0o022, 0o644), (0o007, 0o660)])
+    def test_checkpoint_mode_follows_umask(self, mask, expected):
+        import torch
+
+        from custom.handlers import AtomicDiskSaver
+
+        with tempfile.TemporaryDirectory() as d, _Umask(mask):
+            AtomicDiskSaver(d, filename="model.pt")({"w": torch.ones(2)}, "ignored.pt")
+            self.assertEqual(_mode(os.path.join(d, "model.pt")), expected)
+
+
+class TestAtomicOutputDir(unittest.TestCase):
+    def test_refuses_existing_without_overwrite(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "series")
+            os.makedirs(out)
+            with self.assertRaises(FileExistsError):
+                with atomic_output_dir(out):
+                    pass
+            self.assertEqual(os.listdir(d), ["series"])
+
+    def test_overwrite_replaces_and_failure_keeps_previous(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "series")
+            with atomic_output_dir(out) as tmp:
+                open(os.path.join(tmp, "old.dcm"), "w").close()
+            with self.assertRaises(RuntimeError):
+                with atomic_output_dir(out, overwrite=True) as tmp:
+                    open(os.path.join(tmp, "half.dcm"), "w").close()
+                    raise RuntimeError("writer failed")
+            self.assertEqual(os.listdir(out), ["old.dcm"])
+            self.assertEqual(os.listdir(d), ["series"])  # no temporary folder left
+            with atomic_output_dir(out, overwrite=True) as tmp:
+                open(os.path.join(tmp, "new.dcm"), "w").close()
+            self.assertEqual(os.listdir(out), ["new.dcm"])
+            self.assertEqual(os.listdir(d), ["series"])  # the previous output removed
 
 
 if __name__ == "__main__":

@@ -462,7 +462,9 @@ class SaveRestoredd(MapTransform):
     NIfTI input -> :func:`write_nifti`; DICOM input -> :func:`write_dicom_series` (a folder for a series, a file
     for a single DICOM file). Uses ``d["scan_info"]`` from :class:`custom.inference.LoadScand` (optional keys
     ``nifti_dtype``, ``scl_slope``, ``scl_inter`` override what is read from the nibabel image). MONAI's
-    ``SaveImaged`` is not used because it neither writes atomically nor writes DICOM.
+    ``SaveImaged`` is not used because it neither writes atomically nor writes DICOM. The item's ``warnings``
+    (e.g. from :class:`custom.inference.task_check.TaskCheckd`) go into the NIfTI ``descrip`` / DICOM
+    ``ImageComments``.
 
     Args:
         keys: the restored image key (one), ``(1, H, W[, D])``.
@@ -482,12 +484,19 @@ class SaveRestoredd(MapTransform):
         info = d["scan_info"]
         for key in self.key_iterator(d):
             values = np.asarray(d[key].detach().cpu().numpy() if hasattr(d[key], "detach") else d[key])[0]
+            note = "TAT warning: " + "; ".join(d["warnings"]) if d.get("warnings") else ""
             if d.get("kind") == "nifti":
                 scaling = None
                 if info.get("scl_slope") is not None:
                     scaling = (float(info["scl_slope"]), float(info.get("scl_inter") or 0.0))
                 write_nifti(
-                    values, info["nifti"], d["output"], self.overwrite, dtype=info.get("nifti_dtype"), scaling=scaling
+                    values,
+                    info["nifti"],
+                    d["output"],
+                    self.overwrite,
+                    dtype=info.get("nifti_dtype"),
+                    scaling=scaling,
+                    description=note,
                 )
             else:
                 single = not os.path.isdir(str(d.get("source", "")))
@@ -499,5 +508,6 @@ class SaveRestoredd(MapTransform):
                     info.get("suv_factors"),
                     single_file=single,
                     overwrite=self.overwrite,
+                    comments=note,
                 )
         return d

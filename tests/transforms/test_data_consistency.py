@@ -37,6 +37,18 @@ class TestKSpaceDataConsistency(unittest.TestCase):
         self.assertGreater(kspace_block_error(restored, low), 3e-3)  # the network changed the measured block
         self.assertLess(kspace_block_error(kspace_data_consistency(restored, low, 4, "real"), low), 1e-6)
         self.assertLess(kspace_block_error(kspace_data_consistency(restored, low, 4, "magnitude"), low), 1e-3)
+        noisy = restored + 800 * torch.randn(shape, generator=torch.Generator().manual_seed(1))  # rings below 0
+        out = kspace_data_consistency(noisy, low, 4, "nonnegative")
+        self.assertLess(kspace_block_error(out, low), 1e-6)
+        self.assertGreaterEqual(float(out.min()), 0.0)
+        self.assertLess(float(kspace_data_consistency(noisy, low, 4, "real").min()), 0.0)
+
+    def test_nonnegative_iterations_converge(self) -> None:
+        _, low, restored = _pair((1, 32, 32))
+        noisy = restored + 800 * torch.randn(restored.shape, generator=torch.Generator().manual_seed(1))
+        errors = [kspace_block_error(kspace_data_consistency(noisy, low, 4, "nonnegative", n), low) for n in (1, 3, 20)]
+        self.assertGreater(errors[0], errors[1])
+        self.assertGreater(errors[1], errors[2])
 
     @parameterized.expand(SHAPES)
     def test_outside_the_block_is_the_networks(self, shape: tuple) -> None:
@@ -50,7 +62,7 @@ class TestKSpaceDataConsistency(unittest.TestCase):
     @parameterized.expand(SHAPES)
     def test_input_is_a_fixed_point(self, shape: tuple) -> None:
         _, low, _ = _pair(shape)
-        for mode in ("magnitude", "real"):
+        for mode in ("nonnegative", "magnitude", "real"):
             torch.testing.assert_close(kspace_data_consistency(low, low, 4, mode), low, rtol=1e-5, atol=1e-3)
 
     def test_factor_sets_the_block(self) -> None:
@@ -75,6 +87,8 @@ class TestKSpaceDataConsistency(unittest.TestCase):
             kspace_data_consistency(x, x, mode="phase")
         with self.assertRaisesRegex(ValueError, ">= 1"):
             kspace_data_consistency(x, x, factor=0.5)
+        with self.assertRaisesRegex(ValueError, "iterations"):
+            kspace_data_consistency(x, x, iterations=0)
         with self.assertRaisesRegex(ValueError, "slice"):
             kspace_data_consistency(torch.rand(8, 8), torch.rand(8, 8))
 

@@ -197,7 +197,8 @@ class TaskStatisticsHandler:
         model_key: key of the weights in the checkpoint.
 
     Raises:
-        ValueError: (at the end of training) no validation data, or a missing checkpoint.
+        ValueError: (calling it directly) no validation data, or a missing checkpoint; at the end of training the
+            same problems are logged as errors instead, naming the command that computes the statistics later.
     """
 
     def __init__(
@@ -221,9 +222,36 @@ class TaskStatisticsHandler:
         self.model_key = model_key
 
     def attach(self, engine: Engine) -> None:
-        """Run :meth:`__call__` at ``Events.COMPLETED`` of ``engine`` (when enabled)."""
-        if self.enabled:
-            engine.add_event_handler(Events.COMPLETED, self)
+        """Run :meth:`__call__` at ``Events.COMPLETED`` of ``engine`` (when enabled).
+
+        A data list without validation data is reported now (warning), not only at the end of training.
+        """
+        if not self.enabled:
+            return
+        try:
+            validation = load_datalist(self.datalist, "validation")
+        except ValueError as e:
+            validation, reason = [], str(e)
+        else:
+            reason = f"{self.datalist}: the 'validation' split is empty"
+        if not validation:
+            logger.warning(
+                "%s: the task statistics at the end of training need validation data to calibrate their threshold.",
+                reason,
+            )
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _completed(self, engine: Engine) -> None:
+        """End of training: a failure is logged as an error, not raised, so the trained checkpoint stays usable."""
+        try:
+            self(engine)
+        except ValueError as e:
+            logger.error(
+                "task statistics NOT stored: %s Compute them later with python -m custom.handlers.task_statistics "
+                "--checkpoint %s --datalist DATALIST.",
+                e,
+                self.checkpoint,
+            )
 
     def __call__(self, engine: Engine | None = None) -> None:
         if not os.path.isfile(self.checkpoint):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import unittest
@@ -66,8 +67,25 @@ class TestTaskStatistics(unittest.TestCase):
         TaskStatisticsHandler(self.best, self.ckpt, self.datalist, SETTINGS, enabled="false").attach(engine)
         engine.run([0], max_epochs=1)
         self.assertIsNone(load_task_statistics(self.ckpt))
+        missing = TaskStatisticsHandler(self.best, os.path.join(self.tmp, "missing.pt"), self.datalist, SETTINGS)
         with self.assertRaisesRegex(ValueError, "missing.pt: no checkpoint"):
-            TaskStatisticsHandler(self.best, os.path.join(self.tmp, "missing.pt"), self.datalist, SETTINGS)()
+            missing()
+        engine = Engine(lambda e, b: None)
+        missing.attach(engine)
+        with self.assertLogs("custom.handlers.task_statistics", logging.ERROR) as logs:
+            engine.run([0], max_epochs=1)  # the training itself does not fail at its very end
+        self.assertIn("task statistics NOT stored", logs.output[0])
+        self.assertIn("python -m custom.handlers.task_statistics", logs.output[0])
+
+    def test_handler_without_validation_data_warns_early_and_logs_at_the_end(self) -> None:
+        engine = Engine(lambda e, b: None)
+        with self.assertLogs("custom.handlers.task_statistics", logging.WARNING) as logs:
+            TaskStatisticsHandler(self.best, self.ckpt, self._without_validation(False), SETTINGS).attach(engine)
+        self.assertIn("no 'validation' split", logs.output[0])
+        with self.assertLogs("custom.handlers.task_statistics", logging.ERROR) as logs:
+            engine.run([0], max_epochs=1)
+        self.assertIn("no validation data", logs.output[0])
+        self.assertIsNone(load_task_statistics(self.ckpt))
 
     def test_no_validation_data_is_a_clear_error(self) -> None:
         for empty in (True, False):

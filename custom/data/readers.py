@@ -67,6 +67,7 @@ __all__ = [
     "ModalityFromMetad",
     "is_dicom",
     "is_nifti",
+    "is_series_candidate",
     "check_nifti_header",
     "clear_caches",
     "nifti_image",
@@ -148,6 +149,16 @@ def is_dicom(path: str | os.PathLike) -> bool:
         return bool(pydicom.misc.is_dicom(path))
     except OSError:
         return False
+
+
+def is_series_candidate(path: str | os.PathLike) -> bool:
+    """True for a file that belongs to a DICOM series folder's scan: a DICOM file (suffix or preamble) that is not
+    hidden and not a ``DICOMDIR`` index. The one rule for the readers, the validator and scan discovery."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    if name.startswith(".") or name.upper() == "DICOMDIR" or not os.path.isfile(path):
+        return False
+    return is_dicom(path)
 
 
 # -------------------------------------------------------------------------------------------------------------- NIfTI
@@ -517,8 +528,8 @@ def dicom_series(source: str | os.PathLike | Sequence[str | os.PathLike], where:
     """Check a DICOM series from its headers (each read once, cached) and sort it.
 
     Args:
-        source: a series folder (its DICOM files; non-DICOM files are ignored as MONAI does), one file, or a
-            list of files.
+        source: a series folder (its :func:`is_series_candidate` files: other files, e.g. a README, are not part
+            of the series; a damaged DICOM file refuses it), one file, or a list of files.
         where: name used in messages (default: the folder or file).
 
     Returns:
@@ -533,18 +544,20 @@ def dicom_series(source: str | os.PathLike | Sequence[str | os.PathLike], where:
         path = os.fspath(source)
         if not os.path.exists(path):
             raise ValueError(f"{path}: file not found.")
+        others = 0
         if os.path.isdir(path):
-            files = [os.path.join(path, n) for n in sorted(os.listdir(path))]
-            files = [f for f in files if os.path.isfile(f) and not os.path.basename(f).startswith(".")]
-            folder = True
+            names = [os.path.join(path, n) for n in sorted(os.listdir(path))]
+            files = [f for f in names if is_series_candidate(f)]  # other files are not part of the series
+            others = len(names) - len(files)
         else:
-            files, folder = [path], False
+            files = [path]
         where = where or path
     else:
-        files, folder = [os.fspath(f) for f in source], False
+        files, others = [os.fspath(f) for f in source], 0
         where = where or (os.path.dirname(files[0]) if files else "series")
     if not files:
-        raise ValueError(f"{where}: no DICOM file in the series folder (empty folder).")
+        detail = f"{others} other files" if others else "empty folder"
+        raise ValueError(f"{where}: no DICOM file in the series folder ({detail}).")
     key = tuple(_file_key(f) for f in files)
     cached = _SERIES.get((where, key))
     if cached is not None:
@@ -552,19 +565,8 @@ def dicom_series(source: str | os.PathLike | Sequence[str | os.PathLike], where:
     entries = []
     for f in files:
         if os.path.getsize(f) == 0:
-            if folder:
-                continue
             raise ValueError(f"{f}: empty file (0 bytes).")
-        if folder and not f.lower().endswith(DICOM_SUFFIXES) and not is_dicom(f):
-            continue
-        try:
-            entries.append((f, read_dicom_header(f)))
-        except ValueError:
-            if folder:  # a non-DICOM file in a series folder is not part of the series
-                continue
-            raise
-    if not entries:
-        raise ValueError(f"{where}: no DICOM file in the series folder.")
+        entries.append((f, read_dicom_header(f)))  # a damaged DICOM file refuses the series (no silent drop)
     uids = sorted({str(_tag_value(ds, "SeriesInstanceUID", "")) for _, ds in entries})
     if len(uids) > 1:
         raise ValueError(

@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from custom.data.readers import is_dicom, is_nifti, read_dicom_header
+from custom.data.readers import is_nifti, is_series_candidate, read_dicom_header
 
 __all__ = ["NIFTI_SUFFIXES", "find_scans", "read_dicom_headers"]
 
@@ -32,10 +32,7 @@ def _is_nifti(path: str) -> bool:
 
 
 def _looks_dicom(path: str) -> bool:
-    name = os.path.basename(path)
-    if name.startswith(".") or name in _SKIP_NAMES:
-        return False
-    return is_dicom(path) and not os.path.isdir(path)
+    return is_series_candidate(path)
 
 
 def read_dicom_headers(files: Sequence[str]) -> dict[str, list[str]]:
@@ -140,7 +137,7 @@ def _scan_folder(dataset_dir: str, output_dir: str, modality: str | None) -> lis
             continue
         try:
             groups = read_dicom_headers(dicoms)
-        except ValueError as e:  # reported as a failed scan, the other scans still run
+        except ValueError as e:  # reported as a failed scan, the other scans still run (the validator refuses it too)
             items.append(
                 {
                     "image": root,
@@ -199,13 +196,8 @@ def _scan_datalist(
             "modality": entry.get("modality") or modality,
         }
         item["source"] = path
-        if kind == "dicom":
-            files = (
-                [os.path.join(path, f) for f in sorted(os.listdir(path)) if _looks_dicom(os.path.join(path, f))]
-                if os.path.isdir(path)
-                else [path]
-            )
-            item["files"] = files
+        if kind == "dicom" and not os.path.isdir(path):
+            item["files"] = [path]  # a series folder is read as one (custom.data.readers.dicom_series)
         items.append(item)
     return items
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import nibabel as nib
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -211,8 +212,103 @@ def make_corpus(root: str) -> dict[str, Case]:
     folder = r("dicom_garbage", "image")
     for z in range(3):
         _raw(os.path.join(folder, f"slice{z}.dcm"), b"\x00" * 200 + b"not dicom")
-    dpair("dicom_garbage", folder, "no dicom")
+    dpair("dicom_garbage", folder, "unreadable dicom file")
+
+    # --- silent-corruption classes (issue 12): each must be refused, naming the file and the problem ---
+    arr = good.astype(np.complex64) * (1 + 1j)
+    os.makedirs(r("complex_nifti"), exist_ok=True)
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), r("complex_nifti", "image.nii.gz"))
+    pair("complex_nifti", r("complex_nifti", "image.nii.gz"), "complex voxel type")
+    rgb = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    os.makedirs(r("rgb_nifti"), exist_ok=True)
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), r("rgb_nifti", "image.nii.gz"))
+    pair("rgb_nifti", r("rgb_nifti", "image.nii.gz"), "rgb / vector voxel type")
+    data = bytearray(_bytes_of_nifti(r("gzip_crc", "full.nii.gz"), good))
+    data[-8] ^= 0xFF  # the CRC32 of the gzip trailer
+    pair("gzip_crc", _raw(r("gzip_crc", "image.nii.gz"), bytes(data)), "crc")
+
+    def edited(name: str, edit, culprit_index: int = 1) -> None:
+        folder = _series(r(name, "image"), [0, 1, 2])
+        path = os.path.join(folder, f"slice{culprit_index:03d}.dcm")
+        ds = pydicom.dcmread(path)
+        edit(ds)
+        ds.save_as(path)
+        label = _series(r(name, "label"), [0, 1, 2])
+        pair(name, folder, cases_problem[name], label=label, culprit=path)
+
+    def pet(ds, **drop) -> None:
+        ds.Modality, ds.Units, ds.DecayCorrection, ds.PatientWeight = "PT", "BQML", "ADMIN", 70
+        info = Dataset()
+        info.RadionuclideTotalDose = 3.5e8
+        ds.RadiopharmaceuticalInformationSequence = [info]
+        for tag in drop:
+            delattr(ds, tag)
+
+    cases_problem = {
+        "dicom_rescale_slope_zero": "rescaleslope 0",
+        "dicom_bits_mismatch": "bitsallocated 8 does not match",
+        "dicom_rgb": "colour image",
+        "pet_counts": "units cnts",
+        "pet_no_weight": "patientweight (0010,1030)",
+    }
+    edited("dicom_rescale_slope_zero", lambda ds: setattr(ds, "RescaleSlope", "0"))
+
+    def eight_bit(ds) -> None:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+
+    edited("dicom_bits_mismatch", eight_bit)
+
+    def colour(ds) -> None:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+
+    edited("dicom_rgb", colour)
+
+    def counts(ds) -> None:
+        pet(ds)
+        ds.Units = "CNTS"
+
+    edited("pet_counts", counts)
+    edited("pet_no_weight", lambda ds: pet(ds, PatientWeight=True))
+    for name in ("pet_counts", "pet_no_weight"):  # every slice is PET; the culprit is the first in order
+        folder = r(name, "image")
+        for z in (0, 2):
+            path = os.path.join(folder, f"slice{z:03d}.dcm")
+            ds = pydicom.dcmread(path)
+            counts(ds) if name == "pet_counts" else pet(ds, PatientWeight=True)
+            ds.save_as(path)
+        cases[name].culprit = os.path.relpath(os.path.join(folder, "slice000.dcm"), root)
+        cases[name].item["modality"] = "PET"
+    folder = _series(r("dicom_duplicate_slice", "image"), [0, 1, 2])
+    ds = pydicom.dcmread(os.path.join(folder, "slice002.dcm"))
+    ds.ImagePositionPatient = [0.0, 0.0, 1.0]
+    ds.save_as(os.path.join(folder, "slice002.dcm"))
+    dpair("dicom_duplicate_slice", folder, "duplicate slice")
     return cases
+
+
+def make_valid_corpus(root: str) -> dict[str, str]:
+    """Valid inputs that a careless reader corrupts (scaled integers, big-endian, oblique shuffled series, a symlink
+    to a series folder): name -> path. Both the validator and inference must accept them."""
+    from tests.data.synth import dicom_series_folder, save_scaled_nifti
+
+    rng = np.random.default_rng(3)
+    out = {
+        "scaled_uint8": save_scaled_nifti(
+            os.path.join(root, "scaled_uint8.nii.gz"), rng.integers(0, 255, SHAPE).astype(np.uint8), 16.0, -1024.0
+        ),
+        "scaled_int16_big_endian": save_scaled_nifti(
+            os.path.join(root, "scaled_be.nii"), rng.integers(-900, 900, SHAPE).astype(">i2"), 2.0, -5.0
+        ),
+        "dicom_unsigned_rescaled": dicom_series_folder(
+            os.path.join(root, "unsigned"), rng.integers(0, 4000, SHAPE).astype(np.uint16), slope=0.5, inter=-1024.0
+        ),
+        "dicom_shuffled_positions": dicom_series_folder(
+            os.path.join(root, "shuffled"), rng.integers(-900, 900, SHAPE).astype(np.int16), positions=[2.0, 0.0, 1.0]
+        ),
+    }
+    os.symlink(out["dicom_unsigned_rescaled"], os.path.join(root, "linked_series"))
+    out["dicom_symlinked_series"] = os.path.join(root, "linked_series")
+    return out
 
 
 def make_empty_tree(root: str) -> dict[str, str]:

@@ -35,6 +35,15 @@ NAMES = [
     "dicom_no_pixels",
     "dicom_non_image",
     "dicom_garbage",
+    "complex_nifti",
+    "rgb_nifti",
+    "gzip_crc",
+    "dicom_rescale_slope_zero",
+    "dicom_bits_mismatch",
+    "dicom_rgb",
+    "pet_counts",
+    "pet_no_weight",
+    "dicom_duplicate_slice",
 ]
 # the file-level problems also surface on the training path (header count + one-slice read), before any voxel
 # of a huge declared image is allocated
@@ -53,8 +62,15 @@ SLICE_PROBLEMS = {
     "dicom_empty": "empty",
     "dicom_no_pixels": "no pixel data",
     "dicom_non_image": "no pixel data",
-    "dicom_garbage": "no dicom",
-}
+    "dicom_garbage": "unreadable dicom file",
+    "complex_nifti": "complex voxel type",
+    "rgb_nifti": "rgb / vector voxel type",
+    "gzip_crc": "crc",
+    "dicom_rescale_slope_zero": "rescaleslope 0",
+    "dicom_bits_mismatch": "bitsallocated 8 does not match",
+    "dicom_rgb": "colour image",
+    "dicom_duplicate_slice": "duplicate slice",
+}  # (PET that cannot become SUV is refused when its pixels are read, not by the header-only slice count)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 from tests.inference.helpers import BUNDLE, INFERENCE_CONFIG, TINY_OVERRIDES, save_checkpoint
 from tests.reliability.corpus import make_corpus
 from tests.reliability.helpers import ENV, tree_hashes
+from tests.reliability.test_corpus import NAMES as CORPUS_NAMES
 
 pytestmark = pytest.mark.slow
 N_VALID = 6
@@ -131,31 +132,12 @@ def test_inference_never_modifies_inputs(runs):
     assert runs["after"] == runs["before"]
 
 
-# problem words of the inference reader's messages (custom/inference/io.py, its own loader)
-INFERENCE_PROBLEM = {
-    "zero_byte": "empty file",
-    "truncated_gz": "compressed file ended",
-    "truncated_nii": "damaged",
-    "corrupt_header": "cannot work out file type",
-    "absurd_shape": "invalid image dimensions",
-    "huge_dims": "larger than",
-    "four_d": "2d or 3d",
-    "one_d": "2d or 3d",
-    "nan_voxels": "non-finite",
-    "inf_voxels": "non-finite",
-    "unknown_modality": "unknown modality",
-    "missing_modality": "no modality",
-    "missing_file": "no such file",
-    "not_nifti": "not a gzip file",
-    "dicom_mixed_series": "mixed series",
-    "dicom_missing_slice": "missing slice",
-    "dicom_empty": "no dicom file",
-    "dicom_no_pixels": "no pixel data",
-    "dicom_non_image": "no pixel data",
-    "dicom_garbage": "dicom",
-}
-# custom/inference/io.py refuses bad headers, huge declared dimensions, empty/mixed/gapped DICOM series itself
-# (commit 2d0d09b, after this suite reported them); list a case here (non-strict xfail) only while a gap is open
+# inference reads through the same reading layer as the validator (custom.data.readers), so its message carries the
+# same problem words as the validator's (tests/reliability/test_agreement.py checks the messages are identical);
+# only the modality differs: a NIfTI item without one has no DICOM tag to fall back on
+INFERENCE_NAMES = sorted(name for name in CORPUS_NAMES if name not in PAIR_ONLY)
+INFERENCE_OVERRIDES = {"missing_modality": "no modality"}
+# list a case here (non-strict xfail) only while a gap is open
 INFERENCE_GAPS: set[str] = set()
 
 
@@ -167,7 +149,7 @@ INFERENCE_GAPS: set[str] = set()
             if n in INFERENCE_GAPS
             else n
         )
-        for n in sorted(INFERENCE_PROBLEM)
+        for n in INFERENCE_NAMES
     ],
 )
 def test_inference_message_names_file_and_problem(runs, name):
@@ -175,5 +157,5 @@ def test_inference_message_names_file_and_problem(runs, name):
     path = os.path.join(runs["root"], case.item["image"])
     r = next(r for r in _report(runs["full_out"])["scans"] if r["image"] == path)
     assert r["status"] == "failed", r
-    assert INFERENCE_PROBLEM[name] in r["message"].lower(), r["message"]
+    assert INFERENCE_OVERRIDES.get(name, case.problem) in r["message"].lower(), r["message"]
     assert f"  {path}: {r['message'].splitlines()[0]}" in runs["full"].stderr  # the final error: file + problem

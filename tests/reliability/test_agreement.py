@@ -1,0 +1,77 @@
+"""The data-list validator and inference accept and refuse exactly the same inputs, with the same message: both read
+through the one reading layer. Run on every file of the hostile corpus and on valid inputs a careless reader
+corrupts (scaled integers, big-endian, shuffled series, a symlinked series folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from custom.data import validate_datalist
+from custom.inference import LoadScand, find_scans
+from tests.reliability.corpus import make_corpus, make_valid_corpus
+
+# problems of a data-list item rather than of a file: the modality (given here so only the file is judged)
+MODALITY_CASES = {"unknown_modality", "missing_modality"}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("agreement"))
+    cases = make_corpus(os.path.join(root, "bad"))
+    files = {}
+    for name, case in cases.items():
+        modality = "CT" if name in MODALITY_CASES else case.item.get("modality", "CT")
+        files[f"{name}/image"] = (os.path.join(root, "bad", case.item["image"]), modality)
+        files[f"{name}/label"] = (os.path.join(root, "bad", case.item["label"]), modality)
+    valid = make_valid_corpus(os.path.join(root, "good"))
+    files.update({name: (path, "CT") for name, path in valid.items()})
+    return {"root": root, "files": files, "valid": set(valid)}
+
+
+def _validator(path: str, modality: str) -> list[str]:
+    try:
+        validate_datalist({"training": [{"image": path, "label": path, "modality": modality}]})
+    except ValueError as e:
+        return [line for line in str(e).splitlines()[1:] if line.startswith(path)]
+    return []
+
+
+def _inference(path: str, modality: str, root: str) -> str | None:
+    datalist = os.path.join(root, "one.json")
+    with open(datalist, "w", encoding="utf-8") as f:
+        json.dump({"test": [{"image": path, "modality": modality}]}, f)
+    (item,) = find_scans(root, os.path.join(root, "out"), datalist=datalist)
+    try:
+        LoadScand("image")(item)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def test_validator_and_inference_agree_on_every_input(inputs):
+    disagree, refused = [], set()
+    for name, (path, modality) in sorted(inputs["files"].items()):
+        lines = _validator(path, modality)
+        message = _inference(path, modality, inputs["root"])
+        if message is not None:
+            refused.add(name)
+        if bool(lines) != (message is not None):
+            disagree.append(f"{name}: validator {lines or 'accepts'}, inference {message or 'accepts'}")
+        elif message is not None and message not in lines and "file not found" not in message:
+            # (a missing file: the validator adds which key of which item; otherwise the messages are identical)
+            disagree.append(f"{name}: different messages: validator {lines}, inference {message!r}")
+    assert not disagree, "\n".join(disagree)
+    # every corpus input is refused except the valid partners and the item-level (modality, pairing) problems
+    item_level = MODALITY_CASES | {"shape_mismatch"}
+    expected = {n for n in inputs["files"] if n.endswith("/image") and n.split("/")[0] not in item_level}
+    assert refused == expected | {"four_d/label", "one_d/label"}, sorted(refused ^ expected)
+
+
+def test_valid_inputs_accepted_by_both(inputs):
+    for name in inputs["valid"]:
+        path, modality = inputs["files"][name]
+        assert _validator(path, modality) == [], name
+        assert _inference(path, modality, inputs["root"]) is None, name

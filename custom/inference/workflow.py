@@ -214,7 +214,8 @@ class RestorationEvaluator(SupervisedEvaluator):
             raise RuntimeError(f"{len(failed)} of {len(self.results)} scan(s) failed:\n{lines}")
 
     def _record_unreached(self, message: str) -> None:
-        """Record as failed the data loader's items that have no entry yet (none is ever left out)."""
+        """Record the data loader's items that have no entry yet (none is ever left out): the scanner's ``skip``
+        items as skipped, the others as failed with their ``error`` or ``message``."""
         items = getattr(getattr(self.data_loader, "dataset", None), "data", None)
         if not isinstance(items, (list, tuple)):
             return
@@ -224,8 +225,12 @@ class RestorationEvaluator(SupervisedEvaluator):
                 continue
             image = item.get("image", "?")
             source = str(item.get("source", image if isinstance(image, str) else "?"))
-            if (source, str(item.get("output", ""))) not in seen:
-                self._record(item, "failed", message)
+            if (source, str(item.get("output", ""))) in seen:
+                continue
+            if item.get("skip"):
+                self._record(item, "skipped", str(item["skip"]))
+            else:
+                self._record(item, "failed", str(item.get("error") or message))
 
     def _write_report(self) -> dict[str, int]:
         counts = {s: sum(r["status"] == s for r in self.results) for s in ("written", "skipped", "failed")}

@@ -1,0 +1,135 @@
+"""The one restore path (custom.inference.restore): checkpoint loading, normalise / infer / denormalise / clip,
+the bundle-built Restorer the apps use, and the apps importing only what exists."""
+
+from __future__ import annotations
+
+import ast
+import os
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+from parameterized import parameterized
+
+from custom.data import load_modality_settings
+from custom.inference import SliceBatchInferer
+from custom.inference.restore import Restorer, load_checkpoint, restore
+from custom.networks import TAT
+from tests.inference.helpers import BUNDLE, REPO, TINY, save_identity_checkpoint, tiny_net
+
+SETTINGS = load_modality_settings(os.path.join(BUNDLE, "configs", "modality"))
+
+
+class _Constant(torch.nn.Module):
+    """Outputs ``value`` everywhere (network range), to see what denormalise and clip do."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, self.value) + self.w
+
+
+class TestRestore(unittest.TestCase):
+    @parameterized.expand([("CT", (-1024.0, 3072.0)), ("PET", (0.0, 20.0)), ("MRI", (0.0, 4095.0))])
+    def test_identity_network_gives_clipped_input(self, modality, clip):
+        with tempfile.TemporaryDirectory() as d:
+            net = save_identity_checkpoint(os.path.join(d, "m.pt"))
+        lo, hi = clip
+        image = torch.linspace(lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo), 2 * 20 * 18).reshape(1, 20, 18, 2)
+        before = image.clone()
+        out = restore(image, modality, net, SliceBatchInferer(2), SETTINGS)
+        self.assertEqual(tuple(out.shape), (1, 20, 18, 2))
+        torch.testing.assert_close(out, image.clamp(lo, hi), rtol=0, atol=1e-6 * (hi - lo))
+        torch.testing.assert_close(image, before)  # input not modified
+        out2d, x = restore(image[..., 0], modality, net, SliceBatchInferer(2), SETTINGS, return_normalised=True)
+        torch.testing.assert_close(out2d, out[..., 0])
+        self.assertTrue(float(x.min()) >= 0 and float(x.max()) <= 1)
+
+    def test_clip_applies_to_the_output(self):
+        image = torch.zeros(1, 8, 8)
+        above = restore(image, "CT", _Constant(1.5), SliceBatchInferer(1), SETTINGS)
+        torch.testing.assert_close(above, torch.full_like(image, 3072.0))
+        free = restore(image, "CT", _Constant(1.5), SliceBatchInferer(1), SETTINGS, clip=False)
+        torch.testing.assert_close(free, torch.full_like(image, -1024.0 + 1.5 * 4096.0))
+        with self.assertRaisesRegex(ValueError, "modality"):
+            restore(image, "XR", _Constant(0.5), SliceBatchInferer(1), SETTINGS)
+
+
+class TestLoadCheckpoint(unittest.TestCase):
+    def test_formats_and_errors(self):
+        ref = tiny_net(3)
+        with tempfile.TemporaryDirectory() as d:
+            plain, wrapped = os.path.join(d, "plain.pt"), os.path.join(d, "wrapped.pt")
+            torch.save(ref.state_dict(), plain)
+            torch.save({"model": ref.state_dict(), "epoch": 3}, wrapped)
+            for path in (plain, wrapped):
+                net = load_checkpoint(TAT(**TINY), path)
+                for (name, a), b in zip(ref.state_dict().items(), net.state_dict().values()):
+                    torch.testing.assert_close(a, b, msg=name)
+            with self.assertRaisesRegex(ValueError, "plain.pt: does not match"):
+                load_checkpoint(TAT(**{**TINY, "dim": 16}), plain)
+            with self.assertRaisesRegex(ValueError, "missing.pt: checkpoint not found"):
+                load_checkpoint(TAT(**TINY), os.path.join(d, "missing.pt"))
+            unsafe = os.path.join(d, "unsafe.pt")
+            torch.save({"model": _Constant(0.1)}, unsafe)  # a pickled module: needs code to load
+            with self.assertRaisesRegex(ValueError, "unsafe.pt: cannot be loaded safely"):
+                load_checkpoint(TAT(**TINY), unsafe)
+
+
+class TestRestorerFromBundle(unittest.TestCase):
+    def test_bundle_restorer_is_identity_with_zero_residual(self):
+        overrides = {f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+        with tempfile.TemporaryDirectory() as d:
+            save_identity_checkpoint(os.path.join(d, "m.pt"))
+            restorer = Restorer.from_bundle(
+                BUNDLE, checkpoint=os.path.join(d, "m.pt"), overrides=overrides, device="cpu"
+            )
+        values = np.random.default_rng(0).uniform(-2000, 4000, (20, 18, 2)).astype(np.float32)
+        out = restorer(values, "CT")
+        self.assertEqual((out.shape, out.dtype), (values.shape, np.float32))
+        np.testing.assert_allclose(out, np.clip(values, -1024, 3072), atol=1e-3)
+        np.testing.assert_allclose(restorer(values[..., 0], "CT"), out[..., 0], atol=1e-6)
+        with self.assertRaisesRegex(ValueError, "2D"):
+            restorer(values[None], "CT")
+
+    def test_missing_config_or_checkpoint(self):
+        with tempfile.TemporaryDirectory() as d:
+            with self.assertRaisesRegex(ValueError, "inference config not found"):
+                Restorer.from_bundle(d)
+            with self.assertRaisesRegex(ValueError, "checkpoint not found"):
+                Restorer.from_bundle(BUNDLE, checkpoint=os.path.join(d, "none.pt"), device="cpu")
+
+
+def _custom_imports(path: Path) -> list[tuple[str, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("custom")
+        for alias in node.names
+    ]
+
+
+class TestAppsImportWhatExists(unittest.TestCase):
+    """The apps run in their own environments (tests/apps skip here); their imports from custom must exist."""
+
+    @parameterized.expand([("apps/deploy/app.py",), ("apps/monailabel/lib/tat_restore.py",)])
+    def test_imports(self, rel):
+        import importlib
+
+        imports = _custom_imports(Path(REPO) / rel)
+        self.assertIn(("custom.inference.restore", "Restorer"), imports)  # the one restore path
+        for module, name in imports:
+            self.assertTrue(hasattr(importlib.import_module(module), name), f"{rel}: {module}.{name}")
+        source = (Path(REPO) / rel).read_text(encoding="utf-8")
+        for copy in ("ModalityNormalized", "ModalityDenormalized", "load_state_dict", "torch.load"):
+            self.assertNotIn(copy, source, f"{rel} repeats {copy}; use custom.inference.restore")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -4,7 +4,8 @@ With a zero-residual checkpoint (final convolution zeroed: the network is the id
 equal clip(input) to the last stored unit, stored with the input's type and scaling: NIfTI float32 / int16 /
 uint8, scaled integers, 2D and 3D, both byte orders; DICOM signed and unsigned, with rescale, big endian, RLE,
 JPEG 2000 (pydicom's real ``MR_small_*`` files), implicit VR, a file carrying command-set elements, and PET
-BQML -> SUV -> BQML. One CLI run over one data list holding every kind. Expected values are computed here from
+BQML -> SUV -> BQML. A multi-frame file (not read by the reading layer) must be reported failed, naming it, and
+every output has the umask's permissions. One CLI run over one data list holding every kind. Expected values are computed here from
 the input files with nibabel / pydicom directly, not through the project's readers.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +23,7 @@ import pydicom.data
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, RLELossless, generate_uid
 
+from custom.io import current_umask
 from tests.inference.helpers import (
     BUNDLE,
     INFERENCE_CONFIG,
@@ -50,6 +53,7 @@ NIFTI_CASES = {
 DICOM_SERIES = ("ct_u16_le", "ct_i16_be_rescaled", "mr_u16_rle", "pet_bqml")
 REAL_FILES = ("CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm")
 REAL_FILES += ("MR_small_implicit.dcm",)
+MULTIFRAME = "mr_multiframe.dcm"
 
 
 def _write_nifti(folder: str, name: str, rng: np.random.Generator) -> None:
@@ -123,6 +127,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for name in REAL_FILES:
         shutil.copy(pydicom.data.get_testdata_file(name), os.path.join(data, name))
         items.append({"image": name})
+    # multi-frame: not read by the reading layer (one file per slice); it must be reported, not dropped
+    frames = rng.integers(0, 4000, (3,) + SHAPE).astype(np.uint16)
+    multi = dicom_slice(frames[0], series_uid=generate_uid())
+    multi.NumberOfFrames, multi.PixelData = 3, frames.tobytes()
+    multi.save_as(os.path.join(data, MULTIFRAME), enforce_file_format=True)
+    items.append({"image": MULTIFRAME})
     with open(os.path.join(tmp, "datalist.json"), "w", encoding="utf-8") as f:
         json.dump({"test": items}, f)
     out = os.path.join(tmp, "out")
@@ -132,12 +142,24 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = run_cli(*args, cwd=tmp)
     report_path = os.path.join(out, "inference_report.json")
     report = json.load(open(report_path, encoding="utf-8")) if os.path.isfile(report_path) else None
-    return {"in": data, "out": out, "proc": proc, "report": report, "n": len(items)}
+    return {"in": data, "out": out, "proc": proc, "report": report, "n": len(items), "umask": current_umask()}
 
 
-def test_every_scan_written(run: dict) -> None:
-    assert run["proc"].returncode == 0, run["proc"].stdout[-2000:] + run["proc"].stderr[-4000:]
-    assert run["report"]["counts"] == {"written": run["n"], "skipped": 0, "failed": 0}
+def test_every_scan_written_or_reported(run: dict) -> None:
+    assert run["report"] is not None, run["proc"].stdout[-2000:] + run["proc"].stderr[-4000:]
+    counts = run["report"]["counts"]
+    assert counts == {"written": run["n"] - 1, "skipped": 0, "failed": 1}, run["report"]
+    (failed,) = [s for s in run["report"]["scans"] if s["status"] == "failed"]
+    assert failed["image"].endswith(MULTIFRAME) and "multi-frame" in failed["message"]
+    assert run["proc"].returncode != 0 and MULTIFRAME in run["proc"].stdout + run["proc"].stderr
+
+
+def test_outputs_have_umask_permissions(run: dict) -> None:
+    for folder, dirs, files in os.walk(run["out"]):
+        for name in dirs:
+            assert stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) == 0o777 & ~run["umask"], name
+        for name in files:
+            assert stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) == 0o666 & ~run["umask"], name
 
 
 @pytest.mark.parametrize("name", sorted(NIFTI_CASES))

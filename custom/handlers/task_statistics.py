@@ -145,8 +145,16 @@ def compute_task_statistics(
     return stats
 
 
-def store_task_statistics(checkpoint: str, stats: Mapping[str, Any]) -> None:
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def store_task_statistics(checkpoint: str, stats: Mapping[str, Any], model_key: str = "model") -> None:
     """Add (or replace) ``stats`` under ``"task_statistics"`` in ``checkpoint``, written atomically.
+
+    A bare state dict (what the bundle's best-model saver writes for its single ``model`` entry) becomes
+    ``{model_key: state dict, "task_statistics": ...}``, the layout every loader of the bundle accepts
+    (MONAI's ``CheckpointLoader`` with ``load_dict={"model": ...}``, :func:`custom.inference.restore`).
 
     Raises:
         ValueError: the file is not a weights-only checkpoint dict.
@@ -157,13 +165,15 @@ def store_task_statistics(checkpoint: str, stats: Mapping[str, Any]) -> None:
         raise ValueError(f"{checkpoint}: cannot be loaded as a weights-only checkpoint ({e}).") from e
     if not isinstance(ckpt, dict):
         raise ValueError(f"{checkpoint}: not a checkpoint dict (got {type(ckpt).__name__}).")
+    if _is_state_dict(ckpt):
+        ckpt = {model_key: ckpt}
     ckpt[STATS_KEY] = dict(stats)
     with atomic_output(checkpoint) as tmp:
         torch.save(ckpt, tmp)
 
 
 def checkpoint_network(network: torch.nn.Module, checkpoint: str, model_key: str = "model") -> torch.nn.Module:
-    """A copy of ``network`` (CPU, eval) holding the weights ``checkpoint[model_key]``.
+    """A copy of ``network`` (CPU, eval) holding the weights ``checkpoint[model_key]`` (or the bare state dict).
 
     Raises:
         ValueError: unreadable checkpoint, no ``model_key``, or weights of another architecture.
@@ -172,7 +182,7 @@ def checkpoint_network(network: torch.nn.Module, checkpoint: str, model_key: str
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for unreadable / unsafe files
         raise ValueError(f"{checkpoint}: cannot be loaded as a weights-only checkpoint ({e}).") from e
-    state = ckpt.get(model_key) if isinstance(ckpt, Mapping) else None
+    state = ckpt if _is_state_dict(ckpt) else ckpt.get(model_key) if isinstance(ckpt, Mapping) else None
     if state is None:
         raise ValueError(f"{checkpoint}: no '{model_key}' weights in the checkpoint.")
     net = copy.deepcopy(network).cpu().eval()

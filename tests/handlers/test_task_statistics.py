@@ -12,6 +12,7 @@ import torch
 from ignite.engine import Engine
 
 from custom.data import load_modality_settings
+from custom.handlers import SafeCheckpointLoader
 from custom.handlers.task_statistics import TaskStatisticsHandler, compute_task_statistics, main
 from custom.inference.task_check import STATS_KEY, load_task_statistics
 from tests.inference.helpers import BUNDLE, TINY_OVERRIDES, tiny_net
@@ -44,6 +45,7 @@ class TestTaskStatistics(unittest.TestCase):
         return path
 
     def test_handler_stores_statistics_of_the_checkpoint_weights_at_completion(self) -> None:
+        torch.save(self.best.state_dict(), self.ckpt)  # the best-model saver writes its one entry bare
         live = tiny_net(seed=2)  # the training network: other weights than the saved best model
         engine = Engine(lambda e, b: None)
         TaskStatisticsHandler(live, self.ckpt, self.datalist, SETTINGS).attach(engine)
@@ -59,8 +61,12 @@ class TestTaskStatistics(unittest.TestCase):
         other = compute_task_statistics(live, self.datalist, SETTINGS)
         self.assertFalse(torch.allclose(stats["mean"], other["mean"]))
         ckpt = torch.load(self.ckpt, weights_only=True)
+        self.assertEqual(set(ckpt), {"model", STATS_KEY})
         for k, v in self.best.state_dict().items():  # the weights themselves are kept
             torch.testing.assert_close(ckpt["model"][k], v)
+        net = tiny_net(seed=3)  # and the bundle's loader still restores them
+        SafeCheckpointLoader(load_path=self.ckpt, load_dict={"model": net})(Engine(lambda e, b: None))
+        torch.testing.assert_close(net.state_dict(), self.best.state_dict())
 
     def test_handler_disabled_or_without_checkpoint(self) -> None:
         engine = Engine(lambda e, b: None)

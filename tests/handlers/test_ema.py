@@ -46,11 +46,59 @@ class TestEMA(unittest.TestCase):
         for a, b in zip(other.ema_model.parameters(), ema.ema_model.parameters()):
             torch.testing.assert_close(a, b)
 
+    @parameterized.expand([["from_start", 0, 6], ["across_the_cap", 31619, 6]])
+    def test_update_applies_the_warm_up_step_by_step(self, _, start, steps):
+        """Each ``update`` uses d_k = min(0.999, 1 - (1 + k)^(-2/3)), k = updates done before it (the published
+        ema-pytorch rule), on the parameters, and copies the buffers."""
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).double()
+        ema = ModelEMA(net)  # defaults: decay 0.999, power warm-up
+        with torch.no_grad():
+            for p in ema.ema_model.parameters():
+                p.normal_()  # an EMA state unlike the network's
+        ema.num_updates = start
+        expected = [p.detach().clone() for p in ema.ema_model.parameters()]
+        decays = []
+        for k in range(start, start + steps):
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.normal_()
+                net[1].running_mean.normal_()
+            d = min(0.999, 1.0 - (1.0 + k) ** (-2.0 / 3.0))
+            decays.append(d)
+            self.assertAlmostEqual(ema.current_decay(), d, places=12)
+            ema.update()
+            expected = [d * e + (1.0 - d) * p.detach() for e, p in zip(expected, net.parameters())]
+            for e, got in zip(expected, ema.ema_model.parameters()):
+                torch.testing.assert_close(got, e, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(ema.ema_model[1].running_mean, net[1].running_mean, rtol=0, atol=0)
+        self.assertEqual(ema.num_updates, start + steps)
+        if start == 0:
+            self.assertEqual(decays[0], 0.0)  # the first update copies the weights
+            self.assertTrue(all(a < b for a, b in zip(decays, decays[1:])))
+        else:
+            self.assertLess(decays[0], 0.999)  # k = 31619 is still warming up ...
+            self.assertEqual(decays[-1], 0.999)  # ... and the cap holds afterwards
+
+    def test_engine_updates_once_per_iteration_or_every_n(self):
+        for update_every, expected in ((1, 5), (2, 2)):
+            net = torch.nn.Linear(2, 2)
+            ema = ModelEMA(net, update_every=update_every)
+            engine = Engine(lambda e, b: None)
+            ema.attach(engine)
+            ema.attach(engine)  # attaching twice registers one handler
+            engine.run(range(5), max_epochs=1)
+            self.assertEqual(ema.num_updates, expected)
+
     def test_errors(self):
         with self.assertRaises(ValueError):
             ModelEMA(torch.nn.Linear(1, 1), decay=1.0)
         with self.assertRaises(ValueError):
             ModelEMA(torch.nn.Linear(1, 1), warmup="cosine")
+        with self.assertRaises(ValueError):
+            ModelEMA(torch.nn.Linear(1, 1), update_every=0)
+        with self.assertRaises(ValueError):
+            ema_decay(0, 0.999, "cosine")
 
 
 if __name__ == "__main__":

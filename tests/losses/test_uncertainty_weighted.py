@@ -41,6 +41,27 @@ class TestTaskAdaptiveBalancedLoss(unittest.TestCase):
         expected /= 2
         self.assertAlmostEqual(float(loss), expected, places=6)
 
+    def test_random_estimator_by_hand(self):
+        """The estimator and the stats written out from the formula, with random weights and random images."""
+        loss_fn = TaskAdaptiveBalancedLoss(return_details=True)
+        with torch.no_grad():
+            for p in loss_fn.estimator.parameters():
+                p.normal_(0, 0.5)
+        x, y_hat, y = torch.rand(3, 4, 1, 6, 5).unbind(0)
+        loss, details = loss_fn(x, y_hat, y)
+        e = loss_fn.estimator
+        stats = torch.stack(
+            [(x - y).abs().mean((1, 2, 3)), (x - y_hat).abs().mean((1, 2, 3)), (y_hat - y).abs().mean((1, 2, 3))], 1
+        )
+        h = stats @ e.embed.weight.T + e.embed.bias  # linear 3 -> 16
+        z = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-5)
+        z = z * e.norm.weight + e.norm.bias
+        h = h + torch.nn.functional.gelu(z @ e.fc1.weight.T + e.fc1.bias) @ e.fc2.weight.T + e.fc2.bias  # residual
+        sigma = (h @ e.head.weight.T + e.head.bias).squeeze(-1)
+        torch.testing.assert_close(details["sigma"], sigma)
+        expected = (0.5 * stats[:, 2] / (sigma**2 + 1e-8) + 0.5 * torch.log(1 + sigma**2)).mean()
+        torch.testing.assert_close(loss, expected)
+
     def test_initial_value_formula(self):
         loss_fn = TaskAdaptiveBalancedLoss()
         x, y_hat, y = torch.rand(3, 4, 1, 6, 6).unbind(0)
@@ -62,6 +83,36 @@ class TestTaskAdaptiveBalancedLoss(unittest.TestCase):
         torch.testing.assert_close(
             loss_fn.estimator.head.bias.grad, (-l_rest + 0.5).mean().reshape(1), atol=1e-6, rtol=1e-5
         )
+
+    def test_no_gradient_through_the_estimator_input(self):
+        """With a non-zero head weight s_b depends on the stats; the network must still only get
+        d/d y_hat [0.5 l_rest / (s_b^2 + eps)] with s_b held constant (the stats are detached)."""
+        loss_fn = TaskAdaptiveBalancedLoss(return_details=True)
+        with torch.no_grad():
+            for p in loss_fn.estimator.parameters():
+                p.normal_(0, 0.5)
+        x, y = torch.rand(2, 3, 1, 8, 8).unbind(0)
+        pred = torch.rand(3, 1, 8, 8, requires_grad=True)
+        loss, details = loss_fn(x, pred, y)
+        loss.backward()
+        self.assertTrue(bool((details["sigma"] - details["sigma"].mean()).abs().max() > 1e-3))  # s_b varies with b
+        expected = details["weight"].reshape(3, 1, 1, 1) * torch.sign(pred.detach() - y) / (8 * 8) / 3
+        torch.testing.assert_close(pred.grad, expected)
+        # the estimator itself learns through the loss formula
+        self.assertGreater(float(loss_fn.estimator.embed.weight.grad.abs().sum()), 0.0)
+        # and a graph through the stats would change the network's gradient: compare with the undetached variant
+        stats = torch.stack(
+            [
+                (x - y).abs().mean(dim=(1, 2, 3)),
+                (x - pred).abs().mean(dim=(1, 2, 3)),
+                (pred - y).abs().mean(dim=(1, 2, 3)),
+            ],
+            1,
+        )
+        s = loss_fn.estimator(stats)
+        l_rest = (pred - y).abs().mean(dim=(1, 2, 3))
+        (undetached,) = torch.autograd.grad((0.5 * l_rest / (s**2 + 1e-8) + 0.5 * torch.log1p(s**2)).mean(), pred)
+        self.assertGreater(float((undetached - pred.grad).abs().max()), 1e-4)
 
     def test_batch_independence(self):
         """Vectorised: each sample's contribution does not depend on the others."""

@@ -65,6 +65,7 @@ __all__ = [
     "NiftiReader",
     "DicomSeries",
     "ModalityFromMetad",
+    "finite_values",
     "is_dicom",
     "is_nifti",
     "is_series_candidate",
@@ -258,9 +259,14 @@ def nifti_source_meta(img: Any) -> dict[str, Any]:
     }
 
 
-def _finite(data: np.ndarray, path: str) -> np.ndarray:
+def finite_values(data: np.ndarray, path: str) -> np.ndarray:
+    """Refuse NaN / inf, and values a float32 image cannot hold (e.g. an absurd scale factor)."""
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise ValueError(f"{path}: non-finite values (NaN or inf) in the image.")
+    if data.dtype.kind == "f" and data.size and data.dtype.itemsize > 4:
+        peak = float(np.abs(data).max())
+        if peak > float(np.finfo(np.float32).max):
+            raise ValueError(f"{path}: values up to {peak:.3g} exceed the float32 range (scale factors corrupt?).")
     return data
 
 
@@ -283,7 +289,7 @@ class NiftiReader(NibabelReader):
             data = np.asanyarray(img.dataobj, order="C")  # scaling applied: physical values
         except Exception as e:  # truncated or corrupt voxel data
             raise ValueError(f"{filename}: unreadable NIfTI voxel data ({type(e).__name__}: {e}).") from e
-        return _finite(data, str(filename))
+        return finite_values(data, str(filename))
 
 
 # -------------------------------------------------------------------------------------------------------------- DICOM
@@ -668,7 +674,7 @@ class DicomReader(PydicomReader):
         factor = self._factor(img, filename)
         if factor != 1.0:
             data = data * np.float32(factor)
-        return _finite(data, str(filename))
+        return finite_values(data, str(filename))
 
     def _combine_dicom_series(self, data: Sequence[Any], filenames: Sequence[Any]) -> tuple[np.ndarray, dict]:
         arrays = [self._get_array_data(ds, f) for ds, f in zip(data, filenames)]
@@ -691,6 +697,14 @@ class DicomReader(PydicomReader):
 
     def _get_meta_dict(self, img: Any) -> dict:
         meta = super()._get_meta_dict(img)
+        # geometry from the parsed tags: MONAI's JSON conversion drops a value it finds invalid (e.g. a DS longer
+        # than 16 characters) and would then build an identity affine without a word
+        for key, name in (("00200037", "ImageOrientationPatient"), ("00200032", "ImagePositionPatient")):
+            value = _tag_value(img, name, None)
+            if value is not None:
+                meta[key] = {"vr": "DS", "Value": [float(v) for v in value]}
+        if _tag_value(img, "PixelSpacing", None) is not None:
+            meta["00280030"] = {"vr": "DS", "Value": [float(v) for v in img.PixelSpacing]}
         tag = str(_tag_value(img, "Modality", "")).upper()
         meta["dicom_modality"] = tag
         meta["modality"] = canonical_modality(tag) or ""  # "" (not None: MONAI turns None into "none")

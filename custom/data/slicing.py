@@ -23,6 +23,7 @@ from monai.transforms import MapTransform
 from custom.data.readers import (
     DicomReader,
     dicom_series,
+    finite_values,
     is_dicom,
     is_nifti,
     load_image,
@@ -190,11 +191,10 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor
             for k in range(3, len(nii.shape)):  # trailing singleton axes
                 sl[k] = 0
             try:
-                arr = np.array(nii.dataobj[tuple(sl)], dtype=np.float32)  # reads this slab only, scaling applied
+                arr = np.asarray(nii.dataobj[tuple(sl)])  # reads this slab only, scaling applied
             except Exception as e:
                 raise ValueError(f"{path}: unreadable NIfTI voxel data ({type(e).__name__}: {e}).") from e
-            if not np.isfinite(arr).all():
-                raise ValueError(f"{path}: non-finite values (NaN or inf) in the image.")
+            arr = np.array(finite_values(arr, path), dtype=np.float32)
             affine = nii.affine.copy()
             affine[:3, 3] += affine[:3, axis] * index  # origin of the slice
             meta = {"filename_or_obj": path, "pixdim": np.asarray(nii.header["pixdim"]).copy()}

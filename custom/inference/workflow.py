@@ -49,8 +49,9 @@ class CatchFailures(Transform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         if data.get("skip") or data.get("error"):
             return dict(data)
+        start = time.perf_counter()
         try:
-            return dict(self.transform(data))
+            return {**dict(self.transform(data)), "read_seconds": time.perf_counter() - start}
         except Exception as e:  # every failure is reported per scan
             return {
                 **{k: v for k, v in dict(data).items() if isinstance(v, (str, int, float, list))},
@@ -73,10 +74,12 @@ class RestorationEvaluator(SupervisedEvaluator):
     ``settings``, ``inferer(x, network)``, denormalise, clip when ``clip_output``; ``pred`` in physical units,
     ``image`` replaced by the normalised input, the physical input kept in ``input`` when absent), then apply
     ``postprocessing`` (e.g. write) to the item. Without ``settings`` the image is taken as already normalised
-    and ``pred`` is the raw network output. Any error of one scan (reading, inference, writing) is logged with
-    its file name and the next scan runs. After the run the per-scan status of every item is written to
-    ``report_path`` (json; also when the run itself stops on an error, the scans not reached listed as failed)
-    and, if any scan failed, a ``RuntimeError`` listing them is raised (non-zero exit of ``monai.bundle run``).
+    and ``pred`` is the raw network output. Report entries carry ``read_seconds`` (preprocessing),
+    ``restore_seconds`` and ``write_seconds`` (postprocessing); ``seconds`` is restore + write. Any error of one
+    scan (reading, inference, writing) is logged with its file name and the next scan runs. After the run the
+    per-scan status of every item is written to ``report_path`` (json; also when the run itself stops on an
+    error, the scans not reached listed as failed) and, if any scan failed, a ``RuntimeError`` listing them is
+    raised (non-zero exit of ``monai.bundle run``).
 
     Args:
         device: device of the network.
@@ -126,7 +129,14 @@ class RestorationEvaluator(SupervisedEvaluator):
         self.clip_output = bool(clip_output)
         self.results: list[dict[str, Any]] = []
 
-    def _record(self, item: Mapping[Hashable, Any], status: str, message: str = "", seconds: float = 0.0) -> None:
+    def _record(
+        self,
+        item: Mapping[Hashable, Any],
+        status: str,
+        message: str = "",
+        seconds: float = 0.0,
+        timings: Mapping[str, float] | None = None,
+    ) -> None:
         image = item.get("image", "?")
         source = str(item.get("source", image if isinstance(image, str) else "?"))
         if status == "failed" and source not in message:
@@ -137,6 +147,7 @@ class RestorationEvaluator(SupervisedEvaluator):
             "status": status,
             "message": message,
             "seconds": round(seconds, 3),
+            **{k: round(float(v), 3) for k, v in (timings or {}).items()},
         }
         # task check (custom.inference.task_check), data-consistency notes and the difference output, when present
         extra = ("predicted_task", "task_distance", "warnings", "difference_output")
@@ -160,6 +171,7 @@ class RestorationEvaluator(SupervisedEvaluator):
         if os.path.lexists(str(item["output"])) and not self.overwrite:
             self._record(item, "skipped", "output exists (set overwrite=true to replace it)")
             return {}
+        timings = {"read_seconds": float(item.get("read_seconds", 0.0))}
         try:
             image = item["image"]
             if self.settings is not None:
@@ -184,13 +196,15 @@ class RestorationEvaluator(SupervisedEvaluator):
                 ):
                     pred = engine.inferer(x.to(engine.state.device), engine.network)
                 item["pred"] = pred[0].float().cpu()
+            timings["restore_seconds"] = time.perf_counter() - start
             if self.restore_postprocessing is not None:
                 item = dict(self.restore_postprocessing(item))
+            timings["write_seconds"] = time.perf_counter() - start - timings["restore_seconds"]
         except Exception as e:  # report and continue with the next scan
             logger.debug(traceback.format_exc())
-            self._record(item, "failed", _root_message(e), time.perf_counter() - start)
+            self._record(item, "failed", _root_message(e), time.perf_counter() - start, timings)
             return {}
-        self._record(item, "written", "", time.perf_counter() - start)
+        self._record(item, "written", "", time.perf_counter() - start, timings)
         return {"pred": item["pred"]}
 
     def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]

@@ -461,7 +461,8 @@ class SaveRestoredd(MapTransform):
 
     NIfTI input -> :func:`write_nifti`; DICOM input -> :func:`write_dicom_series` (a folder for a series, a file
     for a single DICOM file). Uses ``d["scan_info"]`` from :class:`custom.inference.LoadScand` (optional keys
-    ``nifti_dtype``, ``scl_slope``, ``scl_inter`` override what is read from the nibabel image). MONAI's
+    ``source_dtype``, ``source_scl_slope``, ``source_scl_inter`` of the reading layer, see
+    /work/notes/io-contract.md, are used first; else the nibabel image's own). MONAI's
     ``SaveImaged`` is not used because it neither writes atomically nor writes DICOM. The item's ``warnings``
     (e.g. from :class:`custom.inference.task_check.TaskCheckd`) go into the NIfTI ``descrip`` / DICOM
     ``ImageComments``.
@@ -487,14 +488,14 @@ class SaveRestoredd(MapTransform):
             note = "TAT warning: " + "; ".join(d["warnings"]) if d.get("warnings") else ""
             if d.get("kind") == "nifti":
                 scaling = None
-                if info.get("scl_slope") is not None:
-                    scaling = (float(info["scl_slope"]), float(info.get("scl_inter") or 0.0))
+                if info.get("source_scl_slope") is not None:
+                    scaling = (float(info["source_scl_slope"]), float(info.get("source_scl_inter") or 0.0))
                 write_nifti(
                     values,
                     info["nifti"],
                     d["output"],
                     self.overwrite,
-                    dtype=info.get("nifti_dtype"),
+                    dtype=info.get("source_dtype"),
                     scaling=scaling,
                     description=note,
                 )

@@ -91,6 +91,10 @@ class TestRestorationEvaluator(unittest.TestCase):
             self.assertEqual(status["c.nii.gz"][0], "failed")
             self.assertIn("gzip CRC", status["c.nii.gz"][1])
             self.assertIn("output exists", status["b.nii"][1])
+            (written,) = [r for r in report["scans"] if r["status"] == "written"]
+            for key in ("read_seconds", "restore_seconds", "write_seconds"):  # read / write times reported
+                self.assertGreater(written[key], 0, key)
+            self.assertAlmostEqual(written["seconds"], written["restore_seconds"] + written["write_seconds"], 2)
             src = nib.load(os.path.join(d, "a.nii")).get_fdata()
             out = nib.load(os.path.join(d, "out", "a.nii")).get_fdata()
             np.testing.assert_allclose(out, np.clip(src, -1024, 3072), atol=1e-3)  # restore(): normalise .. clip

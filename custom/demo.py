@@ -13,7 +13,11 @@
 4. prints per task PSNR/SSIM/RMSE of the degraded input and of the restored output, and exits with status 1 if a
    task's restored PSNR does not beat its input's;
 5. writes ``OUTPUT_DIR/models/demo_inference.json``, an overlay of ``inference.json`` with the demo network and
-   checkpoint, and prints the one command that restores a folder of the user's own scans with it.
+   checkpoint, and prints the one command that restores a folder of the user's own scans with it;
+6. restores the test split through that command (``OUTPUT_DIR/inference``, with ``difference_output``), prints each
+   scan's predicted task, task distance and warnings (task statistics stored in ``model.pt`` by the training's
+   ``TaskStatisticsHandler``), and writes ``OUTPUT_DIR/evaluation/review_panel_mri.png``: input, restored,
+   difference and the k-space data-consistent result of the first MRI test scan.
 
 Reruns: the data is reused; training starts fresh every run (``OUTPUT_DIR/models``, ``OUTPUT_DIR/train_logs``
 and ``OUTPUT_DIR/evaluation`` are emptied first) so the figures always belong to one complete, known budget.
@@ -36,8 +40,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import nibabel as nib
+import numpy as np
+import torch
+
+from custom.data.datalist import load_datalist
+from custom.data.settings import get_modality_setting, load_modality_settings
 from custom.evaluation import format_summary_table
+from custom.evaluation.consistency import slice_metrics
+from custom.evaluation.panels import plot_review_panel
 from custom.io import write_text_atomic
+from custom.transforms.data_consistency import kspace_data_consistency
 
 __all__ = [
     "DEMO_OVERRIDES",
@@ -45,6 +58,8 @@ __all__ = [
     "bundle_command",
     "inference_overlay",
     "restore_command",
+    "inference_command",
+    "review_test_split",
     "default_threads",
     "run_demo",
     "main",
@@ -155,6 +170,90 @@ def bundle_command(
     return cmd
 
 
+def inference_command(overlay_path: str, datalist: str, split: str, output_dir: str) -> list[str]:
+    """``python -m monai.bundle run inference`` on a data-list split with the demo overlay, writing differences."""
+    configs = [os.path.join(BUNDLE_DIR, "configs", "inference.json"), os.path.abspath(overlay_path)]
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inference",
+        "--config_file",
+        json.dumps(configs),
+        "--logging_file",
+        os.path.join(BUNDLE_DIR, "configs", "logging.conf"),
+        "--bundle_root",
+        BUNDLE_DIR,
+        "--dataset_dir",
+        os.path.dirname(os.path.abspath(datalist)),
+        "--datalist",
+        os.path.abspath(datalist),
+        "--datalist_split",
+        split,
+        "--output_dir",
+        output_dir,
+        "--difference_output",
+        "true",
+        "--overwrite",
+        "true",
+    ]
+
+
+def _load_nifti(path: str) -> np.ndarray:
+    return np.asarray(nib.load(path).get_fdata(dtype=np.float32))
+
+
+def review_test_split(report_path: str, datalist: str, panel_path: str, factor: float = 4.0) -> dict[str, Any]:
+    """Per-scan task check lines and the review panel of the first MRI test scan (see the module docstring).
+
+    Args:
+        report_path: ``inference_report.json`` of :func:`inference_command`'s run.
+        datalist: the demo data list (its ``test`` split has the targets).
+        panel_path: destination of the PNG panel.
+        factor: k-space truncation factor of the MRI inputs.
+
+    Returns:
+        ``{"scans": [{image, predicted_task, task_distance, warnings}], "panel": path or None, "panel_psnr": {...}}``.
+
+    Raises:
+        ValueError: the report lacks a test scan's entry or the task check.
+    """
+    with open(report_path, encoding="utf-8") as f:
+        entries = {os.path.realpath(s["image"]): s for s in json.load(f)["scans"]}
+    scans, panel, panel_psnr = [], None, {}
+    for item in load_datalist(datalist, "test"):
+        entry = entries.get(os.path.realpath(item["image"]))
+        if entry is None or entry["status"] != "written" or "predicted_task" not in entry:
+            raise ValueError(f"{report_path}: no restored entry with a task check for {item['image']}.")
+        scans.append({k: entry.get(k) for k in ("image", "predicted_task", "task_distance", "warnings")})
+        scans[-1]["modality"] = item.get("modality")
+        if panel is None and str(item.get("modality")).upper() == "MRI":
+            x, r, y = _load_nifti(item["image"]), _load_nifti(entry["output"]), _load_nifti(item["label"])
+            diff = _load_nifti(entry["difference_output"])
+            dc = kspace_data_consistency(torch.from_numpy(r)[None], torch.from_numpy(x)[None], factor)[0].numpy()
+            setting = get_modality_setting(
+                load_modality_settings(os.path.join(BUNDLE_DIR, "configs", "modality")), "MRI"
+            )
+            panel_psnr = {
+                k: slice_metrics(v, y, setting)["psnr"][0]
+                for k, v in (("input", x), ("restored", r), ("consistent", dc))
+            }
+            pick = (lambda a: a) if x.ndim == 2 else (lambda a: a[..., a.shape[-1] // 2])
+            panel = plot_review_panel(
+                panel_path,
+                pick(x),
+                pick(r),
+                pick(diff),
+                pick(dc),
+                setting["eval_window"],
+                f"MRI test scan {os.path.basename(item['image'])}: what the network changed, and the data-consistent result",
+                setting["units"],
+                dict(panel_psnr),
+            )
+    return {"scans": scans, "panel": panel, "panel_psnr": panel_psnr}
+
+
 def default_threads() -> int:
     """Torch threads for the demo: 1.
 
@@ -216,7 +315,7 @@ def run_demo(
         timings["data"] = _run(
             [sys.executable, "-m", "custom.data.demo_data", "--output_dir", data_dir],
             env,
-            "1/3 demo data (reused when already built)",
+            "1/4 demo data (reused when already built)",
         )
         datalist = os.path.join(data_dir, "datalist.json")
     datalist = os.path.abspath(datalist)
@@ -233,31 +332,53 @@ def run_demo(
     timings["training"] = _run(
         bundle_command("training", ["train.json"], dataset_dir, ckpt_dir, log_dir, settings),
         env,
-        f"2/3 training a small TAT for {settings['num_iterations']} iterations (python -m monai.bundle run training)",
+        f"2/4 training a small TAT for {settings['num_iterations']} iterations (python -m monai.bundle run training)",
     )
     timings["evaluation"] = _run(
         bundle_command("evaluating", ["train.json", "evaluate.json"], dataset_dir, ckpt_dir, eval_dir, settings),
         env,
-        "3/3 evaluation of models/model.pt on the test split (python -m monai.bundle run evaluating)",
+        "3/4 evaluation of models/model.pt on the test split (python -m monai.bundle run evaluating)",
     )
-    timings["total"] = time.time() - start
     overlay_path = os.path.join(ckpt_dir, "demo_inference.json")
     write_text_atomic(
         overlay_path, json.dumps(inference_overlay(settings, os.path.join(ckpt_dir, "model.pt")), indent=2)
+    )
+    inference_dir = os.path.join(output_dir, "inference")
+    timings["inference"] = _run(
+        inference_command(overlay_path, datalist, "test", inference_dir),
+        env,
+        "4/4 restoring the test split with the task check and the difference output (bundle inference CLI)",
+    )
+    timings["total"] = time.time() - start
+    review = review_test_split(
+        os.path.join(inference_dir, "inference_report.json"), datalist, os.path.join(eval_dir, "review_panel_mri.png")
     )
 
     summary_path = os.path.join(eval_dir, "test_summary.json")
     with open(summary_path, encoding="utf-8") as f:
         summary = json.load(f)
     summary["timings"] = timings
+    summary["review"] = review
     failed = [t for t, v in summary["tasks"].items() if not v["output"]["psnr"] > v["input"]["psnr"]]
 
     print("\n=== TAT demo: test split, degraded input vs restored output (physical units, published windows) ===")
     print(format_summary_table(summary))
     print(
         f"\nwall time: data {timings.get('data', 0.0):.0f} s, training {timings['training']:.0f} s, "
-        f"evaluation {timings['evaluation']:.0f} s, total {timings['total']:.0f} s (torch threads: {threads})"
+        f"evaluation {timings['evaluation']:.0f} s, inference {timings['inference']:.0f} s, "
+        f"total {timings['total']:.0f} s (torch threads: {threads})"
     )
+    print("\ntask check (the network's task representation; test split):")
+    for scan in review["scans"]:
+        dist = "n/a" if scan["task_distance"] is None else f"{scan['task_distance']:.2f}"
+        warn = "; ".join(scan["warnings"] or []) or "no warning"
+        print(
+            f"  {os.path.basename(scan['image'])}: declared {scan['modality']}, predicted {scan['predicted_task']} "
+            f"(distance {dist}): {warn}"
+        )
+    if review["panel"]:
+        psnr = ", ".join(f"{k} {v:.2f} dB" for k, v in review["panel_psnr"].items())
+        print(f"review panel (input, restored, difference, data-consistent MRI): {review['panel']}  ({psnr})")
     print(f"model:     {os.path.join(ckpt_dir, 'model.pt')}  (demonstration weights only)")
     print(f"per scan:  {summary['files']['scans_csv']}")
     print(f"summary:   {summary_path}")

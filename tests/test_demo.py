@@ -72,11 +72,25 @@ def test_demo_smoke(tmp_path):
 
     assert "starting a new training" in log  # the stale latest.pt was removed, not resumed from
 
+    # task check, difference output and review panel (issue 13): every test scan restored with its task printed
+    assert "task statistics stored in" in log  # train.json's handler at the end of training
+    report = json.loads((demo / "inference" / "inference_report.json").read_text())
+    tests = json.loads(open(datalist, encoding="utf-8").read())["test"]
+    assert report["counts"]["written"] == len(tests)
+    for scan in report["scans"]:
+        assert scan["predicted_task"] in ("CT", "PET", "MRI") and isinstance(scan["warnings"], list)
+        assert os.path.isfile(scan["difference_output"])
+        line = next(x for x in proc.stdout.splitlines() if os.path.basename(scan["image"]) + ": declared" in x)
+        assert f"predicted {scan['predicted_task']}" in line
+    assert (demo / "evaluation" / "review_panel_mri.png").stat().st_size > 1000
+    assert "data-consistent MRI" in proc.stdout
+
     # the printed one-line restore command works on a user's folder of scans (here the tiny test images, as CT)
     overlay = json.loads((demo / "models" / "demo_inference.json").read_text())
     assert overlay["checkpoint"] == str(demo / "models" / "model.pt")
     assert overlay["network_def#dim"] == TINY_OVERRIDES["network_def#dim"]
-    line = next(x for x in proc.stdout.splitlines() if "run inference" in x).split("#")[0]
+    line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("python -m monai.bundle run inference"))
+    line = line.split("#")[0]
     scans, restored = tmp_path / "my_scans", tmp_path / "restored"
     scans.mkdir()
     src = next(p for p in sorted((tmp_path / "data").rglob("*.nii*")) if "ct" in str(p).lower())

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from custom.io import atomic_output  # noqa: E402
 
-__all__ = ["plot_task_panel"]
+__all__ = ["plot_task_panel", "plot_review_panel"]
 
 
 def plot_task_panel(
@@ -83,6 +83,71 @@ def plot_task_panel(
         ax.set_yticks([])
     fig.suptitle(title)
 
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_review_panel(
+    path: str,
+    image: np.ndarray,
+    restored: np.ndarray,
+    difference: np.ndarray,
+    consistent: np.ndarray,
+    window: Sequence[float],
+    title: str,
+    units: str = "",
+    psnr: dict[str, float] | None = None,
+    dpi: int = 110,
+) -> str:
+    """Write a 1 x 4 review panel (input, restored, restored - input, data-consistent restored) atomically.
+
+    Args:
+        path: destination ``.png``.
+        image: degraded input slice (H, W), physical units.
+        restored: restored slice (H, W).
+        difference: ``restored - image`` (H, W), shown on a symmetric diverging scale.
+        consistent: the k-space data-consistent restored slice (H, W).
+        window: (low, high) display window of the three images.
+        title: figure title.
+        units: intensity units for the colour bars.
+        psnr: optional PSNR (dB) per panel name (``input``, ``restored``, ``consistent``), shown in the titles.
+        dpi: figure resolution.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: the slices are not 2D arrays of one shape, or the window is not increasing.
+    """
+    arrays = [np.asarray(a, dtype=np.float32) for a in (image, restored, difference, consistent)]
+    if any(a.ndim != 2 or a.shape != arrays[0].shape for a in arrays):
+        raise ValueError(f"{path}: review panel needs four 2D slices of one shape, got {[a.shape for a in arrays]}.")
+    low, high = float(window[0]), float(window[1])
+    if not low < high:
+        raise ValueError(f"{path}: display window must be increasing, got {window}.")
+    psnr = psnr or {}
+
+    def tag(name: str, key: str) -> str:
+        return f"{name} ({psnr[key]:.2f} dB)" if key in psnr else name
+
+    fig, axes = plt.subplots(1, 4, figsize=(14.5, 4.0), constrained_layout=True)
+    names = (tag("degraded input", "input"), tag("restored", "restored"), "", tag("data-consistent", "consistent"))
+    for ax, data, name in zip(axes[[0, 1, 3]], arrays[:2] + arrays[3:], names[:2] + names[3:]):
+        im = ax.imshow(data, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        ax.set_title(name)
+    fig.colorbar(im, ax=axes[[0, 1, 3]].tolist(), shrink=0.8, label=units)
+    scale = float(np.percentile(np.abs(arrays[2]), 99.5)) or float(np.abs(arrays[2]).max()) or 1.0
+    im_diff = axes[2].imshow(arrays[2], cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
+    axes[2].set_title("restored - input")
+    fig.colorbar(im_diff, ax=axes[2], shrink=0.8, label=units)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
     try:
         with atomic_output(path) as tmp:
             fig.savefig(tmp, dpi=dpi, format="png")

@@ -20,7 +20,7 @@ so the combined spectrum stays Hermitian and its inverse FFT is real up to round
   lies in both sets, so the iteration converges; after 20 iterations the block error is ~1e-10 and the image is
   non-negative.
 
-Figures of the three modes on the demo MRI test slice and a real 3D T1 volume: ``bundle/docs/README.md``.
+Figures of the three modes on the demo MRI test slice and a real 3D T1 volume: ``README.md`` ("Is it real?").
 
 When it applies: inputs that truly are k-space truncated on the output grid (zero-filled low-resolution
 acquisitions, the published x4 task). When it does not: thick-slice acquisitions (the missing resolution is

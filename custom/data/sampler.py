@@ -155,7 +155,8 @@ class TaskUniformBatchSampler(Sampler[list[int]]):
 
         Returns:
             ``next_batch`` (the batch number the next iteration starts at), each task's ``pass`` and ``group``
-            there, and what fixes the streams (seed, samples per task, rank, world size, task sizes): ints only.
+            there, and what fixes the streams (seed, samples per task, world size, task sizes): ints only, the same
+            on every rank (rank 0's checkpoint resumes all ranks).
         """
         nxt = (self.epoch + 1) * self.num_batches
         return {
@@ -163,7 +164,6 @@ class TaskUniformBatchSampler(Sampler[list[int]]):
             "num_batches": self.num_batches,
             "seed": self.seed,
             "samples_per_task": self.samples_per_task,
-            "rank": self.rank,
             "world_size": self.world_size,
             "task_sizes": {t: len(v) for t, v in self.task_indices.items()},
             "pass": {t: nxt // g for t, g in self.groups_per_pass.items()},
@@ -181,7 +181,7 @@ class TaskUniformBatchSampler(Sampler[list[int]]):
                 task or world size): resuming would not continue them.
         """
         mine = self.state_dict()
-        keys = ("seed", "samples_per_task", "rank", "world_size", "task_sizes", "num_batches")
+        keys = ("seed", "samples_per_task", "world_size", "task_sizes", "num_batches")  # same on every rank
         changed = {k: (state_dict.get(k), mine[k]) for k in keys if state_dict.get(k) != mine[k]}
         if changed:
             raise ValueError(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,12 @@ from custom.metrics import METRIC_NAMES, PhysicalUnitMetrics, to_physical
 from .panels import plot_task_panel
 from .writers import summarize_scans, write_csv_atomic, write_json_atomic
 
-__all__ = ["RestorationReport", "format_summary_table"]
+__all__ = ["RestorationReport", "format_summary_table", "format_reference_table", "load_reference_results"]
 
 SCAN_COLUMNS = ("task", "modality", "scan", "degraded_file", "n_slices") + tuple(
     f"{side}_{m}" for side in ("input", "output") for m in METRIC_NAMES
 )
+SLICE_COLUMNS = ("task", "modality", "scan", "degraded_file", "slice_index") + SCAN_COLUMNS[5:]
 
 
 def _items(data: Any, size_key: str) -> list[Mapping]:
@@ -60,6 +62,75 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def load_reference_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the published reference rows (``bundle/configs/reference_results.json``).
+
+    The file holds ``tasks`` (modality column order), ``metrics`` (the order of each cell's values) and
+    ``methods``: ``{method: {modality: [psnr, ssim, rmse], "mean_psnr": value}}``.
+
+    Raises:
+        ValueError: unreadable file, or a method lacking a task's values (the message names the file).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        tasks, metrics, methods = list(data["tasks"]), list(data["metrics"]), dict(data["methods"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable reference results ({type(e).__name__}: {e}).") from e
+    for name, row in methods.items():
+        bad = [t for t in tasks if len(row.get(t, ())) != len(metrics)]
+        if bad:
+            raise ValueError(f"{path}: method {name!r} needs {len(metrics)} values {metrics} for {bad}.")
+    return data
+
+
+def _task_means(summary: Mapping[str, Any], side: str, modalities: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """``{modality: {metric: mean over the task's slices}}`` of one side (``input`` / ``output``)."""
+    return {str(modalities[task]).upper(): dict(t[side]) for task, t in summary["tasks"].items() if task in modalities}
+
+
+def format_reference_table(
+    summary: Mapping[str, Any], reference: Mapping[str, Any], modalities: Mapping[str, str], name: str = "this model"
+) -> str:
+    """The published reference rows and this evaluation's rows in one plain-text table.
+
+    Columns: per task (``reference["tasks"]``, e.g. MRI, CT, PET) PSNR / SSIM / RMSE, then the mean PSNR over the
+    tasks. Rows: each reference method, then ``name`` (restored) and the degraded input; a task that was not
+    evaluated shows ``-`` and the mean is then given over the evaluated tasks only, marked ``*``.
+
+    Args:
+        summary: :func:`custom.evaluation.summarize_scans` output (per-slice task means under ``input``/``output``).
+        reference: :func:`load_reference_results` output.
+        modalities: task name -> modality of each task in ``summary``.
+        name: label of the evaluated model's row.
+
+    Returns:
+        the table.
+    """
+    tasks, metrics = [str(t).upper() for t in reference["tasks"]], list(reference["metrics"])
+    width = 30
+
+    def cell(values: Sequence[float] | None) -> str:
+        if values is None:
+            return f"{'-':>{width}}"
+        return f"{' / '.join(f'{v:.4f}' for v in values):>{width}}"
+
+    head = f"{'method':<28}" + "".join(f"{t + ' ' + '/'.join(m.upper() for m in metrics):>{width}}" for t in tasks)
+    head += f"{'mean PSNR':>11}"
+    lines = [head, "-" * len(head)]
+    for method, row in reference["methods"].items():
+        lines.append(f"{method:<28}" + "".join(cell(row[t]) for t in tasks) + f"{float(row['mean_psnr']):>11.4f}")
+    lines.append("-" * len(head))
+    for label, side in ((f"{name} (restored)", "output"), ("degraded input", "input")):
+        means = _task_means(summary, side, modalities)
+        cells = [cell([means[t][m] for m in metrics]) if t in means else cell(None) for t in tasks]
+        psnrs = [means[t]["psnr"] for t in tasks if t in means]
+        mean = f"{sum(psnrs) / len(psnrs):>10.4f}" + (" " if len(psnrs) == len(tasks) else "*") if psnrs else "-"
+        lines.append(f"{label:<28}" + "".join(cells) + f"{mean:>11}")
+    return "\n".join(lines)
+
+
 class RestorationReport:
     """Per-scan and per-task PSNR/SSIM/RMSE of the degraded input and of the restored output (TAT protocol).
 
@@ -70,6 +141,8 @@ class RestorationReport:
     ``label``. At the end of the run it writes to ``output_dir``:
 
     * ``<prefix>_scans.csv``: one row per scan (the ``label`` file), metrics averaged over the scan's slices;
+    * ``<prefix>_slices_<task>.csv``: one row per test slice of the task (the published test phase: per-slice
+      metrics, whose plain mean is the task's figure);
     * ``<prefix>_summary.json``: per task the mean over its test slices (published protocol) of input and output
       metrics, the per-scan means, the PSNR gain, and the mean over tasks;
     * ``<prefix>_panel_<task>.png``: input / restored / target / |error| of one slice per task (the first scan's
@@ -86,6 +159,8 @@ class RestorationReport:
         index_key: batch key of the slice index. Defaults to ``"slice_index"``.
         panels: write the PNG panels. Defaults to True.
         log_table: log the per-task table at the end. Defaults to True.
+        reference: published reference rows (:func:`load_reference_results` output or its file) to log beside
+            this model's per-task means; None for none.
 
     Raises:
         ValueError: empty settings.
@@ -100,6 +175,7 @@ class RestorationReport:
         index_key: str = "slice_index",
         panels: bool = True,
         log_table: bool = True,
+        reference: Mapping[str, Any] | str | os.PathLike | None = None,
     ) -> None:
         if not settings:
             raise ValueError("settings are empty: pass custom.data.load_modality_settings(<modality dir>).")
@@ -110,6 +186,7 @@ class RestorationReport:
         self.index_key = index_key
         self.panels = panels
         self.log_table = log_table
+        self.reference = load_reference_results(reference) if isinstance(reference, (str, os.PathLike)) else reference
         self._fns: dict[str, PhysicalUnitMetrics] = {}
         self.slices: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
@@ -230,15 +307,32 @@ class RestorationReport:
                 input_psnr=r["input_psnr"],
                 output_psnr=r["output_psnr"],
             )
-        summary["files"] = {"scans_csv": csv_path, "panels": panels}
+        slice_csvs = {
+            task: write_csv_atomic(
+                os.path.join(self.output_dir, f"{self.prefix}_slices_{task}.csv"),
+                sorted((s for s in self.slices if s["task"] == task), key=lambda r: (r["scan"], r["slice_index"])),
+                SLICE_COLUMNS,
+            )
+            for task in sorted({s["task"] for s in self.slices})
+        }
+        summary["files"] = {"scans_csv": csv_path, "slices_csv": slice_csvs, "panels": panels}
         summary["files"]["summary_json"] = os.path.join(self.output_dir, f"{self.prefix}_summary.json")
         summary["protocol"] = (
             "physical units clipped to each modality's eval_window; PSNR/SSIM data range = max - min "
             "of the clipped target slice; SSIM Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03; RMSE "
             "in units; task value = mean over its test slices"
         )
-        write_json_atomic(summary["files"]["summary_json"], summary)
         self.summary = summary
+        if self.reference is not None:
+            modalities = {s["task"]: s["modality"] for s in self.slices}
+            summary["reference_table"] = format_reference_table(summary, self.reference, modalities)
+        write_json_atomic(summary["files"]["summary_json"], summary)
         if self.log_table:
             self.logger.info("test metrics (input = degraded, output = restored):\n%s", format_summary_table(summary))
+            if self.reference is not None:
+                self.logger.info(
+                    "beside the published all-in-one results (%s):\n%s",
+                    self.reference.get("source", "reference"),
+                    summary["reference_table"],
+                )
         return summary

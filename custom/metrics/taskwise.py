@@ -52,9 +52,11 @@ class TaskwiseImageQuality(Metric):
         win_size: SSIM Gaussian window (zero padding win_size // 2, same-size map). Defaults to 11 (published).
         kernel_sigma: SSIM Gaussian sigma. Defaults to 1.5 (published).
         device: ignite metric device.
+        key_average: how the key metric averages: ``"tasks"`` (mean of the task means) or ``"slices"`` (plain
+            mean over every sample, the published model selection; equal when every task has as many samples).
 
     Raises:
-        ValueError: unknown ``key_metric`` or empty ``settings``.
+        ValueError: unknown ``key_metric`` or ``key_average``, or empty ``settings``.
     """
 
     def __init__(
@@ -67,7 +69,11 @@ class TaskwiseImageQuality(Metric):
         win_size: int = 11,
         kernel_sigma: float = 1.5,
         device: str | torch.device = "cpu",
+        key_average: str = "tasks",
     ) -> None:
+        if key_average not in ("tasks", "slices"):
+            raise ValueError(f"key_average must be 'tasks' or 'slices', got {key_average!r}.")
+        self.key_average = key_average
         if key_metric not in METRIC_NAMES:
             raise ValueError(f"key_metric must be one of {METRIC_NAMES}, got {key_metric!r}.")
         if not settings:
@@ -127,6 +133,8 @@ class TaskwiseImageQuality(Metric):
                     result[f"{task.lower()}_{metric}"] = float(values.mean())
                     task_means.append(result[f"{task.lower()}_{metric}"])
             result[f"mean_{metric}"] = float(sum(task_means) / len(task_means)) if task_means else float("nan")
+            if self.key_average == "slices" and metric == self.key_metric:
+                result[f"slice_mean_{metric}"] = float(rows[:, m_idx].mean()) if len(rows) else float("nan")
         return result
 
     def completed(self, engine: Engine, name: str) -> None:
@@ -134,4 +142,4 @@ class TaskwiseImageQuality(Metric):
         result = self.compute()
         for key, value in result.items():
             engine.state.metrics[f"{self.prefix}{key}"] = value
-        engine.state.metrics[name] = result[f"mean_{self.key_metric}"]
+        engine.state.metrics[name] = result[f"{'slice_' if self.key_average == 'slices' else ''}mean_{self.key_metric}"]

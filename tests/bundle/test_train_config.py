@@ -134,7 +134,8 @@ class TestTrainCLI:
         case = unittest.TestCase()
         latest = torch.load(os.path.join(out, "models", "latest.pt"), weights_only=True)
         case.assertEqual(
-            sorted(latest), ["best_saver", "ema", "loss", "lr_scheduler", "network", "optimizer", "rng", "trainer"]
+            sorted(latest),
+            ["best_saver", "ema", "loss", "lr_scheduler", "network", "optimizer", "rng", "sampler", "trainer"],
         )
         case.assertEqual(latest["trainer"]["iteration"], 4)
         for name, t in latest["network"].items():
@@ -177,7 +178,7 @@ class TestTrainCLI:
         case.assertEqual(len(first["best_saver"]["_saved"]), 1)  # best score so far travels with the resume file
         assert "Resuming from" in proc.stdout + proc.stderr
         resumed = torch.load(os.path.join(out, "models", "latest.pt"), weights_only=True)
-        for key in ("network", "ema", "loss", "optimizer", "lr_scheduler", "trainer", "best_saver"):
+        for key in ("network", "ema", "loss", "optimizer", "lr_scheduler", "trainer", "best_saver", "sampler"):
             _assert_state_equal(case, resumed[key], full[key], key)
 
 

@@ -1,0 +1,84 @@
+"""The published reference rows: one file, read and printed beside this model's per-task means."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import unittest
+
+from custom.evaluation import format_reference_table, load_reference_results
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REFERENCE = os.path.join(REPO, "bundle", "configs", "reference_results.json")
+MODALITIES = {"low_dose_ct": "CT", "low_count_pet": "PET", "mri_super_resolution": "MRI"}
+
+
+def _summary(values: dict[str, tuple[float, float, float]]) -> dict:
+    tasks = {}
+    for task, (psnr, ssim, rmse) in values.items():
+        tasks[task] = {
+            "output": {"psnr": psnr, "ssim": ssim, "rmse": rmse},
+            "input": {"psnr": psnr - 3, "ssim": ssim - 0.1, "rmse": rmse * 2},
+        }
+    return {"tasks": tasks}
+
+
+class TestReferenceTable(unittest.TestCase):
+    def test_published_rows_as_in_the_shared_facts(self):
+        ref = load_reference_results(REFERENCE)
+        self.assertEqual(ref["tasks"], ["MRI", "CT", "PET"])
+        self.assertEqual(ref["metrics"], ["psnr", "ssim", "rmse"])
+        self.assertEqual(
+            ref["methods"]["Restore-RWKV"],
+            {
+                "MRI": [31.9404, 0.9386, 29.3562],
+                "CT": [33.6935, 0.9188, 8.4609],
+                "PET": [37.2091, 0.9475, 0.0865],
+                "mean_psnr": 34.281,
+            },
+        )
+        for name, row in ref["methods"].items():  # the table's mean PSNR is the mean of the three tasks' PSNR
+            self.assertAlmostEqual(sum(row[t][0] for t in ref["tasks"]) / 3, row["mean_psnr"], places=4, msg=name)
+
+    def test_table_rows_and_columns(self):
+        ref = load_reference_results(REFERENCE)
+        summary = _summary(
+            {
+                "low_dose_ct": (33.5, 0.91, 8.6),
+                "mri_super_resolution": (31.5, 0.93, 30.6),
+                "low_count_pet": (37.0, 0.94, 0.09),
+            }
+        )
+        lines = format_reference_table(summary, ref, MODALITIES, name="mine").splitlines()
+        self.assertEqual(len(lines), 2 + 4 + 1 + 2)
+        self.assertEqual([line.split()[0] for line in lines[2:6]], ["AMIR", "Restore-RWKV", "Restormer", "AirNet"])
+        ours = lines[7]
+        self.assertTrue(ours.startswith("mine (restored)"))
+        cells = [c.strip() for c in ours[len("mine (restored)") :].split("  ") if c.strip()]
+        self.assertEqual(
+            cells, ["31.5000 / 0.9300 / 30.6000", "33.5000 / 0.9100 / 8.6000", "37.0000 / 0.9400 / 0.0900", "34.0000"]
+        )  # MRI, CT, PET columns, mean PSNR
+        self.assertTrue(lines[8].startswith("degraded input") and lines[8].rstrip().endswith("31.0000"))
+
+    def test_missing_task_is_shown_and_the_mean_marked(self):
+        ref = load_reference_results(REFERENCE)
+        line = format_reference_table(_summary({"low_dose_ct": (33.0, 0.9, 8.0)}), ref, MODALITIES).splitlines()[7]
+        self.assertEqual(line.split()[-1], "33.0000*")
+        self.assertEqual(line.count(" - "), 2)
+
+    def test_bad_reference_file(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "ref.json")
+            with open(path, "w") as f:
+                json.dump({"tasks": ["CT"], "metrics": ["psnr", "ssim"], "methods": {"X": {"CT": [30.0]}}}, f)
+            with self.assertRaisesRegex(ValueError, r"ref\.json: method 'X' needs 2 values"):
+                load_reference_results(path)
+            with open(path, "w") as f:
+                f.write("{")
+            with self.assertRaisesRegex(ValueError, r"ref\.json: unreadable reference results"):
+                load_reference_results(path)
+
+
+if __name__ == "__main__":
+    unittest.main()

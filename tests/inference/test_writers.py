@@ -6,6 +6,7 @@ import datetime
 import os
 import tempfile
 import unittest
+from unittest import mock
 
 import nibabel as nib
 import numpy as np
@@ -161,6 +162,10 @@ class TestWriteSeries(unittest.TestCase):
                 np.testing.assert_array_equal(b.pixel_array, raw)
             with self.assertRaises(FileExistsError):
                 write_dicom_series(values, datasets, files, out)
+            with mock.patch("pydicom.dcmread", side_effect=AssertionError("re-read")) as reread:
+                write_dicom_series(values, datasets, files, out, suv_factors=[0.01, 0.01], overwrite=True)
+            reread.assert_not_called()  # the writer works from the datasets in memory: no header read again
+            self.assertEqual(sorted(os.listdir(out)), ["s0.dcm", "s1.dcm"])
 
 
 class TestWriteNifti(unittest.TestCase):

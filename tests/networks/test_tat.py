@@ -33,6 +33,8 @@ class TestGolden(unittest.TestCase):
         with torch.no_grad():
             out = self.model(x)
         diff = (out - expected).abs()
+        # measured 2026-12-01 (CPU float32, 1 thread): max 3.7e-5, mean 6.3e-6 (128) / 6.4e-6 (200), the figures
+        # the README quotes (4e-5, 7e-6); the bounds leave 5x / 3x room for other CPUs' float32 summation order
         self.assertLess(diff.max().item(), 2e-4)
         self.assertLess(diff.mean().item(), 2e-5)
 

@@ -160,8 +160,8 @@ def evaluate(
     """Restore every item in ``mode``; PSNR / SSIM per task, seam score, seconds per slice.
 
     Returns:
-        ``{"tasks": {task: {"psnr", "ssim", "n"}}, "psnr", "ssim"`` (means over tasks), ``"seam"`` (mean over
-        slices with window edges, else ``None``), ``"seam_max_line"`` (mean of the largest line anywhere),
+        ``{"tasks": {task: {"psnr", "ssim", "seam", "n"}}, "psnr", "ssim"`` (means over tasks), ``"seam"``
+        (mean over slices with window edges, else ``None``), ``"seam_max_line"`` (mean of the largest line anywhere),
         ``"s_per_slice"`` (median)}.
     """
     net.set_window_mode(network_window_mode(mode))
@@ -179,7 +179,7 @@ def evaluate(
         pred = normalise(out, it["modality"], settings)[None]
         target = normalise(it["label"], it["modality"], settings)[None]
         m = PhysicalUnitMetrics(s["clip_range"], s["eval_window"])(pred, target)
-        task = per_task.setdefault(it["task"], {"psnr": [], "ssim": []})
+        task = per_task.setdefault(it["task"], {"psnr": [], "ssim": [], "seam": []})
         task["psnr"].append(float(m["psnr"][0]))
         task["ssim"].append(float(m["ssim"][0]))
         residual = (pred - target)[0, 0]
@@ -191,8 +191,14 @@ def evaluate(
         lines.append(seam_score(residual))
         if edges[0] or edges[1]:
             seams.append(seam_score(residual, edges))
+            task["seam"].append(seams[-1])
     tasks = {
-        t: {"psnr": statistics.mean(v["psnr"]), "ssim": statistics.mean(v["ssim"]), "n": len(v["psnr"])}
+        t: {
+            "psnr": statistics.mean(v["psnr"]),
+            "ssim": statistics.mean(v["ssim"]),
+            "seam": statistics.mean(v["seam"]) if v["seam"] else None,
+            "n": len(v["psnr"]),
+        }
         for t, v in per_task.items()
     }
     return {
@@ -248,17 +254,19 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 def markdown(results: Mapping[str, Any]) -> str:
     """The README tables of a run."""
     lines = [
-        "| mode | dtype | test PSNR (mean of tasks) | test SSIM | CT PSNR | seam (test) | s / slice (test) "
+        "| mode | dtype | test PSNR (mean of tasks) | test SSIM | CT PSNR | CT seam | s / slice (test) "
         "| 512² CT PSNR | 512² SSIM | 512² seam | s / slice 512² | volume slices/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         t, b, v = row["test"], row.get("ct512"), row.get("volume")
         ct = t["tasks"].get("low_dose_ct", {}).get("psnr")
+        ct_seam = t["tasks"].get("low_dose_ct", {}).get("seam")
         lines.append(
             f"| {row['mode']} | {row['dtype']} | {_fmt(t['psnr'])} | {_fmt(t['ssim'], 4)} | {_fmt(ct)} | "
-            f"{_fmt(t['seam'])} | {_fmt(t['s_per_slice'], 3)} | {_fmt(b and b['psnr'])} | "
-            f"{_fmt(b and b['ssim'], 4)} | {_fmt(b and b['seam'])} | {_fmt(b and b['s_per_slice'], 3)} | "
+            f"{_fmt(ct_seam)} | {_fmt(t['s_per_slice'], 3)} | {_fmt(b and b['psnr'])} | "
+            f"{_fmt(b and b['ssim'], 4)} | {_fmt(b and b['seam'])} | "
+            f"{_fmt(b and b['s_per_slice'], 3)} | "
             f"{_fmt(v and v['slices_per_s'])} |"
         )
     return "\n".join(lines)
@@ -283,9 +291,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for mode in args.modes:
             for dtype in dtypes:
                 row: dict[str, Any] = {"mode": mode, "dtype": dtype or "float32"}
-                row["test"] = evaluate(net, mode, test_items, settings, info, dtype)
-                if big_items:
-                    row["ct512"] = evaluate(net, mode, big_items, settings, info, dtype)
+                for part, items in (("test", test_items), ("ct512", big_items)):
+                    if items:
+                        row[part] = evaluate(net, mode, items, settings, info, dtype)
                 if args.depth and big_items:
                     row["volume"] = volume_speed(net, mode, vol_path, tmp, settings, info, args.slice_batch, dtype)
                 rows.append(row)

@@ -10,6 +10,7 @@ Every comparison uses a batch of different images where the batch is larger than
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 from custom.export import export_onnx, save_torchscript, serving_module
+from custom.inference import network_window_mode
 from tests.inference.helpers import BUNDLE, ENV, INFERENCE_CONFIG, TINY_OVERRIDES, run_cli, save_checkpoint, tiny_net
 
 META = os.path.join(BUNDLE, "configs", "metadata.json")
@@ -44,6 +46,12 @@ def _windows_active(net: torch.nn.Module, size: int) -> bool:
     return window is not None and size > window
 
 
+def _config_mode(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` in inference.json's window mode (ckpt_export builds network_def from that config)."""
+    with open(INFERENCE_CONFIG, encoding="utf-8") as f:
+        return net.set_window_mode(network_window_mode(json.load(f)["inference_mode"]))
+
+
 def _max_diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     return float(np.abs(np.asarray(a) - np.asarray(b)).max())
 
@@ -54,7 +62,7 @@ def _max_diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> flo
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = str(tmp_path_factory.mktemp("export"))
-    net = save_checkpoint(os.path.join(tmp, "model.pt"), seed=1)
+    net = _config_mode(save_checkpoint(os.path.join(tmp, "model.pt"), seed=1))
     ts_path = os.path.join(tmp, "model.ts")
     run = run_cli(
         "ckpt_export",
@@ -156,7 +164,7 @@ def test_serving_module_refuses_other_sizes() -> None:
 def test_ckpt_export_serving_sizes_loads_without_custom(tmp_path) -> None:
     """``ckpt_export serving_network`` with export.json: one .ts for two sizes, loaded where ``custom`` cannot
     be imported, equal to eager at both sizes for a batch of 2 different images."""
-    net = save_checkpoint(str(tmp_path / "model.pt"), seed=4)
+    net = _config_mode(save_checkpoint(str(tmp_path / "model.pt"), seed=4))
     ts_path = str(tmp_path / "serve.ts")
     run = run_cli(
         "ckpt_export",

@@ -98,8 +98,13 @@ class TestConfigs(unittest.TestCase):
         inferer = p.get_parsed_content("inferer")
         self.assertEqual(type(inferer.inner).__name__, "SlidingWindowInferer" if mode == "sliding" else "NoneType")
 
+    def test_sliding_tiles_at_the_training_size(self):
+        p = self._parser(INFERENCE_CONFIG, "sliding")
+        p["network_def"]["train_patch_size"] = 64
+        self.assertEqual(tuple(p.get_parsed_content("inferer").inner.roi_size), (64, 64))
+
     def test_defaults(self):
-        self.assertEqual(self._parser(INFERENCE_CONFIG, None)["inference_mode"], "blended")
+        self.assertEqual(self._parser(INFERENCE_CONFIG, None)["inference_mode"], "global")  # chosen by measurement
         train = INFERENCE_CONFIG.replace("inference.json", "train.json")
         evaluate = INFERENCE_CONFIG.replace("inference.json", "evaluate.json")
         p = self._parser([train, evaluate], None)

@@ -1,7 +1,8 @@
 """Build a self-contained, shareable zip of the bundle.
 
-``python -m custom.packaging --output dist/tat_bundle.zip`` zips ``bundle/`` with the ``custom`` package copied
-into the bundle root (``<bundle>/custom``). ``python -m monai.bundle run`` puts the bundle root on ``sys.path``
+``python -m custom.packaging`` writes ``dist/<name>_v<version>.zip`` (the model zoo's name of a release zip) with
+one top folder ``<name>`` (:data:`BUNDLE_NAME`, the bundle's model-zoo name) holding ``bundle/`` and the ``custom``
+package copied into the bundle root (``<name>/custom``). ``python -m monai.bundle run`` puts the bundle root on ``sys.path``
 (``ConfigWorkflow.run``), and running from the unzipped folder puts it there from the start (``sys.path[0]`` is
 the working directory), so ``custom.*`` targets resolve without installing anything but the packages listed in
 ``configs/metadata.json``. Run outputs (``models/*.pt`` unless ``--include_weights``, ``eval/``, ``outputs/``),
@@ -24,11 +25,13 @@ from custom.io import atomic_output
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO_ROOT / "bundle"
 PACKAGE_DIR = Path(__file__).resolve().parent
+BUNDLE_NAME = "tat_ct_pet_mri_restoration"
+"""The bundle's model-zoo name (its folder under the zoo's ``models/``): method, data and task, snake_case."""
 
 # relative to the bundle root; run outputs and local state
 EXCLUDE_DIRS = {"eval", "outputs", "dist", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 EXCLUDE_FILES = ["*.pyc", "*.pyo", "*.tmp", "*.part", ".DS_Store", "*.swp", "events.out.tfevents.*"]
-WEIGHT_PATTERNS = ["*.pt", "*.pth", "*.ts", "*.onnx", "*.ckpt"]
+WEIGHT_PATTERNS = ["*.pt", "*.pth", "*.ts", "*.onnx", "*.pt2", "*.ckpt"]
 # a zip entry's date must be >= 1980; a fixed stamp keeps archives of the same tree identical
 _ZIP_DATE = (2025, 1, 1, 0, 0, 0)
 
@@ -84,11 +87,24 @@ def build_archive(
     name: str | None = None,
     include_weights: bool = False,
 ) -> Path:
-    """Write the zip atomically to ``output`` and return its path. Entries sit under one top folder ``name``
-    (default: the output's stem), the layout of model-zoo bundle zips."""
+    """Write the zip atomically to ``output`` and return its path.
+
+    Args:
+        output: the zip to write.
+        bundle_dir: the bundle folder.
+        package_dir: the ``custom`` package copied into the bundle root.
+        name: the top folder of every entry (the layout of model-zoo bundle zips); default :data:`BUNDLE_NAME`.
+        include_weights: also pack ``models/*.pt|*.ts|*.onnx|*.pt2``.
+
+    Returns:
+        ``output``.
+
+    Raises:
+        FileNotFoundError, ValueError: the bundle lacks a required file or its version is not in the changelog.
+    """
     bundle_dir, package_dir, output = Path(bundle_dir), Path(package_dir), Path(output)
     check_bundle(bundle_dir)
-    prefix = name or output.stem
+    prefix = name or BUNDLE_NAME
     entries = bundle_entries(bundle_dir, package_dir, prefix, include_weights)
     with atomic_output(output) as tmp:  # temporary name, fsync, rename: never a partial zip under ``output``
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -106,12 +122,16 @@ def build_archive(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default=str(REPO_ROOT / "dist" / "tat_bundle.zip"), help="zip to write")
+    parser.add_argument("--output", default=None, help="zip to write (default: dist/<name>_v<version>.zip)")
     parser.add_argument("--bundle_dir", default=str(DEFAULT_BUNDLE), help="bundle folder (default: repo bundle/)")
-    parser.add_argument("--name", default=None, help="top folder inside the zip (default: output stem)")
+    parser.add_argument("--name", default=BUNDLE_NAME, help=f"top folder inside the zip (default: {BUNDLE_NAME})")
     parser.add_argument("--include_weights", action="store_true", help="also pack models/*.pt|*.ts|*.onnx")
     args = parser.parse_args(argv)
-    out = build_archive(args.output, args.bundle_dir, name=args.name, include_weights=args.include_weights)
+    output = args.output
+    if output is None:
+        version = check_bundle(Path(args.bundle_dir))["version"]
+        output = str(Path.cwd() / "dist" / f"{args.name}_v{version}.zip")
+    out = build_archive(output, args.bundle_dir, name=args.name, include_weights=args.include_weights)
     with zipfile.ZipFile(out) as zf:
         n = len(zf.namelist())
     print(f"wrote {out} ({n} files, {out.stat().st_size / 1e6:.2f} MB)")

@@ -268,8 +268,9 @@ def _pixel_transforms(ds: Dataset, n: int) -> list[Dataset | None]:
 def _rescale(holder: Dataset | None, where: str) -> tuple[float, float]:
     if holder is None:
         return 1.0, 0.0
-    slope = float(holder.get("RescaleSlope", 1) if holder.get("RescaleSlope", None) not in (None, "") else 1)
-    inter = float(holder.get("RescaleIntercept", 0) if holder.get("RescaleIntercept", None) not in (None, "") else 0)
+    slope_tag, inter_tag = holder.get("RescaleSlope", None), holder.get("RescaleIntercept", None)
+    slope = 1.0 if slope_tag in (None, "") else float(slope_tag)
+    inter = 0.0 if inter_tag in (None, "") else float(inter_tag)
     if slope == 0 or not np.isfinite(slope) or not np.isfinite(inter):
         raise ValueError(f"{where}: RescaleSlope {slope} / RescaleIntercept {inter} cannot be inverted.")
     return slope, inter
@@ -329,10 +330,10 @@ def derived_dataset(
     if not fits(signed):
         if fits(not signed):
             signed = not signed
-        elif n > 1 and len(set(params)) > 1:
+        elif any(h is not None and h is not ds for h in holders):  # rescale in functional groups: kept as is
             raise ValueError(
-                f"{where}: restored values [{vol.min():g}, {vol.max():g}] do not fit 16 bits with the per-frame "
-                "rescale of this multi-frame object."
+                f"{where}: restored values [{vol.min():g}, {vol.max():g}] do not fit 16 bits with the functional-group "
+                "rescale of this multi-frame object; nothing written."
             )
         else:
             lo, hi = (-32768, 32767) if signed else (0, 65535)

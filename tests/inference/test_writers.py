@@ -137,6 +137,10 @@ class TestWriteSeries(unittest.TestCase):
             back = pydicom.dcmread(out)
         self.assertEqual(int(back.NumberOfFrames), 3)
         np.testing.assert_array_equal(np.moveaxis(back.pixel_array, 0, -1), raw)
+        with tempfile.TemporaryDirectory() as d:  # does not fit: refused, not written with stale group rescale
+            with self.assertRaisesRegex(ValueError, "mf.dcm: .*functional-group rescale"):
+                write_dicom_series(values * 100, [ds], [os.path.join(d, "mf.dcm")], os.path.join(d, "o"))
+            self.assertEqual(os.listdir(d), [])
 
     def test_series_folder_mismatch_and_factors(self):
         uid = generate_uid()

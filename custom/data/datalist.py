@@ -219,6 +219,7 @@ def validate_datalist(
     settings: Mapping[str, Mapping[str, Any]] | None = None,
     check_content: bool = True,
     keys: Sequence[str] = ("image", "label"),
+    pet_units: str | None = None,
 ) -> int:
     """Check every item of a data list; collect all problems and raise them together.
 
@@ -233,6 +234,7 @@ def validate_datalist(
         settings: modality settings; None accepts CT, PET, MRI.
         check_content: read the voxels (shape, finiteness); False only checks presence and modality.
         keys: image keys of an item.
+        pet_units: declared PET units (``"SUV"``) for PET that cannot be converted to SUV, as inference's option.
 
     Returns:
         the number of items checked.
@@ -277,7 +279,7 @@ def validate_datalist(
                 if not check_content:
                     continue
                 try:
-                    img = load_image(f)
+                    img = load_image(f, pet_units=pet_units)
                 except ValueError as e:
                     errors.append(str(e))
                     continue
@@ -320,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     v.add_argument("--base_dir", default=None)
     v.add_argument("--settings_dir", default=None)
     v.add_argument("--headers_only", action="store_true")
+    v.add_argument("--pet_units", default=None, help="declare PET units (SUV) when the tags cannot give SUV")
     v.add_argument("--layout", choices=("folders", "reference"), default="folders", help=_LAYOUT_HELP)
     v.add_argument("--root", default=None, help="reference layout: tree to re-check (default: the datalist's folder)")
     args = parser.parse_args(argv)
@@ -347,7 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"wrote {args.output}: " + ", ".join(f"{k} {len(v)}" for k, v in out.items()))
     else:
-        n = validate_datalist(args.datalist, args.base_dir, settings, check_content=not args.headers_only)
+        n = validate_datalist(
+            args.datalist, args.base_dir, settings, check_content=not args.headers_only, pet_units=args.pet_units
+        )
         print(f"{args.datalist}: {n} items OK")
     return 0
 

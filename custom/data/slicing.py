@@ -145,7 +145,7 @@ class SelectSliced(MapTransform):
         return d
 
 
-def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor:
+def load_slice(path: str | os.PathLike, index: int, axis: int = 2, pet_units: str | None = None) -> MetaTensor:
     """Read one 2D slice of an image file without reading the rest of the volume.
 
     Args:
@@ -155,6 +155,7 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor
             image (``index`` must be 0).
         index: slice index along ``axis``.
         axis: spatial axis (DICOM series: only 2).
+        pet_units: declared PET units (``"SUV"``) for PET that cannot be converted to SUV.
 
     Returns:
         (H, W) float32 ``MetaTensor`` with ``filename_or_obj``, ``slice_index`` and the slice's affine in its meta
@@ -172,7 +173,7 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor
         series = dicom_series(path)
         if not 0 <= index < len(series.files):
             raise ValueError(f"{path}: slice index {index} out of range for {len(series.files)} slices.")
-        reader = DicomReader()
+        reader = DicomReader(pet_units=pet_units)
         arr, meta = reader.get_data(reader.read_series(series, index))
         img = MetaTensor(torch.as_tensor(np.asarray(arr, dtype=np.float32)), meta=meta)
         img.meta["filename_or_obj"] = path
@@ -180,7 +181,7 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor
         nii = nifti_image(path)  # empty, corrupt, huge, truncated, CRC, complex / RGB: clear error
         shape = spatial_shape(nii.shape, path)
         if len(shape) < 3:
-            img = load_image(path)
+            img = load_image(path, pet_units=pet_units)
             if index != 0:
                 raise ValueError(f"{path}: slice index {index} out of range for 1 slice.")
         else:
@@ -201,7 +202,7 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2) -> MetaTensor
             meta.update(nifti_source_meta(nii))
             img = MetaTensor(torch.as_tensor(arr), affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
     else:
-        img = load_image(path)
+        img = load_image(path, pet_units=pet_units)
         if img.ndim > 2:
             sl = [slice(None)] * img.ndim
             sl[axis] = index
@@ -222,6 +223,7 @@ class LoadSliced(MapTransform):
         keys: keys holding file paths (e.g. ``["image", "label"]``).
         index_key: item key of the slice index (from :func:`expand_slices`; 0 when absent).
         axis: spatial slicing axis.
+        pet_units: declared PET units (``"SUV"``) for PET that cannot be converted to SUV.
         allow_missing_keys: don't raise if a key is absent.
 
     Raises:
@@ -229,15 +231,21 @@ class LoadSliced(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, index_key: str = "slice_index", axis: int = 2, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        index_key: str = "slice_index",
+        axis: int = 2,
+        allow_missing_keys: bool = False,
+        pet_units: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.index_key = index_key
         self.axis = axis
+        self.pet_units = pet_units
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         index = int(d.get(self.index_key, 0))
         for key in self.key_iterator(d):
-            d[key] = load_slice(d[key], index, self.axis)
+            d[key] = load_slice(d[key], index, self.axis, self.pet_units)
         return d

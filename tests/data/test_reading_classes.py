@@ -21,7 +21,7 @@ from custom.data import ModalityFromMetad, load_image
 from custom.data import readers as readers_module
 from custom.data import validate_datalist
 from custom.data.readers import dicom_series, pet_suv_factor
-from custom.data.slicing import load_slice, num_slices
+from custom.data.slicing import LoadSliced, load_slice, num_slices
 from custom.inference.io import LoadScand
 from tests.data.synth import dicom_series_folder, dicom_slice, pet_tags, save_scaled_nifti
 
@@ -206,6 +206,11 @@ class TestPet(_Tmp):
         declared = LoadScand("image", pet_units="SUV")({"image": path, "kind": "dicom", "modality": "PET"})
         np.testing.assert_array_equal(declared["image"][0].numpy(), pixels.astype(np.float32))
         self.assertEqual(declared["scan_info"]["suv_factors"], [1.0])
+        sliced = LoadSliced("image", pet_units="SUV")({"image": path, "slice_index": 0})["image"]  # training path
+        np.testing.assert_array_equal(sliced.numpy(), load_image(path, pet_units="SUV").numpy())
+        self.assertTrue(
+            validate_datalist({"training": [{"image": path, "label": path, "modality": "PET"}]}, pet_units="SUV")
+        )
 
     def _refusal(self, path):
         try:

@@ -39,11 +39,15 @@ def _validator(path: str, modality: str) -> list[str]:
     return []
 
 
-def _inference(path: str, modality: str, root: str) -> str | None:
+def _one(root: str, path: str, modality: str) -> str:
     datalist = os.path.join(root, "one.json")
     with open(datalist, "w", encoding="utf-8") as f:
         json.dump({"test": [{"image": path, "modality": modality}]}, f)
-    (item,) = find_scans(root, os.path.join(root, "out"), datalist=datalist)
+    return datalist
+
+
+def _inference(path: str, modality: str, root: str) -> str | None:
+    (item,) = find_scans(root, os.path.join(root, "out"), datalist=_one(root, path, modality))
     try:
         LoadScand("image")(item)
     except ValueError as e:
@@ -75,3 +79,16 @@ def test_valid_inputs_accepted_by_both(inputs):
         path, modality = inputs["files"][name]
         assert _validator(path, modality) == [], name
         assert _inference(path, modality, inputs["root"]) is None, name
+
+
+def test_declared_pet_units_accepted_by_both(inputs):
+    """PET that cannot become SUV: refused by both without a declaration, accepted by both with pet_units='SUV'."""
+    for name in ("pet_counts/image", "pet_no_weight/image"):
+        path, _ = inputs["files"][name]
+        assert _validator(path, "PET") and _inference(path, "PET", inputs["root"])
+        assert validate_datalist({"training": [{"image": path, "label": path, "modality": "PET"}]}, pet_units="SUV")
+        (item,) = find_scans(
+            inputs["root"], os.path.join(inputs["root"], "out"), datalist=_one(inputs["root"], path, "PET")
+        )
+        out = LoadScand("image", pet_units="SUV")(item)
+        assert out["scan_info"]["suv_factors"] == [1.0, 1.0, 1.0]

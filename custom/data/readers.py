@@ -121,12 +121,13 @@ class _Cache:
 _HEADERS = _Cache(100_000)  # DICOM headers (pixel data deferred, i.e. left on disk)
 _GZIP_OK = _Cache(10_000)  # .nii.gz files whose whole stream (CRC, length) was checked
 _SERIES = _Cache(2_000)  # checked series: tuple of file keys -> DicomSeries
+_NIFTI = _Cache(10_000)  # checked NIfTI headers (nibabel images, voxels on disk)
 
 
 def clear_caches() -> None:
     """Forget the cached headers, gzip checks and series (they are keyed by file version, so this is only
     needed to measure reads or to free memory)."""
-    for cache in (_HEADERS, _GZIP_OK, _SERIES):
+    for cache in (_HEADERS, _GZIP_OK, _SERIES, _NIFTI):
         with cache.lock:
             cache.data.clear()
 
@@ -208,6 +209,12 @@ def nifti_image(path: str | os.PathLike, max_voxels: int = MAX_VOXELS, verify: b
     size = os.path.getsize(path)
     if size == 0:
         raise ValueError(f"{path}: empty file (0 bytes), not a NIfTI image.")
+    key = (_file_key(path), int(max_voxels))
+    cached = _NIFTI.get(key)
+    if cached is not None:  # this file version's header was read and checked already
+        if verify and path.lower().endswith(".gz"):
+            verify_gzip(path)
+        return cached
     try:
         img = nib.load(path)
         shape = tuple(int(s) for s in img.shape)
@@ -233,6 +240,7 @@ def nifti_image(path: str | os.PathLike, max_voxels: int = MAX_VOXELS, verify: b
         raise ValueError(
             f"{path}: truncated NIfTI file ({size} bytes, the header declares {offset + voxels * dtype.itemsize})."
         )
+    _NIFTI.put(key, img)
     if verify and path.lower().endswith(".gz"):
         verify_gzip(path)
     return img
@@ -275,9 +283,12 @@ class NiftiReader(NibabelReader):
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
         names = [os.fspath(n) for n in (data if isinstance(data, (list, tuple)) else [data])]
-        for name in names:
-            nifti_image(name)  # refuse before MONAI's reader allocates anything
-        return super().read(names if len(names) > 1 else names[0], **kwargs)
+        from monai.data.utils import correct_nifti_header_if_necessary
+
+        self.filenames = names
+        # the checked header (read once per file version, cached) instead of a second nibabel.load
+        images = [correct_nifti_header_if_necessary(nifti_image(name)) for name in names]
+        return images if len(images) > 1 else images[0]
 
     def _get_meta_dict(self, img: Any) -> dict:
         meta = super()._get_meta_dict(img)

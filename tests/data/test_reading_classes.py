@@ -89,6 +89,22 @@ class TestScaledNifti(_Tmp):
             self.assertEqual(out["image"].meta[key], value)
         self.assertEqual(np.dtype(out["scan_info"]["source_dtype"]), dtype)
 
+    def test_header_read_once(self):
+        raw = RNG.integers(0, 255, (7, 5, 4)).astype(np.uint8)
+        path = save_scaled_nifti(os.path.join(self.d, "s.nii.gz"), raw, 16.0, -1024.0)
+        readers_module.clear_caches()
+        with mock.patch.object(nib, "load", wraps=nib.load) as loads:
+            for z in range(num_slices(path)):  # the training path: one slice per item
+                load_slice(path, z)
+            load_image(path)
+            LoadScand("image")({"image": path, "kind": "nifti", "modality": "CT"})
+            validate_datalist({"training": [{"image": path, "label": path, "modality": "CT"}]})
+        self.assertEqual(loads.call_count, 1)
+        os.utime(path, ns=(1, 1))  # a new file version is read again
+        with mock.patch.object(nib, "load", wraps=nib.load) as loads:
+            load_slice(path, 0)
+        self.assertEqual(loads.call_count, 1)
+
 
 class TestNonScalarNifti(_Tmp):
     @parameterized.expand([("complex64", np.complex64, "complex"), ("complex128", np.complex128, "complex")])

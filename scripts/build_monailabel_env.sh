@@ -2,6 +2,10 @@
 # Build the separate MONAI Label environment (never the project .venv).
 # MONAI Label 0.8.5 pins numpy 1.26 / jsonschema 3.2 and its bundle tasks import torchvision ops,
 # which need a torch/torchvision pair that match (torch 2.14.1 + torchvision 0.29.1 here).
+# Needs PyPI (monailabel and its ~100 dependencies); torch/torchvision come from the machine's local wheels where
+# pip finds them. Measured 2026-12-01 on the 2-core CI machine kind: 19 min 46 s wall (3 min 40 s CPU: mostly
+# downloading and unpacking; another env was building at the same time), 8.2 GB. CI (.ci/run) builds it in the
+# background of the test suite.
 set -euo pipefail
 ENV=${MONAILABEL_ENV:-/tmp/mlenv}
 REPO=$(cd "$(dirname "$0")/.." && pwd)

@@ -36,7 +36,16 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 from custom.packaging import BUNDLE_NAME, build_archive  # noqa: E402
 
-DEFAULT_ZOO = Path(os.environ.get("ZOO_CI_DIR", REPO.parent / "shared" / "zoo-ci"))
+
+def _default_zoo() -> Path:
+    """``$ZOO_CI_DIR``, else the first ``shared/zoo-ci`` found inside or beside the checkout."""
+    if os.environ.get("ZOO_CI_DIR"):
+        return Path(os.environ["ZOO_CI_DIR"])
+    candidates = [REPO / "shared" / "zoo-ci", REPO.parent / "shared" / "zoo-ci"]
+    return next((c for c in candidates if (c / "ci").is_dir()), candidates[-1])
+
+
+DEFAULT_ZOO = _default_zoo()
 UNIT_TEST = REPO / "tests" / "bundle" / "zoo_unit_test.py"
 
 # The zoo's exclusion lists (ci/bundle_custom_data.py) this bundle is put on, and why (stated in the bundle README):

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO_DIR ?= demo_output
 
-.PHONY: venv test test-external ci-deploy-env demo lint clean benchmark
+.PHONY: venv test test-external ci-deploy-env demo lint clean benchmark zoo-ci monailabel-env test-monailabel
 
 # Separately built environments for the ecosystem tests (tests/apps): a fresh venv with only the bundle's
 # metadata.json packages (built by `make test`), MONAI Deploy and MONAI Label (built by `make test-external`).
@@ -51,6 +51,28 @@ test: $(TEST_PREREQS)
 test-external: $(STAMP) $(BUNDLE_STAMP) $(DEPLOY_STAMP)
 	PYTHON=$(PYTHON) bash scripts/build_monailabel_env.sh
 	$(BIN)/python -m pytest -q tests/apps
+
+# The MONAI model zoo's own CI, offline, on the bundle zip (scripts/zoo_ci.py): the zip unzipped into a copy of the
+# zoo's layout (models/<name>/, ZOO_CI_DIR, default ../shared/zoo-ci), prepare_schema, verify_bundle -m min and -m
+# full in the bundle env (metadata packages only), black/isort/flake8 at the zoo's settings on every .py of the zip,
+# JSON and text files as the zoo's pre-commit checks them, and the zoo-style ConfigWorkflow unit test.
+zoo-ci: $(STAMP) $(BUNDLE_STAMP)
+	$(BIN)/python scripts/zoo_ci.py --python $(TAT_BUNDLE_ENV)/bin/python
+
+# MONAI Label's environment (6-20 min, ~8 GB: monailabel 0.8.5 + torch 2.14.1 CUDA build + torchvision 0.29.1) and
+# its end-to-end test (tests/apps/test_monailabel_app.py, fails here instead of skipping when the env is missing).
+MONAILABEL_STAMP := $(MONAILABEL_ENV)/.installed
+$(MONAILABEL_STAMP): scripts/build_monailabel_env.sh
+	PYTHON=$(PYTHON) bash scripts/build_monailabel_env.sh
+	touch $(MONAILABEL_STAMP)
+
+monailabel-env: $(MONAILABEL_STAMP)
+
+test-monailabel: $(STAMP) $(MONAILABEL_STAMP)
+	@mkdir -p $(ENVS); rc=0; $(BIN)/python -m pytest -q -rs tests/apps/test_monailabel_app.py \
+	  > $(ENVS)/monailabel-test.log 2>&1 || rc=$$?; cat $(ENVS)/monailabel-test.log; \
+	  if grep -q "skipped" $(ENVS)/monailabel-test.log; then echo "MONAI Label test skipped (see above)"; exit 1; fi; \
+	  exit $$rc
 
 demo: $(STAMP)
 	$(BIN)/python -m custom.demo --output_dir $(DEMO_DIR)

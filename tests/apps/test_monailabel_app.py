@@ -3,7 +3,8 @@ a NIfTI CT in the studies folder, the returned restored NIfTI checked (HU, geome
 the zip/Deploy paths for the same checkpoint).
 
 Needs the separate environment of `scripts/build_monailabel_env.sh` (monailabel 0.8.5 + torch 2.14.1 +
-torchvision 0.29.1, 5.5-8 GB, 6-12 min to build here); skips, saying so, when it is absent (as in CI).
+torchvision 0.29.1, 5.5-8 GB, 6-20 min to build here); skips, saying so, when it is absent; CI builds it and runs
+this test with `make test-monailabel`, which fails on a skip.
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ class TestMonaiLabelApp(unittest.TestCase):
         if py is None or not (py.parent / "monailabel").is_file():
             self.skipTest(
                 f"no MONAI Label environment at ${ENV_VAR} (default {ENV_DEFAULT}): it needs monailabel "
-                "0.8.5 + torch 2.14.1 + torchvision 0.29.1 (5.5-8 GB, 6-12 min to build), which CI does "
-                "not build (it would not fit the suite's time); run scripts/monailabel_e2e.sh or "
-                "`make test-external` to build it and run this test"
+                "0.8.5 + torch 2.14.1 + torchvision 0.29.1 (5.5-8 GB, 6-20 min to build); CI (.ci/run) builds "
+                "it beside the suite and runs this test after it (`make test-monailabel`); locally run "
+                "`make test-monailabel` or scripts/monailabel_e2e.sh"
             )
         self.bin = py.parent
 

@@ -334,6 +334,31 @@ def _tag_value(ds: Any, name: str, default: Any = None) -> Any:
     return default if value is None or value == "" else value
 
 
+# tags an enhanced (functional-group) image keeps in a frame's or the shared functional groups, not at the top
+_FUNCTIONAL_GROUP = {
+    "ImageOrientationPatient": "PlaneOrientationSequence",
+    "ImagePositionPatient": "PlanePositionSequence",
+    "PixelSpacing": "PixelMeasuresSequence",
+    "RescaleSlope": "PixelValueTransformationSequence",
+    "RescaleIntercept": "PixelValueTransformationSequence",
+}
+
+
+def _image_tag(ds: Any, name: str, default: Any = None) -> Any:
+    """A geometry or rescale tag of a single-frame image: top level, else the per-frame then the shared functional
+    groups (enhanced CT / MR / PET store them there; reading only the top level would silently drop them)."""
+    value = _tag_value(ds, name, None)
+    if value is not None or name not in _FUNCTIONAL_GROUP:
+        return default if value is None else value
+    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        seq = _tag_value(ds, groups, None)
+        inner = _tag_value(seq[0], _FUNCTIONAL_GROUP[name], None) if seq else None
+        value = _tag_value(inner[0], name, None) if inner else None
+        if value is not None:
+            return value
+    return default
+
+
 def _parse_time(date: Any, time: Any) -> _dt.datetime | None:
     if not time:
         return None
@@ -461,6 +486,8 @@ def _has_pixels(ds: Any) -> bool:
 
 def _check_pixel_header(ds: Any, path: str) -> None:
     """Refuse, from the header, images whose pixels would not read back as one grey-level plane of the right size."""
+    if _tag_value(ds, "Rows", None) is None or _tag_value(ds, "Columns", None) is None:
+        raise ValueError(f"{path}: pixel data without Rows / Columns (0028,0010 / 0028,0011).")
     spp = int(_tag_value(ds, "SamplesPerPixel", 1))
     photometric = str(_tag_value(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if spp != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -492,8 +519,8 @@ def _check_pixel_header(ds: Any, path: str) -> None:
 
 
 def _check_rescale(ds: Any, path: str) -> tuple[float, float]:
-    slope = _tag_value(ds, "RescaleSlope", None)
-    inter = _tag_value(ds, "RescaleIntercept", None)
+    slope = _image_tag(ds, "RescaleSlope", None)
+    inter = _image_tag(ds, "RescaleIntercept", None)
     slope = 1.0 if slope is None else float(slope)
     inter = 0.0 if inter is None else float(inter)
     if slope == 0 or not np.isfinite(slope) or not np.isfinite(inter):
@@ -509,8 +536,8 @@ def _sort_series(where: str, entries: list[tuple[str, Any]]) -> tuple[list[tuple
     names = lambda i, j: f"{os.path.basename(entries[i][0])} and {os.path.basename(entries[j][0])}"  # noqa: E731
     if len(entries) == 1:
         return entries, [0.0]
-    orientations = [_tag_value(ds, "ImageOrientationPatient", None) for _, ds in entries]
-    ipps = [_tag_value(ds, "ImagePositionPatient", None) for _, ds in entries]
+    orientations = [_image_tag(ds, "ImageOrientationPatient", None) for _, ds in entries]
+    ipps = [_image_tag(ds, "ImagePositionPatient", None) for _, ds in entries]
     if all(o is not None for o in orientations) and all(p is not None for p in ipps):
         iop = np.asarray(orientations[0], float)
         for (f, _), o in zip(entries, orientations):
@@ -604,7 +631,7 @@ def dicom_series(source: str | os.PathLike | Sequence[str | os.PathLike], where:
     sizes = sorted({(int(ds.Rows), int(ds.Columns)) for _, ds in entries})
     if len(sizes) > 1:
         raise ValueError(f"{where}: slices of different sizes {sizes} in one series.")
-    spacings = [_tag_value(ds, "PixelSpacing", None) for _, ds in entries]
+    spacings = [_image_tag(ds, "PixelSpacing", None) for _, ds in entries]
     if any(s is not None for s in spacings) and not all(
         s is not None and np.allclose(np.asarray(s, float), np.asarray(spacings[0], float), rtol=1e-4) for s in spacings
     ):
@@ -690,12 +717,12 @@ class DicomReader(PydicomReader):
     def _combine_dicom_series(self, data: Sequence[Any], filenames: Sequence[Any]) -> tuple[np.ndarray, dict]:
         arrays = [self._get_array_data(ds, f) for ds, f in zip(data, filenames)]
         meta = self._get_meta_dict(data[0])
-        spacing = [float(v) for v in _tag_value(data[0], "PixelSpacing", [1.0, 1.0])]
+        spacing = [float(v) for v in _image_tag(data[0], "PixelSpacing", [1.0, 1.0])]
         if self.series is not None and len(self.series.positions) > 1:
             spacing.append(float(np.mean(np.diff(self.series.positions))))
         meta["spacing"] = np.asarray(spacing)
-        if _tag_value(data[-1], "ImagePositionPatient", None) is not None:
-            meta["lastImagePositionPatient"] = np.asarray(data[-1].ImagePositionPatient, dtype=float)
+        if _image_tag(data[-1], "ImagePositionPatient", None) is not None:
+            meta["lastImagePositionPatient"] = np.asarray(_image_tag(data[-1], "ImagePositionPatient"), dtype=float)
         meta["spatial_shape"] = arrays[0].shape + (len(arrays),)
         self._series_meta(meta, data, filenames)
         # stacked slice-major (contiguous writes), then one transposing copy: ~1.5x faster than np.stack(axis=-1)
@@ -709,14 +736,14 @@ class DicomReader(PydicomReader):
 
     def _get_meta_dict(self, img: Any) -> dict:
         meta = super()._get_meta_dict(img)
-        # geometry from the parsed tags: MONAI's JSON conversion drops a value it finds invalid (e.g. a DS longer
-        # than 16 characters) and would then build an identity affine without a word
+        # geometry from the parsed tags (top level or functional groups): MONAI's JSON conversion drops a value it
+        # finds invalid (e.g. a DS longer than 16 characters) and would then build an identity affine without a word
         for key, name in (("00200037", "ImageOrientationPatient"), ("00200032", "ImagePositionPatient")):
-            value = _tag_value(img, name, None)
+            value = _image_tag(img, name, None)
             if value is not None:
                 meta[key] = {"vr": "DS", "Value": [float(v) for v in value]}
-        if _tag_value(img, "PixelSpacing", None) is not None:
-            meta["00280030"] = {"vr": "DS", "Value": [float(v) for v in img.PixelSpacing]}
+        if _image_tag(img, "PixelSpacing", None) is not None:
+            meta["00280030"] = {"vr": "DS", "Value": [float(v) for v in _image_tag(img, "PixelSpacing")]}
         tag = str(_tag_value(img, "Modality", "")).upper()
         meta["dicom_modality"] = tag
         meta["modality"] = canonical_modality(tag) or ""  # "" (not None: MONAI turns None into "none")

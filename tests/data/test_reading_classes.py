@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from parameterized import parameterized
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian
 
 from custom.data import ModalityFromMetad, load_image
@@ -179,6 +180,37 @@ class TestRescale(_Tmp):
             np.testing.assert_array_equal(img.numpy(), (vol.astype(np.float64) * 0.25 - 100).astype(np.float32))
 
 
+class TestFunctionalGroups(_Tmp):
+    def test_enhanced_single_frame_geometry_and_rescale(self):
+        """Enhanced images keep rescale and geometry in functional groups: read there, not taken as 1 / identity."""
+        vol = RNG.integers(0, 3000, (6, 5, 3)).astype(np.int16)
+        iop = (1.0, 0.0, 0.0, 0.0, 0.6, 0.8)
+        plain = dicom_series_folder(os.path.join(self.d, "plain"), vol, slope=2.0, inter=-1024.0, orientation=iop)
+        enhanced = os.path.join(self.d, "enhanced")
+        os.makedirs(enhanced)
+        for name in sorted(os.listdir(plain)):
+            ds = pydicom.dcmread(os.path.join(plain, name))
+            frame, shared = Dataset(), Dataset()
+            for seq, tags, holder in (
+                ("PlanePositionSequence", ["ImagePositionPatient"], frame),
+                ("PixelValueTransformationSequence", ["RescaleSlope", "RescaleIntercept"], frame),
+                ("PlaneOrientationSequence", ["ImageOrientationPatient"], shared),
+                ("PixelMeasuresSequence", ["PixelSpacing"], shared),
+            ):
+                item = Dataset()
+                for tag in tags:
+                    setattr(item, tag, getattr(ds, tag))
+                    delattr(ds, tag)
+                setattr(holder, seq, [item])
+            ds.PerFrameFunctionalGroupsSequence, ds.SharedFunctionalGroupsSequence = [frame], [shared]
+            ds.save_as(os.path.join(enhanced, name))
+        a, b = load_image(plain, swap_ij=False), load_image(enhanced, swap_ij=False)
+        np.testing.assert_array_equal(b.numpy(), vol.astype(np.float32) * 2 - 1024)
+        np.testing.assert_allclose(np.asarray(b.affine), np.asarray(a.affine))
+        self.assertAlmostEqual(float(np.linalg.norm(np.asarray(b.affine)[:3, 2])), 1.0, places=6)
+        np.testing.assert_array_equal(load_slice(enhanced, 2).numpy(), load_image(plain)[..., 2].numpy())
+
+
 class TestPixelFormat(_Tmp):
     def test_bits_allocated_mismatch_says_so(self):
         path = dicom_slice(os.path.join(self.d, "b.dcm"), RNG.integers(0, 100, (6, 5)).astype(np.int16))
@@ -186,6 +218,13 @@ class TestPixelFormat(_Tmp):
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7  # the data are still 16-bit
         ds.save_as(path)
         self.assert_refused_everywhere(path, "BitsAllocated 8 does not match")
+
+    def test_missing_rows_refused(self):
+        path = dicom_slice(os.path.join(self.d, "r.dcm"), np.zeros((6, 5), np.int16))
+        ds = pydicom.dcmread(path)
+        del ds.Rows
+        ds.save_as(path)
+        self.assert_refused_everywhere(path, "without Rows / Columns")
 
     def test_colour_refused(self):
         path = dicom_slice(os.path.join(self.d, "rgb.dcm"), RNG.integers(0, 100, (6, 5)).astype(np.uint8))

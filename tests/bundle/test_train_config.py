@@ -142,7 +142,10 @@ class TestTrainCLI:
             assert torch.isfinite(t).all(), name
         case.assertIn("estimator.head.bias", latest["loss"])
         best = torch.load(os.path.join(out, "models", "model.pt"), weights_only=True)
-        # the best model is the EMA network's plain state dict (ignite saves a single object unwrapped)
+        # the best model: the EMA network's state dict under "model", with the task statistics stored at the end
+        case.assertEqual(sorted(best), ["model", "task_statistics"])
+        case.assertEqual(best["task_statistics"]["tasks"], ["CT", "MRI", "PET"])
+        best = best["model"]
         case.assertEqual(sorted(best), sorted(latest["network"]))
         for key in best:
             torch.testing.assert_close(best[key], latest["ema"]["ema_model"][key])

@@ -521,6 +521,11 @@ def _check_pixel_header(ds: Any, path: str) -> None:
 def _check_rescale(ds: Any, path: str) -> tuple[float, float]:
     slope = _image_tag(ds, "RescaleSlope", None)
     inter = _image_tag(ds, "RescaleIntercept", None)
+    if slope is None and "ModalityLUTSequence" in ds:
+        raise ValueError(
+            f"{path}: stored values map to physical units through a Modality LUT (0028,3000), which is not supported "
+            "(only RescaleSlope / RescaleIntercept)."
+        )
     slope = 1.0 if slope is None else float(slope)
     inter = 0.0 if inter is None else float(inter)
     if slope == 0 or not np.isfinite(slope) or not np.isfinite(inter):

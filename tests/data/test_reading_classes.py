@@ -171,6 +171,16 @@ class TestRescale(_Tmp):
         self.assert_refused_everywhere(path, words)
         self.assert_refused_everywhere(os.path.dirname(path), words, where=path)
 
+    def test_modality_lut_refused(self):
+        path = dicom_slice(os.path.join(self.d, "lut.dcm"), np.zeros((6, 5), np.uint16), slope=None, inter=None)
+        ds = pydicom.dcmread(path)
+        lut = Dataset()
+        lut.LUTDescriptor = [4, 0, 16]
+        lut.add_new(0x00283006, "US", [0, 10, 20, 30])  # LUTData
+        ds.ModalityLUTSequence = [lut]
+        ds.save_as(path)
+        self.assert_refused_everywhere(path, "Modality LUT (0028,3000)")
+
     def test_signed_unsigned_and_rescale_values(self):
         for dtype in (np.int16, np.uint16, np.uint8):
             info = np.iinfo(dtype)

@@ -26,6 +26,19 @@ class TestModalitySettings(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "x.nii: unknown modality"):
             get_modality_setting(s, "US", where="x.nii")
 
+    def test_one_alias_table(self):
+        from custom.data.settings import MODALITY_ALIASES, canonical_modality
+
+        self.assertEqual(
+            [canonical_modality(n) for n in ("ct", " PT", "pet", "mr", ["MRI"])], ["CT", "PET", "PET", "MRI", "MRI"]
+        )
+        for name in ("OT", "US", "", None):
+            self.assertIsNone(canonical_modality(name))
+        self.assertEqual(set(MODALITY_ALIASES.values()), {"CT", "PET", "MRI"})
+        from custom.data.readers import DICOM_TO_MODALITY
+
+        self.assertIs(DICOM_TO_MODALITY, MODALITY_ALIASES)  # one table, not a copy
+
     def test_bad_files_name_the_file(self):
         with tempfile.TemporaryDirectory() as d:
             with self.assertRaisesRegex(ValueError, "no modality json"):

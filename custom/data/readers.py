@@ -16,7 +16,8 @@ Each rule lives in one place:
   ``InstanceNumber``; two slices at one position are refused (duplicate), a step larger than 1.5 x the smallest
   step is refused (missing slice), as are slices of different size, spacing or orientation, more than
   :data:`MAX_VOXELS` voxels, colour / multi-frame images, a pixel data length that does not match ``Rows`` x
-  ``Columns`` x ``BitsAllocated``, and ``RescaleSlope`` 0. Headers are read once per file and cached (keyed by
+  ``Columns`` x ``BitsAllocated``, ``RescaleSlope`` 0 and a Modality LUT. Geometry and rescale tags are read at the
+  top level or, for enhanced images, in the functional groups. Headers are read once per file and cached (keyed by
   path, size and modification time); the pixel data of a slice is read on demand, so a training item that needs
   one slice of a 300-slice series decodes one file and re-reads no header.
 * **PET** (``Modality`` PT): converted to body-weight SUV,

@@ -135,8 +135,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(runs):
     case = unittest.TestCase()
     for key in STATE_KEYS:
         _assert_state_equal(case, resumed[key], full[key], key)
-    for name, t in _load(runs["killed"], "model.pt").items():  # the best model equals the uninterrupted one's
-        torch.testing.assert_close(t, _load(runs["full"], "model.pt")[name], rtol=0, atol=0)
+    best_full = _load(runs["full"], "model.pt")
+    for name, t in _load(runs["killed"], "model.pt")["model"].items():  # the best model equals the uninterrupted one's
+        torch.testing.assert_close(t, best_full["model"][name], rtol=0, atol=0)
 
 
 @pytest.mark.slow

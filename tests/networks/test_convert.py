@@ -33,6 +33,35 @@ class TestConvert(unittest.TestCase):
         self.assertEqual(tuple(out["latent.0.ffn.dwconv.gate"].shape), (2042,))
         self.assertIn("task_kernels.heads.level3.ffn.weight", out)
 
+    def test_values_move_element_by_element(self):
+        """Each converted tensor holds its source's values in the right places (not only the right shape)."""
+        shapes = reference_shapes()
+        ref, offset = {}, 0
+        for k in sorted(shapes):  # distinct values everywhere: a transpose or a swapped key shows
+            n = torch.Size(shapes[k]).numel()
+            ref[k] = torch.arange(offset, offset + n, dtype=torch.float32).reshape(shapes[k])
+            offset += n
+        out = convert_reference_state_dict(ref)
+        dw, gate = "latent.0.attn.dw_kernel", "latent.0.attn.lambda_dw"
+        self.assertEqual(tuple(ref[dw].shape), (1, 1152, 1, 3, 3))
+        torch.testing.assert_close(out["latent.0.attn.qkv_dwconv.weight"][:, 0], ref[dw][0, :, 0], rtol=0, atol=0)
+        torch.testing.assert_close(out["latent.0.attn.qkv_dwconv.gate"], ref[gate].flatten(), rtol=0, atol=0)
+        torch.testing.assert_close(
+            out["decoder_level1.0.ffn.dwconv.weight"][5, 0], ref["decoder_level1.0.ffn.dw_kernel"][0, 5, 0]
+        )
+        torch.testing.assert_close(out["patch_embed.weight"], ref["patch_embed.proj.weight"], rtol=0, atol=0)
+        torch.testing.assert_close(out["output.weight"], ref["output.weight"], rtol=0, atol=0)
+        # every source value lands exactly once
+        torch.testing.assert_close(
+            torch.cat([v.flatten() for v in out.values()]).sort().values, torch.arange(offset, dtype=torch.float32)
+        )
+
+    def test_same_size_wrong_layout_refused(self):
+        ref = zeros_state()
+        ref["output.weight"] = ref["output.weight"].reshape(48, 1, 3, 3)  # the right numel, the wrong shape
+        with self.assertRaisesRegex(ValueError, "output.weight"):
+            convert_reference_state_dict(ref)
+
     def test_strict_errors_name_keys(self):
         ref = zeros_state()
         del ref["output.weight"]

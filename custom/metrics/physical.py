@@ -12,7 +12,9 @@ physical units with the modality's normalisation range, clip prediction and targ
 SSIM's luminance term is not shift-invariant and a valid-mode map drops the borders, so MONAI's ``SSIMMetric``
 (valid mode) cannot give these numbers; the Gaussian filtering uses MONAI's ``separable_filtering`` (zero padding),
 which equals the published 2D window (outer product of the normalised 1D Gaussian). Everything is computed in
-float64 (the published code runs in float32; the difference is below 1e-6 in SSIM and 1e-4 dB in PSNR at CT levels).
+float64; the published code runs in float32, whose E[x^2] - E[x]^2 cancellation moves SSIM by up to 8e-6 at MRI
+levels (2e-6 PET, 5e-7 CT) and PSNR by under 1e-6 dB (measured on the test phantoms), below the 4 decimals of the
+published tables.
 """
 
 from __future__ import annotations

@@ -125,6 +125,24 @@ class TestTrainRecipe(unittest.TestCase):
         self.assertEqual(self.parser["validate#dataloader#batch_size"], 1)
         self.assertEqual(self.parser["best_saver#save_key_metric"], True)
 
+    def test_validation_subset_first_16_files_per_task(self):
+        """The published subset: the first 16 validation files of each task (sorted names), 48 slices."""
+        self.assertEqual(self.parser["val_files_per_task"], 16)
+        self.assertEqual(_ref(self.parser["validate#datalist#items"]), "@validate#subset")
+        names = [f"{i:03d}.nii" for i in range(20)][::-1]  # given in reverse order
+        self.parser["validate#selected_volumes"] = [
+            {"image": f"/d/{m}/validation/LQ/{n}", "label": f"/d/{m}/validation/HQ/{n}", "modality": m}
+            for m in ("MRI", "CT", "PET")
+            for n in names
+        ]
+        subset = self.parser.get_parsed_content("validate#subset")
+        self.assertEqual(len(subset), 48)
+        for m in ("CT", "PET", "MRI"):
+            kept = [os.path.basename(v["image"]) for v in subset if v["modality"] == m]
+            self.assertEqual(kept, [f"{i:03d}.nii" for i in range(16)], m)
+        self.assertEqual(self.parser["validate#key_metric#val_mean_psnr#key_average"], "slices")  # plain mean
+        self.assertIs(self.parser["best_saver#key_metric_greater_or_equal"], True)  # a tie keeps the later one
+
 
 if __name__ == "__main__":
     unittest.main()

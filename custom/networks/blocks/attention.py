@@ -87,7 +87,9 @@ def channel_attention(
         ValueError: ``window`` does not give one length per spatial axis.
     """
     b, c3 = qkv.shape[:2]
-    spatial = [int(s) for s in qkv.shape[2:]]  # plain ints (traced sizes are tensors): the tile grid is static
+    # plain ints for a window grid (traced sizes are tensors: the grid is static); global attention keeps the sizes
+    # as they come, so that torch.export keeps height and width dynamic
+    spatial = list(qkv.shape[2:]) if window is None else [int(s) for s in qkv.shape[2:]]
     c = c3 // 3
     dh = c // num_heads
     if window is not None and len(window) != len(spatial):

@@ -105,7 +105,7 @@ class DepthwiseConv(nn.Module):
         expected = (b, self.channels) + (self.kernel_size,) * self.spatial_dims
         if tuple(generated.shape) != expected:
             raise ValueError(f"generated kernel must have shape {expected}, got {tuple(generated.shape)}.")
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
             return self._shifted_taps(x, generated)
         gate = self.gate.reshape((1, -1) + (1,) * (self.spatial_dims + 1))
         kernel = self.weight.unsqueeze(0) + gate * generated.unsqueeze(2)  # (B, C, 1, k, ..., k)
@@ -124,7 +124,7 @@ class DepthwiseConv(nn.Module):
         """The same per-sample convolution as a sum of ``k**d`` shifted, per-sample-weighted copies of ``x``.
 
         Slower than the grouped conv, but it never folds the batch size into a shape, so a traced or exported
-        graph stays valid for any batch size (used only while tracing or exporting to ONNX).
+        graph stays valid for any batch size (used only while tracing or exporting: ONNX, ``torch.export``).
         """
         d = self.spatial_dims
         pad = self.kernel_size // 2

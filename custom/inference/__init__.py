@@ -6,8 +6,8 @@ Used by ``bundle/configs/inference.json``; see the Inference section of ``bundle
 from __future__ import annotations
 
 from custom.inference.inferer import SliceBatchInferer
-from custom.inference.modes import INFERENCE_MODES, mode_inferer, network_window_mode
 from custom.inference.io import LoadScand, load_dicom_series, load_nifti
+from custom.inference.modes import INFERENCE_MODES, mode_inferer, network_window_mode
 from custom.inference.scans import find_scans
 from custom.inference.workflow import CatchFailures, RestorationEvaluator, first_item
 from custom.inference.writers import SaveRestoredd, cast_to_dtype, write_dicom_series, write_nifti

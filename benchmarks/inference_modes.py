@@ -7,11 +7,11 @@ and compute dtype (float32, and bfloat16 autocast with ``--bf16``):
   protocol (physical units, evaluation window), the seam score (``custom/metrics/seam.py``: the residual's
   gradient averaged along rows / columns, peak at the published window edges over the median; mean over the
   slices that have window edges) and seconds per slice (the inferer call, batch 1);
-- 512 x 512 CT slices: the test split's clean CT slices upsampled 2x (bicubic, in HU) and run through the demo's
-  low-dose simulator at half the pixel spacing (the same i0): PSNR / SSIM / seam / seconds per slice;
-- a whole 512 x 512 x D CT volume (``--depth``, default 64, the 512 x 512 noisy slice and its neighbours
-  shifted): NIfTI read, normalise, restore ``--slice_batch`` slices per forward pass, denormalise, NIfTI write,
-  as slices per second end to end.
+- 512 x 512 CT slices: 2 x 2 mosaics of the test split's 256 x 256 CT pairs (degraded and clean alike, flipped
+  copies; :func:`ct_512`): PSNR / SSIM / seam / seconds per slice;
+- a whole 512 x 512 x D CT volume (``--depth``, default 64, the first 512 x 512 degraded mosaic, shifted by a
+  few pixels from slice to slice, int16 HU): NIfTI read, normalise, restore ``--slice_batch`` slices per forward
+  pass, denormalise, NIfTI write, as slices per second end to end.
 
 The network is the demo's (``custom.demo.DEMO_OVERRIDES`` on ``train.json``, weights ``DEMO_DIR/models/model.pt``)
 as written by ``make demo`` or ``python -m custom.demo --output_dir DEMO_DIR``. ``--quick`` runs the whole
@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from custom.inference import INFERENCE_MODES, mode_inferer, network_window_mode
 from custom.inference.restore import load_checkpoint, normalise, restore
@@ -112,27 +111,27 @@ def load_test_split(data_dir: str) -> list[Item]:
     return items
 
 
-def ct_512(items: Sequence[Item], i0: float = 1e5, seed: int = 0) -> list[Item]:
-    """512 x 512 CT slices: clean CT upsampled 2x (bicubic, HU), low-dose simulated at half the spacing."""
-    from custom.transforms.ct_low_dose import simulate_low_dose_ct
+def ct_512(items: Sequence[Item]) -> list[Item]:
+    """512 x 512 CT slices: mosaics of the 256 x 256 test CT slices (degraded and clean alike, flipped copies).
 
-    rng = np.random.RandomState(seed)
+    The demo's own simulated pairs at their own pixel size, so the noise is the one the network was trained on
+    (re-simulating an upsampled slice would take minutes per slice in the FBP simulator). Two mosaics,
+    ``[[a, b], [flip(b), flip(a)]]`` and its transpose, from the first two CT slices (one repeated if alone).
+    """
+    cts = [it for it in items if it["modality"] == "CT" and tuple(it["image"].shape[-2:]) == (256, 256)]
+    if not cts:
+        return []
+    a, b = (cts + cts)[:2]
     out = []
-    for it in items:
-        if it["modality"] != "CT":
-            continue
-        clean = it["label"][None].double()
-        size = [2 * s for s in clean.shape[-2:]]
-        hu = F.interpolate(clean, size=size, mode="bicubic", align_corners=False)[0, 0].numpy()
-        noisy, clean_fbp = simulate_low_dose_ct(hu, i0, rng, pixel_spacing_mm=it.get("spacing", 1.0) / 2)
-        out.append(
-            {
-                **it,
-                "image": torch.from_numpy(noisy)[None],
-                "label": torch.from_numpy(clean_fbp)[None],
-                "name": f"{it['name']}@512",
-            }
-        )
+    for k, (first, second) in enumerate(((a, b), (b, a))):
+
+        def mosaic(key: str, first: Item = first, second: Item = second) -> torch.Tensor:
+            p, q = first[key], second[key]
+            top = torch.cat([p, q], dim=-1)
+            bottom = torch.cat([q.flip(-1), p.flip(-1)], dim=-1)
+            return torch.cat([top, bottom], dim=-2)
+
+        out.append({**a, "image": mosaic("image"), "label": mosaic("label"), "name": f"ct_mosaic_{k}@512"})
     return out
 
 
@@ -294,7 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for part, items in (("test", test_items), ("ct512", big_items)):
                     if items:
                         row[part] = evaluate(net, mode, items, settings, info, dtype)
-                if args.depth and big_items:
+                if args.depth and big_items and (dtype is None or mode == args.volume_bf16_mode):
                     row["volume"] = volume_speed(net, mode, vol_path, tmp, settings, info, args.slice_batch, dtype)
                 rows.append(row)
                 print(f"{mode} {row['dtype']}: {json.dumps({k: v for k, v in row.items() if k != 'mode'})}", flush=True)
@@ -318,6 +317,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="also bfloat16 autocast")
     p.add_argument("--no_large", dest="large", action="store_false", help="skip the 512 x 512 CT slices and volume")
     p.add_argument("--depth", type=int, default=64, help="slices of the whole-volume run (0: none)")
+    p.add_argument(
+        "--volume_bf16_mode", default="global", help="the mode whose whole-volume run is repeated in bfloat16"
+    )
     p.add_argument("--slice_batch", type=int, default=8, help="slices per forward pass in the volume run")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quick", action="store_true", help="tiny random network and synthetic slices (smoke test)")

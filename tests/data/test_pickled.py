@@ -6,13 +6,20 @@ import os
 import pickle
 import tempfile
 import unittest
+from unittest import mock
 
 import numpy as np
 import torch
 from parameterized import parameterized
 
 from custom.data import load_image, load_slice, num_slices
-from custom.data.pickled import PickledTensorReader, RestrictedUnpickler, load_pickled_array, load_pickled_image
+from custom.data.pickled import (
+    _ALLOWED,
+    PickledTensorReader,
+    RestrictedUnpickler,
+    load_pickled_array,
+    load_pickled_image,
+)
 from tests.data.reference_fixture import write_bin, write_nii
 
 
@@ -29,6 +36,33 @@ class _RunsCode:
 class _Eval:
     def __reduce__(self):
         return (eval, ("1 + 1",))
+
+
+class _Reduce:
+    """Pickles as ``func(*args)`` (with ``state`` given to BUILD when not None)."""
+
+    def __init__(self, func, args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+_NP_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]
+
+
+def _global_then_build(module: str, name: str, attribute: str, value_opcodes: bytes) -> bytes:
+    """Protocol-2 pickle: push the global ``module.name``, then BUILD it with slot state {attribute: value}."""
+    attr = attribute.encode()
+    return (
+        b"\x80\x02c"
+        + f"{module}\n{name}\n".encode()
+        + b"N}X"
+        + len(attr).to_bytes(4, "little")
+        + attr
+        + value_opcodes
+        + b"s\x86b."
+    )
 
 
 class TestPickledTensorReader(unittest.TestCase):
@@ -141,6 +175,137 @@ class TestPickledTensorReader(unittest.TestCase):
             load_image(self.path("s.bin"))
         with self.assertRaisesRegex(ValueError, r"missing\.bin: file not found"):
             load_pickled_array(self.path("missing.bin"))
+
+    @parameterized.expand([(module, name) for module, name in _ALLOWED])
+    def test_build_on_an_admitted_global_is_refused_and_later_reads_are_intact(self, module, name):
+        """BUILD ``__defaults__ = (1,)`` on what the global hands out would break every later read if admitted."""
+        good = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4)
+        with open(self.path("good.bin"), "wb") as f:
+            pickle.dump(good, f)
+        with open(self.path("good_np.bin"), "wb") as f:
+            pickle.dump(good.numpy().astype(np.float64), f)
+        with open(self.path("hostile.bin"), "wb") as f:
+            f.write(_global_then_build(module, name, "__defaults__", b"K\x01\x85"))  # value (1,)
+        with self.assertRaisesRegex(ValueError, r"hostile\.bin: .*BUILD"):
+            load_pickled_array(self.path("hostile.bin"))
+        np.testing.assert_array_equal(load_pickled_array(self.path("good.bin")), good.numpy())
+        np.testing.assert_array_equal(load_pickled_array(self.path("good_np.bin")), good.numpy())
+
+    def test_build_on_a_rebuilt_tensor_is_refused(self):
+        """``Tensor.__setstate__`` would ``set_`` any storage / size / stride, past the layout checks."""
+        storage = torch.zeros(1).storage()
+        obj = _Reduce(
+            torch._utils._rebuild_tensor_v2, (storage, 0, (1,), (1,), False, {}), (storage, 0, (1, 9, 9), (0, 0, 0))
+        )
+        with open(self.path("b.bin"), "wb") as f:
+            pickle.dump(obj, f)
+        with self.assertRaisesRegex(ValueError, r"b\.bin: .*refused to set the state of a Tensor"):
+            load_pickled_array(self.path("b.bin"))
+
+    @parameterized.expand(
+        [
+            ("broadcast", torch.zeros(1).expand(1, 300, 300), "does not fit its storage"),
+            ("partly_broadcast", torch.zeros(1, 1, 4).expand(1, 5, 4), "does not fit its storage"),
+        ]
+    )
+    def test_tensor_larger_than_its_storage_is_refused(self, _, tensor, message):
+        with open(self.path("big.bin"), "wb") as f:
+            pickle.dump(tensor, f)
+        with self.assertRaisesRegex(ValueError, r"big\.bin: .*" + message):
+            load_pickled_array(self.path("big.bin"))
+
+    def test_tensor_outside_its_storage_is_refused(self):
+        storage = torch.arange(6, dtype=torch.float32).storage()
+        for offset, size, stride in ((3, (4,), (1,)), (0, (2, 3), (3, 2)), (-1, (2,), (1,))):
+            with open(self.path("o.bin"), "wb") as f:
+                pickle.dump(_Reduce(torch._utils._rebuild_tensor_v2, (storage, offset, size, stride, False, {})), f)
+            with self.assertRaisesRegex(ValueError, r"o\.bin: unreadable"):
+                load_pickled_array(self.path("o.bin"))
+        with open(self.path("o.bin"), "wb") as f:  # the largest view that fits
+            pickle.dump(_Reduce(torch._utils._rebuild_tensor_v2, (storage, 2, (2, 2), (2, 1), False, {})), f)
+        np.testing.assert_array_equal(load_pickled_array(self.path("o.bin")), [[2, 3], [4, 5]])
+
+    def test_voxel_limit(self):
+        with open(self.path("t.bin"), "wb") as f:
+            pickle.dump(torch.zeros(1, 3, 4), f)
+        with open(self.path("n.bin"), "wb") as f:
+            pickle.dump(np.zeros((1, 3, 4), np.float32), f)
+        with mock.patch("custom.data.pickled.MAX_VOXELS", 12):
+            self.assertEqual(load_pickled_array(self.path("t.bin")).shape, (1, 3, 4))
+            self.assertEqual(load_pickled_array(self.path("n.bin")).shape, (1, 3, 4))
+        with mock.patch("custom.data.pickled.MAX_VOXELS", 11):
+            for name in ("t.bin", "n.bin"):
+                with self.assertRaisesRegex(ValueError, name + r": .*12 voxels, larger than the limit of 11"):
+                    load_pickled_array(self.path(name))
+
+    def test_ndarray_without_data_is_refused(self):
+        """``numpy.ndarray(shape, dtype)`` would return uninitialised memory."""
+        with open(self.path("u.bin"), "wb") as f:
+            pickle.dump(_Reduce(np.ndarray, ((1, 64, 64), np.dtype("f4"))), f)
+        with self.assertRaisesRegex(ValueError, r"u\.bin: unreadable pickled tensor"):
+            load_pickled_array(self.path("u.bin"))
+
+    @parameterized.expand(
+        [
+            ("short", (1, (1, 4, 4), np.dtype("f4"), False, b"\0" * 60), "needs 64 data bytes, got 60"),
+            ("long", (1, (1, 4, 4), np.dtype("f4"), False, b"\0" * 68), "needs 64 data bytes, got 68"),
+            ("negative", (1, (-1, 4), np.dtype("f4"), False, b""), "negative size"),
+            ("not_bytes", (1, (2,), np.dtype("f4"), False, [1.0, 2.0]), "got list"),
+        ]
+    )
+    def test_ndarray_state_must_match_its_data(self, _, state, message):
+        with open(self.path("s.bin"), "wb") as f:
+            pickle.dump(_Reduce(_NP_RECONSTRUCT, (np.ndarray, (0,), b"b"), state), f)
+        with self.assertRaisesRegex(ValueError, r"s\.bin: .*" + message):
+            load_pickled_array(self.path("s.bin"))
+
+    def test_shared_dtype_is_not_changed(self):
+        """A BUILD on ``numpy.dtype('f4')`` (numpy's shared descriptor without a copy) must not alter float32."""
+        state = (3, ">", None, None, None, -1, -1, 0)
+        with open(self.path("d.bin"), "wb") as f:
+            pickle.dump(_Reduce(np.dtype, ("f4", False, False), state), f)
+        with self.assertRaises(ValueError):
+            load_pickled_array(self.path("d.bin"))
+        self.assertEqual(np.dtype("f4").byteorder, "=")
+        big_endian = np.arange(6, dtype=">f4").reshape(1, 2, 3)
+        with open(self.path("be.bin"), "wb") as f:
+            pickle.dump(big_endian, f)
+        np.testing.assert_array_equal(load_pickled_array(self.path("be.bin")), big_endian.astype(np.float32))
+
+    @parameterized.expand(
+        [
+            ("nan_tensor", torch.tensor([[1.0, float("nan")]]), r"non-finite values \(NaN or inf\)"),
+            ("inf_array", np.array([[np.inf, 0.0]], np.float32), r"non-finite values \(NaN or inf\)"),
+            ("float64_overflow", np.array([[1e300, 0.0]]), "values up to 1e\\+300 exceed the float32 range"),
+            ("float64_overflow_tensor", torch.tensor([[0.0, -1e39]], dtype=torch.float64), "exceed the float32 range"),
+            ("int64_inexact", np.array([[16777217, 0]], np.int64), "integer values such as 16777217 cannot be held"),
+            ("int32_inexact_tensor", torch.tensor([[0, 16777219]], dtype=torch.int32), "such as 16777219 cannot"),
+            ("int64_max", np.array([[np.iinfo(np.int64).max]]), "cannot be held exactly"),
+            ("uint32_max", np.array([[np.iinfo(np.uint32).max]], np.uint32), "cannot be held exactly"),
+        ]
+    )
+    def test_values_float32_cannot_hold_are_refused(self, _, obj, message):
+        with open(self.path("v.bin"), "wb") as f:
+            pickle.dump(obj, f)
+        with self.assertRaisesRegex(ValueError, r"v\.bin: .*" + message):
+            load_pickled_array(self.path("v.bin"))
+
+    @parameterized.expand(
+        [
+            ("int64_exact", np.array([[2**24, -(2**24), 2**30, -(2**63)]], np.int64)),
+            ("uint64_exact", np.array([[2**63, 0]], np.uint64)),
+            ("int16", np.array([[-32768, 32767]], np.int16)),
+            ("float64_max", np.array([[float(np.finfo(np.float32).max), 0.5]])),
+            ("bfloat16", torch.tensor([[1.5, -3.0]], dtype=torch.bfloat16)),
+        ]
+    )
+    def test_values_float32_holds_exactly_are_read(self, _, obj):
+        with open(self.path("ok.bin"), "wb") as f:
+            pickle.dump(obj, f)
+        out = load_pickled_array(self.path("ok.bin"))
+        ref = obj.float().numpy() if isinstance(obj, torch.Tensor) else obj
+        self.assertEqual(out.dtype, np.float32)
+        self.assertTrue(all(float(a) == float(b) for a, b in zip(out.ravel(), ref.ravel())))
 
     def test_unpickler_refuses_before_import(self):
         with open(self.path("g.bin"), "wb") as f:

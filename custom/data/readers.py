@@ -16,16 +16,23 @@ Each rule lives in one place:
   ``InstanceNumber``; two slices at one position are refused (duplicate), a step larger than 1.5 x the smallest
   step is refused (missing slice), as are slices of different size, spacing or orientation, more than
   :data:`MAX_VOXELS` voxels, colour / multi-frame images, a pixel data length that does not match ``Rows`` x
-  ``Columns`` x ``BitsAllocated``, ``RescaleSlope`` 0 and a Modality LUT. Geometry and rescale tags are read at the
-  top level or, for enhanced images, in the functional groups. Headers are read once per file and cached (keyed by
-  path, size and modification time); the pixel data of a slice is read on demand, so a training item that needs
+  ``Columns`` x ``BitsAllocated``, float pixel data (7FE0,0008/0009: the derived series could not hold it),
+  ``ImageOrientationPatient`` vectors that are not unit length and orthogonal (1e-3), non-finite geometry, a zero
+  or negative ``PixelSpacing``, 32-bit integers a float32 cannot hold exactly (also in NIfTI:
+  :func:`exact_in_float32`, the values are checked, not the type), ``RescaleSlope`` 0 and a Modality LUT.
+  Geometry and rescale tags are read at the top level or, for enhanced images, in the functional groups. Headers
+  are read once per file and cached (keyed by path, size and modification time); the pixel data of a slice is
+  read on demand, so a training item that needs
   one slice of a 300-slice series decodes one file and re-reads no header.
 * **PET** (``Modality`` PT): converted to body-weight SUV,
   ``SUV = value [Bq/ml] * PatientWeight [kg] * 1000 [g/kg] / dose [Bq]``, with
   ``dose = RadionuclideTotalDose * 2 ** (-(t_ref - t_inj) / RadionuclideHalfLife)`` when ``DecayCorrection``
   (0054,1102) is ``START`` and ``dose = RadionuclideTotalDose`` when it is ``ADMIN``; ``t_inj`` from
   ``RadiopharmaceuticalStartDateTime`` (0018,1078) or ``RadiopharmaceuticalStartTime`` (0018,1072),
-  ``t_ref`` from ``SeriesDate/SeriesTime`` (0008,0021/0031) else ``AcquisitionDate/Time``. ``Units`` GML is SUV
+  the injection date being ``t_ref``'s date (a day earlier when the time is after ``t_ref``: injected before
+  midnight); ``t_ref`` is ONE time per series (:func:`pet_reference_time`): ``SeriesDate/SeriesTime``
+  (0008,0021/0031), else the earliest ``AcquisitionDate/AcquisitionTime`` of the series' slices; a missing reference
+  is refused naming these tags, and ``t_ref - t_inj`` below 0 or above 24 h is refused. ``Units`` GML is SUV
   already. PET that cannot become SUV (``Units`` CNTS, BQML without ``PatientWeight``, dose, half-life or
   times, ``DecayCorrection`` NONE) is refused naming the missing tags, unless the user declares the units
   (``pet_units="SUV"``: the rescaled values are SUV).
@@ -62,11 +69,13 @@ __all__ = [
     "suv_factor",
     "missing_suv_tags",
     "pet_suv_factor",
+    "pet_reference_time",
     "DicomReader",
     "NiftiReader",
     "DicomSeries",
     "ModalityFromMetad",
     "finite_values",
+    "exact_in_float32",
     "is_dicom",
     "is_nifti",
     "is_series_candidate",
@@ -279,6 +288,46 @@ def finite_values(data: np.ndarray, path: str) -> np.ndarray:
     return data
 
 
+_FLOAT32_EXACT = 2**24  # every integer of at most this magnitude is a float32
+
+
+def exact_in_float32(data: np.ndarray, path: str) -> np.ndarray:
+    """Refuse integer voxel values that a float32 image cannot hold exactly (magnitude above 2**24 and not a
+    float32 value, e.g. 2**31 - 1, which would come back as 2**31). The values are checked, not the type, so an
+    ordinary int32 CT image reads.
+
+    Args:
+        data: the stored (integer) or physical array.
+        path: file name used in the message.
+
+    Returns:
+        ``data`` unchanged.
+
+    Raises:
+        ValueError: names the file, the number of such values and the first one.
+    """
+    if data.dtype.kind not in "iu" or data.dtype.itemsize < 4 or not data.size:
+        return data
+    flat = data.reshape(-1)
+    if data.dtype.kind == "i":
+        mags = np.abs(flat.astype(np.int64)).view(np.uint64)  # abs(int64 min) wraps to 2**63 as uint64: exact
+    else:
+        mags = flat.astype(np.uint64)
+    big = np.flatnonzero(mags > _FLOAT32_EXACT)
+    if not big.size:
+        return data
+    m = mags[big]
+    low = m & (~m + np.uint64(1))  # lowest set bit
+    bad = big[(m // low) >= np.uint64(_FLOAT32_EXACT)]  # more than 24 significant bits
+    if bad.size:
+        raise ValueError(
+            f"{path}: {bad.size} integer values a float32 image cannot hold exactly (e.g. {int(flat[bad[0]])}; "
+            f"magnitudes above 2**24 = {_FLOAT32_EXACT} need more than 24 significant bits); they would be "
+            "rounded silently."
+        )
+    return data
+
+
 class NiftiReader(NibabelReader):
     """MONAI ``NibabelReader`` with the NIfTI rules of the module docstring (checks, gzip CRC, source meta)."""
 
@@ -301,7 +350,7 @@ class NiftiReader(NibabelReader):
             data = np.asanyarray(img.dataobj, order="C")  # scaling applied: physical values
         except Exception as e:  # truncated or corrupt voxel data
             raise ValueError(f"{filename}: unreadable NIfTI voxel data ({type(e).__name__}: {e}).") from e
-        return finite_values(data, str(filename))
+        return finite_values(exact_in_float32(data, str(filename)), str(filename))
 
 
 # -------------------------------------------------------------------------------------------------------------- DICOM
@@ -361,18 +410,89 @@ def _image_tag(ds: Any, name: str, default: Any = None) -> Any:
 
 
 def _parse_time(date: Any, time: Any) -> _dt.datetime | None:
-    if not time:
+    """A DICOM DA + TM pair (``YYYYMMDD``, ``HHMMSS[.ffffff]``) as a datetime; None when either is absent or bad."""
+    if not time or not date:
         return None
-    time = str(time).split(".")[0].ljust(6, "0")[:6]
-    date = str(date) if date else "19000101"
+    time = str(time).split(".")[0].split("+")[0].split("-")[0].ljust(6, "0")[:6]
     try:
-        return _dt.datetime.strptime(date[:8] + time, "%Y%m%d%H%M%S")
+        return _dt.datetime.strptime(str(date)[:8] + time, "%Y%m%d%H%M%S")
     except ValueError:
         return None
 
 
-def _suv(ds: Any) -> tuple[float | None, list[str]]:
-    """(factor, missing tags / reasons) of a PET dataset; factor None when it cannot be computed."""
+_REFERENCE_TAGS = (
+    "SeriesDate / SeriesTime (0008,0021 / 0008,0031) or AcquisitionDate / AcquisitionTime (0008,0022 / 0008,0032)"
+)
+
+
+def pet_reference_time(headers: Sequence[Any]) -> tuple[_dt.datetime | None, list[str]]:
+    """The one decay reference time of a PET series, the same for all its slices.
+
+    ``SeriesDate`` + ``SeriesTime`` of the series; when either is absent, the earliest ``AcquisitionDate`` (else
+    ``SeriesDate``) + ``AcquisitionTime`` over all slices (never each slice's own acquisition time, which would
+    give the slices of one ``DecayCorrection`` START series different SUV factors).
+
+    Args:
+        headers: the datasets of the series' slices (one dataset for a single file).
+
+    Returns:
+        (reference time or None, the missing / unusable tags naming them when None).
+    """
+    first = headers[0]
+    series_date, series_time = _tag_value(first, "SeriesDate", None), _tag_value(first, "SeriesTime", None)
+    ref = _parse_time(series_date, series_time)
+    if ref is not None:
+        return ref, []
+    times = [
+        _parse_time(_tag_value(ds, "AcquisitionDate", None) or series_date, _tag_value(ds, "AcquisitionTime", None))
+        for ds in headers
+    ]
+    if all(t is not None for t in times):
+        return min(times), []
+    missing = [
+        f"{name} {tag}"
+        for name, tag, value in (
+            ("SeriesDate", "(0008,0021)", series_date),
+            ("SeriesTime", "(0008,0031)", series_time),
+            ("AcquisitionDate", "(0008,0022)", _tag_value(first, "AcquisitionDate", None)),
+            ("AcquisitionTime", "(0008,0032)", _tag_value(first, "AcquisitionTime", None)),
+        )
+        if not value
+    ]
+    detail = f"missing {', '.join(missing)}" if missing else "unparseable date / time values"
+    return None, [f"decay reference time: {_REFERENCE_TAGS} ({detail})"]
+
+
+def _injection_elapsed(info: Any, ref: _dt.datetime) -> tuple[float | None, list[str]]:
+    """Seconds from injection to the reference time; the injection's date is the reference's date when only
+    ``RadiopharmaceuticalStartTime`` is given (a day earlier if that time is after the reference: injection before
+    midnight). An elapsed time below 0 or above 24 h is implausible and refused (named)."""
+    start = _tag_value(info, "RadiopharmaceuticalStartDateTime", None)
+    dated = start is not None and len(str(start)) >= 10
+    if dated:
+        t_inj = _parse_time(str(start)[:8], str(start)[8:])
+        label = f"RadiopharmaceuticalStartDateTime (0018,1078) {start}"
+    else:
+        time = _tag_value(info, "RadiopharmaceuticalStartTime", None)
+        t_inj = _parse_time(ref.strftime("%Y%m%d"), time)
+        label = f"RadiopharmaceuticalStartTime (0018,1072) {time}"
+    if t_inj is None:
+        return None, ["RadiopharmaceuticalStartDateTime (0018,1078) or RadiopharmaceuticalStartTime (0018,1072)"]
+    elapsed = (ref - t_inj).total_seconds()
+    if elapsed < 0 and not dated:
+        elapsed += 86400.0  # injected before midnight, scanned after it
+    if not 0 <= elapsed <= 86400.0:
+        return None, [
+            f"implausible time from injection ({label}) to the decay reference ({ref:%Y%m%d %H%M%S}, "
+            f"{_REFERENCE_TAGS}): {elapsed / 3600:.2f} h (expected 0 to 24 h)"
+        ]
+    return elapsed, []
+
+
+def _suv(ds: Any, reference: tuple[_dt.datetime | None, list[str]] | None = None) -> tuple[float | None, list[str]]:
+    """(factor, missing tags / reasons) of a PET dataset; factor None when it cannot be computed.
+
+    ``reference``: the series' :func:`pet_reference_time` (default: that of ``ds`` alone)."""
     units = str(_tag_value(ds, "Units", "")).upper()
     if units == "GML":
         return 1.0, []
@@ -401,19 +521,14 @@ def _suv(ds: Any) -> tuple[float | None, list[str]]:
         half_life = float(_tag_value(info, "RadionuclideHalfLife", 0) or 0)
         if not half_life > 0:
             missing.append("RadionuclideHalfLife (0018,1075)")
-        start = _tag_value(info, "RadiopharmaceuticalStartDateTime", None)
-        t_inj = _parse_time(str(start)[:8], str(start)[8:]) if start else None
-        t_inj = t_inj or _parse_time(
-            _tag_value(ds, "SeriesDate", None), _tag_value(info, "RadiopharmaceuticalStartTime", None)
-        )
-        if t_inj is None:
-            missing.append("RadiopharmaceuticalStartDateTime (0018,1078) or RadiopharmaceuticalStartTime (0018,1072)")
-        t_ref = _parse_time(_tag_value(ds, "SeriesDate", None), _tag_value(ds, "SeriesTime", None))
-        t_ref = t_ref or _parse_time(_tag_value(ds, "AcquisitionDate", None), _tag_value(ds, "AcquisitionTime", None))
-        if t_ref is None:
-            missing.append("SeriesTime (0008,0031) or AcquisitionTime (0008,0032)")
+        t_ref, ref_missing = reference if reference is not None else pet_reference_time([ds])
+        missing.extend(ref_missing)
+        elapsed = None
+        if t_ref is not None:
+            elapsed, inj_missing = _injection_elapsed(info, t_ref)
+            missing.extend(inj_missing)
         if not missing:
-            factor_dose = dose * 2.0 ** (-(t_ref - t_inj).total_seconds() / half_life)
+            factor_dose = dose * 2.0 ** (-elapsed / half_life)
     if missing:
         return None, missing
     return weight * 1000.0 / factor_dose, []
@@ -429,13 +544,16 @@ def missing_suv_tags(ds: Any) -> list[str]:
     return _suv(ds)[1]
 
 
-def pet_suv_factor(ds: Any, where: str, pet_units: str | None = None) -> float:
+def pet_suv_factor(
+    ds: Any, where: str, pet_units: str | None = None, reference: tuple[_dt.datetime | None, list[str]] | None = None
+) -> float:
     """SUV factor of a PET dataset, or the declared units' factor.
 
     Args:
         ds: a PET slice's dataset.
         where: file name used in the message.
         pet_units: None (convert from the tags) or ``"SUV"`` (the rescaled values are SUV: factor 1).
+        reference: the series' :func:`pet_reference_time` (default: that of ``ds`` alone).
 
     Returns:
         the factor that turns rescaled values into SUV.
@@ -447,7 +565,7 @@ def pet_suv_factor(ds: Any, where: str, pet_units: str | None = None) -> float:
         if str(pet_units).upper() not in PET_UNITS + ("GML",):
             raise ValueError(f"{where}: pet_units {pet_units!r} not understood; expected one of {PET_UNITS} or null.")
         return 1.0
-    factor, missing = _suv(ds)
+    factor, missing = _suv(ds, reference)
     if factor is None:
         raise ValueError(
             f"{where}: PET cannot be converted to SUV, missing or unusable: {'; '.join(missing)}. If the values are "
@@ -499,6 +617,12 @@ def _check_pixel_header(ds: Any, path: str) -> None:
     frames = int(_tag_value(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ValueError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; use one file per slice.")
+    for name, label in (
+        ("FloatPixelData", "float pixel data (7FE0,0008)"),
+        ("DoubleFloatPixelData", "double float pixel data (7FE0,0009)"),
+    ):
+        if name in ds:
+            raise ValueError(f"{path}: {label} is not supported: the derived series could not hold its values.")
     if "PixelData" not in ds:
         return
     bits = int(_tag_value(ds, "BitsAllocated", 0) or 0)
@@ -517,6 +641,44 @@ def _check_pixel_header(ds: Any, path: str) -> None:
                 f"{path}: pixel data holds {length} bytes but Rows x Columns x BitsAllocated/8 = {ds.Rows} x "
                 f"{ds.Columns} x {bits}/8 = {expected} bytes (BitsAllocated {bits} does not match the data)."
             )
+
+
+_GEOMETRY_TOL = 1e-3  # ImageOrientationPatient: |row|, |column| within this of 1, row . column within this of 0
+
+
+def _check_geometry(ds: Any, path: str) -> None:
+    """Refuse geometry tags that would place the voxels wrongly: ``ImageOrientationPatient`` whose row and column
+    vectors are not unit length and orthogonal (within :data:`_GEOMETRY_TOL`), non-finite ``ImagePositionPatient`` /
+    ``ImageOrientationPatient`` / ``PixelSpacing``, a zero or negative ``PixelSpacing``.
+
+    Raises:
+        ValueError: the message names the file, the tag and its value.
+    """
+    for name, tag, size in (
+        ("ImageOrientationPatient", "(0020,0037)", 6),
+        ("ImagePositionPatient", "(0020,0032)", 3),
+        ("PixelSpacing", "(0028,0030)", 2),
+    ):
+        value = _image_tag(ds, name, None)
+        if value is None:
+            continue
+        try:
+            items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+            vec = np.asarray([float(v) for v in items], float)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable {name} {tag} {value!r} ({e}).") from e
+        if vec.size != size or not np.isfinite(vec).all():
+            raise ValueError(f"{path}: invalid {name} {tag} {vec.tolist()}: expected {size} finite numbers.")
+        if name == "PixelSpacing" and not (vec > 0).all():
+            raise ValueError(f"{path}: invalid {name} {tag} {vec.tolist()}: spacings must be positive.")
+        if name == "ImageOrientationPatient":
+            row, col = vec[:3], vec[3:]
+            norms, dot = (float(np.linalg.norm(row)), float(np.linalg.norm(col))), float(np.dot(row, col))
+            if max(abs(n - 1.0) for n in norms) > _GEOMETRY_TOL or abs(dot) > _GEOMETRY_TOL:
+                raise ValueError(
+                    f"{path}: invalid {name} {tag} {vec.tolist()}: the row and column direction cosines must be unit "
+                    f"vectors and orthogonal (lengths {norms[0]:.4g}, {norms[1]:.4g}, dot product {dot:.4g})."
+                )
 
 
 def _check_rescale(ds: Any, path: str) -> tuple[float, float]:
@@ -633,6 +795,7 @@ def dicom_series(source: str | os.PathLike | Sequence[str | os.PathLike], where:
         )
     for f, ds in entries:
         _check_pixel_header(ds, f)
+        _check_geometry(ds, f)
         _check_rescale(ds, f)
     sizes = sorted({(int(ds.Rows), int(ds.Columns)) for _, ds in entries})
     if len(sizes) > 1:
@@ -707,12 +870,13 @@ class DicomReader(PydicomReader):
 
     def _factor(self, img: Any, filename: Any) -> float:
         if self.suv and str(_tag_value(img, "Modality", "")).upper() == "PT":
-            return pet_suv_factor(img, str(filename), self.pet_units)
+            headers = self.series.headers if self.series is not None else [img]
+            return pet_suv_factor(img, str(filename), self.pet_units, pet_reference_time(headers))
         return 1.0
 
     def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
         slope, inter = _check_rescale(img, str(filename))
-        data = img.pixel_array.astype(np.float32)
+        data = exact_in_float32(img.pixel_array, str(filename)).astype(np.float32)
         if slope != 1 or inter != 0:
             data = data * np.float32(slope) + np.float32(inter)
         factor = self._factor(img, filename)

@@ -23,6 +23,7 @@ from monai.transforms import MapTransform
 from custom.data.readers import (
     DicomReader,
     dicom_series,
+    exact_in_float32,
     finite_values,
     is_dicom,
     is_nifti,
@@ -195,7 +196,7 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2, pet_units: st
                 arr = np.asarray(nii.dataobj[tuple(sl)])  # reads this slab only, scaling applied
             except Exception as e:
                 raise ValueError(f"{path}: unreadable NIfTI voxel data ({type(e).__name__}: {e}).") from e
-            arr = np.array(finite_values(arr, path), dtype=np.float32)
+            arr = np.array(finite_values(exact_in_float32(arr, path), path), dtype=np.float32)
             affine = nii.affine.copy()
             affine[:3, 3] += affine[:3, axis] * index  # origin of the slice
             meta = {"filename_or_obj": path, "pixdim": np.asarray(nii.header["pixdim"]).copy()}

@@ -393,5 +393,168 @@ class TestSeriesRule(_Tmp):
         self.assertEqual(dicom_series(folder).shape, (6, 5, 2))
 
 
+class TestPetTiming(_Tmp):
+    """Decay time: one reference per series, the injection date from the reference, midnight, implausible times."""
+
+    def _pet(self, name, **changes):
+        tags = pet_tags(**{k: v for k, v in changes.items() if k in ("start", "series_time", "decay")})
+        tags.update({k: v for k, v in changes.items() if k not in ("start", "series_time", "decay")})
+        return tags
+
+    def test_injection_before_midnight(self):
+        tags = self._pet("m", start="235000", series_time="001000", SeriesDate="20240102")
+        path = dicom_slice(os.path.join(self.d, "m.dcm"), np.full((6, 5), 1000, np.uint16), modality="PT", **tags)
+        expected = 70.0 * 1000.0 / (3.5e8 * 2 ** (-1200.0 / 6586.2))  # 20 minutes, not -23 h 40 min
+        self.assertAlmostEqual(pet_suv_factor(pydicom.dcmread(path), "x"), expected, places=12)
+        out = LoadScand("image")({"image": path, "kind": "dicom"})
+        np.testing.assert_allclose(out["image"][0].numpy(), 1000 * np.float32(expected), rtol=1e-6)
+        dated = dict(tags, RadiopharmaceuticalStartTime=None)
+        info = Dataset()
+        info.RadionuclideTotalDose, info.RadionuclideHalfLife = 3.5e8, 6586.2
+        info.RadiopharmaceuticalStartDateTime = "20240101235000.00+0100"  # a date given: used as such
+        dated["RadiopharmaceuticalInformationSequence"] = pydicom.sequence.Sequence([info])
+        p2 = dicom_slice(os.path.join(self.d, "dt.dcm"), np.ones((6, 5), np.uint16), modality="PT", **dated)
+        self.assertAlmostEqual(pet_suv_factor(pydicom.dcmread(p2), "x"), expected, places=12)
+
+    @parameterized.expand(
+        [("dated_after_reference", "20240102003000", "-0.33 h"), ("dated_two_days_before", "20231231120000", "36.17 h")]
+    )
+    def test_implausible_elapsed_refused(self, _, start, words):
+        tags = self._pet("i", series_time="001000", SeriesDate="20240102")
+        tags["RadiopharmaceuticalInformationSequence"][0].RadiopharmaceuticalStartDateTime = start
+        path = dicom_slice(os.path.join(self.d, "i.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        for call in _all_readers(path, {"modality": "PET"}, headers=False):
+            with self.assertRaises(ValueError) as err:
+                call()
+            msg = str(err.exception)
+            self.assertTrue(msg.startswith(path), msg)
+            for part in ("implausible time from injection", "RadiopharmaceuticalStartDateTime (0018,1078)", words):
+                self.assertIn(part, msg)
+
+    def test_acquisition_time_is_the_fallback_for_all_slices(self):
+        folder = os.path.join(self.d, "acq")
+        series = pydicom.uid.generate_uid()
+        for k, acq in enumerate(["110000", "110500", "111000"]):  # each slice acquired later; no SeriesDate/Time
+            tags = self._pet("a", series_time=None, SeriesDate=None, AcquisitionDate="20240102", AcquisitionTime=acq)
+            dicom_slice(
+                os.path.join(folder, f"s{k}.dcm"),
+                np.full((6, 5), 100, np.uint16),
+                z=k,
+                series=series,
+                modality="PT",
+                instance=k + 1,
+                **tags,
+            )
+        expected = 70.0 * 1000.0 / (3.5e8 * 2 ** (-3600.0 / 6586.2))  # injection 10:00 on the reference date
+        out = LoadScand("image")({"image": folder, "kind": "dicom"})
+        self.assertEqual(len(set(out["scan_info"]["suv_factors"])), 1)  # one reference for the series
+        self.assertAlmostEqual(out["scan_info"]["suv_factors"][0], expected, places=12)
+        np.testing.assert_allclose(load_image(folder).numpy(), 100 * np.float32(expected), rtol=1e-6)
+        np.testing.assert_allclose(load_slice(folder, 2).numpy(), 100 * np.float32(expected), rtol=1e-6)
+
+    def test_no_reference_time_names_the_tags(self):
+        tags = self._pet("n", series_time=None, SeriesDate=None, AcquisitionTime="110000")
+        path = dicom_slice(os.path.join(self.d, "n.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        self.assert_refused_everywhere(path, "missing SeriesDate (0008,0021)", {"modality": "PET"}, headers=False)
+        self.assert_refused_everywhere(path, "AcquisitionDate (0008,0022)", {"modality": "PET"}, headers=False)
+        with self.assertRaises(ValueError) as err:
+            load_image(path)
+        self.assertNotIn("ZeroDivisionError", str(err.exception))
+
+
+class TestFloatPixelData(_Tmp):
+    @parameterized.expand(
+        [
+            ("float", "FloatPixelData", "OF", np.float32, "float pixel data (7FE0,0008) is not supported"),
+            ("double", "DoubleFloatPixelData", "OD", np.float64, "float pixel data (7FE0,0009) is not supported"),
+        ]
+    )
+    def test_refused_by_every_reader_and_the_validator(self, _, keyword, vr, dtype, words):
+        path = dicom_slice(os.path.join(self.d, "f.dcm"), np.zeros((6, 5), np.int16))
+        ds = pydicom.dcmread(path)
+        del ds.PixelData
+        for name in ("RescaleSlope", "RescaleIntercept", "PixelRepresentation", "BitsStored", "HighBit"):
+            delattr(ds, name)
+        ds.BitsAllocated = 32 if dtype == np.float32 else 64
+        setattr(ds, keyword, (np.arange(30, dtype=dtype) + 0.37).tobytes())
+        ds[keyword].VR = vr
+        ds.save_as(path)
+        self.assert_refused_everywhere(path, words, headers=False)
+        with self.assertRaisesRegex(ValueError, "could not hold its values"):
+            validate_datalist({"training": [{"image": path, "label": path, "modality": "CT"}]})
+
+
+class TestGeometryTags(_Tmp):
+    @parameterized.expand(
+        [
+            ("scaled_iop", {"orientation": (2.0, 0.0, 0.0, 0.0, 2.0, 0.0)}, "ImageOrientationPatient (0020,0037)"),
+            ("parallel_iop", {"orientation": (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)}, "orthogonal (lengths 1, 1, dot"),
+            ("skewed_iop", {"orientation": (1.0, 0.0, 0.0, 0.01, 1.0, 0.0)}, "ImageOrientationPatient (0020,0037)"),
+            ("nan_iop", {"ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, float("nan"), 0.0]}, "6 finite numbers"),
+            ("inf_ipp", {"ImagePositionPatient": [0.0, float("inf"), 0.0]}, "ImagePositionPatient (0020,0032)"),
+            ("nan_spacing", {"PixelSpacing": [float("nan"), 0.7]}, "PixelSpacing (0028,0030)"),
+            ("zero_spacing", {"spacing": (0.0, 0.7)}, "spacings must be positive"),
+            ("negative_spacing", {"spacing": (0.7, -0.7)}, "spacings must be positive"),
+        ]
+    )
+    def test_refused(self, _, changes, words):
+        vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
+        folder = dicom_series_folder(os.path.join(self.d, "s"), vol, spacing=(0.7, 0.7))
+        name = os.path.join(folder, "slice001.dcm")
+        geometry = {k: v for k, v in changes.items() if k in ("orientation", "spacing")}
+        if geometry:  # the whole series written with the bad geometry
+            for f in os.listdir(folder):
+                os.remove(os.path.join(folder, f))
+            dicom_series_folder(folder, vol, **{"spacing": (0.7, 0.7), **geometry})
+        else:
+            ds = pydicom.dcmread(name)
+            for key, value in changes.items():
+                setattr(ds, key, [str(v) for v in value])
+            ds.save_as(name)
+        self.assert_refused_everywhere(folder, words, where=folder if not geometry else None)
+
+    def test_near_unit_orientation_reads_with_its_spacing(self):
+        c, s = np.cos(0.3), np.sin(0.3)
+        iop = (round(c, 6), round(s, 6), 0.0, round(-s, 6), round(c, 6), 0.0)  # rounded cosines, well within 1e-3
+        vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
+        folder = dicom_series_folder(os.path.join(self.d, "s"), vol, orientation=iop, spacing=(0.7, 0.7))
+        img = load_image(folder, swap_ij=False)
+        np.testing.assert_array_equal(img.numpy(), vol.astype(np.float32))
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(img.affine)[:3, :2], axis=0), [0.7, 0.7], rtol=1e-5)
+
+
+class TestIntegersBeyondFloat32(_Tmp):
+    @parameterized.expand([("int32", np.int32), ("int64", np.int64), ("uint32", np.uint32)])
+    def test_nifti_refused_unless_exact(self, _, dtype):
+        big = np.zeros((4, 3, 2), dtype)
+        big[1, 2, 0] = 2**31 - 1  # float32 holds 2**31: would come back +1
+        path = save_scaled_nifti(os.path.join(self.d, "big.nii"), big)
+        self.assert_refused_everywhere(
+            path, "values a float32 image cannot hold exactly (e.g. 2147483647", headers=False
+        )
+        exact = np.zeros((4, 3, 2), dtype)
+        exact[0, 0, 0], exact[1, 1, 1], exact[2, 2, 0] = 2**24, 2**30, 3 * 2**26  # big but float32 values
+        exact[3, 0, 1] = 2**24 + 2 if dtype == np.uint32 else -(2**31)
+        out = load_image(save_scaled_nifti(os.path.join(self.d, "ok.nii"), exact))
+        np.testing.assert_array_equal(out.numpy().astype(np.float64), exact.astype(np.float64))
+        ct = RNG.integers(-1024, 3000, (4, 3, 2)).astype(dtype if dtype != np.uint32 else np.int32)
+        np.testing.assert_array_equal(load_image(save_scaled_nifti(os.path.join(self.d, "ct.nii"), ct)).numpy(), ct)
+
+    def test_just_above_two_to_24(self):
+        data = np.zeros((4, 3, 2), np.int32)
+        data[0, 0, 0] = 2**24 + 1  # the first integer a float32 cannot hold
+        path = save_scaled_nifti(os.path.join(self.d, "odd.nii"), data)
+        self.assert_refused_everywhere(path, "16777217", headers=False)  # a values rule, not a header rule
+
+    def test_dicom_32_bit_refused_unless_exact(self):
+        pixels = np.zeros((6, 5), np.int32)
+        pixels[2, 3] = 2**31 - 1
+        path = dicom_slice(os.path.join(self.d, "d.dcm"), pixels)
+        self.assert_refused_everywhere(path, "float32 image cannot hold exactly (e.g. 2147483647", headers=False)
+        pixels[2, 3] = -(2**30)
+        ok = dicom_slice(os.path.join(self.d, "ok.dcm"), pixels)
+        np.testing.assert_array_equal(load_image(ok, swap_ij=False).numpy(), pixels.astype(np.float32))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -22,8 +22,8 @@ Each rule lives in one place:
   :func:`exact_in_float32`, the values are checked, not the type), ``RescaleSlope`` 0 and a Modality LUT.
   Geometry and rescale tags are read at the top level or, for enhanced images, in the functional groups. Headers
   are read once per file and cached (keyed by path, size and modification time); the pixel data of a slice is
-  read on demand, so a training item that needs
-  one slice of a 300-slice series decodes one file and re-reads no header.
+  read on demand, so a training item that needs one slice of a 300-slice series decodes one file and re-reads no
+  header.
 * **PET** (``Modality`` PT): converted to body-weight SUV,
   ``SUV = value [Bq/ml] * PatientWeight [kg] * 1000 [g/kg] / dose [Bq]``, with
   ``dose = RadionuclideTotalDose * 2 ** (-(t_ref - t_inj) / RadionuclideHalfLife)`` when ``DecayCorrection``

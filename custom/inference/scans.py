@@ -89,7 +89,14 @@ def _scan_folder(dataset_dir: str, output_dir: str, modality: str | None) -> lis
     out_real = os.path.realpath(output_dir)
     seen_dirs = {os.path.realpath(dataset_dir): dataset_dir}  # loop guard for followed symbolic links
     seen_files: dict[str, str] = {}
-    for root, dirs, files in os.walk(dataset_dir, followlinks=True):
+
+    def unreadable(err: OSError) -> None:  # a folder os.walk cannot list is reported, not dropped
+        folder = os.fspath(err.filename or dataset_dir)
+        rel = os.path.relpath(folder, dataset_dir)
+        reason = f"{folder}: unreadable folder, its contents were not searched ({err.strerror or err})."
+        items.append(_not_a_scan(folder, rel, reason, failed=True))
+
+    for root, dirs, files in os.walk(dataset_dir, onerror=unreadable, followlinks=True):
         keep = []
         for d in sorted(dirs):
             full = os.path.join(root, d)

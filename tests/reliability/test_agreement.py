@@ -92,3 +92,29 @@ def test_declared_pet_units_accepted_by_both(inputs):
         )
         out = LoadScand("image", pet_units="SUV")(item)
         assert out["scan_info"]["suv_factors"] == [1.0, 1.0, 1.0]
+
+
+def test_folder_with_two_series_data_list_item_and_folder_mode(inputs, tmp_path):
+    """One rule, stated in the README: a data-list item names ONE image, so a folder holding two series is refused
+    alike by the validator and by inference given that item (same message); inference on a folder (folder mode)
+    restores each series separately, and each series is accepted alike by both once it is an item of its own."""
+    path, _ = inputs["files"]["dicom_mixed_series/image"]
+    lines = _validator(path, "CT")
+    message = _inference(path, "CT", inputs["root"])
+    assert message is not None and "mixed series" in message and set(lines) == {message}  # image and label
+    (tmp_path / "in").mkdir()
+    os.symlink(path, tmp_path / "in" / "mixed")  # folder mode on a folder holding just that series folder
+    folder_items = find_scans(str(tmp_path / "in"), str(tmp_path / "out"), modality="CT")
+    assert {i["kind"] for i in folder_items} == {"dicom"}
+    assert sorted(len(i["files"]) for i in folder_items) == [1, 2]  # one scan per SeriesInstanceUID
+    for item in folder_items:
+        own = tmp_path / item["series_uid"]  # the series as an item of its own
+        own.mkdir()
+        for f in item["files"]:
+            os.symlink(f, own / os.path.basename(f))
+        out = LoadScand("image")(dict(item))
+        assert _validator(str(own), "CT") == [] and _inference(str(own), "CT", inputs["root"]) is None
+        alone = LoadScand("image")(
+            find_scans(inputs["root"], str(tmp_path / "o2"), datalist=_one(inputs["root"], str(own), "CT"))[0]
+        )
+        assert alone["image"].numpy().tolist() == out["image"].numpy().tolist()

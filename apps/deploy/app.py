@@ -14,6 +14,9 @@ bakes in the batch size (measured), so the network is rebuilt from the bundle's 
 custom.inference.restore.Restorer, the same restore() (normalise, infer, denormalise, clip) as the bundle's
 inference and the MONAI Label app.
 Config overrides (e.g. a smaller network in tests): env TAT_DEPLOY_OVERRIDE='{"network_def#dim": 8, ...}'.
+PET units: PET that cannot be converted to SUV from its tags (Units CNTS, no PatientWeight, ...) is refused naming
+the tags, as in the bundle's inference; if its values are SUV already, declare it with env TAT_DEPLOY_PET_UNITS=SUV
+(the bundle's "pet_units"; TATRestoreOperator(pet_units="SUV") when composing the app in Python).
 
 Run locally:
     python apps/deploy/app.py -i <dicom folder> -o <output folder> -m bundle
@@ -51,8 +54,9 @@ def _bundle_paths(model_path: Path) -> tuple[Path, Path]:
 class TATRestoreOperator(Operator):
     """Restores every selected series slice by slice; emits a list of dicts for the writer (float32, physical units)."""
 
-    def __init__(self, fragment: Fragment, *args, model_path: Path, **kwargs):
+    def __init__(self, fragment: Fragment, *args, model_path: Path, pet_units: str | None = None, **kwargs):
         self.bundle_root, self.ckpt = _bundle_paths(model_path)
+        self.pet_units = pet_units or os.environ.get("TAT_DEPLOY_PET_UNITS") or None  # None: SUV from the tags
         self._restorer = None
         super().__init__(fragment, *args, **kwargs)
 
@@ -67,6 +71,7 @@ class TATRestoreOperator(Operator):
         self._restorer = Restorer.from_bundle(self.bundle_root, checkpoint=self.ckpt, overrides=overrides)
 
     def compute(self, op_input, op_output, context):
+        from custom.data.settings import MODALITY_ALIASES
         from custom.inference.io import load_dicom_series
 
         if self._restorer is None:
@@ -77,9 +82,12 @@ class TATRestoreOperator(Operator):
             for selected in study_selected.selected_series:
                 series = selected.series
                 files = [sop.get_native_sop_instance().filename for sop in series.get_sop_instances()]
-                values, meta = load_dicom_series(files, where=f"series {series.SeriesInstanceUID}")
+                where = f"series {series.SeriesInstanceUID}"
+                values, meta = load_dicom_series(files, where=where, pet_units=self.pet_units)
                 if meta["modality"] is None:
-                    raise ValueError(f"series {series.SeriesInstanceUID}: Modality tag is not CT, PT or MR")
+                    tag, known = meta["dicom_modality"], ", ".join(sorted(MODALITY_ALIASES))
+                    found = f"is {tag}, which is not one of" if tag else "is missing; expected one of"
+                    raise ValueError(f"{where}: Modality tag (0008,0060) {found} {known}.")
                 restored = self._restorer(values, meta["modality"])
                 logging.info(
                     f"restored {series.SeriesInstanceUID} ({meta['modality']}, {values.shape}): "

@@ -367,8 +367,12 @@ class ServingNetwork(nn.Module):
         return self.network(x)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """Load the wrapped network's weights (checkpoint keys as saved from ``network_def``)."""
-        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
+        """Load the wrapped network's weights: any checkpoint layout training writes, read as the bundle's loader
+        does (:func:`custom.inference.restore.checkpoint_weights`: a bare state dict, ``{"model": ...}``, or
+        latest.pt's EMA weights)."""
+        from custom.inference.restore import checkpoint_weights
+
+        return self.network.load_state_dict(checkpoint_weights(state_dict, "checkpoint"), strict=strict, assign=assign)
 
     def __prepare_scriptable__(self) -> SizeDispatcher:
         return _dispatcher(self.network, self.sizes)

@@ -33,6 +33,7 @@ from monai.transforms import Compose, EnsureChannelFirstd
 from custom.data.datalist import load_datalist
 from custom.data.settings import load_modality_settings
 from custom.data.slicing import LoadSliced, expand_slices
+from custom.inference.restore import load_checkpoint
 from custom.inference.task_check import STATS_KEY, calibrate_threshold, fit_task_statistics, task_embeddings
 from custom.io import atomic_output
 from custom.transforms.data_consistency import as_flag
@@ -173,24 +174,14 @@ def store_task_statistics(checkpoint: str, stats: Mapping[str, Any], model_key: 
 
 
 def checkpoint_network(network: torch.nn.Module, checkpoint: str, model_key: str = "model") -> torch.nn.Module:
-    """A copy of ``network`` (CPU, eval) holding the weights ``checkpoint[model_key]`` (or the bare state dict).
+    """A copy of ``network`` (CPU, eval) holding the weights of ``checkpoint``, read by the bundle's one loader
+    (:func:`custom.inference.restore.load_checkpoint`: ``checkpoint[model_key]``, a bare state dict, or the EMA
+    weights of a training checkpoint).
 
     Raises:
-        ValueError: unreadable checkpoint, no ``model_key``, or weights of another architecture.
+        ValueError: unreadable checkpoint, no weights in it, or weights of another architecture.
     """
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for unreadable / unsafe files
-        raise ValueError(f"{checkpoint}: cannot be loaded as a weights-only checkpoint ({e}).") from e
-    state = ckpt if _is_state_dict(ckpt) else ckpt.get(model_key) if isinstance(ckpt, Mapping) else None
-    if state is None:
-        raise ValueError(f"{checkpoint}: no '{model_key}' weights in the checkpoint.")
-    net = copy.deepcopy(network).cpu().eval()
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{checkpoint}: the weights do not match the network ({e}).") from e
-    return net
+    return load_checkpoint(copy.deepcopy(network).cpu(), checkpoint, model_key=model_key).eval()
 
 
 class TaskStatisticsHandler:

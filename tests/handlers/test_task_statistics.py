@@ -13,7 +13,7 @@ from ignite.engine import Engine
 
 from custom.data import load_modality_settings
 from custom.handlers import SafeCheckpointLoader
-from custom.handlers.task_statistics import TaskStatisticsHandler, compute_task_statistics, main
+from custom.handlers.task_statistics import TaskStatisticsHandler, checkpoint_network, compute_task_statistics, main
 from custom.inference.task_check import STATS_KEY, load_task_statistics
 from tests.inference.helpers import BUNDLE, TINY_OVERRIDES, tiny_net
 from tests.inference.task_data import make_task_dataset
@@ -67,6 +67,26 @@ class TestTaskStatistics(unittest.TestCase):
         net = tiny_net(seed=3)  # and the bundle's loader still restores them
         SafeCheckpointLoader(load_path=self.ckpt, load_dict={"model": net})(Engine(lambda e, b: None))
         torch.testing.assert_close(net.state_dict(), self.best.state_dict())
+
+    def test_checkpoint_network_reads_every_layout_with_the_bundle_loader(self) -> None:
+        """Bare state dict, {"model": ...} and the trainer's latest.pt (its EMA weights); the network is copied."""
+        raw, ema = tiny_net(seed=2).state_dict(), self.best.state_dict()
+        latest = os.path.join(self.tmp, "latest.pt")
+        torch.save({"network": raw, "ema": {"ema_model": ema, "num_updates": torch.tensor(3)}}, latest)
+        bare = os.path.join(self.tmp, "bare.pt")
+        torch.save(ema, bare)
+        template = tiny_net(seed=3)
+        before = {k: v.clone() for k, v in template.state_dict().items()}
+        for path in (self.ckpt, bare, latest):
+            net = checkpoint_network(template, path)
+            self.assertFalse(net.training)
+            for key, value in ema.items():
+                torch.testing.assert_close(net.state_dict()[key], value, rtol=0, atol=0, msg=f"{path} {key}")
+        for key, value in template.state_dict().items():
+            self.assertTrue(torch.equal(value, before[key]), key)
+        torch.save({"optimizer": {}}, bare)
+        with self.assertRaisesRegex(ValueError, "bare.pt: expected a state dict"):
+            checkpoint_network(template, bare)
 
     def test_handler_disabled_or_without_checkpoint(self) -> None:
         engine = Engine(lambda e, b: None)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from parameterized import parameterized
 
-from custom.export import export_program, global_attention_limit, save_exported_program
+from custom.export import ServingNetwork, export_program, global_attention_limit, save_exported_program
 from custom.networks import TAT
 from tests.inference.helpers import BUNDLE, ENV, REPO
 
@@ -222,6 +222,29 @@ class TestReadmeExportCommands(unittest.TestCase):
         x = torch.rand(3, 1, 40, 24, generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             self.assertLess(_diff(torch.export.load(out).module()(x), net(x)), 1e-4)
+
+
+class TestServingNetworkLoadsEveryLayout(unittest.TestCase):
+    """``ckpt_export serving_network`` hands the checkpoint (or its ``--key_in_ckpt`` entry) to load_state_dict."""
+
+    def test_layouts(self):
+        from tests.inference.helpers import TINY, tiny_net
+
+        raw, ema = tiny_net(1).state_dict(), tiny_net(2).state_dict()
+        layouts = [
+            (ema, ema),
+            ({"model": ema, "task_statistics": {"threshold": 1.0}}, ema),
+            ({"network": raw, "ema": {"ema_model": ema, "num_updates": torch.tensor(2)}}, ema),
+            ({"ema_model": ema, "num_updates": torch.tensor(2)}, ema),
+            (raw, raw),
+        ]
+        for saved, expected in layouts:
+            serving = ServingNetwork(TAT(**TINY), [[32, 32]])
+            serving.load_state_dict(saved)
+            for key, value in expected.items():
+                torch.testing.assert_close(serving.network.state_dict()[key], value, rtol=0, atol=0, msg=key)
+        with self.assertRaisesRegex(ValueError, "expected a state dict"):
+            ServingNetwork(TAT(**TINY), [[32, 32]]).load_state_dict({"optimizer": {}})
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the bundle-built Restorer the apps use, and the apps importing only what exists.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import tempfile
 import unittest
@@ -79,6 +80,79 @@ class TestLoadCheckpoint(unittest.TestCase):
             torch.save({"model": _Constant(0.1)}, unsafe)  # a pickled module: needs code to load
             with self.assertRaisesRegex(ValueError, "unsafe.pt: cannot be loaded safely"):
                 load_checkpoint(TAT(**TINY), unsafe)
+
+
+def _layouts(raw: dict, ema: dict) -> dict[str, tuple[object, str, dict]]:
+    """Every checkpoint layout the bundle writes: name -> (saved object, ``weights`` argument, expected weights)."""
+    latest = {"network": raw, "ema": {"ema_model": ema, "num_updates": torch.tensor(7)}, "optimizer": {"state": {}}}
+    published = {("patch_embed.proj.weight" if k == "patch_embed.weight" else k): v for k, v in raw.items()}
+    return {
+        "bare": (raw, "ema", raw),
+        "model": ({"model": raw, "epoch": 3}, "ema", raw),
+        "model_task_statistics": ({"model": raw, "task_statistics": {"tasks": ["CT"], "threshold": 1.5}}, "ema", raw),
+        "latest_ema": (latest, "ema", ema),
+        "latest_network": (latest, "network", raw),
+        "latest_without_ema": ({"network": raw, "optimizer": {}}, "ema", raw),
+        "ema_entry": ({"ema_model": ema, "num_updates": torch.tensor(7)}, "ema", ema),
+        "published_names": (published, "ema", raw),
+    }
+
+
+class TestLoadCheckpointLayouts(unittest.TestCase):
+    """The bundle's one checkpoint loader reads every layout training writes (the trainer's latest.pt included)."""
+
+    @parameterized.expand([(name,) for name in _layouts({}, {})])
+    def test_layout(self, name):
+        raw, ema = tiny_net(1).state_dict(), tiny_net(2).state_dict()
+        saved, weights, expected = _layouts(raw, ema)[name]
+        other = ema if expected is raw else raw
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, f"{name}.pt")
+            torch.save(saved, path)
+            with (
+                self.assertLogs("custom.inference.restore", "INFO")
+                if name.startswith(("latest", "pub"))
+                else contextlib.nullcontext()
+            ):
+                net = load_checkpoint(TAT(**TINY), path, weights=weights)
+        loaded = net.state_dict()
+        self.assertEqual(set(loaded), set(expected))
+        for key, value in expected.items():
+            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
+        self.assertFalse(all(torch.equal(loaded[k], other[k]) for k in loaded))
+
+    def test_latest_logs_which_weights(self):
+        raw, ema = tiny_net(1).state_dict(), tiny_net(2).state_dict()
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "latest.pt")
+            torch.save(_layouts(raw, ema)["latest_ema"][0], path)
+            with self.assertLogs("custom.inference.restore", "INFO") as logs:
+                load_checkpoint(TAT(**TINY), path)
+            self.assertIn("EMA weights", "\n".join(logs.output))
+            torch.save({"network": raw}, path)
+            with self.assertLogs("custom.inference.restore", "WARNING") as logs:
+                load_checkpoint(TAT(**TINY), path)
+            self.assertIn("without EMA weights", "\n".join(logs.output))
+
+    def test_layout_errors(self):
+        raw = tiny_net(1).state_dict()
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "c.pt")
+            torch.save({"optimizer": {"lr": 1.0}, "epoch": 2}, path)
+            with self.assertRaisesRegex(ValueError, r"c\.pt: expected a state dict.*keys \['epoch', 'optimizer'\]"):
+                load_checkpoint(TAT(**TINY), path)
+            torch.save({"network": raw, "ema": {"ema_model": tiny_net(1).state_dict()}}, path)
+            with self.assertRaisesRegex(ValueError, "weights must be 'ema' or 'network'"):
+                load_checkpoint(TAT(**TINY), path, weights="online")
+            small = TAT(**{**TINY, "dim": 16}).state_dict()
+            torch.save({"network": raw, "ema": {"ema_model": small}}, path)
+            with self.assertRaisesRegex(ValueError, r"c\.pt: does not match the network"):
+                load_checkpoint(TAT(**TINY), path)
+            net = load_checkpoint(TAT(**TINY), path, weights="network")
+            torch.testing.assert_close(net.state_dict()["output.weight"], raw["output.weight"])
+            torch.save({"network": {"x": torch.zeros(1)}, "model": raw}, path)
+            with self.assertRaisesRegex(ValueError, r"c\.pt: does not match the network"):
+                load_checkpoint(TAT(**TINY), path)
 
 
 class TestRestorerFromBundle(unittest.TestCase):

@@ -28,15 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = [
-    "group_name",
-    "task_gradients",
-    "pairwise_cosine",
-    "write_csv",
-    "plot_heatmap",
-    "load_network_weights",
-    "main",
-]
+from custom.inference.restore import load_checkpoint
+from custom.io import atomic_output
+
+__all__ = ["group_name", "task_gradients", "pairwise_cosine", "write_csv", "plot_heatmap", "main"]
 
 
 def group_name(param_name: str, depth: int = 2) -> str:
@@ -115,13 +110,13 @@ def write_csv(
     """Write ``layer, num_params, <pair>...`` rows plus a parameter-weighted ``mean`` row.
 
     Args:
-        path: output CSV file.
+        path: output CSV file (written atomically: a failed write leaves no partial file).
         layers: layer names.
         pairs: task-pair names.
         matrix: (layers, pairs) cosine similarities.
         sizes: layer -> number of parameters.
     """
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["layer", "num_params", *pairs])
         for layer, row in zip(layers, matrix):
@@ -135,7 +130,7 @@ def plot_heatmap(path: str, layers: Sequence[str], pairs: Sequence[str], matrix:
     """Save a (layers x pairs) heat map of the cosine similarities, diverging colours in [-1, 1].
 
     Args:
-        path: output PNG file.
+        path: output PNG file (written atomically).
         layers: row labels.
         pairs: column labels.
         matrix: (layers, pairs) values.
@@ -152,34 +147,11 @@ def plot_heatmap(path: str, layers: Sequence[str], pairs: Sequence[str], matrix:
     ax.set_title("Task gradient cosine similarity")
     fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def load_network_weights(network: nn.Module, checkpoint: str, weights: str = "ema") -> None:
-    """Load a bundle checkpoint into ``network`` (``torch.load(weights_only=True)``).
-
-    Accepts the best model (``model.pt``: a plain state dict) or the training checkpoint (``latest.pt``: the
-    ``"ema"`` or ``"network"`` entry, chosen by ``weights``).
-
-    Args:
-        network: the network to fill.
-        checkpoint: file path.
-        weights: ``"ema"`` or ``"network"`` for training checkpoints.
-
-    Raises:
-        ValueError: unknown ``weights`` or unrecognised checkpoint layout.
-    """
-    if weights not in ("ema", "network"):
-        raise ValueError(f"weights must be 'ema' or 'network', got {weights!r}.")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if "ema" in state and "network" in state:
-        state = state["ema"]["ema_model"] if weights == "ema" else state["network"]
-    elif "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{checkpoint}: not a network state dict nor a bundle training checkpoint.")
-    network.load_state_dict(state)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _task_batches(
@@ -244,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     network = parser.get_parsed_content("network_def")
-    load_network_weights(network, args.checkpoint, args.weights)
+    load_checkpoint(network, args.checkpoint, weights=args.weights)
     network.train()
     grads = task_gradients(network, _task_batches(parser, args.batches, args.samples_per_task, args.seed), args.depth)
     layers, pairs, matrix = pairwise_cosine(grads)

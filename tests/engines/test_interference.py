@@ -6,11 +6,14 @@ import math
 import os
 import tempfile
 import unittest
+from unittest import mock
 
 import numpy as np
 import torch
 
-from custom.engines.interference import group_name, main, pairwise_cosine, task_gradients
+from custom.engines import interference
+from custom.engines.interference import group_name, main, pairwise_cosine, plot_heatmap, task_gradients, write_csv
+from custom.inference import restore
 from tests.bundle.synthetic import make_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -92,6 +95,53 @@ class TestInterference(unittest.TestCase):
             self.assertEqual(rows[-1][0], "mean")
             self.assertTrue(all(math.isfinite(float(v)) for v in rows[-1][2:]))
             self.assertGreater(os.path.getsize(os.path.join(d, "out", "task_interference.png")), 1000)
+
+
+class TestInterferenceOutputs(unittest.TestCase):
+    def test_one_checkpoint_loader(self):
+        """The probe reads checkpoints with the bundle's loader (latest.pt's EMA weights included), no copy."""
+        self.assertIs(interference.load_checkpoint, restore.load_checkpoint)
+        with open(interference.__file__, encoding="utf-8") as f:
+            source = f.read()
+        for copy in ("torch.load", "load_state_dict", "def load_network_weights"):
+            self.assertNotIn(copy, source)
+
+    def test_csv_is_written_atomically(self):
+        layers, pairs, matrix = ["a", "b"], ["CT-PET"], np.array([[0.5], [-0.25]])
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "t.csv")
+            write_csv(path, layers, pairs, matrix, {"a": 3, "b": 1})
+            with open(path, encoding="utf-8") as f:
+                good = f.read()
+            self.assertEqual(good.splitlines()[-1], "mean,4,0.312500")
+            with self.assertRaises(KeyError):  # fails after the header and the first row were written
+                write_csv(path, layers, pairs, matrix, {"a": 3})
+            with open(path, encoding="utf-8") as f:
+                self.assertEqual(f.read(), good)
+            self.assertEqual(os.listdir(d), ["t.csv"])
+
+    def test_png_is_written_atomically(self):
+        import matplotlib.figure
+
+        layers, pairs, matrix = ["a", "b"], ["CT-PET"], np.array([[0.5], [-0.25]])
+
+        def partial_then_fail(fig, fname, **kwargs):
+            with open(fname, "wb") as f:
+                f.write(b"\x89PNG partial")
+            raise OSError("disk full")
+
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "t.png")
+            plot_heatmap(path, layers, pairs, matrix)
+            with open(path, "rb") as f:
+                good = f.read()
+            self.assertTrue(good.startswith(b"\x89PNG") and len(good) > 1000)
+            with mock.patch.object(matplotlib.figure.Figure, "savefig", partial_then_fail):
+                with self.assertRaisesRegex(OSError, "disk full"):
+                    plot_heatmap(path, layers, pairs, matrix)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), good)
+            self.assertEqual(os.listdir(d), ["t.png"])
 
 
 if __name__ == "__main__":

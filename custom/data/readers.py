@@ -836,6 +836,7 @@ class DicomReader(PydicomReader):
         self.suv = suv
         self.pet_units = pet_units
         self.series: DicomSeries | None = None
+        self._reference: tuple[Any, Any] | None = None  # (series, its pet_reference_time) of the series read
 
     def verify_suffix(self, filename: Sequence[Any] | Any) -> bool:
         names = filename if isinstance(filename, (list, tuple)) else [filename]
@@ -870,8 +871,11 @@ class DicomReader(PydicomReader):
 
     def _factor(self, img: Any, filename: Any) -> float:
         if self.suv and str(_tag_value(img, "Modality", "")).upper() == "PT":
-            headers = self.series.headers if self.series is not None else [img]
-            return pet_suv_factor(img, str(filename), self.pet_units, pet_reference_time(headers))
+            owner = self.series if self.series is not None else img
+            if self._reference is None or self._reference[0] is not owner:  # once per series, not per slice
+                headers = self.series.headers if self.series is not None else [img]
+                self._reference = (owner, pet_reference_time(headers))
+            return pet_suv_factor(img, str(filename), self.pet_units, self._reference[1])
         return 1.0
 
     def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:

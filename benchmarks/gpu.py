@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-
 from custom.inference import INFERENCE_MODES, mode_inferer, network_window_mode
 from custom.networks import TAT
 

@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from custom.inference import load_dicom_series, write_dicom_series
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-from custom.inference import load_dicom_series, write_dicom_series
 
 
 def write_ct_series(folder: str, n: int, size: int, seed: int = 0) -> list[str]:

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from custom.inference import INFERENCE_MODES, mode_inferer, network_window_mode
 from custom.inference.restore import load_checkpoint, normalise, restore
 from custom.metrics.physical import PhysicalUnitMetrics
@@ -54,9 +53,8 @@ def demo_network(demo_dir: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     Raises:
         ValueError: no checkpoint under ``demo_dir/models``.
     """
-    from monai.bundle import ConfigParser
-
     from custom.demo import DEMO_OVERRIDES
+    from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(os.path.join(CONFIGS, "train.json"))

@@ -23,9 +23,8 @@ import sys
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from custom.networks import TAT
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def _sync(device: torch.device) -> None:

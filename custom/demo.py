@@ -43,7 +43,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-
 from custom.data.datalist import load_datalist
 from custom.data.settings import get_modality_setting, load_modality_settings
 from custom.evaluation import format_summary_table

@@ -51,7 +51,6 @@ from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
-
 from custom.io import atomic_output
 from custom.networks.blocks.attention import ChannelAttention
 

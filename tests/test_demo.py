@@ -13,9 +13,9 @@ import subprocess
 import sys
 
 import pytest
-
 from custom.demo import BUNDLE_DIR, DEMO_OVERRIDES, bundle_command
 from custom.networks import TAT
+
 from tests.evaluation.tiny_data import TINY_OVERRIDES, make_tiny_dataset
 
 

@@ -5,9 +5,8 @@ import stat
 import tempfile
 import unittest
 
-from parameterized import parameterized
-
 from custom.io import atomic_output, atomic_output_dir, current_umask, default_mode, write_text_atomic
+from parameterized import parameterized
 
 
 class _Umask:
@@ -83,7 +82,6 @@ class TestAtomicOutput(unittest.TestCase):
         from unittest import mock
 
         import torch
-
         from custom.handlers import AtomicDiskSaver
 
         with tempfile.TemporaryDirectory() as d, mock.patch("os.fsync", wraps=os.fsync) as fsync:
@@ -135,7 +133,6 @@ class TestUmaskPermissions(unittest.TestCase):
     @parameterized.expand([(0o022, 0o644), (0o007, 0o660)])
     def test_checkpoint_mode_follows_umask(self, mask, expected):
         import torch
-
         from custom.handlers import AtomicDiskSaver
 
         with tempfile.TemporaryDirectory() as d, _Umask(mask):

@@ -42,12 +42,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from monai.data import load_decathlon_datalist
-
 from custom.data.readers import DICOM_TO_MODALITY, load_image
 from custom.data.settings import MODALITIES, canonical_modality, load_modality_settings
 from custom.data.slicing import spatial_shape
 from custom.io import write_text_atomic
+from monai.data import load_decathlon_datalist
 
 __all__ = ["SPLITS", "PATH_KEYS", "build_datalist", "load_datalist", "validate_datalist", "write_json_atomic", "main"]
 

@@ -45,15 +45,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pydicom
-from scipy import ndimage
-from skimage.transform import resize
-
 from custom.data.datalist import SPLITS, write_json_atomic
 from custom.data.settings import load_modality_settings
 from custom.io import atomic_output, write_text_atomic
 from custom.transforms.ct_low_dose import simulate_low_dose_ct
 from custom.transforms.mri_resolution import kspace_truncate
 from custom.transforms.pet_low_count import simulate_low_count_pet
+from scipy import ndimage
+from skimage.transform import resize
 
 __all__ = ["WHEELS", "DemoConfig", "fetch_wheels", "build_demo_data", "main"]
 

@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from custom.data.readers import MAX_VOXELS, finite_values
 from monai.data import ImageReader, MetaTensor
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
-
-from custom.data.readers import MAX_VOXELS, finite_values
 
 __all__ = ["PICKLE_SUFFIX", "RestrictedUnpickler", "load_pickled_array", "PickledTensorReader", "load_pickled_image"]
 

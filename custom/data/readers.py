@@ -55,12 +55,11 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from custom.data.settings import MODALITY_ALIASES, canonical_modality
 from monai.config import KeysCollection
 from monai.data import NibabelReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform
 from pydicom.dataset import FileDataset
-
-from custom.data.settings import MODALITY_ALIASES, canonical_modality
 
 __all__ = [
     "DICOM_TO_MODALITY",

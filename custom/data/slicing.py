@@ -16,10 +16,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import MapTransform
-
 from custom.data.readers import (
     DicomReader,
     dicom_series,
@@ -31,6 +27,9 @@ from custom.data.readers import (
     nifti_image,
     nifti_source_meta,
 )
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
 
 __all__ = ["num_slices", "expand_slices", "SelectSliced", "LoadSliced", "load_slice", "spatial_shape"]
 

@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from custom.inference.restore import load_checkpoint
 from custom.io import atomic_output
+from torch import nn
 
 __all__ = ["group_name", "task_gradients", "pairwise_cosine", "write_csv", "plot_heatmap", "main"]
 

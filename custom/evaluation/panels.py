@@ -10,7 +10,6 @@ matplotlib.use("Agg")  # headless: no display needed, set before pyplot is impor
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
 from custom.io import atomic_output  # noqa: E402
 
 __all__ = ["plot_task_panel", "plot_review_panel"]

@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
-from monai.utils import CommonKeys as Keys
-
 from custom.data.settings import get_modality_setting
 from custom.metrics import METRIC_NAMES, PhysicalUnitMetrics, to_physical
+from ignite.engine import Engine, Events
+from monai.utils import CommonKeys as Keys
 
 from .panels import plot_task_panel
 from .writers import summarize_scans, write_csv_atomic, write_json_atomic

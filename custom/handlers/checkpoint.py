@@ -8,11 +8,10 @@ import pickle
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from custom.io import atomic_output
 from ignite.engine import Engine
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
-
-from custom.io import atomic_output
 
 __all__ = ["AtomicDiskSaver", "AtomicCheckpointSaver", "ResumeCheckpointLoader"]
 

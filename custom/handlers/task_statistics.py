@@ -26,10 +26,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser
-from monai.transforms import Compose, EnsureChannelFirstd
-
 from custom.data.datalist import load_datalist
 from custom.data.settings import load_modality_settings
 from custom.data.slicing import LoadSliced, expand_slices
@@ -38,6 +34,9 @@ from custom.inference.task_check import STATS_KEY, calibrate_threshold, fit_task
 from custom.io import atomic_output
 from custom.transforms.data_consistency import as_flag
 from custom.transforms.intensity import ModalityNormalized
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+from monai.transforms import Compose, EnsureChannelFirstd
 
 __all__ = [
     "split_embeddings",

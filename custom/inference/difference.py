@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
-
 from custom.inference.writers import write_dicom_series, write_nifti
 from custom.transforms.data_consistency import as_flag
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 
 __all__ = ["DIFFERENCE_SUFFIX", "difference_path", "SaveDifferenced"]
 

@@ -17,10 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import MapTransform
-
 from custom.data.readers import (
     MAX_VOXELS,
     DicomReader,
@@ -31,6 +27,9 @@ from custom.data.readers import (
     nifti_image,
 )
 from custom.data.slicing import spatial_shape
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
 
 __all__ = ["MAX_VOXELS", "load_nifti", "load_dicom_series", "read_scan", "LoadScand"]
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from monai.inferers import SlidingWindowInferer
-
 from custom.inference.inferer import SliceBatchInferer
+from monai.inferers import SlidingWindowInferer
 
 __all__ = ["INFERENCE_MODES", "network_window_mode", "mode_inferer"]
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from custom.transforms import ModalityDenormalized, ModalityNormalized
 
 __all__ = ["load_checkpoint", "checkpoint_weights", "normalise", "denormalise", "restore", "Restorer"]

@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from custom.transforms.data_consistency import as_flag
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
-
-from custom.transforms.data_consistency import as_flag
 
 __all__ = [
     "STATS_KEY",

@@ -14,11 +14,10 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.engines import SupervisedEvaluator
-from monai.transforms import Transform
-
 from custom.data.datalist import write_json_atomic
 from custom.inference.restore import restore
+from monai.engines import SupervisedEvaluator
+from monai.transforms import Transform
 
 __all__ = ["CatchFailures", "first_item", "RestorationEvaluator"]
 

@@ -35,14 +35,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pydicom
+from custom.io import atomic_output, atomic_output_dir
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
-
-from custom.io import atomic_output, atomic_output_dir
 
 __all__ = [
     "DERIVATION_DESCRIPTION",

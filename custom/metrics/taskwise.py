@@ -7,12 +7,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from custom.data.settings import get_modality_setting
 from ignite.engine import Engine
 from ignite.metrics import Metric
 from monai.utils import CommonKeys as Keys
 from monai.utils import evenly_divisible_all_gather
-
-from custom.data.settings import get_modality_setting
 
 from .physical import METRIC_NAMES, PhysicalUnitMetrics
 

@@ -7,9 +7,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.layers.factories import Conv
-from torch.utils.checkpoint import checkpoint
-
 from custom.networks.blocks import (
     ChannelAttention,
     Downsample,
@@ -20,6 +17,8 @@ from custom.networks.blocks import (
     ffn_hidden_channels,
 )
 from custom.networks.blocks.attention import check_window_mode
+from monai.networks.layers.factories import Conv
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["TAT"]
 

@@ -38,11 +38,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from custom.transforms.mri_resolution import kspace_center_mask
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils.type_conversion import convert_to_dst_type, convert_to_tensor
-
-from custom.transforms.mri_resolution import kspace_center_mask
 
 __all__ = ["DC_MODES", "DC_ITERATIONS", "as_flag", "kspace_data_consistency", "kspace_block_error", "DataConsistencyd"]
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
-from monai.transforms import Transform
-
 from custom.data.readers import DICOM_TO_MODALITY
 from custom.transforms.intensity import item_name
+from monai.transforms import Transform
 
 __all__ = ["ModalityDispatchd"]
 

@@ -10,11 +10,10 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
+from custom.data.settings import get_modality_setting
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, ScaleIntensityRange
 from monai.utils.type_conversion import convert_to_tensor
-
-from custom.data.settings import get_modality_setting
 
 __all__ = ["ModalityNormalized", "ModalityDenormalized", "ModalityEvalWindowd", "item_name"]
 

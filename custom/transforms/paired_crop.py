@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+from custom.transforms.intensity import item_name
 from monai.config import KeysCollection
 from monai.transforms import RandSpatialCropd, SpatialPad
-
-from custom.transforms.intensity import item_name
 
 __all__ = ["PairedRandCropd"]
 

@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from custom.transforms.seeding import item_random_state
 from monai.transforms import MapTransform
 from monai.utils.type_conversion import convert_to_dst_type
 from skimage.transform import iradon, radon
-
-from custom.transforms.seeding import item_random_state
 
 __all__ = ["mlem_reconstruct", "simulate_low_count_pet", "SimulateLowCountPETd"]
 

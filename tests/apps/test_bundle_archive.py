@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from custom.packaging import BUNDLE_NAME, build_archive, main
+
 from tests.apps.helpers import BUNDLE, TINY_ARGS, env_python, run, write_ct_nifti, write_tiny_checkpoint
 
 ENV_VAR = "TAT_BUNDLE_ENV"

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import SimpleITK
 import torch
-from ignite.engine import Engine
-from monai.bundle import ConfigParser
-
 from custom.data import load_modality_settings
 from custom.data.datalist import main as datalist_main
 from custom.metrics import TaskwiseImageQuality
+from ignite.engine import Engine
+from monai.bundle import ConfigParser
+
 from tests.data.reference_fixture import make_reference_dataset
 from tests.evaluation.tiny_data import TINY_OVERRIDES
 

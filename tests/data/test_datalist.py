@@ -7,9 +7,9 @@ import tempfile
 import unittest
 
 import numpy as np
-
 from custom.data import build_datalist, load_datalist, load_modality_settings, validate_datalist
 from custom.data.datalist import main
+
 from tests.data.helpers import SETTINGS_DIR, make_tree, save_nifti
 
 

@@ -10,7 +10,6 @@ import zipfile
 from unittest import mock
 
 import numpy as np
-
 from custom.data import demo_data
 from custom.data.demo_data import WHEELS, DemoConfig, build_demo_data, fetch_wheels
 

@@ -10,8 +10,6 @@ from unittest import mock
 
 import numpy as np
 import torch
-from parameterized import parameterized
-
 from custom.data import load_image, load_slice, num_slices
 from custom.data.pickled import (
     _ALLOWED,
@@ -20,6 +18,8 @@ from custom.data.pickled import (
     load_pickled_array,
     load_pickled_image,
 )
+from parameterized import parameterized
+
 from tests.data.reference_fixture import write_bin, write_nii
 
 

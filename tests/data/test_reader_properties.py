@@ -13,13 +13,13 @@ import unittest
 
 import nibabel as nib
 import numpy as np
+from custom.data import load_image
+from custom.data.slicing import load_slice, num_slices
+from custom.inference.io import LoadScand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
-from custom.data import load_image
-from custom.data.slicing import load_slice, num_slices
-from custom.inference.io import LoadScand
 from tests.data.synth import dicom_series_folder
 
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)

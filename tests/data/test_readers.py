@@ -6,11 +6,11 @@ import unittest
 
 import numpy as np
 import pydicom
+from custom.data import DicomReader, ModalityFromMetad, load_image, suv_factor
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from custom.data import DicomReader, ModalityFromMetad, load_image, suv_factor
 from tests.data.helpers import save_nifti
 
 CT_FILE = get_testdata_file("CT_small.dcm")

@@ -14,16 +14,16 @@ from unittest import mock
 import nibabel as nib
 import numpy as np
 import pydicom
-from parameterized import parameterized
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRBigEndian
-
 from custom.data import ModalityFromMetad, load_image
 from custom.data import readers as readers_module
 from custom.data import validate_datalist
 from custom.data.readers import dicom_series, pet_suv_factor
 from custom.data.slicing import LoadSliced, load_slice, num_slices
 from custom.inference.io import LoadScand
+from parameterized import parameterized
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian
+
 from tests.data.synth import dicom_series_folder, dicom_slice, pet_tags, save_scaled_nifti
 
 RNG = np.random.default_rng(0)

@@ -12,10 +12,10 @@ import tempfile
 import unittest
 
 import numpy as np
-
 from custom.data import load_modality_settings
 from custom.data.datalist import main
 from custom.data.reference_layout import build_reference_datalist, first_per_task, scan_reference_layout
+
 from tests.data.reference_fixture import make_reference_dataset, write_bin, write_nii
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -5,9 +5,8 @@ from collections import Counter
 
 import numpy as np
 import torch
-from parameterized import parameterized
-
 from custom.data import TaskUniformBatchSampler
+from parameterized import parameterized
 
 TASKS = ["ct"] * 30 + ["pet"] * 7 + ["mri"] * 13
 

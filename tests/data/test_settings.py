@@ -6,6 +6,7 @@ import tempfile
 import unittest
 
 from custom.data import get_modality_setting, load_modality_settings
+
 from tests.data.helpers import SETTINGS_DIR
 
 

@@ -5,10 +5,10 @@ import tempfile
 import unittest
 
 import numpy as np
+from custom.data import SelectSliced, expand_slices, num_slices
 from monai.data import Dataset
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from custom.data import SelectSliced, expand_slices, num_slices
 from tests.data.helpers import save_nifti
 
 
@@ -61,9 +61,8 @@ if __name__ == "__main__":
 class TestLoadSliced(unittest.TestCase):
     def test_equals_full_load_then_select(self):
         import pydicom
-        from pydicom.data import get_testdata_file
-
         from custom.data import LoadSliced, load_slice
+        from pydicom.data import get_testdata_file
 
         with tempfile.TemporaryDirectory() as d:
             vol = np.random.default_rng(0).normal(size=(9, 7, 4)).astype(np.float32)

@@ -10,10 +10,10 @@ from unittest import mock
 
 import numpy as np
 import torch
-
 from custom.engines import interference
 from custom.engines.interference import group_name, main, pairwise_cosine, plot_heatmap, task_gradients, write_csv
 from custom.inference import restore
+
 from tests.bundle.synthetic import make_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -3,12 +3,11 @@ from __future__ import annotations
 import unittest
 
 import torch
+from custom.engines import TaskAdaptiveTrainer, batch_sources
+from custom.losses import PlainL1Loss, TaskAdaptiveBalancedLoss
 from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
-
-from custom.engines import TaskAdaptiveTrainer, batch_sources
-from custom.losses import PlainL1Loss, TaskAdaptiveBalancedLoss
 
 
 def _batches(n: int, bad: int | None = None) -> list[dict]:

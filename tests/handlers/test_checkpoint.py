@@ -5,9 +5,8 @@ import tempfile
 import unittest
 
 import torch
-from ignite.engine import Engine, Events
-
 from custom.handlers import AtomicCheckpointSaver, GlobalRNGState, ResumeCheckpointLoader
+from ignite.engine import Engine, Events
 
 
 class TestCheckpointHandlers(unittest.TestCase):

@@ -4,10 +4,9 @@ import io
 import unittest
 
 import torch
+from custom.handlers import ModelEMA, ema_decay
 from ignite.engine import Engine
 from parameterized import parameterized
-
-from custom.handlers import ModelEMA, ema_decay
 
 
 class TestEMA(unittest.TestCase):

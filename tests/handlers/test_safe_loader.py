@@ -6,9 +6,8 @@ import tempfile
 import unittest
 
 import torch
-from ignite.engine import Engine
-
 from custom.handlers import SafeCheckpointLoader
+from ignite.engine import Engine
 
 
 class _Payload:

@@ -9,12 +9,12 @@ import tempfile
 import unittest
 
 import torch
-from ignite.engine import Engine
-
 from custom.data import load_modality_settings
 from custom.handlers import SafeCheckpointLoader
 from custom.handlers.task_statistics import TaskStatisticsHandler, checkpoint_network, compute_task_statistics, main
 from custom.inference.task_check import STATS_KEY, load_task_statistics
+from ignite.engine import Engine
+
 from tests.inference.helpers import BUNDLE, TINY_OVERRIDES, tiny_net
 from tests.inference.task_data import make_task_dataset
 

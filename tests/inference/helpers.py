@@ -10,10 +10,9 @@ import sys
 import numpy as np
 import pydicom
 import torch
+from custom.networks import TAT
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-from custom.networks import TAT
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundle")

@@ -7,7 +7,6 @@ import os
 
 import nibabel as nib
 import numpy as np
-
 from custom.transforms import kspace_truncate
 
 

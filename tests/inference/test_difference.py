@@ -9,9 +9,8 @@ import unittest
 import nibabel as nib
 import numpy as np
 import torch
-from parameterized import parameterized
-
 from custom.inference.difference import SaveDifferenced, difference_path
+from parameterized import parameterized
 
 
 def _item(folder: str, restored: np.ndarray, measured: np.ndarray) -> dict:

@@ -20,9 +20,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from custom.export import export_onnx, save_torchscript, serving_module
 from custom.inference import network_window_mode
+
 from tests.inference.helpers import BUNDLE, ENV, INFERENCE_CONFIG, TINY_OVERRIDES, run_cli, save_checkpoint, tiny_net
 
 META = os.path.join(BUNDLE, "configs", "metadata.json")

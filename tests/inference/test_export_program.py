@@ -17,10 +17,10 @@ import unittest
 import numpy as np
 import pytest
 import torch
-from parameterized import parameterized
-
 from custom.export import ServingNetwork, export_program, global_attention_limit, save_exported_program
 from custom.networks import TAT
+from parameterized import parameterized
+
 from tests.inference.helpers import BUNDLE, ENV, REPO
 
 TINY = {"dim": 2, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "train_patch_size": 16}

@@ -21,9 +21,9 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
+from custom.io import current_umask
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from custom.io import current_umask
 from tests.inference.helpers import (
     BUNDLE,
     INFERENCE_CONFIG,

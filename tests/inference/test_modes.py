@@ -5,11 +5,11 @@ from __future__ import annotations
 import unittest
 
 import torch
+from custom.inference import INFERENCE_MODES, SliceBatchInferer, mode_inferer, network_window_mode
 from monai.bundle import ConfigParser
 from monai.inferers import sliding_window_inference
 from parameterized import parameterized
 
-from custom.inference import INFERENCE_MODES, SliceBatchInferer, mode_inferer, network_window_mode
 from tests.inference.helpers import INFERENCE_CONFIG, tiny_net
 
 

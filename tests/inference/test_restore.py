@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from parameterized import parameterized
-
 from custom.data import load_modality_settings
 from custom.inference import SliceBatchInferer
 from custom.inference.restore import Restorer, load_checkpoint, restore
 from custom.networks import TAT
+from parameterized import parameterized
+
 from tests.inference.helpers import BUNDLE, REPO, TINY, save_identity_checkpoint, tiny_net
 
 SETTINGS = load_modality_settings(os.path.join(BUNDLE, "configs", "modality"))

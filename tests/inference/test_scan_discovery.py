@@ -8,8 +8,8 @@ import tempfile
 import unittest
 
 import numpy as np
-
 from custom.inference import find_scans
+
 from tests.data.helpers import save_nifti
 from tests.data.synth import dicom_series_folder
 

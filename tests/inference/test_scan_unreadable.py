@@ -10,9 +10,9 @@ import unittest
 from unittest import mock
 
 import numpy as np
+from custom.inference import find_scans
 from parameterized import parameterized
 
-from custom.inference import find_scans
 from tests.data.helpers import save_nifti
 
 

@@ -9,10 +9,6 @@ import unittest
 
 import numpy as np
 import torch
-from parameterized import parameterized
-from skimage import data as skdata
-from skimage.transform import resize
-
 from custom.data import load_modality_settings
 from custom.handlers.task_statistics import compute_task_statistics, split_embeddings, store_task_statistics
 from custom.inference.task_check import (
@@ -26,6 +22,10 @@ from custom.inference.task_check import (
     task_embeddings,
 )
 from custom.transforms import ModalityNormalized
+from parameterized import parameterized
+from skimage import data as skdata
+from skimage.transform import resize
+
 from tests.inference.helpers import BUNDLE, tiny_net
 from tests.inference.task_data import make_task_dataset, task_slice
 

@@ -10,7 +10,6 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-
 from custom.inference import (
     SliceBatchInferer,
     cast_to_dtype,
@@ -19,6 +18,7 @@ from custom.inference import (
     write_dicom_series,
     write_nifti,
 )
+
 from tests.inference.helpers import tiny_net, write_ct_series
 
 torch.set_num_threads(1)

@@ -10,10 +10,6 @@ import unittest
 
 import nibabel as nib
 import numpy as np
-from ignite.engine import Events
-from monai.data import DataLoader, Dataset
-from monai.transforms import Compose
-
 from custom.data import load_modality_settings
 from custom.inference import (
     CatchFailures,
@@ -23,6 +19,10 @@ from custom.inference import (
     SliceBatchInferer,
     first_item,
 )
+from ignite.engine import Events
+from monai.data import DataLoader, Dataset
+from monai.transforms import Compose
+
 from tests.inference.helpers import BUNDLE, save_identity_checkpoint
 
 SETTINGS = load_modality_settings(os.path.join(BUNDLE, "configs", "modality"))

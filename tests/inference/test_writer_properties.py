@@ -17,11 +17,11 @@ import unittest
 import nibabel as nib
 import numpy as np
 import pydicom
+from custom.inference.writers import derived_dataset, write_nifti
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
-from custom.inference.writers import derived_dataset, write_nifti
 from tests.inference.helpers import dicom_slice
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,11 +11,11 @@ from unittest import mock
 import nibabel as nib
 import numpy as np
 import pydicom
+from custom.inference.writers import clean_dataset, derived_dataset, nifti_scaling, write_dicom_series, write_nifti
 from parameterized import parameterized
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
 
-from custom.inference.writers import clean_dataset, derived_dataset, nifti_scaling, write_dicom_series, write_nifti
 from tests.inference.helpers import dicom_slice
 
 NOW = datetime.datetime(2026, 12, 1, 12, 0, 0)

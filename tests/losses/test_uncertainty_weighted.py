@@ -4,9 +4,8 @@ import math
 import unittest
 
 import torch
-from parameterized import parameterized
-
 from custom.losses import PlainL1Loss, TaskAdaptiveBalancedLoss
+from parameterized import parameterized
 
 
 class TestTaskAdaptiveBalancedLoss(unittest.TestCase):

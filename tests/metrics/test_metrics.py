@@ -5,11 +5,10 @@ import unittest
 
 import numpy as np
 import torch
+from custom.metrics import PhysicalUnitMetrics, TaskwiseImageQuality, to_physical
 from ignite.engine import Engine
 from parameterized import parameterized
 from scipy.signal import correlate2d
-
-from custom.metrics import PhysicalUnitMetrics, TaskwiseImageQuality, to_physical
 
 SETTINGS = {
     "CT": {"modality": "CT", "clip_range": (-1024.0, 3072.0), "eval_window": (-160.0, 240.0)},

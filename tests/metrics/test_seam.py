@@ -6,9 +6,8 @@ import unittest
 
 import numpy as np
 import torch
-from parameterized import parameterized
-
 from custom.metrics.seam import gradient_profiles, seam_score, window_edges
+from parameterized import parameterized
 
 
 def _smooth(n: int = 128, seed: int = 0) -> np.ndarray:

@@ -6,8 +6,8 @@ import tempfile
 import unittest
 
 import torch
-
 from custom.networks import TAT, convert_reference_state_dict, load_reference_checkpoint
+
 from tests.networks.golden import reference_shapes
 
 

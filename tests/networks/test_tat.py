@@ -3,9 +3,9 @@ from __future__ import annotations
 import unittest
 
 import torch
+from custom.networks import TAT, convert_reference_state_dict
 from parameterized import parameterized
 
-from custom.networks import TAT, convert_reference_state_dict
 from tests.networks.golden import formula_weights, golden_image, golden_pair
 
 

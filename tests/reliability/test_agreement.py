@@ -8,9 +8,9 @@ import json
 import os
 
 import pytest
-
 from custom.data import validate_datalist
 from custom.inference import LoadScand, find_scans
+
 from tests.reliability.corpus import make_corpus, make_valid_corpus
 
 # problems of a data-list item rather than of a file: the modality (given here so only the file is judged)

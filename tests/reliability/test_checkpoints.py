@@ -102,9 +102,8 @@ def test_pickle_payload_refused_by_load_reference_checkpoint(evil):
 
 def test_pickle_payload_refused_by_resume_loader(evil, tmp_path):
     """The config's resume path (ResumeCheckpointLoader -> MONAI CheckpointLoader) refuses the payload."""
-    from ignite.engine import Engine
-
     from custom.handlers import ResumeCheckpointLoader
+    from ignite.engine import Engine
 
     path, marker = evil
     net = torch.nn.Linear(1, 1)

@@ -7,9 +7,9 @@ import json
 import os
 
 import pytest
-
 from custom.data import load_image, validate_datalist
 from custom.data.slicing import load_slice, num_slices
+
 from tests.reliability.corpus import make_corpus, make_empty_tree
 from tests.reliability.helpers import run_module, tree_hashes
 

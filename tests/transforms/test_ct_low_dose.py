@@ -4,9 +4,8 @@ import unittest
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-
 from custom.transforms import SimulateLowDoseCTd, simulate_low_dose_ct
+from monai.data import MetaTensor
 
 
 def phantom(n=64):
@@ -66,10 +65,9 @@ class TestSimulatorCaching(unittest.TestCase):
     def test_simulation_runs_once_under_cachedataset(self):
         from unittest import mock
 
+        from custom.transforms import ct_low_dose
         from monai.data import CacheDataset
         from monai.transforms import Randomizable
-
-        from custom.transforms import ct_low_dose
 
         t = SimulateLowDoseCTd(i0=1e5)
         self.assertNotIsInstance(t, Randomizable)  # so CacheDataset caches its output

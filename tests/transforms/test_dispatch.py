@@ -3,11 +3,11 @@ from __future__ import annotations
 import unittest
 
 import torch
+from custom.data import load_modality_settings
+from custom.transforms import KSpaceTruncated, ModalityDispatchd, ModalityNormalized, SimulateLowDoseCTd
 from monai.data import CacheDataset
 from monai.transforms import Compose
 
-from custom.data import load_modality_settings
-from custom.transforms import KSpaceTruncated, ModalityDispatchd, ModalityNormalized, SimulateLowDoseCTd
 from tests.data.helpers import SETTINGS_DIR
 
 

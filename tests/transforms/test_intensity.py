@@ -4,11 +4,11 @@ import unittest
 
 import numpy as np
 import torch
+from custom.data import load_modality_settings
+from custom.transforms import ModalityDenormalized, ModalityEvalWindowd, ModalityNormalized
 from monai.data import MetaTensor
 from parameterized import parameterized
 
-from custom.data import load_modality_settings
-from custom.transforms import ModalityDenormalized, ModalityEvalWindowd, ModalityNormalized
 from tests.data.helpers import SETTINGS_DIR
 
 SETTINGS = load_modality_settings(SETTINGS_DIR)

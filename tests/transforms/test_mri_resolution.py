@@ -4,9 +4,8 @@ import unittest
 
 import numpy as np
 import torch
-from parameterized import parameterized
-
 from custom.transforms import BicubicDegraded, KSpaceTruncated, bicubic_degrade, kspace_center_mask, kspace_truncate
+from parameterized import parameterized
 
 
 def image(n=64):

@@ -3,10 +3,9 @@ from __future__ import annotations
 import unittest
 
 import torch
+from custom.transforms import PairedRandCropd
 from monai.data import MetaTensor
 from monai.transforms import Compose, RandFlipd, RandRotate90d
-
-from custom.transforms import PairedRandCropd
 
 
 class TestPairedRandCropd(unittest.TestCase):

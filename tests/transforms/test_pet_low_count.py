@@ -4,7 +4,6 @@ import unittest
 
 import numpy as np
 import torch
-
 from custom.transforms import SimulateLowCountPETd, simulate_low_count_pet
 
 

@@ -7,10 +7,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.layers.factories import Conv
-
 from custom.networks.blocks.dynamic_conv import DepthwiseConv
 from custom.networks.blocks.local_windows import blend_weights, window_starts, window_tiles
+from monai.networks.layers.factories import Conv
 
 __all__ = ["ChannelAttention", "channel_attention", "WINDOW_MODES", "check_window_mode"]
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.layers.factories import Conv
-
 from custom.networks.blocks.dynamic_conv import DepthwiseConv
+from monai.networks.layers.factories import Conv
 
 __all__ = ["GatedFeedForward", "ffn_hidden_channels"]
 

@@ -8,9 +8,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.layers.factories import Conv
-
 from custom.networks.blocks.sampling import pixel_shuffle
+from monai.networks.layers.factories import Conv
 
 __all__ = ["TaskKernels", "TaskRepresentationNetwork"]
 

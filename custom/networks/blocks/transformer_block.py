@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
 from custom.networks.blocks.attention import ChannelAttention
 from custom.networks.blocks.feed_forward import GatedFeedForward
 from custom.networks.blocks.layer_norm import ChannelLayerNorm

@@ -6,11 +6,11 @@ import itertools
 import unittest
 
 import torch
-from parameterized import parameterized
-
 from custom.networks import TAT
 from custom.networks.blocks.attention import WINDOW_MODES, ChannelAttention, channel_attention
 from custom.networks.blocks.local_windows import blend_weights, window_starts
+from parameterized import parameterized
+
 from tests.inference.helpers import TINY, tiny_net
 
 

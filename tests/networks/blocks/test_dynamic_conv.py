@@ -4,9 +4,8 @@ import unittest
 
 import torch
 import torch.nn.functional as F
-from parameterized import parameterized
-
 from custom.networks.blocks import DepthwiseConv
+from parameterized import parameterized
 
 
 class TestDepthwiseConv(unittest.TestCase):

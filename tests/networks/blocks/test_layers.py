@@ -6,9 +6,6 @@ import unittest
 
 import torch
 import torch.nn as nn
-from monai.networks.utils import pixelshuffle, pixelunshuffle
-from parameterized import parameterized
-
 from custom.networks.blocks import (
     ChannelAttention,
     ChannelLayerNorm,
@@ -18,6 +15,8 @@ from custom.networks.blocks import (
     TransformerBlock,
     Upsample,
 )
+from monai.networks.utils import pixelshuffle, pixelunshuffle
+from parameterized import parameterized
 
 
 def reference_layer_norm(x: torch.Tensor, weight, bias, eps=1e-5) -> torch.Tensor:

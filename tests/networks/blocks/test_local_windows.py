@@ -3,10 +3,9 @@ from __future__ import annotations
 import unittest
 
 import torch
-from parameterized import parameterized
-
 from custom.networks.blocks import channel_attention, merge_windows, partition_windows, window_starts
 from custom.networks.blocks.local_windows import window_tiles
+from parameterized import parameterized
 
 
 def loop_partition_merge(x: torch.Tensor, window: int, fn) -> torch.Tensor:

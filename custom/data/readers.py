@@ -462,10 +462,14 @@ def pet_reference_time(headers: Sequence[Any]) -> tuple[_dt.datetime | None, lis
     return None, [f"decay reference time: {_REFERENCE_TAGS} ({detail})"]
 
 
+_UNDATED_LIMIT_S = 12 * 3600.0  # an injection time without a date is taken within the 12 h before the reference
+
+
 def _injection_elapsed(info: Any, ref: _dt.datetime) -> tuple[float | None, list[str]]:
     """Seconds from injection to the reference time; the injection's date is the reference's date when only
     ``RadiopharmaceuticalStartTime`` is given (a day earlier if that time is after the reference: injection before
-    midnight). An elapsed time below 0 or above 24 h is implausible and refused (named)."""
+    midnight). An elapsed time below 0 or above 24 h is implausible and refused (named); without a date the time
+    is ambiguous beyond 12 h (a 12:00 injection before an 11:00 scan is not read as 23 h), and refused too."""
     start = _tag_value(info, "RadiopharmaceuticalStartDateTime", None)
     dated = start is not None and len(str(start)) >= 10
     if dated:
@@ -480,10 +484,13 @@ def _injection_elapsed(info: Any, ref: _dt.datetime) -> tuple[float | None, list
     elapsed = (ref - t_inj).total_seconds()
     if elapsed < 0 and not dated:
         elapsed += 86400.0  # injected before midnight, scanned after it
-    if not 0 <= elapsed <= 86400.0:
+    limit = 86400.0 if dated else _UNDATED_LIMIT_S
+    if not 0 <= elapsed <= limit:
         return None, [
             f"implausible time from injection ({label}) to the decay reference ({ref:%Y%m%d %H%M%S}, "
-            f"{_REFERENCE_TAGS}): {elapsed / 3600:.2f} h (expected 0 to 24 h)"
+            f"{_REFERENCE_TAGS}): {elapsed / 3600:.2f} h (expected 0 to {limit / 3600:.0f} h"
+            + ("" if dated else "; without RadiopharmaceuticalStartDateTime (0018,1078) the day is ambiguous")
+            + ")"
         ]
     return elapsed, []
 

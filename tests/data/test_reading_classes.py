@@ -431,6 +431,21 @@ class TestPetTiming(_Tmp):
             for part in ("implausible time from injection", "RadiopharmaceuticalStartDateTime (0018,1078)", words):
                 self.assertIn(part, msg)
 
+    def test_undated_injection_after_the_reference_time_is_ambiguous(self):
+        # 12:00 injection, 11:00 reference: a midnight rollover would read 23 h (decay factor ~6000) and is refused
+        tags = self._pet("u", start="120000", series_time="110000", SeriesDate="20240102")
+        path = dicom_slice(os.path.join(self.d, "u.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        for call in _all_readers(path, {"modality": "PET"}, headers=False):
+            with self.assertRaises(ValueError) as err:
+                call()
+            for part in ("implausible time from injection", "23.00 h", "expected 0 to 12 h", "day is ambiguous"):
+                self.assertIn(part, str(err.exception))
+        # 11 h 59 min before the reference, across midnight, is still read
+        tags = self._pet("v", start="121000", series_time="000900", SeriesDate="20240102")
+        ok = dicom_slice(os.path.join(self.d, "v.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        expected = 70.0 * 1000.0 / (3.5e8 * 2 ** (-(11 * 3600.0 + 59 * 60) / 6586.2))
+        self.assertAlmostEqual(pet_suv_factor(pydicom.dcmread(ok), "x"), expected, places=12)
+
     def test_acquisition_time_is_the_fallback_for_all_slices(self):
         folder = os.path.join(self.d, "acq")
         series = pydicom.uid.generate_uid()

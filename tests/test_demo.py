@@ -80,8 +80,11 @@ def test_demo_smoke(tmp_path):
     for scan in report["scans"]:
         assert scan["predicted_task"] in ("CT", "PET", "MRI") and isinstance(scan["warnings"], list)
         assert os.path.isfile(scan["difference_output"])
-        line = next(x for x in proc.stdout.splitlines() if os.path.basename(scan["image"]) + ": declared" in x)
-        assert f"predicted {scan['predicted_task']}" in line
+        # scans of different tasks may share a file name: one printed line per scan, in the report's order
+        lines = [x for x in proc.stdout.splitlines() if os.path.basename(scan["image"]) + ": declared" in x]
+        assert any(f"predicted {scan['predicted_task']} " in x for x in lines), (scan, lines)
+    printed = [x for x in proc.stdout.splitlines() if ": declared" in x and ", predicted " in x]
+    assert len(printed) == len(report["scans"])
     assert (demo / "evaluation" / "review_panel_mri.png").stat().st_size > 1000
     assert "data-consistent MRI" in proc.stdout
 

@@ -76,6 +76,11 @@ class TAT(nn.Module):
             equal-weight mean of overlapping windows, exact reproduction), ``"global"`` (no windows) or
             ``"blended"`` (windows mixed with smooth weights, no jump at window edges). Changeable later with
             :meth:`set_window_mode`; training at the training size is the same in every mode.
+        transpose_hw: swap H and W at the input and back at the output, so that the layers see a slice in the
+            (row, column) order of the SimpleITK arrays the published code trains and tests on, while MONAI's
+            readers (and so this bundle's) give (column, row). The network is not transpose-equivariant, so a
+            checkpoint converted from the published code needs it; the bundle's configs set it, the class
+            default (and the golden tests, which feed the published code's own arrays) leave it off.
 
     Raises:
         ValueError: unsupported ``spatial_dims``, wrong number of levels, non-divisible widths, unknown
@@ -100,9 +105,11 @@ class TAT(nn.Module):
         tren_hidden_channels: int = 64,
         tren_embed_dim: int = 256,
         window_mode: str = "published",
+        transpose_hw: bool = False,
     ) -> None:
         super().__init__()
         check_window_mode(window_mode)
+        self.transpose_hw = bool(transpose_hw)
         if spatial_dims != 2:
             raise ValueError(f"TAT is 2D as published: spatial_dims must be 2, got {spatial_dims}.")
         if len(num_blocks) != 4 or len(heads) != 4:
@@ -231,6 +238,12 @@ class TAT(nn.Module):
         """
         if not _is_exporting():
             self.check_input(x)
+        if self.transpose_hw:
+            return self._restore(x.transpose(-1, -2)).transpose(-1, -2).contiguous()
+        return self._restore(x)
+
+    def _restore(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` on a checked ``(B, in_channels, H, W)`` batch in the layers' own (H, W) order."""
         h, w = x.shape[-2:]
         m = self.size_multiple
         pad_h, pad_w = (-h) % m, (-w) % m

@@ -17,7 +17,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundle")
 INFERENCE_CONFIG = os.path.join(BUNDLE, "configs", "inference.json")
-TINY = {"dim": 8, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "train_patch_size": 32}
+# the bundle's network_def at tiny widths (transpose_hw as inference.json and train.json set it)
+TINY = {"dim": 8, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "train_patch_size": 32, "transpose_hw": True}
 TINY_OVERRIDES = [
     "--network_def#dim",
     "8",

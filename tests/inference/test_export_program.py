@@ -23,7 +23,7 @@ from parameterized import parameterized
 
 from tests.inference.helpers import BUNDLE, ENV, REPO
 
-TINY = {"dim": 2, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "train_patch_size": 16}
+TINY = {"dim": 2, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "train_patch_size": 16, "transpose_hw": True}
 README = os.path.join(BUNDLE, "docs", "README.md")
 
 

@@ -140,8 +140,6 @@ def training_speed(net: TAT, args: argparse.Namespace, device: torch.device) -> 
                 rows.append(_train(net, name, args, device))
             except RuntimeError as e:  # e.g. out of memory: reported, not hidden
                 rows.append({"amp": name, "error": str(e).splitlines()[0]})
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -77,17 +78,7 @@ def plot_task_panel(
     im_err = axes[3].imshow(error, cmap="magma", vmin=0.0, vmax=err_max, interpolation="nearest")
     axes[3].set_title("|restored - target|")
     fig.colorbar(im_err, ax=axes[3], shrink=0.8, label=units)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title)
-
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return _save_panel(fig, axes, title, path, dpi)
 
 
 def plot_review_panel(
@@ -143,6 +134,11 @@ def plot_review_panel(
     im_diff = axes[2].imshow(arrays[2], cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
     axes[2].set_title("restored - input")
     fig.colorbar(im_diff, ax=axes[2], shrink=0.8, label=units)
+    return _save_panel(fig, axes, title, path, dpi)
+
+
+def _save_panel(fig: Any, axes: Any, title: str, path: str, dpi: int) -> str:
+    """Hide the axes' ticks, title the figure and write it as PNG atomically (the figure is closed either way)."""
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])

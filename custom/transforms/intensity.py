@@ -1,7 +1,7 @@
-"""Per-modality intensity mapping: physical units <-> network range [0, 1], and evaluation windows.
+"""Per-modality intensity mapping: physical units <-> network range [0, 1].
 
 The ranges are never written here: they come from the modality settings (``bundle/configs/modality/*.json``
-read by :func:`custom.data.load_modality_settings`), passed as the ``settings`` argument.
+read by :func:`custom.settings.load_modality_settings`), passed as the ``settings`` argument.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
-from custom.data.settings import get_modality_setting
+from custom.settings import get_modality_setting
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, ScaleIntensityRange
 from monai.utils.type_conversion import convert_to_tensor
 
-__all__ = ["ModalityNormalized", "ModalityDenormalized", "ModalityEvalWindowd", "item_name"]
+__all__ = ["ModalityNormalized", "ModalityDenormalized", "item_name"]
 
 
 def item_name(data: Mapping[Hashable, Any], key: Hashable) -> str:
@@ -41,7 +41,7 @@ class _ModalityTransform(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if not settings:
-            raise ValueError("modality settings are empty: load them with custom.data.load_modality_settings.")
+            raise ValueError("modality settings are empty: load them with custom.settings.load_modality_settings.")
         self.settings = settings
         self.modality_key = modality_key
 
@@ -100,7 +100,7 @@ class ModalityNormalized(_ModalityTransform):
         keys: keys of the images to normalise (e.g. ``["image", "label"]``); arrays (C, H, W[, D]), or a batch
             (B, C, H, W) with a list of B modality names.
         settings: modality name -> dict with ``clip_range`` [low, high] in physical units
-            (output of :func:`custom.data.load_modality_settings`).
+            (output of :func:`custom.settings.load_modality_settings`).
         modality_key: key of the item's modality name (``"CT"``, ``"PET"``, ``"MRI"``; DICOM ``MR``/``PT`` accepted).
         allow_missing_keys: don't raise if a key is absent.
 
@@ -119,10 +119,10 @@ class ModalityNormalized(_ModalityTransform):
 class ModalityDenormalized(_ModalityTransform):
     """Inverse of :class:`ModalityNormalized`: map [0, 1] back to physical units (HU, SUV, scanner units).
 
-    By default values are not clipped (a prediction slightly outside [0, 1] maps slightly outside
-    ``clip_range``); apply :class:`ModalityEvalWindowd` afterwards for the published evaluation window. With
-    ``clip=True`` the result is clipped to ``clip_range``, the range the network was trained on: no negative SUV
-    or MRI intensity, no CT below -1024 HU in a restored scan (what the inference config does).
+    By default values are not clipped: a prediction slightly outside [0, 1] maps slightly outside ``clip_range``
+    (the metrics apply the published evaluation window themselves). With ``clip=True`` the result is clipped to
+    ``clip_range``, the range the network was trained on: no negative SUV or MRI intensity, no CT below -1024 HU
+    in a restored scan (what the inference config does).
 
     Args:
         keys: keys of the images to map back; shape (C, H, W[, D]), or a batch (B, C, H, W) whose
@@ -146,24 +146,3 @@ class ModalityDenormalized(_ModalityTransform):
 
     def _clip(self) -> bool:
         return self.clip
-
-
-class ModalityEvalWindowd(_ModalityTransform):
-    """Clip images in physical units to the modality's published evaluation window (``eval_window``).
-
-    E.g. CT [-160, 240] HU (abdomen window), PET [0, 20] SUV, MRI [0, 4095]. Metrics are then computed with
-    ``data_range = max - min`` of the clipped target (see ``tat-reference.md``).
-
-    Args:
-        keys: keys of the images (physical units) to clip.
-        settings: modality name -> dict with ``eval_window``.
-        modality_key: key of the item's modality name.
-        allow_missing_keys: don't raise if a key is absent.
-
-    Raises:
-        ValueError: unknown or missing modality, or non-finite values.
-    """
-
-    def _ranges(self, setting: Mapping[str, Any]) -> tuple[float, float, float, float]:
-        low, high = setting["eval_window"]
-        return float(low), float(high), float(low), float(high)

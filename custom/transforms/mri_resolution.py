@@ -1,4 +1,4 @@
-"""MRI super-resolution degradations on the target's grid: k-space truncation (published) and bicubic.
+"""MRI super-resolution degradation on the target's grid: k-space truncation (as published).
 
 k-space truncation keeps the central ``1/factor`` of k-space along each in-plane axis and zeroes the rest
 (x4: central 1/4 per axis, 6.25 % of k-space, as the published IXI data), then returns the magnitude of
@@ -7,15 +7,13 @@ the inverse FFT, so the low-resolution image lies on the same grid as the target
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.transforms import MapTransform, Resize
-from monai.utils.type_conversion import convert_to_dst_type, convert_to_tensor
+from monai.utils.type_conversion import convert_to_tensor
 
-__all__ = ["kspace_center_mask", "kspace_truncate", "bicubic_degrade", "KSpaceTruncated", "BicubicDegraded"]
+__all__ = ["kspace_center_mask", "kspace_truncate"]
 
 
 def kspace_center_mask(shape: Sequence[int], factor: float) -> np.ndarray:
@@ -63,70 +61,3 @@ def kspace_truncate(img: np.ndarray | torch.Tensor, factor: float = 4.0, spatial
     mask = torch.as_tensor(kspace_center_mask(x.shape[-spatial_dims:], factor), device=x.device)
     k = k * mask
     return torch.fft.ifftn(torch.fft.ifftshift(k, dim=dims), dim=dims).abs().to(torch.float32)
-
-
-def bicubic_degrade(img: np.ndarray | torch.Tensor, factor: float = 4.0) -> torch.Tensor:
-    """Bicubic down-sampling by ``factor`` (with anti-aliasing) then bicubic up-sampling to the input grid.
-
-    Args:
-        img: (C, H, W) image (not modified).
-        factor: down-sampling factor per axis.
-
-    Returns:
-        float32 (C, H, W) tensor.
-    """
-    x = convert_to_tensor(img, dtype=torch.float32, track_meta=False)
-    size = tuple(int(s) for s in x.shape[1:])
-    small = tuple(max(1, int(round(s / factor))) for s in size)
-    low = Resize(small, mode="bicubic", anti_aliasing=True)(x)
-    up = Resize(size, mode="bicubic")(low)
-    return convert_to_tensor(up, dtype=torch.float32, track_meta=False)
-
-
-class _DegradeMRId(MapTransform):
-    def __init__(self, clean_key: str = "label", output_key: str = "image", factor: float = 4.0) -> None:
-        super().__init__(clean_key)
-        if factor < 1:
-            raise ValueError(f"{type(self).__name__}: factor must be >= 1, got {factor}.")
-        self.clean_key = clean_key
-        self.output_key = output_key
-        self.factor = float(factor)
-
-    def _degrade(self, x: Any) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        clean = d[self.clean_key]
-        if len(clean.shape) != 3:
-            raise ValueError(f"{type(self).__name__}: '{self.clean_key}' must be (C, H, W), got {tuple(clean.shape)}.")
-        out = self._degrade(clean)
-        dtype = torch.float32 if isinstance(clean, torch.Tensor) else np.float32
-        d[self.output_key] = convert_to_dst_type(out, clean, dtype=dtype)[0]
-        return d
-
-
-class KSpaceTruncated(_DegradeMRId):
-    """Write a k-space truncated copy of ``data[clean_key]`` (C, H, W) to ``data[output_key]``.
-
-    Args:
-        clean_key: key of the high-resolution slice (usually ``"label"``).
-        output_key: key receiving the low-resolution slice on the same grid (usually ``"image"``).
-        factor: per-axis truncation factor (published: 4, central 6.25 % of k-space).
-    """
-
-    def _degrade(self, x: Any) -> torch.Tensor:
-        return kspace_truncate(x, self.factor, spatial_dims=2)
-
-
-class BicubicDegraded(_DegradeMRId):
-    """Bicubic alternative to :class:`KSpaceTruncated`: down-sample by ``factor`` then up-sample back.
-
-    Args:
-        clean_key: key of the high-resolution slice.
-        output_key: key receiving the degraded slice on the same grid.
-        factor: down-sampling factor per axis.
-    """
-
-    def _degrade(self, x: Any) -> torch.Tensor:
-        return bicubic_degrade(x, self.factor)

@@ -9,17 +9,10 @@ pair differs only by count noise. Attenuation, scatter and randoms are not model
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
-from typing import Any
-
 import numpy as np
-import torch
-from custom.transforms.seeding import item_random_state
-from monai.transforms import MapTransform
-from monai.utils.type_conversion import convert_to_dst_type
 from skimage.transform import iradon, radon
 
-__all__ = ["mlem_reconstruct", "simulate_low_count_pet", "SimulateLowCountPETd"]
+__all__ = ["mlem_reconstruct", "simulate_low_count_pet"]
 
 
 def mlem_reconstruct(sinogram: np.ndarray, theta: np.ndarray, size: int, iterations: int) -> np.ndarray:
@@ -101,63 +94,3 @@ def simulate_low_count_pet(
     ref = mlem_reconstruct(sino * scale, theta, size, iterations) / scale
     crop = (slice(0, act.shape[0]), slice(0, act.shape[1]))
     return low[crop].astype(np.float32), ref[crop].astype(np.float32)
-
-
-class SimulateLowCountPETd(MapTransform):
-    """Make a (low-count, full-count) PET pair from a clean activity slice (e.g. SUV).
-
-    Reads ``data[clean_key]`` (C, H, W), writes the low-count MLEM reconstruction to ``data[output_key]``
-    and, when ``replace_clean``, the noise-free MLEM reconstruction to ``data[clean_key]`` (new arrays).
-    The noise draw is fixed per item (``seed``, file name, slice index): deterministic, so MONAI caches it.
-
-    Args:
-        clean_key: key of the clean activity slice (usually ``"label"``).
-        output_key: key receiving the low-count slice (usually ``"image"``).
-        dose_fraction: kept fraction of the counts (1/4, 1/10, 1/12 as published, 1/20 ...).
-        total_counts: full-dose counts per slice (2e6 by default).
-        iterations: MLEM iterations.
-        num_angles: projection angles (default: one per image row).
-        replace_clean: replace the clean slice by the noise-free reconstruction (recommended).
-        seed: base seed of the per-item noise draw; None draws new noise at every call.
-
-    Raises:
-        ValueError: the slice is not (C, H, W), or has negative/non-finite values.
-    """
-
-    def __init__(
-        self,
-        clean_key: str = "label",
-        output_key: str = "image",
-        dose_fraction: float = 1.0 / 12.0,
-        total_counts: float = 2e6,
-        iterations: int = 10,
-        num_angles: int | None = None,
-        replace_clean: bool = True,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(clean_key)
-        self.clean_key = clean_key
-        self.output_key = output_key
-        self.dose_fraction = float(dose_fraction)
-        self.total_counts = float(total_counts)
-        self.iterations = int(iterations)
-        self.num_angles = num_angles
-        self.replace_clean = replace_clean
-        self.seed = seed
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        clean = d[self.clean_key]
-        arr = clean.detach().cpu().numpy() if isinstance(clean, torch.Tensor) else np.asarray(clean)
-        if arr.ndim != 3:
-            raise ValueError(f"SimulateLowCountPETd: '{self.clean_key}' must be (C, H, W), got shape {arr.shape}.")
-        rng = item_random_state(d, self.clean_key, self.seed)
-        pairs = [
-            simulate_low_count_pet(c, self.dose_fraction, rng, self.total_counts, self.iterations, self.num_angles)
-            for c in arr
-        ]
-        dtype = torch.float32 if isinstance(clean, torch.Tensor) else np.float32
-        d[self.output_key] = convert_to_dst_type(np.stack([p[0] for p in pairs]), clean, dtype=dtype)[0]
-        if self.replace_clean:
-            d[self.clean_key] = convert_to_dst_type(np.stack([p[1] for p in pairs]), clean, dtype=dtype)[0]
-        return d

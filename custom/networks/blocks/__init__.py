@@ -6,7 +6,7 @@ from custom.networks.blocks.attention import ChannelAttention, channel_attention
 from custom.networks.blocks.dynamic_conv import DepthwiseConv
 from custom.networks.blocks.feed_forward import GatedFeedForward, ffn_hidden_channels
 from custom.networks.blocks.layer_norm import ChannelLayerNorm
-from custom.networks.blocks.local_windows import merge_windows, partition_windows, window_starts
+from custom.networks.blocks.local_windows import window_starts
 from custom.networks.blocks.sampling import Downsample, Upsample
 from custom.networks.blocks.task_kernels import TaskKernels, TaskRepresentationNetwork
 from custom.networks.blocks.transformer_block import TransformerBlock
@@ -23,7 +23,5 @@ __all__ = [
     "Upsample",
     "channel_attention",
     "ffn_hidden_channels",
-    "merge_windows",
-    "partition_windows",
     "window_starts",
 ]

@@ -1,11 +1,95 @@
 from __future__ import annotations
 
 import unittest
+from collections.abc import Sequence
 
 import torch
-from custom.networks.blocks import channel_attention, merge_windows, partition_windows, window_starts
+from custom.networks.blocks import channel_attention, window_starts
 from custom.networks.blocks.local_windows import window_tiles
 from parameterized import parameterized
+
+# The literal definition of overlapping windows, copying every window out and adding it back (vectorised over
+# batch and windows; any per-window function can be applied in between): the oracle of the factored windows.
+
+
+def axis_index(size: int, window: int, device: torch.device) -> torch.Tensor:
+    """``(n, k)`` voxel indices of the windows along one axis."""
+    k = min(size, window)
+    starts = torch.tensor(window_starts(size, window), device=device)
+    return starts[:, None] + torch.arange(k, device=device)
+
+
+def partition_windows(x: torch.Tensor, window: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Cut ``x`` into overlapping windows.
+
+    Args:
+        x: ``(B, C, *spatial)``.
+        window: nominal window length per spatial axis.
+
+    Returns:
+        ``(patches, index)``: patches of shape ``(B * n_windows, C, *k)`` (channels-last in memory) ordered
+        batch-major then row-major over the window grid, and the per-axis ``(n_i, k_i)`` index tensors that
+        :func:`merge_windows` takes back.
+
+    Raises:
+        ValueError: ``window`` does not give one length per spatial axis.
+    """
+    spatial = x.shape[2:]
+    d = len(spatial)
+    if len(window) != d:
+        raise ValueError(f"window needs {d} lengths for a {d}D input, got {tuple(window)}.")
+    index = [axis_index(s, w, x.device) for s, w in zip(spatial, window)]
+    t = x.movedim(1, -1)  # (B, *spatial, C): a view, contiguous for channels-last input
+    for i, idx in enumerate(index):
+        t = t.index_select(1 + i, idx.reshape(-1))  # axis i becomes n_i * k_i
+    ns = [idx.shape[0] for idx in index]
+    ks = [idx.shape[1] for idx in index]
+    shape = [x.shape[0]]
+    for n, k in zip(ns, ks):
+        shape += [n, k]
+    t = t.reshape(*shape, x.shape[1])  # (B, n_1, k_1, ..., n_d, k_d, C)
+    perm = [0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1]  # (B, n_1..n_d, k_1..k_d, C)
+    patches = t.permute(perm).reshape(-1, *ks, x.shape[1])
+    return patches.movedim(-1, 1), index
+
+
+def merge_windows(patches: torch.Tensor, index: Sequence[torch.Tensor], spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Put windows back, averaging where they overlap (inverse of :func:`partition_windows` for the identity).
+
+    Args:
+        patches: ``(B * n_windows, C, *k)`` as returned by :func:`partition_windows` (possibly transformed).
+        index: the per-axis index tensors returned by :func:`partition_windows`.
+        spatial_shape: the full spatial shape ``(S_1, ..., S_d)``.
+
+    Returns:
+        ``(B, C, *spatial_shape)`` (channels-last in memory): each voxel is the mean of the windows that
+        cover it.
+    """
+    d = len(spatial_shape)
+    ns = [idx.shape[0] for idx in index]
+    ks = [idx.shape[1] for idx in index]
+    c = patches.shape[1]
+    n_total = 1
+    for n in ns:
+        n_total *= n
+    b = patches.shape[0] // n_total
+    p = patches.movedim(1, -1).reshape(b, *ns, *ks, c)
+    perm = [0]
+    for i in range(d):
+        perm += [1 + i, 1 + d + i]
+    p = p.permute(*perm, 2 * d + 1)  # (B, n_1, k_1, ..., n_d, k_d, C)
+    count: torch.Tensor | None = None
+    for i in reversed(range(d)):
+        # axes before i are still (n_j, k_j) pairs; axes after it are already merged to full length.
+        dim = 1 + 2 * i
+        p = p.reshape(*p.shape[:dim], ns[i] * ks[i], *p.shape[dim + 2 :])
+        out = p.new_zeros(*p.shape[:dim], spatial_shape[i], *p.shape[dim + 1 :])
+        p = out.index_add_(dim, index[i].reshape(-1), p)
+        axis_count = torch.zeros(spatial_shape[i], device=p.device, dtype=p.dtype)
+        axis_count.index_add_(0, index[i].reshape(-1), torch.ones(ns[i] * ks[i], device=p.device, dtype=p.dtype))
+        count = axis_count if count is None else axis_count.reshape(-1, *[1] * count.dim()) * count.unsqueeze(0)
+    p = p / count.unsqueeze(-1)  # type: ignore[union-attr]
+    return p.movedim(-1, 1)
 
 
 def loop_partition_merge(x: torch.Tensor, window: int, fn) -> torch.Tensor:

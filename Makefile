@@ -75,7 +75,7 @@ test-monailabel: $(STAMP) $(MONAILABEL_STAMP)
 	  exit $$rc
 
 demo: $(STAMP)
-	$(BIN)/python -m custom.demo --output_dir $(DEMO_DIR)
+	$(BIN)/python -m custom.tools.demo --output_dir $(DEMO_DIR)
 
 # The model zoo's format check (runtests.sh --codeformat: black --skip-magic-trailing-comma, isort, flake8 at line
 # length 120, settings in pyproject.toml / setup.cfg) and its pre-commit JSON format (pretty-format-json, indent 4).

@@ -66,7 +66,7 @@ def build(args: argparse.Namespace) -> TAT:
     torch.manual_seed(0)
     net = TAT(**QUICK) if args.quick else TAT()
     if args.checkpoint:
-        from custom.inference.restore import load_checkpoint
+        from custom.networks.checkpoint import load_checkpoint
 
         load_checkpoint(net, args.checkpoint)
     return net.eval()

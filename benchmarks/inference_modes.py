@@ -13,8 +13,8 @@ and compute dtype (float32, and bfloat16 autocast with ``--bf16``):
   few pixels from slice to slice, int16 HU): NIfTI read, normalise, restore ``--slice_batch`` slices per forward
   pass, denormalise, NIfTI write, as slices per second end to end.
 
-The network is the demo's (``custom.demo.DEMO_OVERRIDES`` on ``train.json``, weights ``DEMO_DIR/models/model.pt``)
-as written by ``make demo`` or ``python -m custom.demo --output_dir DEMO_DIR``. ``--quick`` runs the whole
+The network is the demo's (``custom.tools.demo.DEMO_OVERRIDES`` on ``train.json``, weights ``DEMO_DIR/models/model.pt``)
+as written by ``make demo`` or ``python -m custom.tools.demo --output_dir DEMO_DIR``. ``--quick`` runs the whole
 path on a tiny random network and small synthetic slices in seconds (the test suite's smoke test).
 
     python benchmarks/inference_modes.py --demo_dir demo_output --bf16 --output modes.json
@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 from custom.inference import INFERENCE_MODES, mode_inferer, network_window_mode
-from custom.inference.restore import load_checkpoint, normalise, restore
+from custom.inference.restore import normalise, restore
+from custom.networks.checkpoint import load_checkpoint
 from custom.metrics.physical import PhysicalUnitMetrics
 from custom.metrics.seam import seam_score, window_edges
 
@@ -53,7 +54,7 @@ def demo_network(demo_dir: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     Raises:
         ValueError: no checkpoint under ``demo_dir/models``.
     """
-    from custom.demo import DEMO_OVERRIDES
+    from custom.tools.demo import DEMO_OVERRIDES
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -77,7 +78,7 @@ def quick_network() -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 def modality_settings() -> dict[str, dict[str, Any]]:
-    from custom.data import load_modality_settings
+    from custom.settings import load_modality_settings
 
     return load_modality_settings(os.path.join(CONFIGS, "modality"))
 
@@ -310,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--demo_dir", default="demo_output", help="folder written by make demo / python -m custom.demo")
+    p.add_argument("--demo_dir", default="demo_output", help="folder written by make demo / python -m custom.tools.demo")
     p.add_argument("--modes", nargs="+", default=list(INFERENCE_MODES), choices=INFERENCE_MODES)
     p.add_argument("--bf16", action="store_true", help="also bfloat16 autocast")
     p.add_argument("--no_large", dest="large", action="store_false", help="skip the 512 x 512 CT slices and volume")

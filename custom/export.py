@@ -367,9 +367,9 @@ class ServingNetwork(nn.Module):
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """Load the wrapped network's weights: any checkpoint layout training writes, read as the bundle's loader
-        does (:func:`custom.inference.restore.checkpoint_weights`: a bare state dict, ``{"model": ...}``, or
+        does (:func:`custom.networks.checkpoint.checkpoint_weights`: a bare state dict, ``{"model": ...}``, or
         latest.pt's EMA weights)."""
-        from custom.inference.restore import checkpoint_weights
+        from custom.networks.checkpoint import checkpoint_weights
 
         return self.network.load_state_dict(checkpoint_weights(state_dict, "checkpoint"), strict=strict, assign=assign)
 

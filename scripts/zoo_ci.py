@@ -2,7 +2,7 @@
 
 ``python scripts/zoo_ci.py [--zoo DIR] [--python PY] [--work DIR]`` (``make zoo-ci``):
 
-1. zips the bundle with :func:`custom.packaging.build_archive` (the self-contained zip, ``custom`` inside);
+1. zips the bundle with :func:`custom.tools.packaging.build_archive` (the self-contained zip, ``custom`` inside);
 2. lays out a temporary copy of the zoo (``ci/``, ``setup.cfg``, ``pyproject.toml``, ``models/``) and unzips the
    bundle into ``models/<name>/``; like a contributor's PR it lists the bundle in ``ci/bundle_custom_data.py``
    under :data:`ZOO_EXCLUSIONS` only (see the bundle README, "Model zoo CI") and adds the zoo-style unit test
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
-from custom.packaging import BUNDLE_NAME, build_archive  # noqa: E402
+from custom.tools.packaging import BUNDLE_NAME, build_archive  # noqa: E402
 
 
 def _default_zoo() -> Path:

@@ -1,4 +1,4 @@
-"""custom.demo: the orchestration (data list -> bundle training CLI -> evaluate.json CLI -> report) on a tiny budget.
+"""custom.tools.demo: the orchestration (data list -> bundle training CLI -> evaluate.json CLI -> report) on a tiny budget.
 
 The real demo data needs wheels from PyPI; here the demo is pointed at a pre-built tiny data list instead.
 """
@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import pytest
-from custom.demo import BUNDLE_DIR, DEMO_OVERRIDES, bundle_command
 from custom.networks import TAT
+from custom.tools.demo import BUNDLE_DIR, DEMO_OVERRIDES, bundle_command
 
 from tests.evaluation.tiny_data import TINY_OVERRIDES, make_tiny_dataset
 
@@ -39,7 +39,7 @@ def test_demo_smoke(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "custom.demo",
+        "custom.tools.demo",
         "--output_dir",
         str(tmp_path / "demo"),
         "--datalist",

@@ -71,8 +71,8 @@ class TATRestoreOperator(Operator):
         self._restorer = Restorer.from_bundle(self.bundle_root, checkpoint=self.ckpt, overrides=overrides)
 
     def compute(self, op_input, op_output, context):
-        from custom.data.settings import MODALITY_ALIASES
         from custom.inference.io import load_dicom_series
+        from custom.settings import MODALITY_ALIASES
 
         if self._restorer is None:
             self._load()

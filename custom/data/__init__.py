@@ -1,7 +1,7 @@
-"""Data for TAT: modality settings, data lists, DICOM/NIfTI reading, 3D -> 2D slicing, task-uniform sampling.
+"""Data for TAT: data lists, DICOM/NIfTI reading, 3D -> 2D slicing, task-uniform sampling.
 
 See :mod:`custom.data.datalist` for the data set layout and the ``python -m custom.data.datalist`` command,
-:mod:`custom.data.demo_data` for the built-in demo data set (``python -m custom.data.demo_data``) and
+:mod:`custom.tools.demo_data` for the built-in demo data set (``python -m custom.tools.demo_data``) and
 :mod:`custom.transforms` for the recommended transform chain.
 """
 
@@ -12,7 +12,6 @@ from typing import Any
 
 from custom.data.readers import DicomReader, ModalityFromMetad, is_dicom, load_image, suv_factor
 from custom.data.sampler import TaskUniformBatchSampler, task_labels
-from custom.data.settings import MODALITIES, get_modality_setting, load_modality_settings, validate_modality_settings
 from custom.data.slicing import LoadSliced, SelectSliced, expand_slices, load_slice, num_slices
 
 # the data-list names are imported lazily (PEP 562) so that ``python -m custom.data.datalist`` does not
@@ -30,11 +29,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "MODALITIES",
     "SPLITS",
-    "load_modality_settings",
-    "validate_modality_settings",
-    "get_modality_setting",
     "PATH_KEYS",
     "build_datalist",
     "load_datalist",

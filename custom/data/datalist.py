@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 from custom.data.readers import DICOM_TO_MODALITY, load_image
-from custom.data.settings import MODALITIES, canonical_modality, load_modality_settings
+from custom.settings import MODALITIES, canonical_modality, load_modality_settings
 from custom.data.slicing import spatial_shape
 from custom.io import write_text_atomic
 from monai.data import load_decathlon_datalist
@@ -117,7 +117,7 @@ def build_datalist(
     Args:
         root: data set root.
         output: json file to write atomically (paths made relative to its folder); None to only return.
-        settings: modality settings (:func:`custom.data.load_modality_settings`), used for the task names;
+        settings: modality settings (:func:`custom.settings.load_modality_settings`), used for the task names;
             without it the task is the lower-case modality.
         val_fraction: fraction of cases (volumes) per modality for validation when no split folders exist.
         test_fraction: same for test.

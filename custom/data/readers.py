@@ -36,7 +36,7 @@ Each rule lives in one place:
   already. PET that cannot become SUV (``Units`` CNTS, BQML without ``PatientWeight``, dose, half-life or
   times, ``DecayCorrection`` NONE) is refused naming the missing tags, unless the user declares the units
   (``pet_units="SUV"``: the rescaled values are SUV).
-* **Modality**: the one alias table is :data:`custom.data.settings.MODALITY_ALIASES`; ``meta["modality"]`` is the
+* **Modality**: the one alias table is :data:`custom.settings.MODALITY_ALIASES`; ``meta["modality"]`` is the
   task modality or "", ``meta["dicom_modality"]`` the raw tag (so ``OT`` is reported as unsupported, not
   missing).
 """
@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from custom.data.settings import MODALITY_ALIASES, canonical_modality
+from custom.settings import MODALITY_ALIASES, canonical_modality
 from monai.config import KeysCollection
 from monai.data import NibabelReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform

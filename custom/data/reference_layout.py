@@ -22,7 +22,7 @@ from typing import Any
 
 from custom.data.datalist import SPLITS, validate_datalist, write_json_atomic
 from custom.data.readers import DICOM_TO_MODALITY
-from custom.data.settings import MODALITIES
+from custom.settings import MODALITIES
 
 __all__ = [
     "REFERENCE_SPLITS",
@@ -73,7 +73,7 @@ def scan_reference_layout(
 
     Args:
         root: data set root holding ``PET``, ``CT`` and/or ``MRI``.
-        settings: modality settings (:func:`custom.data.load_modality_settings`) for the task names; without
+        settings: modality settings (:func:`custom.settings.load_modality_settings`) for the task names; without
             them the task is the lower-case modality.
 
     Returns:

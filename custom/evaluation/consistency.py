@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from custom.data.datalist import load_datalist
-from custom.data.settings import get_modality_setting, load_modality_settings
+from custom.settings import get_modality_setting, load_modality_settings
 from custom.io import write_text_atomic
 from custom.metrics.physical import PhysicalUnitMetrics
 from custom.transforms.data_consistency import DC_MODES, kspace_data_consistency

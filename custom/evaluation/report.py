@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from custom.data.settings import get_modality_setting
+from custom.settings import get_modality_setting
 from custom.metrics import METRIC_NAMES, PhysicalUnitMetrics, to_physical
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys as Keys
@@ -151,7 +151,7 @@ class RestorationReport:
     Single-process: under DistributedDataParallel run the evaluation on one rank.
 
     Args:
-        settings: modality settings (:func:`custom.data.load_modality_settings`).
+        settings: modality settings (:func:`custom.settings.load_modality_settings`).
         output_dir: report folder (created).
         prefix: file-name prefix. Defaults to ``"test"``.
         task_key: batch key of the modality. Defaults to ``"modality"``.
@@ -177,7 +177,7 @@ class RestorationReport:
         reference: Mapping[str, Any] | str | os.PathLike | None = None,
     ) -> None:
         if not settings:
-            raise ValueError("settings are empty: pass custom.data.load_modality_settings(<modality dir>).")
+            raise ValueError("settings are empty: pass custom.settings.load_modality_settings(<modality dir>).")
         self.settings = settings
         self.output_dir = output_dir
         self.prefix = prefix

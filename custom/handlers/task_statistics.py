@@ -1,54 +1,225 @@
 """Per-task statistics of TAT's task embedding, stored in the checkpoint (end of training, or on demand).
 
 The statistics (per-task mean / standard deviation of the embedding over the training split, and a distance
-threshold calibrated on the validation split, see :mod:`custom.inference.task_check`) are what inference uses to
+threshold calibrated on the validation split) are what inference uses to
 name each scan's task and to warn about scans unlike the training data. They belong to the weights they were
 computed with, so both the handler and the command load the checkpoint's own weights into a copy of the network
 and write the statistics back into that checkpoint (atomically, under ``"task_statistics"``).
 
 * in training: :class:`TaskStatisticsHandler` (``train.json`` ``train#handlers``), at ``Events.COMPLETED``, for the
   best checkpoint ``model.pt``;
-* for an existing checkpoint::
+* for an existing checkpoint: ``python -m custom.tools.task_statistics`` (:mod:`custom.tools.task_statistics`).
 
-    python -m custom.handlers.task_statistics --checkpoint models/model.pt --datalist DATA/datalist.json \\
-        [--config_file "['bundle/configs/inference.json', 'overlay.json']"] [--percentile 99]
+Here too the core the inference check scores scans with (:mod:`custom.inference.task_check`): the task embedding
+read from the network (:func:`task_embeddings`), the per-task statistics (:func:`fit_task_statistics`), the
+distances (:func:`task_distances`) and the calibrated threshold (:func:`calibrate_threshold`).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from custom.data.datalist import load_datalist
-from custom.data.settings import load_modality_settings
 from custom.data.slicing import LoadSliced, expand_slices
-from custom.inference.restore import load_checkpoint
-from custom.inference.task_check import STATS_KEY, calibrate_threshold, fit_task_statistics, task_embeddings
 from custom.io import atomic_output
+from custom.networks.checkpoint import is_state_dict, load_checkpoint, read_checkpoint
+from custom.settings import MODALITY_ALIASES
 from custom.transforms.data_consistency import as_flag
 from custom.transforms.intensity import ModalityNormalized
 from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureChannelFirstd
 
 __all__ = [
+    "STATS_KEY",
+    "STD_FLOOR",
+    "task_name",
+    "task_embeddings",
+    "fit_task_statistics",
+    "task_distances",
+    "calibrate_threshold",
+    "load_task_statistics",
     "split_embeddings",
     "compute_task_statistics",
     "store_task_statistics",
     "checkpoint_network",
     "TaskStatisticsHandler",
-    "main",
 ]
 
 logger = logging.getLogger(__name__)
-_ALIASES = {"MR": "MRI", "PT": "PET"}
+
+STATS_KEY = "task_statistics"
+STD_FLOOR = 0.1
+
+
+class _Stop(Exception):
+    """Raised by the embedding hook to end the forward pass once the embedding is known."""
+
+
+def task_embeddings(network: torch.nn.Module, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """The task embedding of every slice, read from TAT's task representation network.
+
+    Args:
+        network: a task-adaptive :class:`custom.networks.TAT` (its ``task_kernels.mlp`` is hooked for the call).
+        images: ``(N, 1, H, W)`` slices normalised to the network's range [0, 1] (on any device).
+        batch_size: slices per forward pass.
+
+    Returns:
+        float32 ``(N, embed_dim)`` on the CPU.
+
+    Raises:
+        ValueError: the network has no task representation network (``task_adaptive=False``), or bad input.
+    """
+    tren = getattr(network, "task_kernels", None)
+    if tren is None or not hasattr(tren, "mlp"):
+        raise ValueError("the network has no task representation network (task_adaptive=False): no task embedding.")
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"expected a non-empty (N, C, H, W) batch of slices, got {tuple(images.shape)}.")
+    device = next(network.parameters()).device
+    found: list[torch.Tensor] = []
+
+    def hook(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        found.append(output.detach().float().cpu())
+        raise _Stop
+
+    handle = tren.mlp.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for i in range(0, images.shape[0], batch_size):
+                try:
+                    network(images[i : i + batch_size].to(device=device, dtype=torch.float32))
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    if len(found) != (images.shape[0] + batch_size - 1) // batch_size:
+        raise ValueError("the network's forward pass did not reach its task representation network.")
+    return torch.cat(found)
+
+
+def task_name(modality: Any) -> str:
+    """The task of a modality name (upper case; aliases of :data:`custom.settings.MODALITY_ALIASES` resolved)."""
+    name = str(modality).upper()
+    return MODALITY_ALIASES.get(name, name)
+
+
+def fit_task_statistics(embeddings: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Per-task mean and floored per-dimension standard deviation of training embeddings.
+
+    Args:
+        embeddings: task name (CT, PET, MRI) -> ``(N_t, D)`` embeddings of its training slices (N_t >= 2).
+
+    Returns:
+        ``{"tasks": [names], "mean": (T, D), "std": (T, D), "count": [N_t]}`` (float32 CPU tensors; no
+        threshold yet, see :func:`calibrate_threshold`).
+
+    Raises:
+        ValueError: no task, a task with fewer than 2 slices, or different widths.
+    """
+    if not embeddings:
+        raise ValueError("no training embeddings: the data list's training split holds no slice.")
+    tasks = sorted(task_name(t) for t in embeddings)
+    by_name = {task_name(t): torch.as_tensor(z, dtype=torch.float64) for t, z in embeddings.items()}
+    widths = {int(z.shape[-1]) for z in by_name.values()}
+    if len(widths) != 1 or any(z.dim() != 2 for z in by_name.values()):
+        raise ValueError(f"embeddings must all be (N, D) with one D, got {[tuple(z.shape) for z in by_name.values()]}.")
+    small = [t for t in tasks if by_name[t].shape[0] < 2]
+    if small:
+        raise ValueError(f"task statistics need at least 2 training slices per task; {small} have fewer.")
+    mean = torch.stack([by_name[t].mean(0) for t in tasks])
+    # pooled within-task variance per dimension (shared by the tasks: stable with few slices per task)
+    within = torch.cat([by_name[t] - mean[i] for i, t in enumerate(tasks)])
+    dof = max(int(within.shape[0]) - len(tasks), 1)
+    std = (within.pow(2).sum(0) / dof).sqrt()
+    std = torch.maximum(std, STD_FLOOR * std.mean().clamp_min(1e-12)).expand_as(mean).clone()
+    return {
+        "tasks": tasks,
+        "mean": mean.float(),
+        "std": std.float(),
+        "count": [int(by_name[t].shape[0]) for t in tasks],
+    }
+
+
+def task_distances(embeddings: torch.Tensor, stats: Mapping[str, Any]) -> torch.Tensor:
+    """Distance of every embedding to every task (see the module docstring).
+
+    Args:
+        embeddings: ``(N, D)``.
+        stats: output of :func:`fit_task_statistics`.
+
+    Returns:
+        float32 ``(N, T)``, columns in ``stats["tasks"]`` order.
+
+    Raises:
+        ValueError: ``D`` differs from the statistics'.
+    """
+    z = torch.as_tensor(embeddings, dtype=torch.float64)
+    mean = torch.as_tensor(stats["mean"], dtype=torch.float64)
+    std = torch.as_tensor(stats["std"], dtype=torch.float64)
+    if z.dim() != 2 or z.shape[1] != mean.shape[1]:
+        raise ValueError(
+            f"embeddings {tuple(z.shape)} do not match the task statistics' width {mean.shape[1]} "
+            "(statistics of another network?)."
+        )
+    return ((z[:, None, :] - mean[None]) / std[None]).pow(2).mean(-1).sqrt().float()
+
+
+def calibrate_threshold(
+    stats: Mapping[str, Any], embeddings: Mapping[str, torch.Tensor], percentile: float = 99.0, where: str = ""
+) -> dict[str, Any]:
+    """Add the out-of-distribution threshold: ``percentile`` of the validation slices' distances to their task.
+
+    Args:
+        stats: output of :func:`fit_task_statistics`.
+        embeddings: task name -> ``(N_t, D)`` validation embeddings (every task of ``stats`` needs one slice).
+        percentile: in (0, 100]; 99 lets about 1 % of in-distribution slices through as a false alarm.
+        where: data list name for the error message.
+
+    Returns:
+        a copy of ``stats`` with ``threshold`` (float), ``percentile`` and ``validation_count`` (per task).
+
+    Raises:
+        ValueError: no validation slice for a task, or a percentile outside (0, 100].
+    """
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}.")
+    by_name = {task_name(t): torch.as_tensor(z) for t, z in embeddings.items() if len(z)}
+    missing = [t for t in stats["tasks"] if t not in by_name]
+    prefix = f"{where}: " if where else ""
+    if missing:
+        raise ValueError(
+            f"{prefix}no validation data for task(s) {missing}: the distance threshold is calibrated on the "
+            "'validation' split; add validation scans of every task to the data list."
+        )
+    own = [task_distances(by_name[t], stats)[:, i] for i, t in enumerate(stats["tasks"])]
+    threshold = float(np.percentile(torch.cat(own).numpy(), percentile))
+    return {
+        **dict(stats),
+        "threshold": threshold,
+        "percentile": float(percentile),
+        "validation_count": [int(len(by_name[t])) for t in stats["tasks"]],
+    }
+
+
+def load_task_statistics(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The task statistics stored in a checkpoint, or None when it has none (or none with a threshold).
+
+    Args:
+        checkpoint: ``.pt`` file (read by the one checkpoint loader, :func:`custom.networks.checkpoint.read_checkpoint`).
+
+    Raises:
+        ValueError: missing file, or one that cannot be read safely as a weights-only checkpoint.
+    """
+    ckpt = read_checkpoint(checkpoint)
+    stats = ckpt.get(STATS_KEY) if isinstance(ckpt, Mapping) else None
+    if not isinstance(stats, Mapping) or "threshold" not in stats:
+        return None
+    return dict(stats)
 
 
 def split_embeddings(
@@ -64,7 +235,7 @@ def split_embeddings(
         network: a task-adaptive TAT (eval mode).
         datalist: data-list json (:func:`custom.data.load_datalist`).
         split: ``training``, ``validation`` or ``test``.
-        settings: modality settings (:func:`custom.data.load_modality_settings`).
+        settings: modality settings (:func:`custom.settings.load_modality_settings`).
         modalities: tasks to keep (default: all).
 
     Returns:
@@ -73,13 +244,8 @@ def split_embeddings(
     Raises:
         ValueError: unreadable data list or slice (the message names it), missing split.
     """
-    keep = None if modalities is None else {_ALIASES.get(m.upper(), m.upper()) for m in modalities}
-    items = [
-        it
-        for it in load_datalist(datalist, split)
-        if keep is None
-        or _ALIASES.get(str(it.get("modality", "")).upper(), str(it.get("modality", "")).upper()) in keep
-    ]
+    keep = None if modalities is None else {task_name(m) for m in modalities}
+    items = [it for it in load_datalist(datalist, split) if keep is None or task_name(it.get("modality", "")) in keep]
     load = Compose(
         [
             LoadSliced(keys="image", axis=2),
@@ -90,7 +256,7 @@ def split_embeddings(
     found: dict[str, list[torch.Tensor]] = {}
     for item in expand_slices(items, key="image", axis=2):
         d = load(item)
-        task = _ALIASES.get(str(d["modality"]).upper(), str(d["modality"]).upper())
+        task = task_name(d["modality"])
         x = torch.as_tensor(d["image"].as_tensor() if hasattr(d["image"], "as_tensor") else d["image"])
         found.setdefault(task, []).append(task_embeddings(network, x[None].float(), 1))
     return {t: torch.cat(z) for t, z in found.items()}
@@ -113,7 +279,7 @@ def compute_task_statistics(
         modalities: tasks to keep (default: all in the data list).
 
     Returns:
-        the statistics (:func:`custom.inference.task_check.calibrate_threshold`).
+        the statistics (:func:`calibrate_threshold`).
 
     Raises:
         ValueError: no training or validation data (for some task), unreadable data.
@@ -145,10 +311,6 @@ def compute_task_statistics(
     return stats
 
 
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
 def store_task_statistics(checkpoint: str, stats: Mapping[str, Any], model_key: str = "model") -> None:
     """Add (or replace) ``stats`` under ``"task_statistics"`` in ``checkpoint``, written atomically.
 
@@ -159,13 +321,10 @@ def store_task_statistics(checkpoint: str, stats: Mapping[str, Any], model_key: 
     Raises:
         ValueError: the file is not a weights-only checkpoint dict.
     """
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for unreadable / unsafe files
-        raise ValueError(f"{checkpoint}: cannot be loaded as a weights-only checkpoint ({e}).") from e
+    ckpt = read_checkpoint(checkpoint)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{checkpoint}: not a checkpoint dict (got {type(ckpt).__name__}).")
-    if _is_state_dict(ckpt):
+    if is_state_dict(ckpt):
         ckpt = {model_key: ckpt}
     ckpt[STATS_KEY] = dict(stats)
     with atomic_output(checkpoint) as tmp:
@@ -174,7 +333,7 @@ def store_task_statistics(checkpoint: str, stats: Mapping[str, Any], model_key: 
 
 def checkpoint_network(network: torch.nn.Module, checkpoint: str, model_key: str = "model") -> torch.nn.Module:
     """A copy of ``network`` (CPU, eval) holding the weights of ``checkpoint``, read by the bundle's one loader
-    (:func:`custom.inference.restore.load_checkpoint`: ``checkpoint[model_key]``, a bare state dict, or the EMA
+    (:func:`custom.networks.checkpoint.load_checkpoint`: ``checkpoint[model_key]``, a bare state dict, or the EMA
     weights of a training checkpoint).
 
     Raises:
@@ -247,7 +406,7 @@ class TaskStatisticsHandler:
             self(engine)
         except ValueError as e:
             logger.error(
-                "task statistics NOT stored: %s Compute them later with python -m custom.handlers.task_statistics "
+                "task statistics NOT stored: %s Compute them later with python -m custom.tools.task_statistics "
                 "--checkpoint %s --datalist DATALIST.",
                 e,
                 self.checkpoint,
@@ -262,48 +421,3 @@ class TaskStatisticsHandler:
         stats = compute_task_statistics(net, self.datalist, self.settings, self.percentile, self.modalities)
         store_task_statistics(self.checkpoint, stats)
         logger.info("task statistics stored in %s", self.checkpoint)
-
-
-def _config_files(text: str) -> list[str]:
-    text = text.strip()
-    if text.startswith("["):
-        return [str(f) for f in json.loads(text.replace("'", '"'))]
-    return [text]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m custom.handlers.task_statistics``: store task statistics in an existing checkpoint."""
-    bundle = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bundle"))
-    parser = argparse.ArgumentParser(
-        prog="python -m custom.handlers.task_statistics", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint with 'model' weights (updated in place)")
-    parser.add_argument("--datalist", required=True, help="data list with training and validation splits")
-    parser.add_argument(
-        "--config_file",
-        default=os.path.join(bundle, "configs", "inference.json"),
-        help="config(s) defining network_def (a JSON list layers several, e.g. inference.json + the demo overlay)",
-    )
-    parser.add_argument("--modality_dir", default=os.path.join(bundle, "configs", "modality"))
-    parser.add_argument("--percentile", type=float, default=99.0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config = ConfigParser()
-        config.read_config(_config_files(args.config_file))
-        network = config.get_parsed_content("network_def")
-        net = checkpoint_network(network, args.checkpoint)
-        stats = compute_task_statistics(net, args.datalist, load_modality_settings(args.modality_dir), args.percentile)
-        store_task_statistics(args.checkpoint, stats)
-    except (ValueError, OSError) as e:
-        print(f"task statistics failed: {e}", file=sys.stderr)
-        return 1
-    print(
-        f"{args.checkpoint}: task statistics stored (tasks {stats['tasks']}, training slices {stats['count']}, "
-        f"validation slices {stats['validation_count']}, threshold {stats['threshold']:.3f})"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

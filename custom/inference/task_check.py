@@ -16,7 +16,8 @@ removed; the forward pass stops right there, so the decoder is not run), summari
   threshold calibrated on the validation split (:func:`calibrate_threshold`: a percentile of the validation
   slices' distances to their own task).
 
-The statistics live in the checkpoint under :data:`STATS_KEY` (see :mod:`custom.handlers.task_statistics`).
+The embedding, the statistics and the threshold are computed by :mod:`custom.handlers.task_statistics` and live
+in the checkpoint under its ``STATS_KEY``; this module scores scans at inference (:class:`TaskCheckd`).
 """
 
 from __future__ import annotations
@@ -26,177 +27,15 @@ import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
+from custom.handlers.task_statistics import load_task_statistics, task_distances, task_embeddings, task_name
 from custom.transforms.data_consistency import as_flag
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = [
-    "STATS_KEY",
-    "STD_FLOOR",
-    "task_embeddings",
-    "fit_task_statistics",
-    "task_distances",
-    "calibrate_threshold",
-    "check_scan",
-    "load_task_statistics",
-    "TaskCheckd",
-]
+__all__ = ["check_scan", "TaskCheckd"]
 
 logger = logging.getLogger(__name__)
-
-STATS_KEY = "task_statistics"
-STD_FLOOR = 0.1
-_ALIASES = {"MR": "MRI", "PT": "PET"}
-
-
-class _Stop(Exception):
-    """Raised by the embedding hook to end the forward pass once the embedding is known."""
-
-
-def task_embeddings(network: torch.nn.Module, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """The task embedding of every slice, read from TAT's task representation network.
-
-    Args:
-        network: a task-adaptive :class:`custom.networks.TAT` (its ``task_kernels.mlp`` is hooked for the call).
-        images: ``(N, 1, H, W)`` slices normalised to the network's range [0, 1] (on any device).
-        batch_size: slices per forward pass.
-
-    Returns:
-        float32 ``(N, embed_dim)`` on the CPU.
-
-    Raises:
-        ValueError: the network has no task representation network (``task_adaptive=False``), or bad input.
-    """
-    tren = getattr(network, "task_kernels", None)
-    if tren is None or not hasattr(tren, "mlp"):
-        raise ValueError("the network has no task representation network (task_adaptive=False): no task embedding.")
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"expected a non-empty (N, C, H, W) batch of slices, got {tuple(images.shape)}.")
-    device = next(network.parameters()).device
-    found: list[torch.Tensor] = []
-
-    def hook(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
-        found.append(output.detach().float().cpu())
-        raise _Stop
-
-    handle = tren.mlp.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            for i in range(0, images.shape[0], batch_size):
-                try:
-                    network(images[i : i + batch_size].to(device=device, dtype=torch.float32))
-                except _Stop:
-                    pass
-    finally:
-        handle.remove()
-    if len(found) != (images.shape[0] + batch_size - 1) // batch_size:
-        raise ValueError("the network's forward pass did not reach its task representation network.")
-    return torch.cat(found)
-
-
-def _task_name(modality: Any) -> str:
-    name = str(modality).upper()
-    return _ALIASES.get(name, name)
-
-
-def fit_task_statistics(embeddings: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Per-task mean and floored per-dimension standard deviation of training embeddings.
-
-    Args:
-        embeddings: task name (CT, PET, MRI) -> ``(N_t, D)`` embeddings of its training slices (N_t >= 2).
-
-    Returns:
-        ``{"tasks": [names], "mean": (T, D), "std": (T, D), "count": [N_t]}`` (float32 CPU tensors; no
-        threshold yet, see :func:`calibrate_threshold`).
-
-    Raises:
-        ValueError: no task, a task with fewer than 2 slices, or different widths.
-    """
-    if not embeddings:
-        raise ValueError("no training embeddings: the data list's training split holds no slice.")
-    tasks = sorted(_task_name(t) for t in embeddings)
-    by_name = {_task_name(t): torch.as_tensor(z, dtype=torch.float64) for t, z in embeddings.items()}
-    widths = {int(z.shape[-1]) for z in by_name.values()}
-    if len(widths) != 1 or any(z.dim() != 2 for z in by_name.values()):
-        raise ValueError(f"embeddings must all be (N, D) with one D, got {[tuple(z.shape) for z in by_name.values()]}.")
-    small = [t for t in tasks if by_name[t].shape[0] < 2]
-    if small:
-        raise ValueError(f"task statistics need at least 2 training slices per task; {small} have fewer.")
-    mean = torch.stack([by_name[t].mean(0) for t in tasks])
-    # pooled within-task variance per dimension (shared by the tasks: stable with few slices per task)
-    within = torch.cat([by_name[t] - mean[i] for i, t in enumerate(tasks)])
-    dof = max(int(within.shape[0]) - len(tasks), 1)
-    std = (within.pow(2).sum(0) / dof).sqrt()
-    std = torch.maximum(std, STD_FLOOR * std.mean().clamp_min(1e-12)).expand_as(mean).clone()
-    return {
-        "tasks": tasks,
-        "mean": mean.float(),
-        "std": std.float(),
-        "count": [int(by_name[t].shape[0]) for t in tasks],
-    }
-
-
-def task_distances(embeddings: torch.Tensor, stats: Mapping[str, Any]) -> torch.Tensor:
-    """Distance of every embedding to every task (see the module docstring).
-
-    Args:
-        embeddings: ``(N, D)``.
-        stats: output of :func:`fit_task_statistics`.
-
-    Returns:
-        float32 ``(N, T)``, columns in ``stats["tasks"]`` order.
-
-    Raises:
-        ValueError: ``D`` differs from the statistics'.
-    """
-    z = torch.as_tensor(embeddings, dtype=torch.float64)
-    mean = torch.as_tensor(stats["mean"], dtype=torch.float64)
-    std = torch.as_tensor(stats["std"], dtype=torch.float64)
-    if z.dim() != 2 or z.shape[1] != mean.shape[1]:
-        raise ValueError(
-            f"embeddings {tuple(z.shape)} do not match the task statistics' width {mean.shape[1]} "
-            "(statistics of another network?)."
-        )
-    return ((z[:, None, :] - mean[None]) / std[None]).pow(2).mean(-1).sqrt().float()
-
-
-def calibrate_threshold(
-    stats: Mapping[str, Any], embeddings: Mapping[str, torch.Tensor], percentile: float = 99.0, where: str = ""
-) -> dict[str, Any]:
-    """Add the out-of-distribution threshold: ``percentile`` of the validation slices' distances to their task.
-
-    Args:
-        stats: output of :func:`fit_task_statistics`.
-        embeddings: task name -> ``(N_t, D)`` validation embeddings (every task of ``stats`` needs one slice).
-        percentile: in (0, 100]; 99 lets about 1 % of in-distribution slices through as a false alarm.
-        where: data list name for the error message.
-
-    Returns:
-        a copy of ``stats`` with ``threshold`` (float), ``percentile`` and ``validation_count`` (per task).
-
-    Raises:
-        ValueError: no validation slice for a task, or a percentile outside (0, 100].
-    """
-    if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}.")
-    by_name = {_task_name(t): torch.as_tensor(z) for t, z in embeddings.items() if len(z)}
-    missing = [t for t in stats["tasks"] if t not in by_name]
-    prefix = f"{where}: " if where else ""
-    if missing:
-        raise ValueError(
-            f"{prefix}no validation data for task(s) {missing}: the distance threshold is calibrated on the "
-            "'validation' split; add validation scans of every task to the data list."
-        )
-    own = [task_distances(by_name[t], stats)[:, i] for i, t in enumerate(stats["tasks"])]
-    threshold = float(np.percentile(torch.cat(own).numpy(), percentile))
-    return {
-        **dict(stats),
-        "threshold": threshold,
-        "percentile": float(percentile),
-        "validation_count": [int(len(by_name[t])) for t in stats["tasks"]],
-    }
 
 
 def check_scan(
@@ -216,10 +55,10 @@ def check_scan(
     best = int(dist.argmin())
     predicted, distance = str(stats["tasks"][best]), float(dist[best])
     warnings = []
-    if declared is not None and _task_name(declared) != predicted:
+    if declared is not None and task_name(declared) != predicted:
         warnings.append(
             f"the network's task representation says {predicted} (distance {distance:.2f}), "
-            f"but the scan is declared {_task_name(declared)}"
+            f"but the scan is declared {task_name(declared)}"
         )
     threshold = float(stats["threshold"])
     if distance > threshold:
@@ -229,25 +68,6 @@ def check_scan(
             "review the restoration with care"
         )
     return predicted, distance, warnings
-
-
-def load_task_statistics(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
-    """The task statistics stored in a checkpoint, or None when it has none (or none with a threshold).
-
-    Args:
-        checkpoint: ``.pt`` file (loaded with ``weights_only=True``).
-
-    Raises:
-        ValueError: the file cannot be read as a weights-only checkpoint.
-    """
-    try:
-        ckpt = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for unreadable / unsafe files
-        raise ValueError(f"{checkpoint}: cannot read the task statistics ({type(e).__name__}: {e}).") from e
-    stats = ckpt.get(STATS_KEY) if isinstance(ckpt, Mapping) else None
-    if not isinstance(stats, Mapping) or "threshold" not in stats:
-        return None
-    return dict(stats)
 
 
 class TaskCheckd(MapTransform):
@@ -295,7 +115,7 @@ class TaskCheckd(MapTransform):
             if self._stats is None:
                 logger.warning(
                     "%s: no task statistics in the checkpoint: scans are restored without task identification "
-                    "or out-of-distribution warnings (compute them with python -m custom.handlers.task_statistics).",
+                    "or out-of-distribution warnings (compute them with python -m custom.tools.task_statistics).",
                     self.checkpoint,
                 )
         return self._stats

@@ -86,7 +86,7 @@ class RestorationEvaluator(SupervisedEvaluator):
         network: the restoration network.
         inferer: e.g. :class:`custom.inference.SliceBatchInferer`.
         postprocessing: transform applied to the item dict with ``pred`` added (``(1, H, W[, D])`` on CPU).
-        settings: modality settings (:func:`custom.data.load_modality_settings`); None: input already normalised.
+        settings: modality settings (:func:`custom.settings.load_modality_settings`); None: input already normalised.
         clip_output: clip restored values to the modality's ``clip_range``.
         overwrite: replace existing outputs.
         report_path: json file of per-scan results (None: not written).

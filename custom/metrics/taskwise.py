@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from custom.data.settings import get_modality_setting
+from custom.settings import get_modality_setting
 from ignite.engine import Engine
 from ignite.metrics import Metric
 from monai.utils import CommonKeys as Keys
@@ -40,7 +40,7 @@ class TaskwiseImageQuality(Metric):
 
     The task of a sample is read from ``engine.state.batch[<task_key>]`` (the item's modality), the prediction and
     target from ``engine.state.output`` (``pred``/``label``, in [0, 1]); the windows come from ``settings``
-    (:func:`custom.data.load_modality_settings` output: modality -> ``clip_range``, ``eval_window``).
+    (:func:`custom.settings.load_modality_settings` output: modality -> ``clip_range``, ``eval_window``).
 
     Args:
         settings: modality settings mapping.
@@ -76,7 +76,7 @@ class TaskwiseImageQuality(Metric):
         if key_metric not in METRIC_NAMES:
             raise ValueError(f"key_metric must be one of {METRIC_NAMES}, got {key_metric!r}.")
         if not settings:
-            raise ValueError("settings are empty: pass custom.data.load_modality_settings(<modality dir>).")
+            raise ValueError("settings are empty: pass custom.settings.load_modality_settings(<modality dir>).")
         self.settings = settings
         self.task_key = task_key
         self.key_metric = key_metric

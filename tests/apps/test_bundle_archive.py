@@ -1,4 +1,4 @@
-"""The shareable bundle zip (custom/packaging.py): content, atomic write, and the bundle's commands run as a user
+"""The shareable bundle zip (custom/tools/packaging.py): content, atomic write, and the bundle's commands run as a user
 runs them from the unzipped folder, or from another folder with --bundle_root, in a fresh virtual environment holding
 only metadata.json's packages (scripts/build_bundle_env.sh, $TAT_BUNDLE_ENV)."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from custom.packaging import BUNDLE_NAME, build_archive, main
+from custom.tools.packaging import BUNDLE_NAME, build_archive, main
 
 from tests.apps.helpers import BUNDLE, TINY_ARGS, env_python, run, write_ct_nifti, write_tiny_checkpoint
 
@@ -186,7 +186,7 @@ class TestArchiveFreshEnv(unittest.TestCase):
 
     def test_train_then_evaluate_from_unzipped_bundle(self):
         """`run` of train.json + evaluate.json evaluates the trained checkpoint; it does not train again."""
-        from tests.bundle.synthetic import make_dataset
+        from tests.utils import make_dataset
 
         with tempfile.TemporaryDirectory() as d:
             d = Path(d)

@@ -7,8 +7,9 @@ import tempfile
 import unittest
 
 import numpy as np
-from custom.data import build_datalist, load_datalist, load_modality_settings, validate_datalist
+from custom.data import build_datalist, load_datalist, validate_datalist
 from custom.data.datalist import main
+from custom.settings import load_modality_settings
 
 from tests.data.helpers import SETTINGS_DIR, make_tree, save_nifti
 

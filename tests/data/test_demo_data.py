@@ -10,8 +10,8 @@ import zipfile
 from unittest import mock
 
 import numpy as np
-from custom.data import demo_data
-from custom.data.demo_data import WHEELS, DemoConfig, build_demo_data, fetch_wheels
+from custom.tools import demo_data
+from custom.tools.demo_data import WHEELS, DemoConfig, build_demo_data, fetch_wheels
 
 
 class TestDemoData(unittest.TestCase):

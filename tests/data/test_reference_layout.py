@@ -12,9 +12,9 @@ import tempfile
 import unittest
 
 import numpy as np
-from custom.data import load_modality_settings
 from custom.data.datalist import main
 from custom.data.reference_layout import build_reference_datalist, first_per_task, scan_reference_layout
+from custom.settings import load_modality_settings
 
 from tests.data.reference_fixture import make_reference_dataset, write_bin, write_nii
 

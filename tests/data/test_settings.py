@@ -5,7 +5,7 @@ import os
 import tempfile
 import unittest
 
-from custom.data import get_modality_setting, load_modality_settings
+from custom.settings import get_modality_setting, load_modality_settings
 
 from tests.data.helpers import SETTINGS_DIR
 
@@ -28,7 +28,7 @@ class TestModalitySettings(unittest.TestCase):
             get_modality_setting(s, "US", where="x.nii")
 
     def test_one_alias_table(self):
-        from custom.data.settings import MODALITY_ALIASES, canonical_modality
+        from custom.settings import MODALITY_ALIASES, canonical_modality
 
         self.assertEqual(
             [canonical_modality(n) for n in ("ct", " PT", "pet", "mr", ["MRI"])], ["CT", "PET", "PET", "MRI", "MRI"]

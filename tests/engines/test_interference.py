@@ -10,9 +10,9 @@ from unittest import mock
 
 import numpy as np
 import torch
-from custom.engines import interference
-from custom.engines.interference import group_name, main, pairwise_cosine, plot_heatmap, task_gradients, write_csv
-from custom.inference import restore
+from custom.networks import checkpoint
+from custom.tools import interference
+from custom.tools.interference import group_name, main, pairwise_cosine, plot_heatmap, task_gradients, write_csv
 
 from tests.bundle.synthetic import make_dataset
 
@@ -100,7 +100,7 @@ class TestInterference(unittest.TestCase):
 class TestInterferenceOutputs(unittest.TestCase):
     def test_one_checkpoint_loader(self):
         """The probe reads checkpoints with the bundle's loader (latest.pt's EMA weights included), no copy."""
-        self.assertIs(interference.load_checkpoint, restore.load_checkpoint)
+        self.assertIs(interference.load_checkpoint, checkpoint.load_checkpoint)
         with open(interference.__file__, encoding="utf-8") as f:
             source = f.read()
         for copy in ("torch.load", "load_state_dict", "def load_network_weights"):

@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from custom.data import load_modality_settings
 from custom.evaluation import plot_task_panel, summarize_scans, write_csv_atomic, write_json_atomic
 from custom.metrics import PhysicalUnitMetrics
 from custom.networks import TAT
+from custom.settings import load_modality_settings
 
 from tests.evaluation.tiny_data import TINY_OVERRIDES, make_tiny_dataset, tiny_network_kwargs
 

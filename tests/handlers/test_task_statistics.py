@@ -9,10 +9,16 @@ import tempfile
 import unittest
 
 import torch
-from custom.data import load_modality_settings
 from custom.handlers import SafeCheckpointLoader
-from custom.handlers.task_statistics import TaskStatisticsHandler, checkpoint_network, compute_task_statistics, main
-from custom.inference.task_check import STATS_KEY, load_task_statistics
+from custom.handlers.task_statistics import (
+    STATS_KEY,
+    TaskStatisticsHandler,
+    checkpoint_network,
+    compute_task_statistics,
+    load_task_statistics,
+)
+from custom.settings import load_modality_settings
+from custom.tools.task_statistics import main
 from ignite.engine import Engine
 
 from tests.inference.helpers import BUNDLE, TINY_OVERRIDES, tiny_net
@@ -101,7 +107,7 @@ class TestTaskStatistics(unittest.TestCase):
         with self.assertLogs("custom.handlers.task_statistics", logging.ERROR) as logs:
             engine.run([0], max_epochs=1)  # the training itself does not fail at its very end
         self.assertIn("task statistics NOT stored", logs.output[0])
-        self.assertIn("python -m custom.handlers.task_statistics", logs.output[0])
+        self.assertIn("python -m custom.tools.task_statistics", logs.output[0])
 
     def test_handler_without_validation_data_warns_early_and_logs_at_the_end(self) -> None:
         engine = Engine(lambda e, b: None)

@@ -205,7 +205,7 @@ class TestReadmeExportCommands(unittest.TestCase):
 
         out = os.path.join(self.tmp, f"model_{stats}.onnx")
         self._run(_readme_commands()["onnx"], self.checkpoints[stats], out)
-        from custom.inference.restore import load_checkpoint
+        from custom.networks.checkpoint import load_checkpoint
 
         net = load_checkpoint(TAT(**TINY), self.checkpoints[stats]).eval()
         x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
@@ -216,7 +216,7 @@ class TestReadmeExportCommands(unittest.TestCase):
     def test_readme_export_program_command(self):
         out = os.path.join(self.tmp, "model.pt2")
         self._run(_readme_commands()["pt2"], self.checkpoints[True], out)
-        from custom.inference.restore import load_checkpoint
+        from custom.networks.checkpoint import load_checkpoint
 
         net = load_checkpoint(TAT(**TINY, window_mode="global"), self.checkpoints[True]).eval()
         x = torch.rand(3, 1, 40, 24, generator=torch.Generator().manual_seed(2))

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from custom.data import load_modality_settings
 from custom.inference import SliceBatchInferer
-from custom.inference.restore import Restorer, load_checkpoint, restore
+from custom.inference.restore import Restorer, restore
 from custom.networks import TAT
+from custom.networks.checkpoint import load_checkpoint
+from custom.settings import load_modality_settings
 from parameterized import parameterized
 
 from tests.inference.helpers import BUNDLE, REPO, TINY, save_identity_checkpoint, tiny_net
@@ -110,7 +111,7 @@ class TestLoadCheckpointLayouts(unittest.TestCase):
             path = os.path.join(d, f"{name}.pt")
             torch.save(saved, path)
             with (
-                self.assertLogs("custom.inference.restore", "INFO")
+                self.assertLogs("custom.networks.checkpoint", "INFO")
                 if name.startswith(("latest", "pub"))
                 else contextlib.nullcontext()
             ):
@@ -126,11 +127,11 @@ class TestLoadCheckpointLayouts(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "latest.pt")
             torch.save(_layouts(raw, ema)["latest_ema"][0], path)
-            with self.assertLogs("custom.inference.restore", "INFO") as logs:
+            with self.assertLogs("custom.networks.checkpoint", "INFO") as logs:
                 load_checkpoint(TAT(**TINY), path)
             self.assertIn("EMA weights", "\n".join(logs.output))
             torch.save({"network": raw}, path)
-            with self.assertLogs("custom.inference.restore", "WARNING") as logs:
+            with self.assertLogs("custom.networks.checkpoint", "WARNING") as logs:
                 load_checkpoint(TAT(**TINY), path)
             self.assertIn("without EMA weights", "\n".join(logs.output))
 

@@ -17,8 +17,8 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from custom.data import load_modality_settings
 from custom.handlers.task_statistics import compute_task_statistics, store_task_statistics
+from custom.settings import load_modality_settings
 from custom.transforms import kspace_truncate
 from custom.transforms.data_consistency import kspace_block_error
 

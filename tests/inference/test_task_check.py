@@ -9,18 +9,19 @@ import unittest
 
 import numpy as np
 import torch
-from custom.data import load_modality_settings
-from custom.handlers.task_statistics import compute_task_statistics, split_embeddings, store_task_statistics
-from custom.inference.task_check import (
+from custom.handlers.task_statistics import (
     STATS_KEY,
-    TaskCheckd,
     calibrate_threshold,
-    check_scan,
+    compute_task_statistics,
     fit_task_statistics,
     load_task_statistics,
+    split_embeddings,
+    store_task_statistics,
     task_distances,
     task_embeddings,
 )
+from custom.inference.task_check import TaskCheckd, check_scan
+from custom.settings import load_modality_settings
 from custom.transforms import ModalityNormalized
 from parameterized import parameterized
 from skimage import data as skdata

@@ -10,7 +10,6 @@ import unittest
 
 import nibabel as nib
 import numpy as np
-from custom.data import load_modality_settings
 from custom.inference import (
     CatchFailures,
     LoadScand,
@@ -19,6 +18,7 @@ from custom.inference import (
     SliceBatchInferer,
     first_item,
 )
+from custom.settings import load_modality_settings
 from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.transforms import Compose

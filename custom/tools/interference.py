@@ -6,7 +6,7 @@ restoration L1 loss, groups the parameters by layer (the first ``depth`` compone
 ``encoder_level1.0`` = one transformer block) and writes, per layer and per task pair, the cosine similarity of the
 two tasks' gradients (1: aligned, 0: orthogonal, < 0: conflicting), as a CSV and a heat-map PNG::
 
-    python -m custom.engines.interference --checkpoint models/model.pt --datalist /data/datalist.json \\
+    python -m custom.tools.interference --checkpoint models/model.pt --datalist /data/datalist.json \\
         --output_dir eval/interference [--config_file bundle/configs/train.json] [--batches 4] \\
         [--override '{"network_def#dim": 8}']
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from custom.inference.restore import load_checkpoint
 from custom.io import atomic_output
+from custom.networks.checkpoint import load_checkpoint
 from torch import nn
 
 __all__ = ["group_name", "task_gradients", "pairwise_cosine", "write_csv", "plot_heatmap", "main"]

@@ -8,6 +8,10 @@ Each json file describes one modality (one restoration task)::
 ``clip_range`` is the normalisation range (clip, then map linearly to [0, 1]); ``eval_window`` is the
 published evaluation window in physical units (TAT, MICCAI 2025). No range is hard-coded in Python: the
 transforms take the dict returned by :func:`load_modality_settings` as an argument.
+
+The bundle the package ships (its configs, modality settings, docs: package data ``custom/_bundle``, see
+``setup.cfg`` ``[options.package_data]``) is found with :func:`packaged_bundle`, never through the repository
+layout, so a non-editable install finds it too.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "packaged_bundle",
+    "default_modality_dir",
     "MODALITIES",
     "MODALITY_ALIASES",
     "canonical_modality",
@@ -47,6 +55,34 @@ def canonical_modality(name: Any) -> str | None:
     if name is None:
         return None
     return MODALITY_ALIASES.get(str(name).strip().upper())
+
+
+def packaged_bundle(*parts: str) -> Path:
+    """A path inside the bundle shipped as the package's data (``custom/_bundle``), symbolic links resolved.
+
+    Args:
+        parts: path components below the bundle root, e.g. ``("configs", "inference.json")``; none: the root.
+
+    Returns:
+        the absolute path (in a source checkout the repository's ``bundle/``, which ``custom/_bundle`` links to).
+
+    Raises:
+        FileNotFoundError: the package carries no bundle (e.g. the copy of ``custom`` inside an unzipped bundle zip:
+            there pass the bundle root, ``--bundle_root``, explicitly), or the path is not in it.
+    """
+    root = Path(os.fspath(resources.files("custom"))) / "_bundle"
+    path = root.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: not in the bundle shipped with the custom package (package data custom/_bundle); "
+            "pass the bundle root explicitly (--bundle_root)."
+        )
+    return path.resolve()
+
+
+def default_modality_dir() -> Path:
+    """The modality settings folder of the shipped bundle (``configs/modality``, see :func:`packaged_bundle`)."""
+    return packaged_bundle("configs", "modality")
 
 
 _REQUIRED = ("modality", "task", "units", "clip_range", "eval_window")

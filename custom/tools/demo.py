@@ -1,9 +1,9 @@
 """The main job: train a small TAT on the built-in demo data for a few CPU minutes, evaluate it, report.
 
-``python -m custom.demo --output_dir demo_output`` (what ``make demo`` runs):
+``python -m custom.tools.demo --output_dir demo_output`` (what ``make demo`` runs):
 
 1. builds the demo data set (real CT/MRI images from PyPI wheels, synthetic PET) into ``OUTPUT_DIR/data`` with
-   ``python -m custom.data.demo_data`` (reused when already complete; ``--datalist`` skips this step);
+   ``python -m custom.tools.demo_data`` (reused when already complete; ``--datalist`` skips this step);
 2. trains with the real bundle CLI, ``python -m monai.bundle run training`` on ``bundle/configs/train.json``,
    with the command-line overrides of :data:`DEMO_OVERRIDES` (a small TAT and a short schedule), checkpoints in
    ``OUTPUT_DIR/models`` (``model.pt`` = best EMA weights by validation PSNR);
@@ -44,11 +44,11 @@ import nibabel as nib
 import numpy as np
 import torch
 from custom.data.datalist import load_datalist
-from custom.data.settings import get_modality_setting, load_modality_settings
 from custom.evaluation import format_summary_table
 from custom.evaluation.consistency import slice_metrics
 from custom.evaluation.panels import plot_review_panel
 from custom.io import write_text_atomic
+from custom.settings import get_modality_setting, load_modality_settings, packaged_bundle
 from custom.transforms.data_consistency import kspace_data_consistency
 
 __all__ = [
@@ -64,7 +64,8 @@ __all__ = [
     "main",
 ]
 
-BUNDLE_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bundle"))
+# the bundle the demo trains and evaluates with: the one shipped as package data (custom.settings.packaged_bundle)
+BUNDLE_DIR = str(packaged_bundle())
 
 # Every non-default knob of the demo (train.json keys), and why:
 DEMO_OVERRIDES: dict[str, Any] = {
@@ -312,7 +313,7 @@ def run_demo(
     if datalist is None:
         data_dir = os.path.join(output_dir, "data")
         timings["data"] = _run(
-            [sys.executable, "-m", "custom.data.demo_data", "--output_dir", data_dir],
+            [sys.executable, "-m", "custom.tools.demo_data", "--output_dir", data_dir],
             env,
             "1/4 demo data (reused when already built)",
         )
@@ -407,7 +408,7 @@ def _override(text: str) -> tuple[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m custom.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m custom.tools.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--datalist", default=None, help="use this datalist.json instead of building the demo data")
     parser.add_argument(

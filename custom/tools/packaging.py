@@ -1,6 +1,6 @@
 """Build a self-contained, shareable zip of the bundle.
 
-``python -m custom.packaging`` writes ``dist/<name>_v<version>.zip`` (the model zoo's name of a release zip) with
+``python -m custom.tools.packaging`` writes ``dist/<name>_v<version>.zip`` (the model zoo's name of a release zip) with
 one top folder ``<name>`` (:data:`BUNDLE_NAME`, the bundle's model-zoo name) holding ``bundle/`` and the ``custom``
 package copied into the bundle root (``<name>/custom``). ``python -m monai.bundle run`` puts the bundle root on ``sys.path``
 (``ConfigWorkflow.run``), and running from the unzipped folder puts it there from the start (``sys.path[0]`` is
@@ -18,13 +18,15 @@ import json
 import os
 import zipfile
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 from custom.io import atomic_output
+from custom.settings import packaged_bundle
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BUNDLE = REPO_ROOT / "bundle"
-PACKAGE_DIR = Path(__file__).resolve().parent
+# the bundle shipped as the package's data (custom.settings.packaged_bundle) and the installed package itself
+PACKAGE_DIR = Path(os.fspath(resources.files("custom"))).resolve()
+PACKAGE_DATA_DIR = "_bundle"  # inside PACKAGE_DIR: the shipped bundle (packed once, as the bundle tree)
 BUNDLE_NAME = "tat_ct_pet_mri_restoration"
 """The bundle's model-zoo name (its folder under the zoo's ``models/``): method, data and task, snake_case."""
 
@@ -61,6 +63,8 @@ def bundle_entries(bundle_dir: Path, package_dir: Path, prefix: str, include_wei
             continue
         entries.append((f, f"{prefix}/{rel}"))
     for f in _walk(package_dir, include_weights=True):
+        if f.relative_to(package_dir).parts[0] == PACKAGE_DATA_DIR:  # the shipped bundle, packed above already
+            continue
         entries.append((f, f"{prefix}/custom/{f.relative_to(package_dir).as_posix()}"))
     names = [n for _, n in entries]
     if len(set(names)) != len(names):
@@ -82,7 +86,7 @@ def check_bundle(bundle_dir: Path) -> dict:
 
 def build_archive(
     output: str | os.PathLike,
-    bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
+    bundle_dir: str | os.PathLike | None = None,
     package_dir: str | os.PathLike = PACKAGE_DIR,
     name: str | None = None,
     include_weights: bool = False,
@@ -91,7 +95,7 @@ def build_archive(
 
     Args:
         output: the zip to write.
-        bundle_dir: the bundle folder.
+        bundle_dir: the bundle folder (default: the one shipped with the package, :func:`custom.settings.packaged_bundle`).
         package_dir: the ``custom`` package copied into the bundle root.
         name: the top folder of every entry (the layout of model-zoo bundle zips); default :data:`BUNDLE_NAME`.
         include_weights: also pack ``models/*.pt|*.ts|*.onnx|*.pt2``.
@@ -102,7 +106,8 @@ def build_archive(
     Raises:
         FileNotFoundError, ValueError: the bundle lacks a required file or its version is not in the changelog.
     """
-    bundle_dir, package_dir, output = Path(bundle_dir), Path(package_dir), Path(output)
+    bundle_dir = packaged_bundle() if bundle_dir is None else Path(bundle_dir)
+    package_dir, output = Path(package_dir), Path(output)
     check_bundle(bundle_dir)
     prefix = name or BUNDLE_NAME
     entries = bundle_entries(bundle_dir, package_dir, prefix, include_weights)
@@ -123,13 +128,13 @@ def build_archive(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=None, help="zip to write (default: dist/<name>_v<version>.zip)")
-    parser.add_argument("--bundle_dir", default=str(DEFAULT_BUNDLE), help="bundle folder (default: repo bundle/)")
+    parser.add_argument("--bundle_dir", default=None, help="bundle folder (default: the one shipped with the package)")
     parser.add_argument("--name", default=BUNDLE_NAME, help=f"top folder inside the zip (default: {BUNDLE_NAME})")
     parser.add_argument("--include_weights", action="store_true", help="also pack models/*.pt|*.ts|*.onnx")
     args = parser.parse_args(argv)
     output = args.output
     if output is None:
-        version = check_bundle(Path(args.bundle_dir))["version"]
+        version = check_bundle(packaged_bundle() if args.bundle_dir is None else Path(args.bundle_dir))["version"]
         output = str(Path.cwd() / "dist" / f"{args.name}_v{version}.zip")
     out = build_archive(output, args.bundle_dir, name=args.name, include_weights=args.include_weights)
     with zipfile.ZipFile(out) as zf:

@@ -1,32 +1,16 @@
 """Data for TAT: data lists, DICOM/NIfTI reading, 3D -> 2D slicing, task-uniform sampling.
 
-See :mod:`custom.data.datalist` for the data set layout and the ``python -m custom.data.datalist`` command,
+See :mod:`custom.data.datalist` for the data set layout and the ``python -m custom.tools.datalist`` command,
 :mod:`custom.tools.demo_data` for the built-in demo data set (``python -m custom.tools.demo_data``) and
 :mod:`custom.transforms` for the recommended transform chain.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from custom.data.datalist import PATH_KEYS, SPLITS, build_datalist, load_datalist, validate_datalist, write_json_atomic
 from custom.data.readers import DicomReader, ModalityFromMetad, is_dicom, load_image, suv_factor
 from custom.data.sampler import TaskUniformBatchSampler, task_labels
 from custom.data.slicing import LoadSliced, SelectSliced, expand_slices, load_slice, num_slices
-
-# the data-list names are imported lazily (PEP 562) so that ``python -m custom.data.datalist`` does not
-# import its own module twice (runpy's "found in sys.modules" warning)
-_LAZY = dict.fromkeys(
-    ("PATH_KEYS", "SPLITS", "build_datalist", "load_datalist", "validate_datalist", "write_json_atomic"),
-    "custom.data.datalist",
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'custom.data' has no attribute {name!r}")
-
 
 __all__ = [
     "SPLITS",

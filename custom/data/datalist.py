@@ -21,21 +21,20 @@ Optionally a split level fixes the split: ``root/CT/training/{image,label}/...``
 
 Paths are relative to the json's folder. Load a split with :func:`load_datalist` (``monai.data.
 load_decathlon_datalist`` plus a fix: MONAI also rewrites any other string value that names an existing
-path, e.g. ``"modality": "CT"`` next to a ``CT`` folder). Command line::
+path, e.g. ``"modality": "CT"`` next to a ``CT`` folder). Command line (:mod:`custom.tools.datalist`)::
 
-    python -m custom.data.datalist build --root DIR --output DIR/datalist.json [--settings_dir bundle/configs/modality]
-    python -m custom.data.datalist validate --datalist DIR/datalist.json
+    python -m custom.tools.datalist build --root DIR --output DIR/datalist.json [--settings_dir bundle/configs/modality]
+    python -m custom.tools.datalist validate --datalist DIR/datalist.json
 
 The authors' released data set (``root/{PET,CT,MRI}/{train,validation,test}/{LQ,HQ}/``, pickled ``.bin`` training
 patches, 2D ``.nii`` slices) is read in place with ``--layout reference`` (:mod:`custom.data.reference_layout`)::
 
-    python -m custom.data.datalist build --layout reference --root DIR --output DIR/datalist.json
-    python -m custom.data.datalist validate --layout reference --datalist DIR/datalist.json [--root DIR]
+    python -m custom.tools.datalist build --layout reference --root DIR --output DIR/datalist.json
+    python -m custom.tools.datalist validate --layout reference --datalist DIR/datalist.json [--root DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -43,12 +42,12 @@ from typing import Any
 
 import numpy as np
 from custom.data.readers import DICOM_TO_MODALITY, load_image
-from custom.settings import MODALITIES, canonical_modality, load_modality_settings
 from custom.data.slicing import spatial_shape
 from custom.io import write_text_atomic
+from custom.settings import MODALITIES, canonical_modality
 from monai.data import load_decathlon_datalist
 
-__all__ = ["SPLITS", "PATH_KEYS", "build_datalist", "load_datalist", "validate_datalist", "write_json_atomic", "main"]
+__all__ = ["SPLITS", "PATH_KEYS", "build_datalist", "load_datalist", "validate_datalist", "write_json_atomic"]
 
 SPLITS = ("training", "validation", "test")
 PATH_KEYS = ("image", "label")
@@ -297,76 +296,3 @@ def validate_datalist(
     if errors:
         raise ValueError("invalid data list:\n" + "\n".join(errors))
     return count
-
-
-_LAYOUT_HELP = "folders: root/<MODALITY>/[<split>/]{image,label}; reference: the authors' released data set"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``build`` a data list from a folder tree, or ``validate`` one."""
-    parser = argparse.ArgumentParser(prog="python -m custom.data.datalist", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build datalist.json from root/<MODALITY>/[<split>/]{image,label}/<case>")
-    b.add_argument("--root", required=True)
-    b.add_argument("--layout", choices=("folders", "reference"), default="folders", help=_LAYOUT_HELP)
-    b.add_argument("--output", required=True)
-    b.add_argument("--settings_dir", default=None, help="bundle/configs/modality, for task names")
-    b.add_argument("--val_fraction", type=float, default=0.1)
-    b.add_argument("--test_fraction", type=float, default=0.1)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--allow_clean_only", action="store_true")
-    b.add_argument("--no_validate", action="store_true")
-    v = sub.add_parser("validate", help="check files, partners, shapes, modalities, finiteness")
-    v.add_argument("--datalist", required=True)
-    v.add_argument("--base_dir", default=None)
-    v.add_argument("--settings_dir", default=None)
-    v.add_argument("--headers_only", action="store_true")
-    v.add_argument("--pet_units", default=None, help="declare PET units (SUV) when the tags cannot give SUV")
-    v.add_argument("--layout", choices=("folders", "reference"), default="folders", help=_LAYOUT_HELP)
-    v.add_argument("--root", default=None, help="reference layout: tree to re-check (default: the datalist's folder)")
-    args = parser.parse_args(argv)
-    settings = load_modality_settings(args.settings_dir) if args.settings_dir else None
-    if args.command == "build" and args.layout == "reference":
-        from custom.data.reference_layout import build_reference_datalist
-
-        out = build_reference_datalist(args.root, args.output, settings, validate=not args.no_validate)
-        print(f"wrote {args.output}: " + ", ".join(f"{k} {len(v)}" for k, v in out.items()))
-    elif args.command == "validate" and args.layout == "reference":
-        from custom.data.reference_layout import validate_reference_datalist
-
-        n = validate_reference_datalist(args.datalist, args.root, settings, check_content=not args.headers_only)
-        print(f"{args.datalist}: {n} items OK")
-    elif args.command == "build":
-        out = build_datalist(
-            args.root,
-            args.output,
-            settings,
-            args.val_fraction,
-            args.test_fraction,
-            args.seed,
-            args.allow_clean_only,
-            validate=not args.no_validate,
-        )
-        print(f"wrote {args.output}: " + ", ".join(f"{k} {len(v)}" for k, v in out.items()))
-    else:
-        n = validate_datalist(
-            args.datalist, args.base_dir, settings, check_content=not args.headers_only, pet_units=args.pet_units
-        )
-        print(f"{args.datalist}: {n} items OK")
-    return 0
-
-
-def _cli() -> int:
-    """Entry point: data errors (ValueError, one line per problem naming the file) are printed without a
-    traceback and give exit status 1."""
-    try:
-        return main()
-    except ValueError as e:
-        import sys
-
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(_cli())

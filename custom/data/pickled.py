@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from custom.data.readers import MAX_VOXELS, finite_values
+from custom.data.limits import MAX_VOXELS, finite_values
 from monai.data import ImageReader, MetaTensor
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
@@ -266,7 +266,7 @@ def _as_float32(src: np.ndarray, path: str) -> np.ndarray:
 
     Raises:
         ValueError: NaN / inf, floats beyond the float32 range, or integers float32 cannot hold exactly (e.g.
-            16777217, beyond 2**24); the wording is the NIfTI reader's (:func:`custom.data.readers.finite_values`).
+            16777217, beyond 2**24); the wording is the NIfTI reader's (:func:`custom.data.limits.finite_values`).
     """
     finite_values(src, path)
     arr = np.array(src, dtype=np.float32)

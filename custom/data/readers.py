@@ -5,7 +5,7 @@ and the data-list validator all read through this module, so they accept and ref
 Each rule lives in one place:
 
 * **NIfTI** (:class:`NiftiReader`, a ``NibabelReader``; :func:`nifti_image`): header checked before any voxel is
-  read (empty, corrupt, non-positive or more than :data:`MAX_VOXELS` voxels, an uncompressed file shorter than
+  read (empty, corrupt, non-positive or more than :data:`custom.data.limits.MAX_VOXELS` voxels, an uncompressed file shorter than
   declared); complex, RGB and other non-scalar voxel types refused; a ``.nii.gz`` is decompressed to its end once
   so that a failing gzip CRC or a truncated stream is an error (:func:`verify_gzip`); ``scl_slope`` /
   ``scl_inter`` are applied (physical values) and the on-disk type and scaling are carried in the meta data
@@ -15,7 +15,7 @@ Each rule lives in one place:
   (``ImagePositionPatient`` projected on the cross product of ``ImageOrientationPatient``), else by
   ``InstanceNumber``; two slices at one position are refused (duplicate), a step larger than 1.5 x the smallest
   step is refused (missing slice), as are slices of different size, spacing or orientation, more than
-  :data:`MAX_VOXELS` voxels, colour / multi-frame images, a pixel data length that does not match ``Rows`` x
+  :data:`custom.data.limits.MAX_VOXELS` voxels, colour / multi-frame images, a pixel data length that does not match ``Rows`` x
   ``Columns`` x ``BitsAllocated``, float pixel data (7FE0,0008/0009: the derived series could not hold it),
   ``ImageOrientationPatient`` vectors that are not unit length and orthogonal (1e-3), non-finite geometry, a zero
   or negative ``PixelSpacing``, 32-bit integers a float32 cannot hold exactly (also in NIfTI:
@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from custom.data.limits import MAX_VOXELS, finite_values
 from custom.settings import MODALITY_ALIASES, canonical_modality
 from monai.config import KeysCollection
 from monai.data import NibabelReader, PydicomReader
@@ -63,7 +64,6 @@ from pydicom.dataset import FileDataset
 
 __all__ = [
     "DICOM_TO_MODALITY",
-    "MAX_VOXELS",
     "PET_UNITS",
     "suv_factor",
     "missing_suv_tags",
@@ -72,8 +72,6 @@ __all__ = [
     "DicomReader",
     "NiftiReader",
     "DicomSeries",
-    "ModalityFromMetad",
-    "finite_values",
     "exact_in_float32",
     "is_dicom",
     "is_nifti",
@@ -91,7 +89,6 @@ __all__ = [
 ]
 
 DICOM_TO_MODALITY = MODALITY_ALIASES  # the one alias table (kept under its old name for imports)
-MAX_VOXELS = 2**31  # 8 GiB as float32: a header declaring more is refused before any voxel is read
 PET_UNITS = ("SUV",)  # units a user may declare for PET that cannot be converted (pet_units)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -274,17 +271,6 @@ def nifti_source_meta(img: Any) -> dict[str, Any]:
         "source_scl_slope": slope if np.isfinite(slope) and slope != 0 else 1.0,
         "source_scl_inter": inter if np.isfinite(inter) else 0.0,
     }
-
-
-def finite_values(data: np.ndarray, path: str) -> np.ndarray:
-    """Refuse NaN / inf, and values a float32 image cannot hold (e.g. an absurd scale factor)."""
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
-        raise ValueError(f"{path}: non-finite values (NaN or inf) in the image.")
-    if data.dtype.kind == "f" and data.size and data.dtype.itemsize > 4:
-        peak = float(np.abs(data).max())
-        if peak > float(np.finfo(np.float32).max):
-            raise ValueError(f"{path}: values up to {peak:.3g} exceed the float32 range (scale factors corrupt?).")
-    return data
 
 
 _FLOAT32_EXACT = 2**24  # every integer of at most this magnitude is a float32

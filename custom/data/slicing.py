@@ -15,12 +15,12 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from custom.data.limits import finite_values
 import torch
 from custom.data.readers import (
     DicomReader,
     dicom_series,
     exact_in_float32,
-    finite_values,
     is_dicom,
     is_nifti,
     load_image,

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from custom.data.limits import MAX_VOXELS
 from custom.data.readers import (
-    MAX_VOXELS,
     DicomReader,
     canonical_modality,
     dicom_series,

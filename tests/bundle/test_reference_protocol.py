@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import SimpleITK
 import torch
-from custom.data.datalist import main as datalist_main
 from custom.metrics import TaskwiseImageQuality
 from custom.settings import load_modality_settings
+from custom.tools.datalist import main as datalist_main
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
 

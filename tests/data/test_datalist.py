@@ -8,8 +8,8 @@ import unittest
 
 import numpy as np
 from custom.data import build_datalist, load_datalist, validate_datalist
-from custom.data.datalist import main
 from custom.settings import load_modality_settings
+from custom.tools.datalist import main
 
 from tests.data.helpers import SETTINGS_DIR, make_tree, save_nifti
 

@@ -12,9 +12,9 @@ import tempfile
 import unittest
 
 import numpy as np
-from custom.data.datalist import main
 from custom.data.reference_layout import build_reference_datalist, first_per_task, scan_reference_layout
 from custom.settings import load_modality_settings
+from custom.tools.datalist import main
 
 from tests.data.reference_fixture import make_reference_dataset, write_bin, write_nii
 
@@ -66,7 +66,7 @@ class TestReferenceLayout(unittest.TestCase):
         self.assertEqual(main(["validate", "--layout", "reference", "--datalist", output]), 0)
         os.remove(os.path.join(self.root, "MRI", "test", "HQ", "mri_test_000.nii"))
         proc = subprocess.run(
-            [sys.executable, "-m", "custom.data.datalist", "validate", "--layout", "reference", "--datalist", output],
+            [sys.executable, "-m", "custom.tools.datalist", "validate", "--layout", "reference", "--datalist", output],
             cwd=REPO,
             capture_output=True,
             text=True,

@@ -1,5 +1,5 @@
 """Malformed and hostile inputs (generated, see ``corpus.py``): each gets a clear error naming the file and the
-problem, in-process and through the real ``custom.data.datalist`` CLI (one run over the whole corpus)."""
+problem, in-process and through the real ``custom.tools.datalist`` CLI (one run over the whole corpus)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def corpus(tmp_path_factory):
     with open(datalist, "w", encoding="utf-8") as f:
         json.dump({"training": [cases[n].item for n in NAMES]}, f)
     before = tree_hashes(root)
-    proc = run_module("custom.data.datalist", "validate", "--datalist", datalist)
+    proc = run_module("custom.tools.datalist", "validate", "--datalist", datalist)
     return {"root": root, "cases": cases, "datalist": datalist, "before": before, "proc": proc}
 
 

@@ -17,6 +17,13 @@ Config overrides (e.g. a smaller network in tests): env TAT_DEPLOY_OVERRIDE='{"n
 PET units: PET that cannot be converted to SUV from its tags (Units CNTS, no PatientWeight, ...) is refused naming
 the tags, as in the bundle's inference; if its values are SUV already, declare it with env TAT_DEPLOY_PET_UNITS=SUV
 (the bundle's "pet_units"; TATRestoreOperator(pet_units="SUV") when composing the app in Python).
+"Is it real?" options (README.md), the bundle's inference.json keys, set with env variables (unset: inference.json's
+values): TAT_DEPLOY_DATA_CONSISTENCY (data_consistency, MRI only), TAT_DEPLOY_KSPACE_FACTOR (kspace_factor),
+TAT_DEPLOY_DATA_CONSISTENCY_MODE (data_consistency_mode), TAT_DEPLOY_TASK_CHECK (task_check: predicted task and
+warnings, logged and written into the derived series' ImageComments), TAT_DEPLOY_DIFFERENCE (difference_output: the
+difference restored - input as its own derived series <output>/<SeriesInstanceUID>_difference); or
+TATRestoreOperator(options={"data_consistency": True, ...}). Both operators run the config's own postprocessing
+steps through Restorer (restore_item, write_item), as the bundle's inference does.
 
 Run locally:
     python apps/deploy/app.py -i <dicom folder> -o <output folder> -m bundle
@@ -27,7 +34,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, ConditionType, Fragment, Operator, OperatorSpec
@@ -35,6 +44,46 @@ from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOpe
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 
 SELECTION_RULES = json.dumps({"selections": [{"name": "restorable", "conditions": {"Modality": "(?i)(CT|PT|MR)"}}]})
+# env variable -> inference.json option (custom.inference.restore.Restorer.OPTIONS)
+OPTION_ENV = {
+    "TAT_DEPLOY_DATA_CONSISTENCY": "data_consistency",
+    "TAT_DEPLOY_KSPACE_FACTOR": "kspace_factor",
+    "TAT_DEPLOY_DATA_CONSISTENCY_MODE": "data_consistency_mode",
+    "TAT_DEPLOY_TASK_CHECK": "task_check",
+    "TAT_DEPLOY_DIFFERENCE": "difference_output",
+}
+
+
+def env_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The inference options set in the environment (:data:`OPTION_ENV`); unset or empty ones are left out, so
+    inference.json's values apply.
+
+    Raises:
+        ValueError: a value that is not a switch (true/false), a factor < 1 or an unknown mode; names the variable.
+    """
+    from custom.transforms.data_consistency import DC_MODES, as_flag
+
+    environ = os.environ if environ is None else environ
+    options: dict[str, Any] = {}
+    for var, key in OPTION_ENV.items():
+        value = (environ.get(var) or "").strip()
+        if not value:
+            continue
+        if key == "kspace_factor":
+            try:
+                factor = float(value)
+            except ValueError:
+                factor = float("nan")
+            if not factor >= 1:
+                raise ValueError(f"{var} must be a number >= 1 (the k-space truncation factor), got {value!r}.")
+            options[key] = factor
+        elif key == "data_consistency_mode":
+            if value not in DC_MODES:
+                raise ValueError(f"{var} must be one of {', '.join(DC_MODES)}, got {value!r}.")
+            options[key] = value
+        else:
+            options[key] = as_flag(value, var)
+    return options
 
 
 def _bundle_paths(model_path: Path) -> tuple[Path, Path]:
@@ -52,11 +101,22 @@ def _bundle_paths(model_path: Path) -> tuple[Path, Path]:
 
 
 class TATRestoreOperator(Operator):
-    """Restores every selected series slice by slice; emits a list of dicts for the writer (float32, physical units)."""
+    """Restores every selected series slice by slice and runs the config's steps before its writers (data
+    consistency, task check); emits a list of items (``values`` float32 physical units, ``uid``, the reader's
+    info, ``predicted_task``, ``task_distance``, ``warnings``) for :class:`DerivedSeriesWriterOperator`."""
 
-    def __init__(self, fragment: Fragment, *args, model_path: Path, pet_units: str | None = None, **kwargs):
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args,
+        model_path: Path,
+        pet_units: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        **kwargs,
+    ):
         self.bundle_root, self.ckpt = _bundle_paths(model_path)
         self.pet_units = pet_units or os.environ.get("TAT_DEPLOY_PET_UNITS") or None  # None: SUV from the tags
+        self.options = {**env_options(), **(options or {})}  # argument over env over inference.json
         self._restorer = None
         super().__init__(fragment, *args, **kwargs)
 
@@ -64,18 +124,28 @@ class TATRestoreOperator(Operator):
         spec.input("study_selected_series_list")
         spec.output("restored").condition(ConditionType.NONE)
 
-    def _load(self):
-        from custom.inference.restore import Restorer
+    @property
+    def restorer(self):
+        """The bundle's :class:`custom.inference.restore.Restorer` (built at first use)."""
+        if self._restorer is None:
+            from custom.inference.restore import Restorer
 
-        overrides = json.loads(os.environ.get("TAT_DEPLOY_OVERRIDE", "{}"))
-        self._restorer = Restorer.from_bundle(self.bundle_root, checkpoint=self.ckpt, overrides=overrides)
+            # the app writes into its own output folder, replacing what a previous run left there
+            overrides = {**json.loads(os.environ.get("TAT_DEPLOY_OVERRIDE", "{}")), "overwrite": True}
+            self._restorer = Restorer.from_bundle(self.bundle_root, checkpoint=self.ckpt, overrides=overrides)
+            self._restorer.steps(self.options)  # refuses a bad option before any series is read
+        return self._restorer
+
+    def write(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """The config's writers (difference series when enabled, restored series) for one emitted item."""
+        return self.restorer.write_item(item, self.options)
 
     def compute(self, op_input, op_output, context):
+        import torch
         from custom.inference.io import load_dicom_series
         from custom.settings import MODALITY_ALIASES
 
-        if self._restorer is None:
-            self._load()
+        restorer = self.restorer
         selections = op_input.receive("study_selected_series_list") or []
         results = []
         for study_selected in selections:
@@ -88,40 +158,52 @@ class TATRestoreOperator(Operator):
                     tag, known = meta["dicom_modality"], ", ".join(sorted(MODALITY_ALIASES))
                     found = f"is {tag}, which is not one of" if tag else "is missing; expected one of"
                     raise ValueError(f"{where}: Modality tag (0008,0060) {found} {known}.")
-                restored = self._restorer(values, meta["modality"])
+                item = {
+                    "image": torch.from_numpy(values)[None],
+                    "modality": meta["modality"],
+                    "source": os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in meta["files"]]),
+                    "kind": "dicom",
+                    "scan_info": meta,
+                }
+                d = restorer.restore_item(item, self.options)
+                restored = d["pred"][0].numpy()
                 logging.info(
                     f"restored {series.SeriesInstanceUID} ({meta['modality']}, {values.shape}): "
                     f"input [{values.min():.1f}, {values.max():.1f}] -> [{restored.min():.1f}, {restored.max():.1f}]"
                 )
-                results.append({"values": restored, "uid": series.SeriesInstanceUID, **meta})
+                if "predicted_task" in d:
+                    logging.info(
+                        f"task check {series.SeriesInstanceUID}: predicted {d['predicted_task']} "
+                        f"(distance {d['task_distance']}), {len(d['warnings'])} warning(s)"
+                    )
+                for w in d["warnings"]:  # also written into the derived series' ImageComments
+                    logging.warning(f"{series.SeriesInstanceUID}: {w}")
+                results.append({**d, **meta, "values": restored, "uid": series.SeriesInstanceUID})
         op_output.emit(results, "restored")
 
 
 class DerivedSeriesWriterOperator(Operator):
-    """Writes each restored volume as a derived DICOM series (new Series/SOP UIDs, ImageType DERIVED) under
-    <output>/<source SeriesInstanceUID>/, stored with the source's rescale so values stay in physical units."""
+    """Writes each restored volume as a derived DICOM series (new Series/SOP UIDs, ImageType DERIVED, the scan's
+    warnings in ImageComments) under <output>/<source SeriesInstanceUID>/, stored with the source's rescale so values
+    stay in physical units, and, when the difference option is on, the difference restored - input as its own
+    derived series <output>/<source SeriesInstanceUID>_difference/: the config's writers, through the restore
+    operator's Restorer."""
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs):
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, restore_operator: TATRestoreOperator, **kwargs):
         self.output_folder = Path(output_folder)
+        self.restore_operator = restore_operator
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec):
         spec.input("restored")
 
     def compute(self, op_input, op_output, context):
-        from custom.inference.writers import write_dicom_series
-
         self.output_folder.mkdir(parents=True, exist_ok=True)
         for item in op_input.receive("restored") or []:
-            path = write_dicom_series(
-                item["values"],
-                item["datasets"],
-                item["files"],
-                str(self.output_folder / item["uid"]),
-                suv_factors=item["suv_factors"],
-                overwrite=True,
-            )
-            logging.info(f"wrote derived series {path}")
+            d = self.restore_operator.write({**item, "output": str(self.output_folder / item["uid"])})
+            logging.info(f"wrote derived series {d['output']}")
+            if d.get("difference_output"):
+                logging.info(f"wrote difference series (restored - input) {d['difference_output']}")
 
 
 class TATRestorationApp(Application):
@@ -138,7 +220,9 @@ class TATRestorationApp(Application):
         )
         selector = DICOMSeriesSelectorOperator(self, rules=SELECTION_RULES, all_matched=True, name="series_selector")
         restore = TATRestoreOperator(self, model_path=Path(ctx.model_path), name="tat_restore")
-        writer = DerivedSeriesWriterOperator(self, output_folder=Path(ctx.output_path), name="derived_writer")
+        writer = DerivedSeriesWriterOperator(
+            self, output_folder=Path(ctx.output_path), restore_operator=restore, name="derived_writer"
+        )
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(selector, restore, {("study_selected_series_list", "study_selected_series_list")})
         self.add_flow(restore, writer, {("restored", "restored")})

@@ -4,6 +4,9 @@
         --conf bundle_root bundle [--conf modality CT] [--conf tat_override '{"network_def#dim": 8}']
 
 Then: POST /infer/tat_restore?image=<id>&output=image with params {"modality": "CT"} returns the restored NIfTI.
+Options (inference.json's "Is it real?" keys, defaults from inference.json, ``--conf <name> <value>`` for the app's
+defaults, request params per call): data_consistency, kspace_factor, data_consistency_mode, task_check, difference
+(see lib/tat_restore.py).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from lib.tat_restore import TATRestore
+from lib.tat_restore import REQUEST_OPTIONS, TATRestore
 from monailabel.interfaces.app import MONAILabelApp
 
 logger = logging.getLogger(__name__)
@@ -25,6 +28,7 @@ class MyApp(MONAILabelApp):
         self.bundle_root = os.path.abspath(conf.get("bundle_root", str(REPO / "bundle")))
         self.modality = conf.get("modality") or None
         self.override = json.loads(conf.get("tat_override", "{}") or "{}")
+        self.options = {k: conf[k] for k in REQUEST_OPTIONS if conf.get(k) not in (None, "")}
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -35,7 +39,7 @@ class MyApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        task = TATRestore(self.bundle_root, override=self.override, modality=self.modality)
+        task = TATRestore(self.bundle_root, override=self.override, modality=self.modality, options=self.options)
         if not task.is_valid():
             logger.warning(f"{self.bundle_root}: no configs/inference.json or models/model.pt; tat_restore disabled")
             return {}

@@ -8,8 +8,10 @@ scan. Images are channel-first in physical units (HU, SUV, MR units): ``(C, H, W
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,6 +106,12 @@ def restore(
 class Restorer:
     """A network, its settings and inferer built once from a bundle config; :meth:`__call__` restores arrays.
 
+    Built with :meth:`from_bundle`, it also holds the config's ``postprocessing`` (the bundle inference's steps
+    after :func:`restore`: data consistency, task check, difference output, restored-scan writer), so the apps run
+    exactly those steps: :meth:`restore_item` restores a scan and applies the steps before the writers,
+    :meth:`write_item` the writers. The inference options of :data:`Restorer.OPTIONS` (config ids of
+    ``inference.json``) can be set per call; unset ones keep the config's values.
+
     Args:
         network: the loaded network.
         settings: modality settings.
@@ -111,6 +119,9 @@ class Restorer:
         clip: clip outputs to ``clip_range``.
         device: where the network runs.
     """
+
+    #: config ids an app may set per call (the rest of the config is fixed when the restorer is built)
+    OPTIONS = ("data_consistency", "kspace_factor", "data_consistency_mode", "task_check", "difference_output")
 
     def __init__(
         self,
@@ -125,6 +136,11 @@ class Restorer:
         self.inferer = inferer
         self.clip = bool(clip)
         self.device = torch.device(device)
+        self._parser: Any = None  # the bundle config (from_bundle), source of the postprocessing steps
+        self._defaults: dict[str, Any] = {}
+        self._steps: dict[str, list[Any]] = {}
+        self._task_check: Any = None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_bundle(
@@ -135,14 +151,15 @@ class Restorer:
         overrides: Mapping[str, Any] | None = None,
         device: torch.device | str | None = None,
     ) -> Restorer:
-        """Build from a bundle: ``network_def``, ``modality_settings``, ``inferer`` and ``clip_output`` of its
-        inference config, weights from ``checkpoint``.
+        """Build from a bundle: ``network_def``, ``modality_settings``, ``inferer``, ``clip_output`` and
+        ``postprocessing`` of its inference config, weights (and task statistics) from ``checkpoint``.
 
         Args:
             bundle_root: the bundle folder.
             checkpoint: weights (default ``<bundle_root>/models/model.pt``).
             config_file: config (default ``<bundle_root>/configs/inference.json``).
-            overrides: config ids -> values applied after reading (e.g. ``{"network_def#dim": 8}``).
+            overrides: config ids -> values applied after reading (e.g. ``{"network_def#dim": 8}``); they become
+                the defaults of :data:`OPTIONS` too.
             device: default: CUDA if available, else CPU.
 
         Returns:
@@ -165,17 +182,138 @@ class Restorer:
         if device is None:
             device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
         network = parser.get_parsed_content("network_def")
-        load_checkpoint(network, checkpoint or os.path.join(root, "models", "model.pt"))
-        return cls(
+        ckpt = os.fspath(checkpoint or os.path.join(root, "models", "model.pt"))
+        load_checkpoint(network, ckpt)
+        restorer = cls(
             network,
             parser.get_parsed_content("modality_settings"),
             parser.get_parsed_content("inferer"),
             clip=bool(parser.get("clip_output", True)),
             device=device,
         )
+        parser["network"], parser["checkpoint"] = restorer.network, ckpt  # the steps use this network's weights
+        restorer._parser = parser
+        restorer._defaults = {k: parser.get(k) for k in cls.OPTIONS if k in parser}
+        return restorer
+
+    def steps(self, options: Mapping[str, Any] | None = None) -> list[Any]:
+        """The config's ``postprocessing`` transforms with ``options`` over the config's values (built once per
+        distinct options; one task check is shared by all, so a checkpoint without task statistics is warned
+        about once).
+
+        Args:
+            options: config ids of :data:`OPTIONS` -> values (e.g. ``{"data_consistency": True}``).
+
+        Returns:
+            the transforms in config order (empty for a restorer not built :meth:`from_bundle`).
+
+        Raises:
+            ValueError: an option that is not one of :data:`OPTIONS`, or a value the config's transforms refuse.
+        """
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown inference option(s) {unknown}; expected some of {list(self.OPTIONS)}.")
+        if self._parser is None:
+            return []
+        values = {**self._defaults, **options}
+        key = json.dumps(values, sort_keys=True, default=str)
+        with self._lock:
+            if key not in self._steps:
+                from custom.inference.task_check import TaskCheckd
+
+                for k, v in values.items():
+                    self._parser[k] = v
+                try:
+                    parsed = self._parser.get_parsed_content("postprocessing", lazy=False)
+                except RuntimeError as e:  # MONAI wraps a transform's refusal of a value
+                    cause = e.__cause__
+                    while isinstance(cause, RuntimeError) and cause.__cause__ is not None:
+                        cause = cause.__cause__
+                    if isinstance(cause, ValueError):
+                        raise ValueError(f"inference options {options}: {cause}") from e
+                    raise
+                steps = list(getattr(parsed, "transforms", parsed))
+                for i, step in enumerate(steps):
+                    if isinstance(step, TaskCheckd) and step.enabled:
+                        if self._task_check is None:
+                            self._task_check = step
+                            step.statistics()  # read (and warned about) once, here
+                        steps[i] = self._task_check
+                self._steps[key] = steps
+            return self._steps[key]
+
+    @staticmethod
+    def _is_writer(step: Any) -> bool:
+        from custom.inference.difference import SaveDifferenced
+        from custom.inference.writers import SaveRestoredd
+
+        return isinstance(step, (SaveDifferenced, SaveRestoredd))
+
+    def restore_item(self, item: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Restore a scan item and apply the config's steps before its writers (data consistency, task check).
+
+        Args:
+            item: ``"image"`` ``(1, H, W[, D])`` in physical units (not modified), ``"modality"``; optional
+                ``"source"`` (name in messages), and ``"kind"`` / ``"scan_info"`` for :meth:`write_item`.
+            options: see :meth:`steps`.
+
+        Returns:
+            a new item: ``"input"`` (the physical input), ``"pred"`` (restored, physical units, float32 CPU),
+            ``"image"`` (normalised input), ``"warnings"`` (list) and what the steps add (``predicted_task``,
+            ``task_distance``).
+
+        Raises:
+            ValueError: unknown modality or option, non-finite values, bad data-consistency input.
+        """
+        d = dict(item)
+        image = d["image"]
+        image = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image, dtype=torch.float32)
+        if image.ndim not in (3, 4) or image.shape[0] != 1:
+            raise ValueError(f"{d.get('source', 'scan')}: expected (1, H, W[, D]), got shape {tuple(image.shape)}.")
+        d["input"] = image
+        d["pred"], d["image"] = restore(
+            image,
+            d["modality"],
+            self.network,
+            self.inferer,
+            self.settings,
+            self.clip,
+            self.device,
+            return_normalised=True,
+        )
+        d["warnings"] = list(d.get("warnings") or [])
+        for step in self.steps(options):
+            if not self._is_writer(step):
+                d = dict(step(d))
+        return d
+
+    def write_item(self, item: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Apply the config's writers to a :meth:`restore_item` result: the difference output (when enabled,
+        ``difference_output`` set to its path) and the restored scan at ``item["output"]`` (warnings in the NIfTI
+        ``descrip`` / DICOM ``ImageComments``).
+
+        Args:
+            item: from :meth:`restore_item`, with ``"output"``, ``"kind"`` (``nifti`` / ``dicom``) and
+                ``"scan_info"`` (the reader's info; a DICOM ``"source"`` folder gives a series folder).
+            options: the same options as for :meth:`restore_item`.
+
+        Returns:
+            the item after the writers.
+
+        Raises:
+            FileExistsError: an output exists and the config's ``overwrite`` is false.
+            ValueError: shapes do not match the source.
+        """
+        d = dict(item)
+        for step in self.steps(options):
+            if self._is_writer(step):
+                d = dict(step(d))
+        return d
 
     def __call__(self, values: np.ndarray | torch.Tensor, modality: str) -> np.ndarray:
-        """Restore a 2D ``(H, W)`` or 3D ``(H, W, D)`` array in physical units.
+        """Restore a 2D ``(H, W)`` or 3D ``(H, W, D)`` array in physical units (:func:`restore` only, without the
+        config's postprocessing steps; see :meth:`restore_item`).
 
         Args:
             values: the scan (not modified).

@@ -107,3 +107,40 @@ def write_ct_dicom_series(folder: Path, shape=(40, 48, 3)) -> np.ndarray:
         ds.PixelData = (hu[..., k] + 1024).astype(np.uint16).tobytes()
         ds.save_as(str(folder / f"slice{k:03d}.dcm"), enforce_file_format=True)
     return hu.astype(np.float32)
+
+
+def save_statistics_checkpoint(path: Path, tasks=("PET",), threshold: float = -1.0, identity: bool = True) -> Path:
+    """``{"model": ..., "task_statistics": ...}`` of the tiny TAT (zero residual when ``identity``) with task
+    statistics that make the task check's outcome known: every task centred at 0 with unit spread, so a scan is
+    predicted as ``tasks[0]`` when it is the only one, and a negative ``threshold`` flags every scan as far."""
+    import torch
+    from custom.handlers.task_statistics import STATS_KEY, task_embeddings
+
+    from tests.utils import tiny_net
+
+    net = tiny_net(0)
+    if identity:
+        with torch.no_grad():
+            for p in net.output.parameters():
+                p.zero_()
+    width = task_embeddings(net, torch.rand(1, 1, 32, 32)).shape[1]
+    stats = {
+        "tasks": list(tasks),
+        "mean": torch.zeros(len(tasks), width),
+        "std": torch.ones(len(tasks), width),
+        "threshold": float(threshold),
+        "percentile": 99.0,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.state_dict(), STATS_KEY: stats}, path)
+    return path
+
+
+def mr_phantom(shape=(32, 32, 2)) -> np.ndarray:
+    """A small MR-like volume (scanner units, non-negative, edges and texture) as float32 (rows, cols, n)."""
+    rng = np.random.default_rng(1)
+    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    r = np.sqrt(x**2 + y**2)
+    sl = np.where(r < 0.75, 900.0 + 300.0 * x, 20.0) + np.where(r < 0.3, 600.0, 0.0)
+    vol = np.stack([sl + rng.normal(0, 40, sl.shape) for _ in range(shape[2])], -1)
+    return np.clip(np.rint(vol), 0, 4095).astype(np.float32)

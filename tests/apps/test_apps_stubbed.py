@@ -9,6 +9,7 @@ custom.inference.restore and custom.inference.writers.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -21,9 +22,20 @@ from unittest import mock
 import nibabel as nib
 import numpy as np
 import pydicom
+import torch
+from custom.transforms.data_consistency import kspace_block_error
+from parameterized import parameterized
 
-from tests.apps.helpers import BUNDLE, REPO, TINY_KW, write_ct_dicom_series, write_ct_nifti
-from tests.inference.helpers import save_identity_checkpoint
+from tests.apps.helpers import (
+    BUNDLE,
+    REPO,
+    TINY_KW,
+    mr_phantom,
+    save_statistics_checkpoint,
+    write_ct_dicom_series,
+    write_ct_nifti,
+)
+from tests.utils import dicom_series_folder, save_checkpoint, save_identity_checkpoint
 
 OVERRIDES = {f"network_def#{k}": v for k, v in TINY_KW.items()}
 
@@ -39,11 +51,12 @@ class _Base:
         self.args, self.kwargs = args, kwargs
 
 
-def _bundle(d: Path) -> Path:
-    bundle = d / "bundle"
+def _bundle(d: Path, write_checkpoint=None, name: str = "bundle") -> Path:
+    """A copy of the bundle's configs with a tiny checkpoint (default: zero residual, no task statistics)."""
+    bundle = d / name
     shutil.copytree(BUNDLE / "configs", bundle / "configs")
     (bundle / "models").mkdir()
-    save_identity_checkpoint(str(bundle / "models" / "model.pt"))
+    (write_checkpoint or (lambda p: save_identity_checkpoint(str(p))))(bundle / "models" / "model.pt")
     return bundle
 
 
@@ -133,7 +146,7 @@ class TestDeployOperators(unittest.TestCase):
                 restore.compute(_Port([study]), out_port, None)
             (item,) = out_port.emitted["restored"]
             np.testing.assert_allclose(item["values"], np.clip(hu, -1024, 3072), atol=1e-3)
-            app.DerivedSeriesWriterOperator(None, output_folder=d / "out").compute(
+            app.DerivedSeriesWriterOperator(None, output_folder=d / "out", restore_operator=restore).compute(
                 _Port(out_port.emitted["restored"]), None, None
             )
             for f in files:
@@ -141,6 +154,336 @@ class TestDeployOperators(unittest.TestCase):
                 self.assertNotEqual(out.SeriesInstanceUID, src.SeriesInstanceUID)
                 self.assertEqual((out.RescaleSlope, out.RescaleIntercept), (src.RescaleSlope, src.RescaleIntercept))
                 np.testing.assert_array_equal(out.pixel_array, src.pixel_array)  # identity: the stored values
+
+
+# --- the "Is it real?" options (data consistency, task check, difference) through both apps ---------------------
+
+INFERENCE = json.loads((BUNDLE / "configs" / "inference.json").read_text())
+NO_STATISTICS = "no task statistics in the checkpoint"
+
+
+def _random_checkpoint(path: Path) -> None:
+    save_checkpoint(str(path), seed=3)  # a network that changes the scan, so the options show
+
+
+def _monailabel_lib() -> types.ModuleType:
+    stubs = {
+        "monailabel": _module("monailabel"),
+        "monailabel.interfaces": _module("monailabel.interfaces"),
+        "monailabel.interfaces.tasks": _module("monailabel.interfaces.tasks"),
+        "monailabel.interfaces.tasks.infer_v2": _module(
+            "monailabel.interfaces.tasks.infer_v2", InferType=types.SimpleNamespace(OTHERS="others")
+        ),
+        "monailabel.tasks": _module("monailabel.tasks"),
+        "monailabel.tasks.infer": _module("monailabel.tasks.infer"),
+        "monailabel.tasks.infer.basic_infer": _module("monailabel.tasks.infer.basic_infer", BasicInferTask=_Base),
+    }
+    return _load(REPO / "apps" / "monailabel" / "lib" / "tat_restore.py", "tat_restore_options", stubs)
+
+
+def _deploy_app() -> types.ModuleType:
+    stubs = {
+        "monai.deploy": _module("monai.deploy"),
+        "monai.deploy.conditions": _module("monai.deploy.conditions", CountCondition=_Base),
+        "monai.deploy.core": _module(
+            "monai.deploy.core",
+            AppContext=_Base,
+            Application=_Base,
+            ConditionType=types.SimpleNamespace(NONE=None),
+            Fragment=_Base,
+            Operator=_Base,
+            OperatorSpec=_Base,
+        ),
+        "monai.deploy.operators": _module("monai.deploy.operators"),
+        "monai.deploy.operators.dicom_data_loader_operator": _module("x", DICOMDataLoaderOperator=_Base),
+        "monai.deploy.operators.dicom_series_selector_operator": _module("y", DICOMSeriesSelectorOperator=_Base),
+    }
+    return _load(REPO / "apps" / "deploy" / "app.py", "deploy_app_options", stubs)
+
+
+def _nifti(path: str) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj, dtype=np.float64)
+
+
+def _block_error(image: np.ndarray, measured: np.ndarray, factor: float = 4.0) -> float:
+    return kspace_block_error(torch.as_tensor(image)[None], torch.as_tensor(measured)[None], factor)
+
+
+class TestMonaiLabelOptions(unittest.TestCase):
+    """Request params data_consistency / task_check / difference of the MONAI Label task, through Restorer."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lib = _monailabel_lib()
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.d = Path(self.tmp.name)
+        self.returned: list[str] = []
+
+    def tearDown(self):
+        for path in self.returned:
+            if os.path.exists(path):
+                os.remove(path)
+        self.tmp.cleanup()
+
+    def _task(self, write_checkpoint=_random_checkpoint, **kwargs):
+        return self.lib.TATRestore(str(_bundle(self.d, write_checkpoint)), override=OVERRIDES, **kwargs)
+
+    def _infer(self, task, image: Path, **params) -> tuple[str, dict]:
+        path, result = task({"image": str(image), **params})
+        self.returned.append(path)
+        json.dumps(result)  # the response's params must be JSON
+        return path, result
+
+    def test_defaults_are_inference_json_values(self):
+        task = self._task()
+        expected = {
+            "data_consistency": INFERENCE["data_consistency"],
+            "kspace_factor": INFERENCE["kspace_factor"],
+            "data_consistency_mode": INFERENCE["data_consistency_mode"],
+            "task_check": INFERENCE["task_check"],
+            "difference": INFERENCE["difference_output"],
+        }
+        self.assertEqual(task.defaults, expected)
+        self.assertEqual({k: task.kwargs["config"][k] for k in expected}, expected)  # shown in /info
+        vol = write_ct_nifti(self.d / "ct.nii.gz")
+        _, result = self._infer(task, self.d / "ct.nii.gz", modality="CT")
+        self.assertEqual(result["image"], "difference" if INFERENCE["difference_output"] else "restored")
+        self.assertEqual(result["shape"], list(vol.shape))
+        with self.assertRaisesRegex(ValueError, "unknown TAT option"):
+            self.lib.TATRestore(str(self.d / "bundle"), override=OVERRIDES, options={"diference": True})
+
+    @parameterized.expand([("request", {}, {"difference": True}), ("app_conf", {"difference": "true"}, {})])
+    def test_difference_is_restored_minus_input(self, _, options, params):
+        vol = write_ct_nifti(self.d / "ct.nii.gz")
+        task = self._task(options=options)
+        restored_path, restored = self._infer(task, self.d / "ct.nii.gz", modality="CT", difference=False)
+        self.assertEqual(restored["image"], "restored")
+        path, result = self._infer(task, self.d / "ct.nii.gz", modality="CT", **params)
+        self.assertEqual(result["image"], "difference")
+        self.assertTrue(path.endswith("_difference.nii.gz"), path)
+        self.assertFalse(os.path.exists(path.replace("_difference", "")), "restored temp file left behind")
+        diff, out = _nifti(path), _nifti(restored_path)
+        self.assertGreater(np.abs(diff).max(), 1.0, "the network changed nothing: the test shows nothing")
+        np.testing.assert_allclose(diff, out - vol, atol=1e-2)
+        self.assertAlmostEqual(result["difference_max"], float(diff.max()), places=2)
+        np.testing.assert_allclose(nib.load(path).affine, nib.load(str(self.d / "ct.nii.gz")).affine)
+
+    def test_task_check_in_response_log_and_descrip(self):
+        write_ct_nifti(self.d / "ct.nii.gz")
+        task = self._task(lambda p: save_statistics_checkpoint(p, tasks=("PET",), threshold=-1.0))
+        with self.assertLogs(level="WARNING") as logs:
+            path, result = self._infer(task, self.d / "ct.nii.gz", modality="CT")
+        self.assertEqual(result["predicted_task"], "PET")
+        self.assertGreater(result["task_distance"], 0.0)
+        self.assertEqual(len(result["warnings"]), 2, result["warnings"])
+        self.assertIn("declared CT", result["warnings"][0])
+        self.assertIn("exceeds the calibrated threshold", result["warnings"][1])
+        self.assertTrue(any("declared CT" in line for line in logs.output))
+        descrip = bytes(nib.load(path).header["descrip"]).decode()
+        self.assertTrue(descrip.startswith("TAT warning: the network"), descrip)
+        path, result = self._infer(task, self.d / "ct.nii.gz", modality="CT", task_check=False)
+        self.assertEqual((result["predicted_task"], result["task_distance"], result["warnings"]), (None, None, []))
+        self.assertNotIn("TAT warning", bytes(nib.load(path).header["descrip"]).decode())
+
+    def test_data_consistency_on_mri(self):
+        vol = mr_phantom((32, 32, 2))
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(self.d / "mr.nii.gz"))
+        task = self._task()
+        off_path, off = self._infer(task, self.d / "mr.nii.gz", modality="MRI")
+        on_path, on = self._infer(task, self.d / "mr.nii.gz", modality="MRI", data_consistency=True)
+        self.assertTrue(on["data_consistency"])
+        self.assertFalse(off["data_consistency"])
+        self.assertGreater(_block_error(_nifti(off_path), vol), 1e-2)  # the network alone changed the block
+        self.assertLess(_block_error(_nifti(on_path), vol), 1e-3)
+        self.assertEqual(on["warnings"], [])  # 32 is divisible by 4
+
+    def test_data_consistency_leaves_ct_unchanged(self):
+        write_ct_nifti(self.d / "ct.nii.gz")
+        task = self._task()
+        off_path, _ = self._infer(task, self.d / "ct.nii.gz", modality="CT")
+        with self.assertLogs("custom.transforms.data_consistency", "INFO") as logs:
+            on_path, on = self._infer(task, self.d / "ct.nii.gz", modality="CT", data_consistency=True)
+        np.testing.assert_array_equal(_nifti(on_path), _nifti(off_path))
+        self.assertTrue(any("not MRI: left unchanged" in line for line in logs.output))
+
+    def test_size_not_divisible_by_the_factor_warns_and_restores(self):
+        vol = mr_phantom((30, 30, 2))
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(self.d / "mr.nii.gz"))
+        path, result = self._infer(self._task(), self.d / "mr.nii.gz", modality="MRI", data_consistency=True)
+        (warning,) = [w for w in result["warnings"] if "kspace_factor" in w]
+        self.assertIn("30x30 is not divisible by kspace_factor 4", warning)
+        self.assertEqual(_nifti(path).shape, vol.shape)
+        self.assertLess(_block_error(_nifti(path), vol), 1e-3)  # still made consistent, with the rounding
+
+    def test_checkpoint_without_statistics_warns_once_and_restores(self):
+        vol = write_ct_nifti(self.d / "ct.nii.gz")
+        task = self._task()  # random weights, no task statistics; task_check on by inference.json
+        self.assertTrue(INFERENCE["task_check"])
+        with self.assertLogs("custom.inference.task_check", "WARNING") as logs:
+            for params in ({}, {"difference": True}, {"data_consistency": True}):
+                path, result = self._infer(task, self.d / "ct.nii.gz", modality="CT", **params)
+                self.assertEqual(_nifti(path).shape, vol.shape)
+                self.assertIsNone(result["predicted_task"])
+        self.assertEqual(sum(NO_STATISTICS in line for line in logs.output), 1, logs.output)
+
+    @parameterized.expand(
+        [("flag", {"difference": "maybe"}, "difference"), ("mode", {"data_consistency_mode": "x"}, "mode")]
+    )
+    def test_bad_option_values_are_refused(self, _, params, words):
+        write_ct_nifti(self.d / "ct.nii.gz")
+        with self.assertRaisesRegex(ValueError, words):
+            self._task()({"image": str(self.d / "ct.nii.gz"), "modality": "CT", **params})
+
+
+def _study(folder: Path) -> types.SimpleNamespace:
+    files = sorted(str(p) for p in folder.glob("*.dcm"))
+    sops = [types.SimpleNamespace(get_native_sop_instance=lambda f=f: types.SimpleNamespace(filename=f)) for f in files]
+    series = types.SimpleNamespace(
+        SeriesInstanceUID=pydicom.dcmread(files[0]).SeriesInstanceUID, get_sop_instances=lambda: sops
+    )
+    return types.SimpleNamespace(selected_series=[types.SimpleNamespace(series=series)])
+
+
+def _series(folder: Path) -> tuple[np.ndarray, list[pydicom.Dataset]]:
+    """Physical values (rows, cols, n) of a series folder, slices by position, and the datasets."""
+    ds = sorted((pydicom.dcmread(str(p)) for p in folder.glob("*.dcm")), key=lambda x: float(x.ImagePositionPatient[2]))
+    values = np.stack([x.pixel_array * float(x.RescaleSlope) + float(x.RescaleIntercept) for x in ds], -1)
+    return values, ds
+
+
+class TestDeployOptions(unittest.TestCase):
+    """TAT_DEPLOY_DATA_CONSISTENCY / _TASK_CHECK / _DIFFERENCE (and operator options) of the Deploy app."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.app = _deploy_app()
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.d = Path(self.tmp.name)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def _run(self, folder: Path, bundle: Path, env: dict | None = None, out: str = "out", **kwargs) -> list[dict]:
+        """Both operators on one series folder; returns the emitted items (written under self.d / out)."""
+        env = {"TAT_DEPLOY_OVERRIDE": json.dumps(OVERRIDES), **(env or {})}
+        with mock.patch.dict(os.environ, env):
+            for var in self.app.OPTION_ENV:
+                if var not in env:
+                    os.environ.pop(var, None)
+            restore = self.app.TATRestoreOperator(None, model_path=bundle, **kwargs)
+            port = _Port()
+            restore.compute(_Port([_study(folder)]), port, None)
+            writer = self.app.DerivedSeriesWriterOperator(None, output_folder=self.d / out, restore_operator=restore)
+            writer.compute(_Port(port.emitted["restored"]), None, None)
+        return port.emitted["restored"]
+
+    def _mr_series(self, shape=(32, 32, 2)) -> tuple[Path, np.ndarray]:
+        vol = mr_phantom(shape)
+        folder = dicom_series_folder(str(self.d / "mr"), vol.astype(np.uint16), modality="MR", slope=1, inter=0)
+        return Path(folder), vol
+
+    @parameterized.expand(
+        [
+            ("unset", {}, {}),
+            ("on", {"TAT_DEPLOY_DATA_CONSISTENCY": "true", "TAT_DEPLOY_DIFFERENCE": "yes"},
+             {"data_consistency": True, "difference_output": True}),
+            ("off", {"TAT_DEPLOY_TASK_CHECK": "false", "TAT_DEPLOY_KSPACE_FACTOR": "2"},
+             {"task_check": False, "kspace_factor": 2.0}),
+            ("mode", {"TAT_DEPLOY_DATA_CONSISTENCY_MODE": "real", "TAT_DEPLOY_DIFFERENCE": ""},
+             {"data_consistency_mode": "real"}),
+        ]
+    )  # fmt: skip
+    def test_env_options(self, _, env, expected):
+        self.assertEqual(self.app.env_options(env), expected)
+
+    @parameterized.expand(
+        [
+            ("flag", "TAT_DEPLOY_DATA_CONSISTENCY", "maybe"),
+            ("factor", "TAT_DEPLOY_KSPACE_FACTOR", "0.5"),
+            ("not_number", "TAT_DEPLOY_KSPACE_FACTOR", "four"),
+            ("mode", "TAT_DEPLOY_DATA_CONSISTENCY_MODE", "abs"),
+        ]
+    )
+    def test_bad_env_values_name_the_variable(self, _, var, value):
+        with self.assertRaisesRegex(ValueError, var):
+            self.app.env_options({var: value})
+
+    @parameterized.expand(
+        [("env", {"TAT_DEPLOY_DIFFERENCE": "true"}, {}), ("argument", {}, {"difference_output": True})]
+    )
+    def test_difference_series(self, _, env, options):
+        hu = write_ct_dicom_series(self.d / "in" / "series1")
+        bundle = _bundle(self.d, _random_checkpoint)
+        (item,) = self._run(self.d / "in" / "series1", bundle, env, options=options)
+        uid = item["uid"]
+        restored, out = _series(self.d / "out" / uid)
+        diff, diff_ds = _series(self.d / "out" / f"{uid}_difference")
+        self.assertGreater(np.abs(diff).max(), 5.0, "the network changed nothing: the test shows nothing")
+        np.testing.assert_allclose(diff, restored - hu, atol=1.0)  # both stored as integers
+        self.assertEqual(len({x.SeriesInstanceUID for x in diff_ds} | {x.SeriesInstanceUID for x in out}), 2)
+        self.assertIn("TAT difference", str(diff_ds[0].SeriesDescription))
+        self.assertEqual(sorted(p.name for p in (self.d / "out").iterdir()), [uid, f"{uid}_difference"])
+        if not INFERENCE["difference_output"]:  # default from inference.json: no difference series
+            self._run(self.d / "in" / "series1", bundle, out="out_default")
+            self.assertEqual([p.name for p in (self.d / "out_default").iterdir()], [uid])
+
+    def test_task_check_warnings_in_image_comments(self):
+        write_ct_dicom_series(self.d / "in" / "series1")
+        bundle = _bundle(self.d, lambda p: save_statistics_checkpoint(p, tasks=("PET",), threshold=-1.0))
+        with self.assertLogs(level="WARNING") as logs:
+            (item,) = self._run(self.d / "in" / "series1", bundle)
+        self.assertEqual(item["predicted_task"], "PET")
+        self.assertEqual(len(item["warnings"]), 2, item["warnings"])
+        self.assertTrue(any(item["uid"] in line and "declared CT" in line for line in logs.output), logs.output)
+        _, out = _series(self.d / "out" / item["uid"])
+        for ds in out:
+            self.assertTrue(str(ds.ImageComments).startswith("TAT warning: "), ds.get("ImageComments"))
+            self.assertIn("declared CT", str(ds.ImageComments))
+            self.assertIn("exceeds the calibrated threshold", str(ds.ImageComments))
+        (item,) = self._run(self.d / "in" / "series1", bundle, {"TAT_DEPLOY_TASK_CHECK": "false"}, out="off")
+        self.assertNotIn("predicted_task", item)
+        _, out = _series(self.d / "off" / item["uid"])
+        self.assertFalse(any("ImageComments" in ds for ds in out))
+
+    def test_data_consistency_on_mr_only(self):
+        folder, vol = self._mr_series()
+        bundle = _bundle(self.d, _random_checkpoint)
+        (off,) = self._run(folder, bundle, out="off")
+        (on,) = self._run(folder, bundle, {"TAT_DEPLOY_DATA_CONSISTENCY": "true"}, out="on")
+        self.assertGreater(_block_error(off["values"], vol), 1e-2)
+        self.assertLess(_block_error(on["values"], vol), 1e-3)
+        written, _ = _series(self.d / "on" / on["uid"])
+        np.testing.assert_allclose(written, on["values"], atol=0.51)  # the writer got the consistent values
+        write_ct_dicom_series(self.d / "in" / "ct")
+        (ct_off,) = self._run(self.d / "in" / "ct", bundle, out="ct_off")
+        (ct_on,) = self._run(self.d / "in" / "ct", bundle, {"TAT_DEPLOY_DATA_CONSISTENCY": "true"}, out="ct_on")
+        np.testing.assert_array_equal(ct_on["values"], ct_off["values"])
+
+    def test_size_not_divisible_warns_in_image_comments(self):
+        folder, vol = self._mr_series((30, 30, 2))
+        (item,) = self._run(folder, _bundle(self.d, _random_checkpoint), {"TAT_DEPLOY_DATA_CONSISTENCY": "1"})
+        self.assertTrue(any("30x30 is not divisible by kspace_factor 4" in w for w in item["warnings"]))
+        self.assertLess(_block_error(item["values"], vol), 1e-3)
+        _, out = _series(self.d / "out" / item["uid"])
+        self.assertTrue(all("not divisible by kspace_factor" in str(ds.get("ImageComments", "")) for ds in out))
+
+    def test_checkpoint_without_statistics_warns_once_and_restores(self):
+        write_ct_dicom_series(self.d / "in" / "a")
+        write_ct_dicom_series(self.d / "in" / "b")
+        bundle = _bundle(self.d)  # no task statistics; task_check on by inference.json
+        env = {"TAT_DEPLOY_OVERRIDE": json.dumps(OVERRIDES)}
+        with mock.patch.dict(os.environ, env), self.assertLogs("custom.inference.task_check", "WARNING") as logs:
+            restore = self.app.TATRestoreOperator(None, model_path=bundle)
+            port = _Port()
+            restore.compute(_Port([_study(self.d / "in" / "a"), _study(self.d / "in" / "b")]), port, None)
+            restore.compute(_Port([_study(self.d / "in" / "a")]), port, None)
+        self.assertEqual(sum(NO_STATISTICS in line for line in logs.output), 1, logs.output)
+        self.assertEqual(len(port.emitted["restored"]), 1)
+        self.assertIsNone(port.emitted["restored"][0]["predicted_task"])
 
 
 if __name__ == "__main__":

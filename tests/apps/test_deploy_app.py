@@ -1,5 +1,7 @@
 """MONAI Deploy app (apps/deploy/app.py) run for real with the App SDK (holoscan) on a DICOM CT series.
 
+The difference option (env TAT_DEPLOY_DIFFERENCE) is on: its derived series must hold restored - input.
+
 Needs the separate environment built by `scripts/build_deploy_env.sh` (monai-deploy-app-sdk 4.0.0, holoscan,
 highdicom; ~4 min to build here). Skips, saying so, when it is absent.
 """
@@ -63,6 +65,7 @@ class TestDeployApp(unittest.TestCase):
             import os
 
             os.environ["TAT_DEPLOY_OVERRIDE"] = env_override
+            os.environ["TAT_DEPLOY_DIFFERENCE"] = "true"  # the difference as its own derived series
             try:
                 run(
                     [self.py, REPO / "apps" / "deploy" / "app.py", "-i", d / "in", "-o", d / "out", "-m", bundle],
@@ -71,13 +74,24 @@ class TestDeployApp(unittest.TestCase):
                 )
             finally:
                 os.environ.pop("TAT_DEPLOY_OVERRIDE", None)
+                os.environ.pop("TAT_DEPLOY_DIFFERENCE", None)
             src = [pydicom.dcmread(str(p)) for p in sorted((d / "in" / "series1").glob("*.dcm"))]
-            series_dirs = [p for p in (d / "out").iterdir() if p.is_dir()]
-            self.assertEqual([p.name for p in series_dirs], [src[0].SeriesInstanceUID])
-            out = sorted(
-                (pydicom.dcmread(str(p)) for p in series_dirs[0].glob("*.dcm")),
-                key=lambda ds: float(ds.ImagePositionPatient[2]),
-            )
+            uid = src[0].SeriesInstanceUID
+            series_dirs = sorted(p.name for p in (d / "out").iterdir() if p.is_dir())
+            self.assertEqual(series_dirs, [uid, f"{uid}_difference"])
+
+            def read(folder: Path) -> list:
+                return sorted(
+                    (pydicom.dcmread(str(p)) for p in folder.glob("*.dcm")),
+                    key=lambda ds: float(ds.ImagePositionPatient[2]),
+                )
+
+            def physical(datasets: list) -> np.ndarray:
+                return np.stack(
+                    [o.pixel_array * float(o.RescaleSlope) + float(o.RescaleIntercept) for o in datasets], -1
+                )
+
+            out = read(d / "out" / uid)
             self.assertEqual(len(out), len(src))
             for o, s in zip(out, src):
                 self.assertNotEqual(o.SeriesInstanceUID, s.SeriesInstanceUID)
@@ -85,7 +99,10 @@ class TestDeployApp(unittest.TestCase):
                 self.assertEqual(o.StudyInstanceUID, s.StudyInstanceUID)
                 self.assertIn("DERIVED", list(o.ImageType))
                 self.assertEqual((o.Rows, o.Columns), (s.Rows, s.Columns))
-            got = np.stack([o.pixel_array * float(o.RescaleSlope) + float(o.RescaleIntercept) for o in out], -1)
+            got = physical(out)
+            diff = read(d / "out" / f"{uid}_difference")
+            self.assertNotIn(diff[0].SeriesInstanceUID, {out[0].SeriesInstanceUID, uid})
+            np.testing.assert_allclose(physical(diff), got - hu, atol=1.0)  # restored - input, integer storage
             self.assertFalse(got.min() >= 0 and got.max() <= 255, "output looks cast to uint8")
             ref = _reference_hu(hu, ckpt)
             inside = (ref > -1023) & (ref < 3070)  # the derived series keeps the source's stored range

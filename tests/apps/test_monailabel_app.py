@@ -1,6 +1,7 @@
 """MONAI Label app (apps/monailabel) for real: `monailabel start_server` on 127.0.0.1, POST /infer/tat_restore with
 a NIfTI CT in the studies folder, the returned restored NIfTI checked (HU, geometry, equal to the restoration of
-the zip/Deploy paths for the same checkpoint).
+the zip/Deploy paths for the same checkpoint), then the difference option (the returned image is restored - input) and
+the task check's JSON (output=json).
 
 Needs the separate environment of `scripts/build_monailabel_env.sh` (monailabel 0.8.5 + torch 2.14.1 +
 torchvision 0.29.1, 5.5-8 GB, 6-20 min to build here); skips, saying so, when it is absent; CI builds it and runs
@@ -126,6 +127,25 @@ class TestMonaiLabelApp(unittest.TestCase):
                 lo, hi = json.loads((BUNDLE / "configs" / "modality" / "ct.json").read_text())["clip_range"]
                 self.assertGreaterEqual(out.min(), lo - 0.5)  # clip_output, as the bundle's inference
                 self.assertLessEqual(out.max(), hi + 0.5)
+                # the difference option: the response's one image is restored - input
+                status, data = _post_infer(
+                    f"http://127.0.0.1:{port}/infer/tat_restore?image=ct_case&output=image",
+                    {"modality": "CT", "device": "cpu", "difference": True},
+                )
+                self.assertEqual(status, 200)
+                (d / "difference.nii.gz").write_bytes(data)
+                diff = np.asarray(nib.load(str(d / "difference.nii.gz")).dataobj, dtype=np.float32)
+                np.testing.assert_allclose(diff, out - vol, atol=1e-2)
+                # the task check in the JSON (no statistics in this checkpoint: none predicted, still restored)
+                status, data = _post_infer(
+                    f"http://127.0.0.1:{port}/infer/tat_restore?image=ct_case&output=json",
+                    {"modality": "CT", "device": "cpu", "task_check": True, "data_consistency": True},
+                )
+                result = json.loads(data)
+                self.assertEqual(
+                    (result["image"], result["predicted_task"], result["warnings"]), ("restored", None, [])
+                )
+                self.assertTrue(result["data_consistency"])
             finally:
                 os.killpg(server.pid, 15)
                 server.wait(timeout=30)

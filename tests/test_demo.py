@@ -16,7 +16,7 @@ import pytest
 from custom.networks import TAT
 from custom.tools.demo import BUNDLE_DIR, DEMO_OVERRIDES, bundle_command
 
-from tests.evaluation.tiny_data import TINY_OVERRIDES, make_tiny_dataset
+from tests.utils import TINY_TRAINING, make_tiny_dataset
 
 
 def test_demo_overrides_are_train_json_keys():
@@ -52,7 +52,7 @@ def test_demo_smoke(tmp_path):
         "--override",
         "val_interval=1",
     ]
-    cmd += [a for k, v in TINY_OVERRIDES.items() for a in ("--override", f"{k}={json.dumps(v)}")]
+    cmd += [a for k, v in TINY_TRAINING.items() for a in ("--override", f"{k}={json.dumps(v)}")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     stale = tmp_path / "demo" / "models" / "latest.pt"  # a previous run's leftovers: training must start afresh
     stale.parent.mkdir(parents=True)
@@ -91,7 +91,7 @@ def test_demo_smoke(tmp_path):
     # the printed one-line restore command works on a user's folder of scans (here the tiny test images, as CT)
     overlay = json.loads((demo / "models" / "demo_inference.json").read_text())
     assert overlay["checkpoint"] == str(demo / "models" / "model.pt")
-    assert overlay["network_def#dim"] == TINY_OVERRIDES["network_def#dim"]
+    assert overlay["network_def#dim"] == TINY_TRAINING["network_def#dim"]
     line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("python -m monai.bundle run inference"))
     line = line.split("#")[0]
     scans, restored = tmp_path / "my_scans", tmp_path / "restored"

@@ -17,7 +17,7 @@ import pydicom
 from parameterized import parameterized
 
 from tests.apps.test_apps_stubbed import OVERRIDES, REPO, _Base, _bundle, _load, _module, _Port
-from tests.data.synth import dicom_series_folder, pet_tags
+from tests.utils import dicom_series_folder, pet_tags
 
 
 def _deploy_app() -> types.ModuleType:

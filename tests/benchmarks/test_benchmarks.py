@@ -11,7 +11,7 @@ import unittest
 
 import torch
 
-from tests.inference.helpers import REPO
+from tests.utils import REPO
 
 
 def _load(name: str):

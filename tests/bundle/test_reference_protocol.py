@@ -26,8 +26,7 @@ from custom.tools.datalist import main as datalist_main
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
 
-from tests.data.reference_fixture import make_reference_dataset
-from tests.evaluation.tiny_data import TINY_OVERRIDES
+from tests.utils import TINY_TRAINING, make_reference_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "bundle", "configs")
@@ -42,7 +41,7 @@ def _bundle(configs: list[str], data_dir: str, out: str, *runner: str, **overrid
     cmd += ["--config_file", json.dumps(configs), "--logging_file", os.path.join(CONFIGS, "logging.conf")]
     cmd += ["--bundle_root", os.path.join(REPO, "bundle"), "--dataset_dir", data_dir]
     cmd += ["--ckpt_dir", os.path.join(out, "models"), "--output_dir", os.path.join(out, "eval")]
-    for key, value in {**TINY_OVERRIDES, **overrides}.items():
+    for key, value in {**TINY_TRAINING, **overrides}.items():
         cmd += [f"--{key}", json.dumps(value)]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]

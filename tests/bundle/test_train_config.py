@@ -17,30 +17,12 @@ import unittest
 import pytest
 import torch
 
-from tests.bundle.synthetic import make_dataset
+from tests.utils import CONFIGS, ENV, LOGGING, META, REPO, TINY_TRAINING, TRAIN_CONFIG, assert_state_equal, make_dataset
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(REPO, "bundle", "configs")
-TRAIN = os.path.join(CONFIGS, "train.json")
 MULTI = os.path.join(CONFIGS, "multi_gpu_train.json")
-META = os.path.join(CONFIGS, "metadata.json")
-LOGGING = os.path.join(CONFIGS, "logging.conf")
 BIN = os.path.dirname(sys.executable)
-
-TINY = {  # tiny network, 32x32 crops, 2 per task, N = 4 iterations validated every 2
-    "network_def#dim": 8,
-    "network_def#num_blocks": [1, 1, 1, 1],
-    "network_def#num_refinement_blocks": 1,
-    "network_def#tren_hidden_channels": 8,
-    "network_def#tren_embed_dim": 16,
-    "patch_size": 32,
-    "num_iterations": 4,
-    "val_interval": 2,
-    "log_interval": 1,
-    "num_workers": 0,
-    "samples_per_task": 2,
-}
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # 2-core machines: no thread oversubscription
+# tiny network, 32x32 crops, 2 per task, N = 4 iterations validated every 2
+TINY = {**TINY_TRAINING, "samples_per_task": 2, "num_iterations": 4, "val_interval": 2, "log_interval": 1}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +37,7 @@ def data(tmp_path_factory):
 def _cli(
     data: dict, out: str, *extra: str, launcher: tuple[str, ...] = (sys.executable, "-m")
 ) -> subprocess.CompletedProcess:
-    configs = [TRAIN, *(c for c in extra if c.endswith(".json")), data["tiny"]]
+    configs = [TRAIN_CONFIG, *(c for c in extra if c.endswith(".json")), data["tiny"]]
     overrides = [c for c in extra if not c.endswith(".json")]
     cmd = [
         *launcher,
@@ -110,21 +92,6 @@ def _scalars(folder: str) -> dict[str, list[float]]:
         for tag in acc.Tags()["scalars"]:
             values.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
     return values
-
-
-def _assert_state_equal(case: unittest.TestCase, a, b, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{where}: {m}")
-    elif isinstance(a, dict):
-        case.assertEqual(sorted(map(str, a)), sorted(map(str, b)), where)
-        for k in a:
-            _assert_state_equal(case, a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        case.assertEqual(len(a), len(b), where)
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_state_equal(case, x, y, f"{where}[{i}]")
-    else:
-        case.assertEqual(a, b, where)
 
 
 @pytest.mark.slow
@@ -182,7 +149,7 @@ class TestTrainCLI:
         assert "Resuming from" in proc.stdout + proc.stderr
         resumed = torch.load(os.path.join(out, "models", "latest.pt"), weights_only=True)
         for key in ("network", "ema", "loss", "optimizer", "lr_scheduler", "trainer", "best_saver", "sampler"):
-            _assert_state_equal(case, resumed[key], full[key], key)
+            assert_state_equal(case, resumed[key], full[key], key)
 
 
 @pytest.mark.slow
@@ -224,7 +191,7 @@ def test_ablation_overrides(data, tmp_path, override, check):
             "output_dir": str(tmp_path / "eval"),
             **override,
         }
-        wf = ConfigWorkflow(config_file=TRAIN, meta_file=META, workflow_type="train", **overrides)
+        wf = ConfigWorkflow(config_file=TRAIN_CONFIG, meta_file=META, workflow_type="train", **overrides)
         wf.initialize()
         wf.run()
         wf.finalize()
@@ -261,7 +228,7 @@ def test_config_properties(data, tmp_path):
     from monai.bundle import ConfigWorkflow
 
     wf = ConfigWorkflow(
-        config_file=TRAIN,
+        config_file=TRAIN_CONFIG,
         meta_file=META,
         workflow_type="train",
         bundle_root=os.path.join(REPO, "bundle"),

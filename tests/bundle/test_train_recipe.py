@@ -17,6 +17,8 @@ import unittest
 import torch
 from monai.bundle import ConfigParser
 
+from tests.utils import tiny_overrides
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "bundle", "configs", "train.json")
 
@@ -24,9 +26,6 @@ TRAIN = os.path.join(REPO, "bundle", "configs", "train.json")
 def _ref(value: str) -> str:
     """A config reference as written in the file (the parser stores ``#`` as ``::``)."""
     return str(value).replace("::", "#")
-
-
-TINY_NET = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "tren_hidden_channels": 8}
 
 
 class TestTrainRecipe(unittest.TestCase):
@@ -40,7 +39,7 @@ class TestTrainRecipe(unittest.TestCase):
                 "ckpt_dir": self.tmp.name,
                 "output_dir": self.tmp.name,
                 "device": "$torch.device('cpu')",
-                **{f"network_def#{k}": v for k, v in TINY_NET.items()},
+                **tiny_overrides(tren=True, patch=False),
             }
         )
 

@@ -18,12 +18,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out  # noqa: E402
 
+from tests.utils import tiny_overrides  # noqa: E402
+
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 CONFIGS = BUNDLE / "configs"
 META = CONFIGS / "metadata.json"
 SCHEMA = CONFIGS / "schema" / "meta_schema.json"
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
-TINY = {"network_def#dim": 8, "network_def#num_blocks": [1, 1, 1, 1], "network_def#num_refinement_blocks": 1}
+TINY = tiny_overrides(patch=False)  # train_patch_size as each config sets it
 
 
 def _meta() -> dict:

@@ -11,7 +11,7 @@ from custom.data import build_datalist, load_datalist, validate_datalist
 from custom.settings import load_modality_settings
 from custom.tools.datalist import main
 
-from tests.data.helpers import SETTINGS_DIR, make_tree, save_nifti
+from tests.utils import SETTINGS_DIR, make_tree, save_nifti
 
 
 class TestDatalist(unittest.TestCase):

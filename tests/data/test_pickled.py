@@ -20,7 +20,7 @@ from custom.data.pickled import (
 )
 from parameterized import parameterized
 
-from tests.data.reference_fixture import write_bin, write_nii
+from tests.utils import write_bin, write_nii
 
 
 class _RunsCode:

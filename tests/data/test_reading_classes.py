@@ -24,7 +24,7 @@ from parameterized import parameterized
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian
 
-from tests.data.synth import dicom_series_folder, dicom_slice, pet_tags, save_scaled_nifti
+from tests.utils import dicom_series_folder, dicom_slice, pet_tags, save_scaled_nifti
 
 RNG = np.random.default_rng(0)
 

@@ -16,7 +16,7 @@ from custom.data.reference_layout import build_reference_datalist, first_per_tas
 from custom.settings import load_modality_settings
 from custom.tools.datalist import main
 
-from tests.data.reference_fixture import make_reference_dataset, write_bin, write_nii
+from tests.utils import make_reference_dataset, write_bin, write_nii
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = load_modality_settings(os.path.join(REPO, "bundle", "configs", "modality"))

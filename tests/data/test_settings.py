@@ -7,7 +7,7 @@ import unittest
 
 from custom.settings import get_modality_setting, load_modality_settings
 
-from tests.data.helpers import SETTINGS_DIR
+from tests.utils import SETTINGS_DIR
 
 
 class TestModalitySettings(unittest.TestCase):

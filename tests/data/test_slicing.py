@@ -9,7 +9,7 @@ from custom.data import SelectSliced, expand_slices, num_slices
 from monai.data import Dataset
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from tests.data.helpers import save_nifti
+from tests.utils import save_nifti
 
 
 class TestSlicing(unittest.TestCase):

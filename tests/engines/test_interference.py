@@ -14,17 +14,11 @@ from custom.networks import checkpoint
 from custom.tools import interference
 from custom.tools.interference import group_name, main, pairwise_cosine, plot_heatmap, task_gradients, write_csv
 
-from tests.bundle.synthetic import make_dataset
+from tests.utils import TINY as TINY_NET
+from tests.utils import TINY_TREN, make_dataset, tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = {
-    "network_def#dim": 8,
-    "network_def#num_blocks": [1, 1, 1, 1],
-    "network_def#num_refinement_blocks": 1,
-    "network_def#tren_hidden_channels": 8,
-    "network_def#tren_embed_dim": 16,
-    "patch_size": 32,
-}
+TINY = tiny_overrides(tren=True, patch=False, patch_size=TINY_NET["train_patch_size"])
 
 
 class TestInterference(unittest.TestCase):
@@ -57,14 +51,7 @@ class TestInterference(unittest.TestCase):
 
         with tempfile.TemporaryDirectory() as d:
             datalist = make_dataset(os.path.join(d, "data"), n_train=1, n_val=0)
-            net = TAT(
-                dim=8,
-                num_blocks=(1, 1, 1, 1),
-                num_refinement_blocks=1,
-                train_patch_size=32,
-                tren_hidden_channels=8,
-                tren_embed_dim=16,
-            )
+            net = TAT(**TINY_NET, **TINY_TREN)
             torch.save(net.state_dict(), os.path.join(d, "model.pt"))
             threads = torch.get_num_threads()
             torch.set_num_threads(1)

@@ -13,12 +13,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from custom.evaluation import plot_task_panel, summarize_scans, write_csv_atomic, write_json_atomic
+from custom.evaluation import plot_task_panel, summarize_scans, write_csv_atomic
+from custom.io import write_json_atomic
 from custom.metrics import PhysicalUnitMetrics
 from custom.networks import TAT
 from custom.settings import load_modality_settings
 
-from tests.evaluation.tiny_data import TINY_OVERRIDES, make_tiny_dataset, tiny_network_kwargs
+from tests.utils import TINY, TINY_TRAINING, TINY_TREN, make_tiny_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "bundle", "configs")
@@ -38,7 +39,7 @@ def evaluated(tmp_path_factory):
     datalist = make_tiny_dataset(str(root / "data"))
     torch.manual_seed(0)
     os.makedirs(root / "models")
-    torch.save(TAT(**tiny_network_kwargs()).state_dict(), root / "models" / "model.pt")  # as the best saver writes
+    torch.save(TAT(**TINY, **TINY_TREN).state_dict(), root / "models" / "model.pt")  # as the best saver writes
     cmd = [
         sys.executable,
         "-m",
@@ -60,7 +61,7 @@ def evaluated(tmp_path_factory):
         "--output_dir",
         str(root / "eval"),
     ]
-    for key, value in TINY_OVERRIDES.items():
+    for key, value in TINY_TRAINING.items():
         cmd += [f"--{key}", json.dumps(value)]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

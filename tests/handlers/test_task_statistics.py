@@ -21,8 +21,7 @@ from custom.settings import load_modality_settings
 from custom.tools.task_statistics import main
 from ignite.engine import Engine
 
-from tests.inference.helpers import BUNDLE, TINY_OVERRIDES, tiny_net
-from tests.inference.task_data import make_task_dataset
+from tests.utils import BUNDLE, TINY_OVERRIDES, make_task_dataset, tiny_net
 
 SETTINGS = load_modality_settings(os.path.join(BUNDLE, "configs", "modality"))
 

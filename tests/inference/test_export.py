@@ -23,7 +23,7 @@ import torch
 from custom.export import export_onnx, save_torchscript, serving_module
 from custom.inference import network_window_mode
 
-from tests.inference.helpers import BUNDLE, ENV, INFERENCE_CONFIG, TINY_OVERRIDES, run_cli, save_checkpoint, tiny_net
+from tests.utils import BUNDLE, ENV, INFERENCE_CONFIG, TINY_OVERRIDES, run_cli, save_checkpoint, tiny_net
 
 META = os.path.join(BUNDLE, "configs", "metadata.json")
 EXPORT_CONFIG = os.path.join(BUNDLE, "configs", "export.json")

@@ -21,20 +21,16 @@ from custom.export import ServingNetwork, export_program, global_attention_limit
 from custom.networks import TAT
 from parameterized import parameterized
 
-from tests.inference.helpers import BUNDLE, ENV, REPO
+from tests.utils import BUNDLE, ENV, REPO, TINY, make_dataset, tiny_net
 
-TINY = {"dim": 2, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "train_patch_size": 16, "transpose_hw": True}
+# narrower still than the tests' tiny network (exports trace fastest at width 2), 16-pixel windows so that a 32 x 32
+# image holds several of the published local windows
+EXPORT_TINY = {**TINY, "dim": 2, "train_patch_size": 16}
 README = os.path.join(BUNDLE, "docs", "README.md")
 
 
 def _net(window_mode: str, seed: int = 0) -> TAT:
-    torch.manual_seed(seed)
-    net = TAT(**TINY, window_mode=window_mode).eval()
-    with torch.no_grad():  # non-zero task-kernel gates, so the generated kernels matter
-        for name, p in net.named_parameters():
-            if name.endswith("gate"):
-                p.normal_(0, 0.5)
-    return net
+    return tiny_net(seed, **EXPORT_TINY, window_mode=window_mode)
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -103,7 +99,7 @@ class TestExportProgramLocalWindows(unittest.TestCase):
         # level-1 training size 16 -> window 24 at every level (train_patch_size // heads, x1.5, x2 per level)
         self.assertEqual(global_attention_limit(net), 24)
         self.assertIsNone(global_attention_limit(_net("global")))
-        self.assertIsNone(global_attention_limit(TAT(**{**TINY, "train_patch_size": None})))
+        self.assertIsNone(global_attention_limit(TAT(**{**EXPORT_TINY, "train_patch_size": None})))
 
     def test_dynamic_size_refused_where_windows_fix_it(self):
         with self.assertRaisesRegex(ValueError, r"local windows.*24 x 24.*dynamic_size=False"):
@@ -148,8 +144,6 @@ class TestReadmeExportCommands(unittest.TestCase):
     def setUpClass(cls):
         from monai.bundle import ConfigWorkflow
 
-        from tests.bundle.synthetic import make_dataset
-
         cls.tmp = tempfile.mkdtemp()
         data = os.path.join(cls.tmp, "data")
         make_dataset(data, n_train=1, n_val=1, shape=(24, 24, 2))
@@ -171,7 +165,7 @@ class TestReadmeExportCommands(unittest.TestCase):
                 samples_per_task=1,
                 num_workers=0,
                 task_statistics=stats,
-                **{f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},
+                **{f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in EXPORT_TINY.items()},
                 **{"train#dataset#cache_rate": 0.0, "validate#dataset#cache_rate": 0.0},
             )
             wf.initialize()
@@ -184,7 +178,7 @@ class TestReadmeExportCommands(unittest.TestCase):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def _run(self, code: str, checkpoint: str, out: str) -> None:
-        tiny = "dim=2, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, train_patch_size=16, "
+        tiny = "".join(f"{k}={v!r}, " for k, v in EXPORT_TINY.items() if k != "transpose_hw")  # the README sets it
         code = code.replace("TAT(", f"TAT({tiny}").replace(", )", ")").replace("512, 512", "32, 32")
         self.assertIn("'bundle/models/model.pt'", code)
         code = code.replace("'bundle/models/model.pt'", repr(checkpoint))
@@ -207,7 +201,7 @@ class TestReadmeExportCommands(unittest.TestCase):
         self._run(_readme_commands()["onnx"], self.checkpoints[stats], out)
         from custom.networks.checkpoint import load_checkpoint
 
-        net = load_checkpoint(TAT(**TINY), self.checkpoints[stats]).eval()
+        net = load_checkpoint(TAT(**EXPORT_TINY), self.checkpoints[stats]).eval()
         x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
         got = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
         with torch.no_grad():
@@ -218,7 +212,7 @@ class TestReadmeExportCommands(unittest.TestCase):
         self._run(_readme_commands()["pt2"], self.checkpoints[True], out)
         from custom.networks.checkpoint import load_checkpoint
 
-        net = load_checkpoint(TAT(**TINY, window_mode="global"), self.checkpoints[True]).eval()
+        net = load_checkpoint(TAT(**EXPORT_TINY, window_mode="global"), self.checkpoints[True]).eval()
         x = torch.rand(3, 1, 40, 24, generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             self.assertLess(_diff(torch.export.load(out).module()(x), net(x)), 1e-4)
@@ -228,8 +222,6 @@ class TestServingNetworkLoadsEveryLayout(unittest.TestCase):
     """``ckpt_export serving_network`` hands the checkpoint (or its ``--key_in_ckpt`` entry) to load_state_dict."""
 
     def test_layouts(self):
-        from tests.inference.helpers import TINY, tiny_net
-
         raw, ema = tiny_net(1).state_dict(), tiny_net(2).state_dict()
         layouts = [
             (ema, ema),

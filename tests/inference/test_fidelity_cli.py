@@ -24,11 +24,12 @@ import pytest
 from custom.io import current_umask
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from tests.inference.helpers import (
+from tests.utils import (
     BUNDLE,
     INFERENCE_CONFIG,
     TINY_OVERRIDES,
-    dicom_slice,
+    dicom_dataset,
+    pet_tags,
     run_cli,
     save_identity_checkpoint,
     write_with_command_set,
@@ -75,38 +76,29 @@ def _write_nifti(folder: str, name: str, rng: np.random.Generator) -> None:
     nib.save(img, os.path.join(folder, name))
 
 
-def _pet_tags(ds: pydicom.Dataset) -> None:
-    ds.Units, ds.DecayCorrection, ds.PatientWeight = "BQML", "ADMIN", 70
-    info = pydicom.Dataset()
-    info.RadionuclideTotalDose = 3.5e8
-    ds.RadiopharmaceuticalInformationSequence = [info]
-
-
 def _write_series(folder: str, name: str, rng: np.random.Generator) -> None:
     os.makedirs(os.path.join(folder, name))
     uid = generate_uid()
     for k in range(3):
         path = os.path.join(folder, name, f"im{(2 - k):02d}.dcm")  # file names against the slice order
-        common = {"series_uid": uid, "position": 3.0 * k, "number": k + 1}
+        common = {"series": uid, "z": 3.0 * k, "instance": k + 1}
         if name == "ct_u16_le":  # unsigned, intercept -1024: raw 0 is -1024 HU
             raw = rng.integers(0, 4095, SHAPE, endpoint=True).astype(np.uint16)
-            ds = dicom_slice(raw, modality="CT", sop_class=pydicom.uid.CTImageStorage, slope=1, inter=-1024, **common)
+            ds = dicom_dataset(raw, modality="CT", slope=1, inter=-1024, **common)
             if k == 1:  # a clinical export with command-set elements in its data set
                 write_with_command_set(ds, path)
                 continue
         elif name == "ct_i16_be_rescaled":  # signed, slope 0.5: -2100..3900 HU, clipped at both ends
             raw = rng.integers(-4000, 8000, SHAPE, endpoint=True).astype(np.int16)
             syntax = ExplicitVRBigEndian
-            ds = dicom_slice(raw, modality="CT", sop_class=pydicom.uid.CTImageStorage, slope=0.5, inter=-100,
-                             syntax=syntax, **common)  # fmt: skip
+            ds = dicom_dataset(raw, modality="CT", slope=0.5, inter=-100, syntax=syntax, **common)
         elif name == "mr_u16_rle":  # unsigned, no rescale, RLE; values above 4095 clipped
             raw = rng.integers(0, 5000, SHAPE, endpoint=True).astype(np.uint16)
-            ds = dicom_slice(raw, modality="MR", syntax=RLELossless, **common)
+            ds = dicom_dataset(raw, modality="MR", syntax=RLELossless, slope=None, inter=None, **common)
         else:  # PET BQML, per-slice slope, up to 30 SUV (clipped at 20)
             raw = rng.integers(0, 50000, SHAPE, endpoint=True).astype(np.uint16)
-            ds = dicom_slice(raw, modality="PT", sop_class=pydicom.uid.PositronEmissionTomographyImageStorage,
-                             slope=2.0 + k, inter=0, **common)  # fmt: skip
-            _pet_tags(ds)
+            tags = pet_tags(decay="ADMIN", half_life=None, start=None, series_time=None)
+            ds = dicom_dataset(raw, modality="PT", slope=2.0 + k, inter=0, **common, **tags)
         ds.save_as(path, enforce_file_format=True)
 
 
@@ -129,7 +121,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         items.append({"image": name})
     # multi-frame: not read by the reading layer (one file per slice); it must be reported, not dropped
     frames = rng.integers(0, 4000, (3,) + SHAPE).astype(np.uint16)
-    multi = dicom_slice(frames[0], series_uid=generate_uid())
+    multi = dicom_dataset(frames[0], modality="MR", slope=None, inter=None)
     multi.NumberOfFrames, multi.PixelData = 3, frames.tobytes()
     multi.save_as(os.path.join(data, MULTIFRAME), enforce_file_format=True)
     items.append({"image": MULTIFRAME})

@@ -22,7 +22,7 @@ import pydicom.data
 import pytest
 import SimpleITK
 
-from tests.inference.helpers import (
+from tests.utils import (
     BUNDLE,
     INFERENCE_CONFIG,
     TINY_OVERRIDES,

@@ -10,7 +10,7 @@ from monai.bundle import ConfigParser
 from monai.inferers import sliding_window_inference
 from parameterized import parameterized
 
-from tests.inference.helpers import INFERENCE_CONFIG, tiny_net
+from tests.utils import INFERENCE_CONFIG, tiny_net, tiny_overrides
 
 
 class TestModeInferer(unittest.TestCase):
@@ -85,8 +85,8 @@ class TestConfigs(unittest.TestCase):
         p = ConfigParser()
         p.read_config(files)
         p["bundle_root"] = "bundle"
-        for k, v in {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}.items():
-            p["network_def"][k] = v
+        for k, v in tiny_overrides(patch=False).items():
+            p[k] = v
         if mode is not None:
             p["inference_mode"] = mode
         return p

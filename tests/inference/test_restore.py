@@ -19,7 +19,7 @@ from custom.networks.checkpoint import load_checkpoint
 from custom.settings import load_modality_settings
 from parameterized import parameterized
 
-from tests.inference.helpers import BUNDLE, REPO, TINY, save_identity_checkpoint, tiny_net
+from tests.utils import BUNDLE, REPO, TINY, save_identity_checkpoint, tiny_net
 
 SETTINGS = load_modality_settings(os.path.join(BUNDLE, "configs", "modality"))
 

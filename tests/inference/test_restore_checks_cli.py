@@ -22,16 +22,17 @@ from custom.settings import load_modality_settings
 from custom.transforms import kspace_truncate
 from custom.transforms.data_consistency import kspace_block_error
 
-from tests.inference.helpers import (
+from tests.utils import (
     BUNDLE,
     INFERENCE_CONFIG,
     TINY_OVERRIDES,
+    make_task_dataset,
     read_series,
     run_cli,
+    task_slice,
     tiny_net,
     write_ct_series,
 )
-from tests.inference.task_data import make_task_dataset, task_slice
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,7 @@ import unittest
 import numpy as np
 from custom.inference import find_scans
 
-from tests.data.helpers import save_nifti
-from tests.data.synth import dicom_series_folder
+from tests.utils import dicom_series_folder, save_nifti
 
 
 class TestScanDiscovery(unittest.TestCase):

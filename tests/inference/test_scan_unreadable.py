@@ -13,7 +13,7 @@ import numpy as np
 from custom.inference import find_scans
 from parameterized import parameterized
 
-from tests.data.helpers import save_nifti
+from tests.utils import save_nifti
 
 
 class TestUnreadableFolder(unittest.TestCase):

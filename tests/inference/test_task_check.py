@@ -27,8 +27,7 @@ from parameterized import parameterized
 from skimage import data as skdata
 from skimage.transform import resize
 
-from tests.inference.helpers import BUNDLE, tiny_net
-from tests.inference.task_data import make_task_dataset, task_slice
+from tests.utils import BUNDLE, TINY, make_task_dataset, task_slice, tiny_net
 
 SETTINGS = load_modality_settings(os.path.join(BUNDLE, "configs", "modality"))
 
@@ -132,7 +131,7 @@ class TestEmbedding(unittest.TestCase):
     def test_no_task_network(self) -> None:
         from custom.networks import TAT
 
-        net = TAT(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, task_adaptive=False)
+        net = TAT(**TINY, task_adaptive=False)
         with self.assertRaisesRegex(ValueError, "task_adaptive=False"):
             task_embeddings(net, torch.rand(1, 1, 16, 16))
 

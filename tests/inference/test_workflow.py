@@ -23,7 +23,7 @@ from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
 
-from tests.inference.helpers import BUNDLE, save_identity_checkpoint
+from tests.utils import BUNDLE, save_identity_checkpoint
 
 SETTINGS = load_modality_settings(os.path.join(BUNDLE, "configs", "modality"))
 

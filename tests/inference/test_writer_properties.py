@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
-from tests.inference.helpers import dicom_slice
+from tests.utils import dicom_dataset
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW = datetime.datetime(2026, 12, 1)
@@ -100,8 +100,11 @@ class TestDicomProperties(unittest.TestCase):
         lo, hi = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
         dtype = np.dtype(("i" if signed else "u") + str(bits_allocated // 8))
         raw = rng.integers(lo, hi, shape, endpoint=True).astype(dtype)
-        ds = dicom_slice(
-            raw.astype(np.int16 if signed else np.uint16), series_uid=generate_uid(), slope=slope, inter=inter
+        ds = dicom_dataset(
+            raw.astype(np.int16 if signed else np.uint16),
+            modality="MR",
+            slope=slope,
+            inter=None if slope is None else inter,
         )
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
         ds.file_meta.TransferSyntaxUID = syntax

@@ -16,7 +16,7 @@ from parameterized import parameterized
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
 
-from tests.inference.helpers import dicom_slice
+from tests.utils import dicom_dataset
 
 NOW = datetime.datetime(2026, 12, 1, 12, 0, 0)
 
@@ -33,7 +33,7 @@ def _stored(ds: pydicom.Dataset) -> np.ndarray:
 
 class TestCleanDataset(unittest.TestCase):
     def test_command_set_and_file_meta_left_out_source_untouched(self):
-        ds = dicom_slice(np.zeros((4, 3), np.uint16), series_uid=generate_uid())
+        ds = dicom_dataset(np.zeros((4, 3), np.uint16), modality="MR", slope=None, inter=None)
         ds.add_new(0x00000100, "US", 1)
         ds.ReferencedImageSequence = [Dataset()]
         ds.ReferencedImageSequence[0].add_new(0x00000000, "UL", 4)
@@ -49,7 +49,7 @@ class TestCleanDataset(unittest.TestCase):
 
     def test_big_endian_words_swapped(self):
         raw = np.arange(12, dtype=np.int16).reshape(4, 3)
-        ds = dicom_slice(raw, series_uid=generate_uid(), syntax=ExplicitVRBigEndian)
+        ds = dicom_dataset(raw, modality="MR", slope=None, inter=None, syntax=ExplicitVRBigEndian)
         ds.add_new(0x60003000, "OW", np.array([1, 2, 258], ">u2").tobytes())  # OverlayData
         with tempfile.TemporaryDirectory() as d:
             src = _read_back(ds, d, "be.dcm")
@@ -62,7 +62,7 @@ class TestCleanDataset(unittest.TestCase):
 
 class TestDerivedDataset(unittest.TestCase):
     def _src(self, raw, **kw):
-        return dicom_slice(raw, series_uid=generate_uid(), **kw)
+        return dicom_dataset(raw, **{"modality": "MR", "slope": None, "inter": None, **kw})
 
     def test_exact_with_source_rescale(self):
         raw = np.array([[0, 1, 4095], [17, 300, 2]], np.uint16)
@@ -110,7 +110,7 @@ class TestDerivedDataset(unittest.TestCase):
 def _multiframe(raw: np.ndarray, slopes: list[float]) -> Dataset:
     """Enhanced-style multi-frame: (Rows, Columns, frames) stored, per-frame rescale in functional groups."""
     frames = np.moveaxis(raw, -1, 0)
-    ds = dicom_slice(frames[0], series_uid=generate_uid())
+    ds = dicom_dataset(frames[0], modality="MR", slope=None, inter=None)
     ds.NumberOfFrames = raw.shape[-1]
     ds.PixelData = frames.astype("<u2").tobytes()
     groups = []
@@ -149,7 +149,7 @@ class TestWriteSeries(unittest.TestCase):
             files = []
             for k, raw in enumerate(raws):
                 files.append(os.path.join(d, f"s{k}.dcm"))
-                ds = dicom_slice(raw, series_uid=uid, modality="PT", slope=2.0, inter=0)
+                ds = dicom_dataset(raw, series=uid, modality="PT", slope=2.0, inter=0)
                 ds.save_as(files[-1], enforce_file_format=True)
             datasets = [pydicom.dcmread(f) for f in files]
             values = np.stack([r * 2.0 * 0.01 for r in raws], -1)  # "SUV" with factor 0.01

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 import nibabel as nib
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from tests.utils import dicom_series_folder, dicom_slice, save_nifti, save_scaled_nifti
 
 SHAPE = (40, 40, 3)
 
@@ -30,12 +32,6 @@ class Case:
     extra: dict = field(default_factory=dict)
 
 
-def _nifti(path: str, arr: np.ndarray) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(arr, dtype=np.float32), np.eye(4)), path)
-    return path
-
-
 def _raw(path: str, data: bytes) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
@@ -45,7 +41,7 @@ def _raw(path: str, data: bytes) -> str:
 
 def _bytes_of_nifti(path: str, arr: np.ndarray) -> bytes:
     """Bytes of a valid NIfTI file (written to ``path``, read back, removed)."""
-    _nifti(path, arr)
+    save_nifti(path, arr)
     with open(path, "rb") as f:
         data = f.read()
     os.remove(path)
@@ -71,40 +67,31 @@ def _dicom_slice(
     study: str,
     pixels: bool = True,
     modality: str = "CT",
-    sop_class: str = CTImageStorage,
-    rows: int = 40,
-    cols: int = 40,
+    sop_class: str | None = None,
+    frame: str | None = None,
 ) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.Modality = modality
-    ds.PatientID = "RELIABILITY"
-    ds.InstanceNumber = z + 1
-    if pixels:
-        ds.ImagePositionPatient = [0.0, 0.0, float(z)]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.SliceThickness = 1.0
-        ds.Rows, ds.Columns = rows, cols
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-        ds.PixelData = (np.arange(rows * cols, dtype=np.int16).reshape(rows, cols) + z).tobytes()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    raw = np.arange(40 * 40, dtype=np.int16).reshape(40, 40) + z if pixels else None
+    dicom_slice(
+        path,
+        raw,
+        z=float(z),
+        series=series,
+        study=study,
+        frame=frame,
+        modality=modality,
+        sop_class=sop_class,
+        instance=z + 1,
+        slope=1.0,
+        inter=-1024.0,
+        PatientID="RELIABILITY",
+    )
 
 
 def _series(folder: str, slices: list[int], series: str | list[str] | None = None, **kw) -> str:
-    study = generate_uid()
+    study, frame = generate_uid(), generate_uid()
     uids = series if isinstance(series, list) else [series or generate_uid()] * len(slices)
     for z, uid in zip(slices, uids):
-        _dicom_slice(os.path.join(folder, f"slice{z:03d}.dcm"), z, uid, study, **kw)
+        _dicom_slice(os.path.join(folder, f"slice{z:03d}.dcm"), z, uid, study, frame=frame, **kw)
     return folder
 
 
@@ -121,7 +108,7 @@ def make_corpus(root: str) -> dict[str, Case]:
         label: str | None = None,
         culprit: str | None = None,
     ) -> None:
-        label = label or _nifti(r(name, "label.nii.gz"), _clean())
+        label = label or save_nifti(r(name, "label.nii.gz"), _clean())
         item = {"image": os.path.relpath(image, root), "label": os.path.relpath(label, root)}
         if modality is not None:
             item["modality"] = modality
@@ -135,9 +122,9 @@ def make_corpus(root: str) -> dict[str, Case]:
     full = _bytes_of_nifti(r("truncated_nii", "full.nii"), good)
     pair("truncated_nii", _raw(r("truncated_nii", "image.nii"), full[: 352 + 100]), "truncated")
     # sizeof_hdr (must be 348) and the magic "n+1" overwritten
-    p = _patch(_nifti(r("corrupt_header", "image.nii"), good), {0: b"\xde\xad\xbe\xef", 344: b"XXXX"})
+    p = _patch(save_nifti(r("corrupt_header", "image.nii"), good), {0: b"\xde\xad\xbe\xef", 344: b"XXXX"})
     pair("corrupt_header", p, "corrupt")
-    p = _patch(_nifti(r("absurd_shape", "image.nii"), good), {42: np.int16(-5).tobytes()})  # dim[1] = -5
+    p = _patch(save_nifti(r("absurd_shape", "image.nii"), good), {42: np.int16(-5).tobytes()})  # dim[1] = -5
     pair("absurd_shape", p, "invalid image dimensions")
     hdr = nib.Nifti1Header()
     hdr.set_data_shape((30000, 30000, 30000))  # declares ~100 TB of voxels, the file holds a few bytes
@@ -148,35 +135,35 @@ def make_corpus(root: str) -> dict[str, Case]:
     )
     pair(
         "four_d",
-        _nifti(r("four_d", "image.nii.gz"), np.zeros((40, 40, 3, 2))),
+        save_nifti(r("four_d", "image.nii.gz"), np.zeros((40, 40, 3, 2))),
         "2d or 3d",
-        label=_nifti(r("four_d", "label.nii.gz"), np.zeros((40, 40, 3, 2))),
+        label=save_nifti(r("four_d", "label.nii.gz"), np.zeros((40, 40, 3, 2))),
     )
     cases["four_d"].culprit = cases["four_d"].item["label"]
     pair(
         "one_d",
-        _nifti(r("one_d", "image.nii.gz"), np.zeros((40,))),
+        save_nifti(r("one_d", "image.nii.gz"), np.zeros((40,))),
         "2d or 3d",
-        label=_nifti(r("one_d", "label.nii.gz"), np.zeros((40,))),
+        label=save_nifti(r("one_d", "label.nii.gz"), np.zeros((40,))),
     )
     cases["one_d"].culprit = cases["one_d"].item["label"]
     bad = good.copy()
     bad[3, 4, 1] = np.nan
-    pair("nan_voxels", _nifti(r("nan_voxels", "image.nii.gz"), bad), "non-finite")
+    pair("nan_voxels", save_nifti(r("nan_voxels", "image.nii.gz"), bad), "non-finite")
     bad = good.copy()
     bad[5, 5, 0] = np.inf
-    pair("inf_voxels", _nifti(r("inf_voxels", "image.nii.gz"), bad), "non-finite")
-    pair("shape_mismatch", _nifti(r("shape_mismatch", "image.nii.gz"), np.zeros((32, 40, 3))), "shape mismatch")
+    pair("inf_voxels", save_nifti(r("inf_voxels", "image.nii.gz"), bad), "non-finite")
+    pair("shape_mismatch", save_nifti(r("shape_mismatch", "image.nii.gz"), np.zeros((32, 40, 3))), "shape mismatch")
     pair(
         "unknown_modality",
-        _nifti(r("unknown_modality", "image.nii.gz"), good),
+        save_nifti(r("unknown_modality", "image.nii.gz"), good),
         "unknown modality",
         modality="XR",
         culprit=r("unknown_modality", "label.nii.gz"),
     )
     pair(
         "missing_modality",
-        _nifti(r("missing_modality", "image.nii.gz"), good),
+        save_nifti(r("missing_modality", "image.nii.gz"), good),
         "no 'modality'",
         modality=None,
         culprit=r("missing_modality", "label.nii.gz"),
@@ -289,8 +276,6 @@ def make_corpus(root: str) -> dict[str, Case]:
 def make_valid_corpus(root: str) -> dict[str, str]:
     """Valid inputs that a careless reader corrupts (scaled integers, big-endian, oblique shuffled series, a symlink
     to a series folder): name -> path. Both the validator and inference must accept them."""
-    from tests.data.synth import dicom_series_folder, save_scaled_nifti
-
     rng = np.random.default_rng(3)
     out = {
         "scaled_uint8": save_scaled_nifti(
@@ -319,8 +304,8 @@ def make_empty_tree(root: str) -> dict[str, str]:
     os.makedirs(os.path.join(out["empty_modality"], "CT", "label"))
     os.makedirs(os.path.join(out["empty_modality"], "CT", "image"))
     out["missing_partner"] = os.path.join(root, "missing_partner")
-    _nifti(os.path.join(out["missing_partner"], "CT", "label", "case01.nii.gz"), _clean())
-    _nifti(os.path.join(out["missing_partner"], "CT", "image", "case02.nii.gz"), _clean())
+    save_nifti(os.path.join(out["missing_partner"], "CT", "label", "case01.nii.gz"), _clean())
+    save_nifti(os.path.join(out["missing_partner"], "CT", "image", "case02.nii.gz"), _clean())
     return out
 
 

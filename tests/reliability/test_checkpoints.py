@@ -17,15 +17,9 @@ from unittest import mock
 import pytest
 import torch
 
-from tests.reliability.helpers import ENV, REPO
+from tests.utils import ENV, REPO, TINY, TINY_TREN
 
-TINY_NET = {
-    "dim": 8,
-    "num_blocks": (1, 1, 1, 1),
-    "num_refinement_blocks": 1,
-    "tren_hidden_channels": 8,
-    "tren_embed_dim": 16,
-}
+TINY_NET = {**TINY, **TINY_TREN}
 
 
 def _python_sources() -> list[str]:
@@ -164,16 +158,16 @@ def test_atomic_saver_never_leaves_partial_file(tmp_path):
 
 
 def test_write_json_atomic_never_leaves_partial_file(tmp_path):
-    from custom.data import write_json_atomic
+    from custom.io import write_json_atomic
 
     path = tmp_path / "datalist.json"
-    write_json_atomic({"training": [1]}, path)
+    write_json_atomic(path, {"training": [1]})
 
     class Boom:
         pass
 
     with pytest.raises(TypeError):
-        write_json_atomic({"training": [Boom()]}, path)  # fails after writing part of the document
+        write_json_atomic(path, {"training": [Boom()]})  # fails after writing part of the document
     assert json.loads(path.read_text()) == {"training": [1]}
     assert sorted(os.listdir(tmp_path)) == ["datalist.json"]
 

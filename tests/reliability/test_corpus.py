@@ -11,7 +11,7 @@ from custom.data import load_image, validate_datalist
 from custom.data.slicing import load_slice, num_slices
 
 from tests.reliability.corpus import make_corpus, make_empty_tree
-from tests.reliability.helpers import run_module, tree_hashes
+from tests.utils import run_module, tree_hashes
 
 NAMES = [
     "zero_byte",
@@ -80,7 +80,7 @@ def corpus(tmp_path_factory):
     datalist = os.path.join(root, "datalist.json")
     with open(datalist, "w", encoding="utf-8") as f:
         json.dump({"training": [cases[n].item for n in NAMES]}, f)
-    before = tree_hashes(root)
+    before = tree_hashes(root, metadata=True)
     proc = run_module("custom.tools.datalist", "validate", "--datalist", datalist)
     return {"root": root, "cases": cases, "datalist": datalist, "before": before, "proc": proc}
 
@@ -133,7 +133,7 @@ def test_validate_cli_reports_every_case(corpus):
         case = corpus["cases"][name]
         culprit = os.path.join(corpus["root"], case.culprit)
         assert any(line.startswith(culprit) and case.problem in line.lower() for line in last), (name, err[-3000:])
-    assert tree_hashes(corpus["root"]) == corpus["before"]  # validation never modifies an input
+    assert tree_hashes(corpus["root"], metadata=True) == corpus["before"]  # validation never modifies an input
 
 
 def test_build_errors_name_the_folder(tmp_path):

@@ -10,10 +10,15 @@ import os
 import numpy as np
 import pytest
 
-from tests.data.helpers import save_nifti
-from tests.data.synth import dicom_series_folder
-from tests.inference.helpers import INFERENCE_CONFIG, TINY_OVERRIDES, run_cli, save_checkpoint
-from tests.reliability.helpers import tree_hashes
+from tests.utils import (
+    INFERENCE_CONFIG,
+    TINY_OVERRIDES,
+    dicom_series_folder,
+    run_cli,
+    save_checkpoint,
+    save_nifti,
+    tree_hashes,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +35,7 @@ def test_every_entry_found_is_in_the_report(tmp_path):
     with open(os.path.join(root, "README.txt"), "w", encoding="utf-8") as f:
         f.write("scans of the week")
     save_checkpoint(str(tmp_path / "model.pt"))
-    before = tree_hashes(str(tmp_path / "store"))
+    before = tree_hashes(str(tmp_path / "store"), metadata=True)
     proc = run_cli(
         "run",
         "inference",
@@ -63,4 +68,4 @@ def test_every_entry_found_is_in_the_report(tmp_path):
     assert status["broken.nii.gz"][0] == "failed" and "broken symbolic link" in status["broken.nii.gz"][1], status
     assert len(status) == 6, status  # nothing found was dropped
     assert proc.returncode != 0  # the broken link failed
-    assert tree_hashes(str(tmp_path / "store")) == before
+    assert tree_hashes(str(tmp_path / "store"), metadata=True) == before

@@ -15,10 +15,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.inference.helpers import BUNDLE, INFERENCE_CONFIG, TINY_OVERRIDES, save_checkpoint
 from tests.reliability.corpus import make_corpus
-from tests.reliability.helpers import ENV, tree_hashes
 from tests.reliability.test_corpus import NAMES as CORPUS_NAMES
+from tests.utils import BUNDLE, ENV, INFERENCE_CONFIG, TINY_OVERRIDES, save_checkpoint, tree_hashes
 
 pytestmark = pytest.mark.slow
 N_VALID = 6
@@ -71,7 +70,7 @@ def runs(tmp_path_factory):
     bad = [{k: v for k, v in c.item.items() if k != "label"} for n, c in cases.items() if n not in PAIR_ONLY]
     datalist = os.path.join(tmp, "datalist.json")
     json.dump({"test": valid + bad}, open(datalist, "w"))
-    before = tree_hashes(root)
+    before = tree_hashes(root, metadata=True)
     res = {"tmp": tmp, "root": root, "cases": cases, "valid": valid, "bad": bad, "before": before}
 
     res["full_out"] = os.path.join(tmp, "full_out")
@@ -89,7 +88,7 @@ def runs(tmp_path_factory):
     res["kill_rc"] = proc.wait()
     res["written_at_kill"] = sorted(v["image"] for v in valid if os.path.exists(os.path.join(out, v["image"])))
     res["rerun"] = _run(_cmd(tmp, datalist, out))
-    res["after"] = tree_hashes(root)
+    res["after"] = tree_hashes(root, metadata=True)
     return res
 
 

@@ -20,12 +20,22 @@ import numpy as np
 import pytest
 import torch
 
-from tests.bundle.synthetic import make_dataset
-from tests.bundle.test_train_config import LOGGING, META, TINY, TRAIN, _assert_state_equal
-from tests.reliability.helpers import ENV, REPO, tree_hashes
+from tests.utils import (
+    CONFIGS,
+    ENV,
+    LOGGING,
+    META,
+    REPO,
+    TINY_TRAINING,
+    TRAIN_CONFIG,
+    assert_state_equal,
+    make_dataset,
+    tree_hashes,
+)
 
-RUN = {**TINY, "num_iterations": 6, "val_interval": 2}  # checkpoints (latest.pt) after iterations 2, 4, 6
-EVALUATE = os.path.join(os.path.dirname(TRAIN), "evaluate.json")
+# tiny network, 2 crops of 32x32 per task; checkpoints (latest.pt) after iterations 2, 4, 6
+RUN = {**TINY_TRAINING, "samples_per_task": 2, "log_interval": 1, "num_iterations": 6, "val_interval": 2}
+EVALUATE = os.path.join(CONFIGS, "evaluate.json")
 STATE_KEYS = ("network", "ema", "loss", "optimizer", "lr_scheduler", "trainer", "best_saver", "rng")
 # a target that turns NaN after 24 crops (batches of 2 per task x 3 tasks; the loader may fetch ahead), i.e. after
 # the first checkpoint (iteration 2)
@@ -54,7 +64,7 @@ def _cmd(root: str, out: str, *configs: str) -> list[str]:
         META,
         *extra,
         "--config_file",
-        str([TRAIN, *configs]),
+        str([TRAIN_CONFIG, *configs]),
         "--logging_file",
         LOGGING,
         "--bundle_root",
@@ -90,19 +100,19 @@ def runs(tmp_path_factory):
     tiny, poison = os.path.join(cfg, "tiny.json"), os.path.join(cfg, "poison.json")
     json.dump(RUN, open(tiny, "w"))
     json.dump(POISON, open(poison, "w"))
-    before = tree_hashes(root)
+    before = tree_hashes(root, metadata=True)
     res: dict = {"root": root, "before": before}
 
     res["full"] = full = str(tmp_path_factory.mktemp("full"))
     _ok(_run(_cmd(root, full, tiny)))
 
     # evaluation of the trained checkpoint on the validation split: inputs and the checkpoint stay untouched
-    models_before = tree_hashes(os.path.join(full, "models"))
+    models_before = tree_hashes(os.path.join(full, "models"), metadata=True)
     cmd = _cmd(root, full, EVALUATE, tiny, "--eval_split", "validation")
     cmd[cmd.index("training")] = "evaluating"
     cmd[cmd.index("--output_dir") + 1] = os.path.join(full, "evaluation")
     res["eval"] = _ok(_run(cmd))
-    res["models_changed"] = tree_hashes(os.path.join(full, "models")) != models_before
+    res["models_changed"] = tree_hashes(os.path.join(full, "models"), metadata=True) != models_before
 
     # killed as soon as the first checkpoint exists, then the same command again
     res["killed"] = killed = str(tmp_path_factory.mktemp("killed"))
@@ -121,7 +131,7 @@ def runs(tmp_path_factory):
     # NaN target from iteration 3 on
     res["nan"] = nan = str(tmp_path_factory.mktemp("nan"))
     res["nan_proc"] = _run(_cmd(root, nan, tiny, poison))
-    res["after"] = tree_hashes(root)
+    res["after"] = tree_hashes(root, metadata=True)
     return res
 
 
@@ -134,7 +144,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(runs):
     full, resumed = _load(runs["full"]), _load(runs["killed"])
     case = unittest.TestCase()
     for key in STATE_KEYS:
-        _assert_state_equal(case, resumed[key], full[key], key)
+        assert_state_equal(case, resumed[key], full[key], key)
     best_full = _load(runs["full"], "model.pt")
     for name, t in _load(runs["killed"], "model.pt")["model"].items():  # the best model equals the uninterrupted one's
         torch.testing.assert_close(t, best_full["model"][name], rtol=0, atol=0)
@@ -178,12 +188,12 @@ def test_bad_scan_in_training_names_it(tmp_path):
     arr = np.asarray(nib.load(bad).dataobj, dtype=np.float32)
     arr[10, 10, 1] = np.nan
     nib.save(nib.Nifti1Image(arr, np.eye(4)), bad)
-    before = tree_hashes(root)
+    before = tree_hashes(root, metadata=True)
     tiny = str(tmp_path / "tiny.json")
     json.dump({**RUN, "num_iterations": 2}, open(tiny, "w"))
     proc = _run(_cmd(root, str(tmp_path / "out"), tiny))
     assert proc.returncode != 0
     # refused by the reading layer when the slice is read (the same message as the validator's and inference's)
     assert f"{bad}: non-finite values (NaN or inf) in the image" in proc.stderr, proc.stderr[-3000:]
-    assert tree_hashes(root) == before
+    assert tree_hashes(root, metadata=True) == before
     assert not os.path.exists(tmp_path / "out" / "models" / "latest.pt")

@@ -9,7 +9,7 @@ from custom.transforms import ModalityDenormalized, ModalityNormalized
 from monai.data import MetaTensor
 from parameterized import parameterized
 
-from tests.data.helpers import SETTINGS_DIR
+from tests.utils import SETTINGS_DIR
 
 SETTINGS = load_modality_settings(SETTINGS_DIR)
 

@@ -11,7 +11,7 @@ from custom.networks.blocks.attention import WINDOW_MODES, ChannelAttention, cha
 from custom.networks.blocks.local_windows import blend_weights, window_starts
 from parameterized import parameterized
 
-from tests.inference.helpers import TINY, tiny_net
+from tests.utils import TINY, tiny_net
 
 
 class TestBlendWeights(unittest.TestCase):

@@ -7,7 +7,7 @@ See :mod:`custom.data.datalist` for the data set layout and the ``python -m cust
 
 from __future__ import annotations
 
-from custom.data.datalist import PATH_KEYS, SPLITS, build_datalist, load_datalist, validate_datalist, write_json_atomic
+from custom.data.datalist import PATH_KEYS, SPLITS, build_datalist, load_datalist, validate_datalist
 from custom.data.readers import DicomReader, ModalityFromMetad, is_dicom, load_image, suv_factor
 from custom.data.sampler import TaskUniformBatchSampler, task_labels
 from custom.data.slicing import LoadSliced, SelectSliced, expand_slices, load_slice, num_slices
@@ -18,7 +18,6 @@ __all__ = [
     "build_datalist",
     "load_datalist",
     "validate_datalist",
-    "write_json_atomic",
     "DicomReader",
     "ModalityFromMetad",
     "is_dicom",

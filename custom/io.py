@@ -7,14 +7,25 @@ user's umask (``0o666 & ~umask`` for files, ``0o777 & ~umask`` for folders), not
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["atomic_output", "atomic_output_dir", "current_umask", "default_mode", "fsync_path", "write_text_atomic"]
+__all__ = [
+    "atomic_output",
+    "atomic_output_dir",
+    "current_umask",
+    "default_mode",
+    "fsync_path",
+    "write_text_atomic",
+    "write_json_atomic",
+]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -165,3 +176,33 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> str:
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
     return os.fspath(path)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None (JSON has no NaN / inf) and mapping keys as strings; a copy."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> str:
+    """Write ``data`` to ``path`` as JSON, atomically: the bundle's one JSON writer (data lists, reports, summaries).
+
+    Indented by 2, keys in their given order (not sorted), a trailing newline; NaN / inf floats become ``null``.
+    The document is serialised before the file is touched, so a value JSON cannot hold leaves the old file as it was.
+
+    Args:
+        path: destination file.
+        data: JSON-serialisable value (dicts, lists, strings, numbers, bools, None); not modified.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        TypeError: ``data`` holds a value JSON cannot represent (nothing is written).
+    """
+    return write_text_atomic(path, json.dumps(_json_safe(data), indent=2) + "\n")

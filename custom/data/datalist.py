@@ -43,20 +43,15 @@ from typing import Any
 import numpy as np
 from custom.data.readers import DICOM_TO_MODALITY, load_image
 from custom.data.slicing import spatial_shape
-from custom.io import write_text_atomic
+from custom.io import write_json_atomic
 from custom.settings import MODALITIES, canonical_modality
 from monai.data import load_decathlon_datalist
 
-__all__ = ["SPLITS", "PATH_KEYS", "build_datalist", "load_datalist", "validate_datalist", "write_json_atomic"]
+__all__ = ["SPLITS", "PATH_KEYS", "build_datalist", "load_datalist", "validate_datalist"]
 
 SPLITS = ("training", "validation", "test")
 PATH_KEYS = ("image", "label")
 _SUFFIXES = (".nii.gz", ".nii", ".dcm")
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write json to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def _case_name(name: str) -> str | None:
@@ -171,7 +166,7 @@ def build_datalist(
             ]
             for s, items in out.items()
         }
-        write_json_atomic(rel, output)
+        write_json_atomic(output, rel)
     return out
 
 

@@ -20,8 +20,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from custom.data.datalist import SPLITS, validate_datalist, write_json_atomic
+from custom.data.datalist import SPLITS, validate_datalist
 from custom.data.readers import DICOM_TO_MODALITY
+from custom.io import write_json_atomic
 from custom.settings import MODALITIES
 
 __all__ = [
@@ -173,6 +174,7 @@ def build_reference_datalist(
     if output is not None:
         base = os.path.dirname(os.path.abspath(os.fspath(output)))
         write_json_atomic(
+            output,
             {
                 s: [
                     {k: (os.path.relpath(v, base) if k in ("image", "label") else v) for k, v in i.items()}
@@ -180,7 +182,6 @@ def build_reference_datalist(
                 ]
                 for s, items in datalist.items()
             },
-            output,
         )
     return datalist
 

@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from custom.settings import get_modality_setting
+from custom.io import write_json_atomic
 from custom.metrics import METRIC_NAMES, PhysicalUnitMetrics, to_physical
+from custom.settings import get_modality_setting
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys as Keys
 
 from .panels import plot_task_panel
-from .writers import summarize_scans, write_csv_atomic, write_json_atomic
+from .writers import summarize_scans, write_csv_atomic
 
 __all__ = ["RestorationReport", "format_summary_table", "format_reference_table", "load_reference_results"]
 

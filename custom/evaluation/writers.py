@@ -1,17 +1,16 @@
-"""Atomic writers of the evaluation report: per-scan CSV and per-task JSON summary."""
+"""Atomic writers of the evaluation report: per-scan CSV, and the per-task summary (written as JSON by
+:func:`custom.io.write_json_atomic`)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from custom.io import write_text_atomic
 
-__all__ = ["write_text_atomic", "write_csv_atomic", "write_json_atomic", "summarize_scans"]
+__all__ = ["write_text_atomic", "write_csv_atomic", "summarize_scans"]
 
 
 def write_csv_atomic(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -29,21 +28,6 @@ def write_csv_atomic(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequ
             raise ValueError(f"{path}: row {dict(row)} lacks columns {missing}.")
         writer.writerow({c: (f"{row[c]:.6g}" if isinstance(row[c], float) else row[c]) for c in columns})
     return write_text_atomic(path, buf.getvalue())
-
-
-def write_json_atomic(path: str, data: Any) -> str:
-    """Write ``data`` as indented JSON, atomically (non-finite floats become ``null``)."""
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, Mapping):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return write_text_atomic(path, json.dumps(clean(data), indent=2) + "\n")
 
 
 def _mean(values: Sequence[float]) -> float:

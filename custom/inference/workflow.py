@@ -14,8 +14,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
-from custom.data.datalist import write_json_atomic
 from custom.inference.restore import restore
+from custom.io import write_json_atomic
 from monai.engines import SupervisedEvaluator
 from monai.transforms import Transform
 
@@ -251,5 +251,5 @@ class RestorationEvaluator(SupervisedEvaluator):
             "inference: %d written, %d skipped, %d failed", counts["written"], counts["skipped"], counts["failed"]
         )
         if self.report_path:
-            write_json_atomic({"counts": counts, "scans": self.results}, self.report_path)
+            write_json_atomic(self.report_path, {"counts": counts, "scans": self.results})
         return counts

@@ -45,8 +45,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pydicom
-from custom.data.datalist import SPLITS, write_json_atomic
-from custom.io import atomic_output, write_text_atomic
+from custom.data.datalist import SPLITS
+from custom.io import atomic_output, write_json_atomic, write_text_atomic
 from custom.settings import default_modality_dir, load_modality_settings
 from custom.transforms.ct_low_dose import simulate_low_dose_ct
 from custom.transforms.mri_resolution import kspace_truncate
@@ -474,14 +474,14 @@ def build_demo_data(
             }
         )
         psnrs.setdefault((modality, item["split"]), []).append(_psnr(clean, degraded, windows[modality]))
-    write_json_atomic(datalist, datalist_path)
+    write_json_atomic(datalist_path, datalist)
     summary = {
         f"{m} {s}": {"slices": len(v), "input_psnr_db": round(float(np.mean(v)), 2)} for (m, s), v in psnrs.items()
     }
     _write_provenance(output_dir, sources, wheels, cfg, summary)
     write_json_atomic(
-        {"digest": cfg.digest(), "config": cfg.as_dict(), "summary": summary, "seconds": round(time.time() - start, 1)},
         stamp_path,
+        {"digest": cfg.digest(), "config": cfg.as_dict(), "summary": summary, "seconds": round(time.time() - start, 1)},
     )
     for k, v in sorted(summary.items()):
         log(f"  {k:16s} {v['slices']:3d} slices, degraded-input PSNR {v['input_psnr_db']:.2f} dB")

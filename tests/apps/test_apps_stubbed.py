@@ -337,6 +337,54 @@ class TestMonaiLabelOptions(unittest.TestCase):
             self._task()({"image": str(self.d / "ct.nii.gz"), "modality": "CT", **params})
 
 
+class TestRestorerSteps(unittest.TestCase):
+    """The apps' shared path: Restorer.from_bundle's postprocessing steps with per-call options."""
+
+    @classmethod
+    def setUpClass(cls):
+        from custom.inference.restore import Restorer
+
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.restorer = Restorer.from_bundle(_bundle(Path(cls.tmp.name)), overrides=OVERRIDES, device="cpu")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def _by_name(self, options: dict) -> dict:
+        return {type(t).__name__: t for t in self.restorer.steps(options)}
+
+    def test_steps_are_the_configs_postprocessing_in_order(self):
+        names = [type(t).__name__ for t in self.restorer.steps()]
+        self.assertEqual(names, [t["_target_"].rsplit(".", 1)[-1] for t in INFERENCE["postprocessing"]["transforms"]])
+
+    def test_options_apply_per_call_and_do_not_leak(self):
+        on = self._by_name({"data_consistency": True, "kspace_factor": 2, "difference_output": True})
+        self.assertTrue(on["DataConsistencyd"].enabled)
+        self.assertEqual(on["DataConsistencyd"].factor, 2.0)
+        self.assertTrue(on["SaveDifferenced"].enabled)
+        default = self._by_name({})
+        self.assertEqual(default["DataConsistencyd"].enabled, INFERENCE["data_consistency"])
+        self.assertEqual(default["DataConsistencyd"].factor, float(INFERENCE["kspace_factor"]))
+        self.assertEqual(default["SaveDifferenced"].enabled, INFERENCE["difference_output"])
+        self.assertIs(default["TaskCheckd"], on["TaskCheckd"])  # one task check: statistics read once
+        self.assertIs(default["TaskCheckd"].network, self.restorer.network)  # the loaded weights, not a new net
+
+    def test_unknown_option_and_bad_value(self):
+        with self.assertRaisesRegex(ValueError, "unknown inference option"):
+            self.restorer.steps({"network_def#dim": 16})
+        with self.assertRaisesRegex(ValueError, "kspace_factor must be >= 1"):
+            self.restorer.steps({"kspace_factor": 0.5})
+
+    def test_restore_item_leaves_the_input_unchanged(self):
+        image = torch.rand(1, 16, 16, 2) * 100
+        before = image.clone()
+        d = self.restorer.restore_item({"image": image, "modality": "MRI"}, {"data_consistency": True})
+        torch.testing.assert_close(image, before)
+        self.assertEqual(tuple(d["pred"].shape), (1, 16, 16, 2))
+        torch.testing.assert_close(d["input"], before)
+
+
 def _study(folder: Path) -> types.SimpleNamespace:
     files = sorted(str(p) for p in folder.glob("*.dcm"))
     sops = [types.SimpleNamespace(get_native_sop_instance=lambda f=f: types.SimpleNamespace(filename=f)) for f in files]

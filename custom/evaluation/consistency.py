@@ -4,7 +4,9 @@
 [--split test] [--factor 4]`` reads the MRI items of the split (``image`` = degraded input, ``label`` = target),
 the restored scan of each from the inference report, applies :func:`custom.transforms.data_consistency
 .kspace_data_consistency` in every mode to the restored scan, and prints the published metrics (physical units,
-the modality's evaluation window, per slice, then averaged over the slices of all scans).
+the modality's evaluation window, per slice, then averaged over the slices of all scans). Scans are read by the
+bundle's one reader stack (:func:`custom.data.readers.load_image`: NIfTI or DICOM, physical units, checked), and the
+modality settings come from ``--modality_dir`` (default: the shipped bundle's, :func:`custom.settings.default_modality_dir`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from custom.data.datalist import load_datalist
-from custom.settings import get_modality_setting, load_modality_settings
-from custom.io import write_text_atomic
+from custom.data.readers import load_image
+from custom.io import write_json_atomic
 from custom.metrics.physical import PhysicalUnitMetrics
+from custom.settings import default_modality_dir, get_modality_setting, load_modality_settings
 from custom.transforms.data_consistency import DC_MODES, kspace_data_consistency
 
 __all__ = ["slice_metrics", "measure_scans", "main"]
@@ -51,16 +53,21 @@ def measure_scans(
     """Mean per-slice metrics of the input, the restored scan and every data-consistency mode.
 
     Args:
-        scans: ``{"image": input, "label": target, "restored": output}`` NIfTI paths.
+        scans: ``{"image": input, "label": target, "restored": output}`` image paths (NIfTI or DICOM, read by
+            :func:`custom.data.readers.load_image`).
         setting: the MRI modality settings.
         factor: k-space truncation factor of the inputs.
 
     Returns:
         ``{"input" | "restored" | "dc_<mode>": {"psnr", "ssim", "rmse", "slices"}}``.
+
+    Raises:
+        ValueError: an unreadable scan, or input, target and restored scan of different shapes (the message names
+            the input).
     """
     sums: dict[str, dict[str, list[float]]] = {}
     for scan in scans:
-        x, y, r = (np.asarray(nib.load(scan[k]).get_fdata(dtype=np.float32)) for k in ("image", "label", "restored"))
+        x, y, r = (load_image(scan[k]).numpy() for k in ("image", "label", "restored"))
         if not x.shape == y.shape == r.shape:
             raise ValueError(
                 f"{scan['image']}: input, target and restored shapes differ ({x.shape}, {y.shape}, {r.shape})."
@@ -79,13 +86,14 @@ def measure_scans(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; prints the table and writes ``--output`` (json) when given."""
-    bundle = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bundle"))
     parser = argparse.ArgumentParser(prog="python -m custom.evaluation.consistency", description=__doc__.split("\n")[0])
     parser.add_argument("--report", required=True, help="inference_report.json of a run over the split")
     parser.add_argument("--datalist", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--factor", type=float, default=4.0)
-    parser.add_argument("--modality_dir", default=os.path.join(bundle, "configs", "modality"))
+    parser.add_argument(
+        "--modality_dir", default=None, help="modality json folder (default: the shipped bundle's configs/modality)"
+    )
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     with open(args.report, encoding="utf-8") as f:
@@ -102,14 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not scans:
         print(f"{args.datalist}: no MRI item with a restored output in split {args.split!r}", file=sys.stderr)
         return 1
-    setting = get_modality_setting(load_modality_settings(args.modality_dir), "MRI")
+    setting = get_modality_setting(load_modality_settings(args.modality_dir or default_modality_dir()), "MRI")
     result = measure_scans(scans, setting, args.factor)
     for name, m in result.items():
         print(
             f"{name:16s} PSNR {m['psnr']:7.3f} dB  SSIM {m['ssim']:.4f}  RMSE {m['rmse']:8.3f}  ({m['slices']} slices)"
         )
     if args.output:
-        write_text_atomic(args.output, json.dumps(result, indent=2))
+        write_json_atomic(args.output, result)
     return 0
 
 

@@ -1,0 +1,97 @@
+"""custom.evaluation.consistency: MRI data-consistency metrics, read through the bundle's reader stack."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import tempfile
+import unittest
+
+import numpy as np
+from custom.evaluation.consistency import main, measure_scans, slice_metrics
+from custom.settings import get_modality_setting, load_modality_settings
+from custom.transforms.data_consistency import DC_MODES
+from custom.transforms.mri_resolution import kspace_truncate
+
+from tests.utils import SETTINGS_DIR, save_nifti
+
+MRI = get_modality_setting(load_modality_settings(SETTINGS_DIR), "MRI")
+
+
+class TestConsistency(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.d = self.tmp.name
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[:16, :16]
+        label = np.stack([(((yy - 8) ** 2 + (xx - 7 - z) ** 2) < 30) * 900.0 + 100 for z in range(2)], -1)
+        label = label.astype(np.float32)
+        image = np.moveaxis(kspace_truncate(np.moveaxis(label, -1, 0), 4.0).numpy(), 0, -1).astype(np.float32)
+        restored = (label + rng.normal(0, 20, label.shape)).astype(np.float32)
+        self.arrays = {"image": image, "label": label, "restored": restored}
+        self.scan = {k: save_nifti(os.path.join(self.d, f"{k}.nii.gz"), v) for k, v in self.arrays.items()}
+
+    def test_metrics_of_every_version(self):
+        result = measure_scans([self.scan], MRI, 4.0)
+        self.assertEqual(set(result), {"input", "restored", *(f"dc_{m}" for m in DC_MODES)})
+        for name, key in (("input", "image"), ("restored", "restored")):
+            expected = slice_metrics(self.arrays[key], self.arrays["label"], MRI)
+            self.assertEqual(result[name]["slices"], 2)
+            self.assertAlmostEqual(result[name]["psnr"], float(np.mean(expected["psnr"])), places=4)
+            self.assertAlmostEqual(result[name]["ssim"], float(np.mean(expected["ssim"])), places=4)
+        self.assertGreater(result["restored"]["psnr"], result["input"]["psnr"])
+
+    def test_reads_through_the_reader_stack(self):
+        bad = self.arrays["restored"].copy()
+        bad[0, 0, 0] = np.nan
+        self.scan["restored"] = save_nifti(os.path.join(self.d, "nan.nii.gz"), bad)
+        with self.assertRaisesRegex(ValueError, "nan.nii.gz: non-finite"):  # the readers' check, not NaN metrics
+            measure_scans([self.scan], MRI, 4.0)
+        self.scan["restored"] = os.path.join(self.d, "missing.nii.gz")
+        with self.assertRaisesRegex(ValueError, "missing.nii.gz: file not found"):
+            measure_scans([self.scan], MRI, 4.0)
+        source = ast.parse(open(measure_scans.__code__.co_filename, encoding="utf-8").read())
+        imported = {a.name for n in ast.walk(source) if isinstance(n, ast.Import) for a in n.names}
+        self.assertNotIn("nibabel", imported)
+
+    def test_shape_mismatch_names_the_scan(self):
+        self.scan["restored"] = save_nifti(os.path.join(self.d, "small.nii.gz"), self.arrays["restored"][:8])
+        with self.assertRaisesRegex(ValueError, "image.nii.gz: input, target and restored shapes differ"):
+            measure_scans([self.scan], MRI, 4.0)
+
+    def _inputs(self):
+        datalist = os.path.join(self.d, "datalist.json")
+        item = {"image": "image.nii.gz", "label": "label.nii.gz", "modality": "MRI"}
+        with open(datalist, "w") as f:
+            json.dump({"training": [], "validation": [], "test": [item]}, f)
+        report = os.path.join(self.d, "report.json")
+        with open(report, "w") as f:
+            json.dump(
+                {"scans": [{"image": self.scan["image"], "output": self.scan["restored"], "status": "written"}]}, f
+            )
+        return datalist, report
+
+    def test_command_with_the_default_settings(self):
+        datalist, report = self._inputs()
+        out = os.path.join(self.d, "dc.json")
+        cwd = os.getcwd()
+        os.chdir(self.d)  # the default modality settings do not depend on the working directory
+        try:
+            self.assertEqual(main(["--report", report, "--datalist", datalist, "--output", out]), 0)
+        finally:
+            os.chdir(cwd)
+        with open(out, encoding="utf-8") as f:
+            written = json.load(f)
+        self.assertEqual(written, json.loads(json.dumps(measure_scans([self.scan], MRI, 4.0))))
+
+    def test_command_refuses_an_unrestored_scan(self):
+        datalist, report = self._inputs()
+        with open(report, "w") as f:
+            json.dump({"scans": []}, f)
+        self.assertEqual(main(["--report", report, "--datalist", datalist]), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()

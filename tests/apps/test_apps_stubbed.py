@@ -209,6 +209,21 @@ def _block_error(image: np.ndarray, measured: np.ndarray, factor: float = 4.0) -
     return kspace_block_error(torch.as_tensor(image)[None], torch.as_tensor(measured)[None], factor)
 
 
+def _cli(bundle: Path, dataset_dir: Path, output_dir: Path, **options) -> list[dict]:
+    """The bundle's own inference (inference.json's evaluator, as `monai.bundle run inference` runs it) in-process;
+    returns the report's scan entries."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    values = {"bundle_root": str(bundle), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir)}
+    for key, value in {**values, **OVERRIDES, "device": torch.device("cpu"), **options}.items():
+        parser[key] = value
+    output_dir.mkdir(parents=True, exist_ok=True)
+    parser.get_parsed_content("evaluator").run()
+    return json.loads((output_dir / "inference_report.json").read_text())["scans"]
+
+
 class TestMonaiLabelOptions(unittest.TestCase):
     """Request params data_consistency / task_check / difference of the MONAI Label task, through Restorer."""
 
@@ -328,6 +343,22 @@ class TestMonaiLabelOptions(unittest.TestCase):
                 self.assertIsNone(result["predicted_task"])
         self.assertEqual(sum(NO_STATISTICS in line for line in logs.output), 1, logs.output)
 
+    def test_bad_input_gives_what_the_cli_gives(self):
+        vol = mr_phantom((30, 30, 2))  # size not divisible by kspace_factor 4; checkpoint without task statistics
+        (self.d / "scans").mkdir()
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(self.d / "scans" / "mr.nii.gz"))
+        task = self._task()
+        with self.assertLogs("custom.inference.task_check", "WARNING") as app_logs:
+            path, result = self._infer(task, self.d / "scans" / "mr.nii.gz", modality="MRI", data_consistency=True)
+        with self.assertLogs("custom.inference.task_check", "WARNING") as cli_logs:
+            (entry,) = _cli(self.d / "bundle", self.d / "scans", self.d / "cli", modality="MRI", data_consistency=True)
+        self.assertEqual(entry["status"], "written")
+        self.assertEqual(result["warnings"], entry["warnings"])
+        self.assertEqual((result["predicted_task"], entry["predicted_task"]), (None, None))
+        self.assertEqual([NO_STATISTICS in line for line in app_logs.output].count(True), 1)
+        self.assertEqual([NO_STATISTICS in line for line in cli_logs.output].count(True), 1)
+        np.testing.assert_allclose(_nifti(path), _nifti(entry["output"]), atol=1e-4)
+
     @parameterized.expand(
         [("flag", {"difference": "maybe"}, "difference"), ("mode", {"data_consistency_mode": "x"}, "mode")]
     )
@@ -429,9 +460,9 @@ class TestDeployOptions(unittest.TestCase):
             writer.compute(_Port(port.emitted["restored"]), None, None)
         return port.emitted["restored"]
 
-    def _mr_series(self, shape=(32, 32, 2)) -> tuple[Path, np.ndarray]:
+    def _mr_series(self, shape=(32, 32, 2), name: str = "mr") -> tuple[Path, np.ndarray]:
         vol = mr_phantom(shape)
-        folder = dicom_series_folder(str(self.d / "mr"), vol.astype(np.uint16), modality="MR", slope=1, inter=0)
+        folder = dicom_series_folder(str(self.d / name), vol.astype(np.uint16), modality="MR", slope=1, inter=0)
         return Path(folder), vol
 
     @parameterized.expand(
@@ -518,6 +549,22 @@ class TestDeployOptions(unittest.TestCase):
         self.assertLess(_block_error(item["values"], vol), 1e-3)
         _, out = _series(self.d / "out" / item["uid"])
         self.assertTrue(all("not divisible by kspace_factor" in str(ds.get("ImageComments", "")) for ds in out))
+
+    def test_bad_input_gives_what_the_cli_gives(self):
+        folder, _ = self._mr_series((30, 30, 2), "scans/mr")  # not divisible by kspace_factor 4; no task statistics
+        bundle = _bundle(self.d, _random_checkpoint)
+        with self.assertLogs("custom.inference.task_check", "WARNING") as app_logs:
+            (item,) = self._run(folder, bundle, {"TAT_DEPLOY_DATA_CONSISTENCY": "true"})
+        with self.assertLogs("custom.inference.task_check", "WARNING") as cli_logs:
+            (entry,) = _cli(bundle, folder.parent, self.d / "cli", data_consistency=True)
+        self.assertEqual(entry["status"], "written")
+        self.assertEqual(item["warnings"], entry["warnings"])
+        self.assertEqual([NO_STATISTICS in line for line in app_logs.output].count(True), 1)
+        self.assertEqual([NO_STATISTICS in line for line in cli_logs.output].count(True), 1)
+        app_values, app_ds = _series(self.d / "out" / item["uid"])
+        cli_values, cli_ds = _series(Path(entry["output"]))
+        np.testing.assert_array_equal(app_values, cli_values)
+        self.assertEqual([x.ImageComments for x in app_ds], [x.ImageComments for x in cli_ds])
 
     def test_checkpoint_without_statistics_warns_once_and_restores(self):
         write_ct_dicom_series(self.d / "in" / "a")

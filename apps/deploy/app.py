@@ -116,7 +116,7 @@ class TATRestoreOperator(Operator):
     ):
         self.bundle_root, self.ckpt = _bundle_paths(model_path)
         self.pet_units = pet_units or os.environ.get("TAT_DEPLOY_PET_UNITS") or None  # None: SUV from the tags
-        self.options = {**env_options(), **(options or {})}  # argument over env over inference.json
+        self.tat_options = {**env_options(), **(options or {})}  # argument over env over inference.json
         self._restorer = None
         super().__init__(fragment, *args, **kwargs)
 
@@ -133,12 +133,12 @@ class TATRestoreOperator(Operator):
             # the app writes into its own output folder, replacing what a previous run left there
             overrides = {**json.loads(os.environ.get("TAT_DEPLOY_OVERRIDE", "{}")), "overwrite": True}
             self._restorer = Restorer.from_bundle(self.bundle_root, checkpoint=self.ckpt, overrides=overrides)
-            self._restorer.steps(self.options)  # refuses a bad option before any series is read
+            self._restorer.steps(self.tat_options)  # refuses a bad option before any series is read
         return self._restorer
 
     def write(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """The config's writers (difference series when enabled, restored series) for one emitted item."""
-        return self.restorer.write_item(item, self.options)
+        return self.restorer.write_item(item, self.tat_options)
 
     def compute(self, op_input, op_output, context):
         import torch
@@ -165,7 +165,7 @@ class TATRestoreOperator(Operator):
                     "kind": "dicom",
                     "scan_info": meta,
                 }
-                d = restorer.restore_item(item, self.options)
+                d = restorer.restore_item(item, self.tat_options)
                 restored = d["pred"][0].numpy()
                 logging.info(
                     f"restored {series.SeriesInstanceUID} ({meta['modality']}, {values.shape}): "

@@ -14,6 +14,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import unittest
 
 import numpy as np
 import onnx
@@ -22,6 +24,7 @@ import pytest
 import torch
 from custom.export import export_onnx, save_torchscript, serving_module
 from custom.inference import network_window_mode
+from parameterized import parameterized
 
 from tests.utils import BUNDLE, ENV, INFERENCE_CONFIG, TINY_OVERRIDES, run_cli, save_checkpoint, tiny_net
 
@@ -59,250 +62,270 @@ def _max_diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> flo
 # ---- TorchScript: one traced shape through ckpt_export (the raw MONAI path) ----
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    tmp = str(tmp_path_factory.mktemp("export"))
-    net = _config_mode(save_checkpoint(os.path.join(tmp, "model.pt"), seed=1))
-    ts_path = os.path.join(tmp, "model.ts")
-    run = run_cli(
-        "ckpt_export",
-        "network_def",
-        "--filepath",
-        ts_path,
-        "--ckpt_file",
-        os.path.join(tmp, "model.pt"),
-        "--key_in_ckpt",
-        "model",
-        "--meta_file",
-        META,
-        "--config_file",
-        INFERENCE_CONFIG,
-        "--bundle_root",
-        BUNDLE,
-        "--use_trace",
-        "True",
-        "--input_shape",
-        f"[1,1,{TRACE_SIZE},{TRACE_SIZE}]",
-        *TINY_OVERRIDES,
-        cwd=tmp,
-    )
-    return {"tmp": tmp, "net": net, "run": run, "ts_path": ts_path}
-
-
-def _require_export(run: subprocess.CompletedProcess) -> None:
-    assert run.returncode == 0, run.stderr[-3000:]
-
-
 @pytest.mark.slow
-def test_ckpt_export_traced_equals_eager_at_export_size(exported: dict) -> None:
-    _require_export(exported["run"])
-    assert _windows_active(exported["net"], TRACE_SIZE)
-    ts = torch.jit.load(exported["ts_path"])
-    x = _images(1, 1, TRACE_SIZE, TRACE_SIZE)
-    with torch.no_grad():
-        assert _max_diff(ts(x), exported["net"](x)) < TOL
+class TestCkptExportTraced(unittest.TestCase):
+    """One ``ckpt_export network_def --use_trace`` run at TRACE_SIZE, shared by the checks below."""
 
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._tmp = tempfile.TemporaryDirectory()
+        tmp = cls._tmp.name
+        cls.net = _config_mode(save_checkpoint(os.path.join(tmp, "model.pt"), seed=1))
+        cls.ts_path = os.path.join(tmp, "model.ts")
+        cls.proc = run_cli(
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            cls.ts_path,
+            "--ckpt_file",
+            os.path.join(tmp, "model.pt"),
+            "--key_in_ckpt",
+            "model",
+            "--meta_file",
+            META,
+            "--config_file",
+            INFERENCE_CONFIG,
+            "--bundle_root",
+            BUNDLE,
+            "--use_trace",
+            "True",
+            "--input_shape",
+            f"[1,1,{TRACE_SIZE},{TRACE_SIZE}]",
+            *TINY_OVERRIDES,
+            cwd=tmp,
+        )
 
-@pytest.mark.slow
-def test_traced_model_any_batch_size(exported: dict) -> None:
-    """No shape holds the batch size while tracing (the dynamic conv's shifted-taps form): batch 3 is exact."""
-    _require_export(exported["run"])
-    ts = torch.jit.load(exported["ts_path"])
-    x = _images(3, 1, TRACE_SIZE, TRACE_SIZE)
-    with torch.no_grad():
-        assert _max_diff(ts(x), exported["net"](x)) < TOL
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._tmp.cleanup()
 
+    def _traced(self) -> torch.jit.ScriptModule:
+        self.assertEqual(self.proc.returncode, 0, self.proc.stderr[-3000:])
+        return torch.jit.load(self.ts_path)
 
-@pytest.mark.slow
-@pytest.mark.parametrize("shape", [(1, 1, 40, 40), (1, 1, 56, 64)])
-def test_traced_model_at_other_multiples_of_8(exported: dict, shape: tuple) -> None:
-    """With global attention (inference.json's mode) the traced ops keep the sizes, so another height and width
-    that need no padding are exact; with local windows (other modes) the window grid is frozen: raises or differs."""
-    _require_export(exported["run"])
-    ts = torch.jit.load(exported["ts_path"])
-    x = _images(*shape)
-    with torch.no_grad():
-        ref = exported["net"](x)
-        if exported["net"].window_mode == "global":
-            assert _max_diff(ts(x), ref) < TOL
-            return
-        try:
-            out = ts(x)
-        except RuntimeError:
-            return
-    assert out.shape != ref.shape or _max_diff(out, ref) > TOL
+    def test_ckpt_export_traced_equals_eager_at_export_size(self) -> None:
+        ts = self._traced()
+        self.assertTrue(_windows_active(self.net, TRACE_SIZE))
+        x = _images(1, 1, TRACE_SIZE, TRACE_SIZE)
+        with torch.no_grad():
+            self.assertLess(_max_diff(ts(x), self.net(x)), TOL)
 
+    def test_traced_model_any_batch_size(self) -> None:
+        """No shape holds the batch size while tracing (the dynamic conv's shifted-taps form): batch 3 is exact."""
+        ts = self._traced()
+        x = _images(3, 1, TRACE_SIZE, TRACE_SIZE)
+        with torch.no_grad():
+            self.assertLess(_max_diff(ts(x), self.net(x)), TOL)
 
-@pytest.mark.slow
-def test_traced_model_padding_is_frozen(exported: dict) -> None:
-    """Documented limit: a size that needs padding (traced at a multiple of 8) raises or differs from eager."""
-    _require_export(exported["run"])
-    ts = torch.jit.load(exported["ts_path"])
-    x = _images(1, 1, 36, 44)
-    with torch.no_grad():
-        ref = exported["net"](x)
-        try:
-            out = ts(x)
-        except RuntimeError:
-            return
-    assert out.shape != ref.shape or _max_diff(out, ref) > TOL
+    @parameterized.expand([((1, 1, 40, 40),), ((1, 1, 56, 64),)])
+    def test_traced_model_at_other_multiples_of_8(self, shape: tuple) -> None:
+        """With global attention (inference.json's mode) the traced ops keep the sizes, so another height and
+        width that need no padding are exact; with local windows (other modes) the window grid is frozen: raises
+        or differs."""
+        ts = self._traced()
+        x = _images(*shape)
+        with torch.no_grad():
+            ref = self.net(x)
+            if self.net.window_mode == "global":
+                self.assertLess(_max_diff(ts(x), ref), TOL)
+                return
+            try:
+                out = ts(x)
+            except RuntimeError:
+                return
+        self.assertTrue(out.shape != ref.shape or _max_diff(out, ref) > TOL)
+
+    def test_traced_model_padding_is_frozen(self) -> None:
+        """Documented limit: a size that needs padding (traced at a multiple of 8) raises or differs from eager."""
+        ts = self._traced()
+        x = _images(1, 1, 36, 44)
+        with torch.no_grad():
+            ref = self.net(x)
+            try:
+                out = ts(x)
+            except RuntimeError:
+                return
+        self.assertTrue(out.shape != ref.shape or _max_diff(out, ref) > TOL)
 
 
 # ---- TorchScript: one file serving several sizes (custom.export.serving_module / ServingNetwork) ----
 
 
-def test_serving_module_matches_eager_at_served_sizes_any_batch(tmp_path) -> None:
-    net = tiny_net(2)
-    module = serving_module(net, SERVED)
-    assert module.served_sizes() == SERVED
-    assert _windows_active(net, SERVED[0][0]) and SERVED[1][0] % 8 and not _windows_active(net, 48)
-    path = save_torchscript(module, tmp_path / "serve.ts")
-    assert sorted(os.listdir(tmp_path)) == ["serve.ts"]  # no temporary file left
-    loaded = torch.jit.load(path)
-    for i, (h, w) in enumerate(SERVED):
-        x = _images(2, 1, h, w, seed=10 + i)
+class TestServingModule(unittest.TestCase):
+    def test_serving_module_matches_eager_at_served_sizes_any_batch(self) -> None:
+        net = tiny_net(2)
+        module = serving_module(net, SERVED)
+        self.assertEqual(module.served_sizes(), SERVED)
+        self.assertTrue(_windows_active(net, SERVED[0][0]) and SERVED[1][0] % 8 and not _windows_active(net, 48))
+        with tempfile.TemporaryDirectory() as d:
+            path = save_torchscript(module, os.path.join(d, "serve.ts"))
+            self.assertEqual(sorted(os.listdir(d)), ["serve.ts"])  # no temporary file left
+            loaded = torch.jit.load(path)
+        for i, (h, w) in enumerate(SERVED):
+            x = _images(2, 1, h, w, seed=10 + i)
+            with torch.no_grad():
+                ref = net(x)
+                self.assertEqual(ref.shape, (2, 1, h, w))
+                self.assertLess(_max_diff(module(x), ref), TOL)
+                self.assertLess(_max_diff(loaded(x), ref), TOL)
+                self.assertLess(_max_diff(loaded(x[1:]), ref[1:]), TOL)
+
+    def test_serving_module_refuses_other_sizes(self) -> None:
+        module = serving_module(tiny_net(2), [[40, 48]])
+        with self.assertRaisesRegex(Exception, r"48x40: this TorchScript file serves 40x48 only"):
+            module(torch.rand(1, 1, 48, 40))
+        with self.assertRaisesRegex(Exception, "expects a non-empty"):
+            module(torch.rand(1, 2, 40, 48))
+        with self.assertRaisesRegex(ValueError, "serving size"):
+            serving_module(tiny_net(2), [[40]])
+
+    @pytest.mark.slow
+    def test_ckpt_export_serving_sizes_loads_without_custom(self) -> None:
+        """``ckpt_export serving_network`` with export.json: one .ts for two sizes, loaded where ``custom`` cannot
+        be imported, equal to eager at both sizes for a batch of 2 different images."""
+        with tempfile.TemporaryDirectory() as tmp:
+            net = _config_mode(save_checkpoint(os.path.join(tmp, "model.pt"), seed=4))
+            ts_path = os.path.join(tmp, "serve.ts")
+            run = run_cli(
+                "ckpt_export",
+                "serving_network",
+                "--filepath",
+                ts_path,
+                "--ckpt_file",
+                os.path.join(tmp, "model.pt"),
+                "--key_in_ckpt",
+                "model",
+                "--meta_file",
+                META,
+                "--config_file",
+                str([INFERENCE_CONFIG, EXPORT_CONFIG]),
+                "--bundle_root",
+                BUNDLE,
+                "--serving_sizes",
+                str(SERVED).replace(" ", ""),
+                *TINY_OVERRIDES,
+                cwd=tmp,
+            )
+            self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+            inputs = {f"{h}x{w}": _images(2, 1, h, w, seed=20 + h) for h, w in SERVED}
+            torch.save(inputs, os.path.join(tmp, "inputs.pt"))
+            script = (
+                "import sys; sys.modules['custom'] = None  # any import of custom now fails\n"
+                "import torch\n"
+                "torch.set_num_threads(1)\n"
+                "m = torch.jit.load(sys.argv[1])\n"
+                "x = torch.load(sys.argv[2], weights_only=True)\n"
+                "with torch.no_grad():\n"
+                "    torch.save({k: m(v) for k, v in x.items()}, sys.argv[3])\n"
+                "try:\n"
+                "    m(torch.rand(1, 1, 32, 32))\n"
+                "except Exception as e:\n"
+                "    print('refused:', str(e).splitlines()[-1])\n"
+            )
+            child = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    script,
+                    ts_path,
+                    os.path.join(tmp, "inputs.pt"),
+                    os.path.join(tmp, "outputs.pt"),
+                ],
+                cwd=tmp,
+                env=ENV,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            self.assertEqual(child.returncode, 0, child.stderr[-3000:])
+            self.assertIn("refused:", child.stdout)
+            self.assertIn("serves 64x64, 36x44 only", child.stdout)
+            outputs = torch.load(os.path.join(tmp, "outputs.pt"), weights_only=True)
         with torch.no_grad():
-            ref = net(x)
-            assert ref.shape == (2, 1, h, w)
-            assert _max_diff(module(x), ref) < TOL
-            assert _max_diff(loaded(x), ref) < TOL
-            assert _max_diff(loaded(x[1:]), ref[1:]) < TOL
-
-
-def test_serving_module_refuses_other_sizes() -> None:
-    module = serving_module(tiny_net(2), [[40, 48]])
-    with pytest.raises(Exception, match=r"48x40: this TorchScript file serves 40x48 only"):
-        module(torch.rand(1, 1, 48, 40))
-    with pytest.raises(Exception, match="expects a non-empty"):
-        module(torch.rand(1, 2, 40, 48))
-    with pytest.raises(ValueError, match="serving size"):
-        serving_module(tiny_net(2), [[40]])
-
-
-@pytest.mark.slow
-def test_ckpt_export_serving_sizes_loads_without_custom(tmp_path) -> None:
-    """``ckpt_export serving_network`` with export.json: one .ts for two sizes, loaded where ``custom`` cannot
-    be imported, equal to eager at both sizes for a batch of 2 different images."""
-    net = _config_mode(save_checkpoint(str(tmp_path / "model.pt"), seed=4))
-    ts_path = str(tmp_path / "serve.ts")
-    run = run_cli(
-        "ckpt_export",
-        "serving_network",
-        "--filepath",
-        ts_path,
-        "--ckpt_file",
-        str(tmp_path / "model.pt"),
-        "--key_in_ckpt",
-        "model",
-        "--meta_file",
-        META,
-        "--config_file",
-        str([INFERENCE_CONFIG, EXPORT_CONFIG]),
-        "--bundle_root",
-        BUNDLE,
-        "--serving_sizes",
-        str(SERVED).replace(" ", ""),
-        *TINY_OVERRIDES,
-        cwd=str(tmp_path),
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    inputs = {f"{h}x{w}": _images(2, 1, h, w, seed=20 + h) for h, w in SERVED}
-    torch.save(inputs, str(tmp_path / "inputs.pt"))
-    script = (
-        "import sys; sys.modules['custom'] = None  # any import of custom now fails\n"
-        "import torch\n"
-        "torch.set_num_threads(1)\n"
-        "m = torch.jit.load(sys.argv[1])\n"
-        "x = torch.load(sys.argv[2], weights_only=True)\n"
-        "with torch.no_grad():\n"
-        "    torch.save({k: m(v) for k, v in x.items()}, sys.argv[3])\n"
-        "try:\n"
-        "    m(torch.rand(1, 1, 32, 32))\n"
-        "except Exception as e:\n"
-        "    print('refused:', str(e).splitlines()[-1])\n"
-    )
-    child = subprocess.run(
-        [sys.executable, "-c", script, ts_path, str(tmp_path / "inputs.pt"), str(tmp_path / "outputs.pt")],
-        cwd=str(tmp_path),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert child.returncode == 0, child.stderr[-3000:]
-    assert "refused:" in child.stdout and "serves 64x64, 36x44 only" in child.stdout
-    outputs = torch.load(str(tmp_path / "outputs.pt"), weights_only=True)
-    with torch.no_grad():
-        for key, x in inputs.items():
-            assert _max_diff(outputs[key], net(x)) < TOL, key
+            for key, x in inputs.items():
+                self.assertLess(_max_diff(outputs[key], net(x)), TOL, key)
 
 
 # ---- ONNX ----
 
 
-@pytest.mark.parametrize(
-    "shape",
-    [(1, 1, 40, 48), (1, 1, TRACE_SIZE, TRACE_SIZE), (3, 1, 60, 52)],
-    ids=["global", "local-windows", "padding-windows-batch3"],
-)
-def test_onnx_matches_eager(tmp_path, shape: tuple) -> None:
-    net = tiny_net(3)
-    assert _windows_active(net, shape[2]) == (shape[2] > 48)
-    path = export_onnx(net, tmp_path / "model.onnx", (1, *shape[1:]))  # dynamic batch: exported at 1
-    assert sorted(os.listdir(tmp_path)) == ["model.onnx"]  # no temporary file left
-    model = onnx.load(path)
-    assert not [
-        n for n in model.graph.node if n.op_type == "Transpose" and any(p < 0 for a in n.attribute for p in a.ints)
-    ]
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    x = _images(*shape)
-    with torch.no_grad():
-        ref = net(x).numpy()
-    (out,) = session.run(None, {"image": x.numpy()})
-    assert out.shape == ref.shape
-    assert _max_diff(out, ref) < TOL
+class TestOnnx(unittest.TestCase):
+    @parameterized.expand(
+        [
+            ("global", (1, 1, 40, 48)),
+            ("local_windows", (1, 1, TRACE_SIZE, TRACE_SIZE)),
+            ("padding_windows_batch3", (3, 1, 60, 52)),
+        ]
+    )
+    def test_onnx_matches_eager(self, _, shape: tuple) -> None:
+        net = tiny_net(3)
+        self.assertEqual(_windows_active(net, shape[2]), shape[2] > 48)
+        x = _images(*shape)
+        with tempfile.TemporaryDirectory() as d:
+            path = export_onnx(net, os.path.join(d, "model.onnx"), (1, *shape[1:]))  # dynamic batch: exported at 1
+            self.assertEqual(sorted(os.listdir(d)), ["model.onnx"])  # no temporary file left
+            model = onnx.load(path)
+            self.assertFalse(
+                [
+                    n
+                    for n in model.graph.node
+                    if n.op_type == "Transpose" and any(p < 0 for a in n.attribute for p in a.ints)
+                ]
+            )
+            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            ref = net(x).numpy()
+        (out,) = session.run(None, {"image": x.numpy()})
+        self.assertEqual(out.shape, ref.shape)
+        self.assertLess(_max_diff(out, ref), TOL)
 
+    def test_onnx_static_batch(self) -> None:
+        net = tiny_net(4)
+        x = _images(2, 1, 40, 40)
+        with tempfile.TemporaryDirectory() as d:
+            path = export_onnx(net, os.path.join(d, "model.onnx"), (2, 1, 40, 40), dynamic_batch=False)
+            dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+            self.assertEqual([d.dim_value for d in dims], [2, 1, 40, 40])
+            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            self.assertLess(_max_diff(session.run(None, {"image": x.numpy()})[0], net(x)), TOL)
 
-def test_onnx_static_batch(tmp_path) -> None:
-    net = tiny_net(4)
-    path = export_onnx(net, tmp_path / "model.onnx", (2, 1, 40, 40), dynamic_batch=False)
-    dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_value for d in dims] == [2, 1, 40, 40]
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    x = _images(2, 1, 40, 40)
-    with torch.no_grad():
-        assert _max_diff(session.run(None, {"image": x.numpy()})[0], net(x)) < TOL
+    def test_onnx_export_failure_is_a_clear_error_and_leaves_no_file(self) -> None:
+        class Broken(torch.nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                raise RuntimeError("cannot run")
 
-
-def test_onnx_export_failure_is_a_clear_error_and_leaves_no_file(tmp_path) -> None:
-    class Broken(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("cannot run")
-
-    with pytest.raises(ValueError, match=r"ONNX export at \(1, 1, 8, 8\) failed \(RuntimeError: cannot run"):
-        export_onnx(Broken(), tmp_path / "model.onnx", (1, 1, 8, 8))
-    assert not os.listdir(tmp_path)
-    with pytest.raises(ValueError, match="input_shape"):
-        export_onnx(tiny_net(), tmp_path / "model.onnx", (1, 8, 8))
+        with tempfile.TemporaryDirectory() as d:
+            with self.assertRaisesRegex(ValueError, r"ONNX export at \(1, 1, 8, 8\) failed \(RuntimeError: cannot run"):
+                export_onnx(Broken(), os.path.join(d, "model.onnx"), (1, 1, 8, 8))
+            self.assertFalse(os.listdir(d))
+            with self.assertRaisesRegex(ValueError, "input_shape"):
+                export_onnx(tiny_net(), os.path.join(d, "model.onnx"), (1, 8, 8))
 
 
 @pytest.mark.slow
-def test_verify_net_in_out(tmp_path) -> None:
-    run = run_cli(
-        "verify_net_in_out",
-        "network_def",
-        "--meta_file",
-        META,
-        "--config_file",
-        INFERENCE_CONFIG,
-        "--bundle_root",
-        BUNDLE,
-        "-n",
-        "4",
-        "--any",
-        "8",
-        *TINY_OVERRIDES,
-        cwd=str(tmp_path),
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "verified with no error" in run.stdout + run.stderr
+class TestVerifyNetInOut(unittest.TestCase):
+    def test_verify_net_in_out(self) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            run = run_cli(
+                "verify_net_in_out",
+                "network_def",
+                "--meta_file",
+                META,
+                "--config_file",
+                INFERENCE_CONFIG,
+                "--bundle_root",
+                BUNDLE,
+                "-n",
+                "4",
+                "--any",
+                "8",
+                *TINY_OVERRIDES,
+                cwd=d,
+            )
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        self.assertIn("verified with no error", run.stdout + run.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+import unittest
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +23,8 @@ import pydicom
 import pydicom.data
 import pytest
 import SimpleITK
+import torch
+from parameterized import parameterized
 
 from tests.utils import (
     BUNDLE,
@@ -57,9 +61,8 @@ def _run(tmp: str, *extra: str) -> tuple:
     return run_cli(*args, cwd=tmp)
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    tmp = str(tmp_path_factory.mktemp("inference"))
+def _workspace(tmp: str) -> dict:
+    """Write the inputs under ``tmp`` and run the three CLI runs (folder mode, data list, data list again)."""
     net = save_checkpoint(os.path.join(tmp, "model.pt"))
     dicom_dir = os.path.join(tmp, "dicom_in")
     write_ct_series(os.path.join(dicom_dir, "ct_series"))
@@ -119,43 +122,12 @@ def _report(folder: str) -> dict:
         return json.load(f)
 
 
-def test_inputs_unchanged(workspace: dict) -> None:
-    assert tree_hashes(workspace["dicom_dir"]) == workspace["before"]["dicom"]
-    assert tree_hashes(workspace["nifti_dir"]) == workspace["before"]["nifti"]
-
-
-def test_datalist_run_writes_all(workspace: dict) -> None:
-    run = workspace["run_nifti"]
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert workspace["report_nifti"]["counts"] == {"written": 3, "skipped": 0, "failed": 0}
-
-
-@pytest.mark.parametrize("name", ["ct3d.nii.gz", "sub/pet2d.nii", "mri3d.nii.gz"])
-def test_nifti_geometry_and_dtype(workspace: dict, name: str) -> None:
-    src = nib.load(os.path.join(workspace["nifti_dir"], name))
-    out = nib.load(os.path.join(workspace["nifti_out"], name))
-    assert out.shape == src.shape
-    np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
-    np.testing.assert_allclose(out.header.get_zooms(), src.header.get_zooms(), atol=1e-6)
-    assert nib.aff2axcodes(out.affine) == nib.aff2axcodes(src.affine)
-    assert out.get_data_dtype() == src.get_data_dtype()
-    # the network applied here, slice by slice, to the clipped and normalised input; stored to the file's precision
-    expected = _in_process(workspace["net"], src.get_fdata(), MODALITY[name])
-    slope = float(getattr(out.dataobj, "slope", 1.0) or 1.0)
-    atol = (
-        0.5 * slope + 1e-3 if np.issubdtype(out.get_data_dtype(), np.integer) else 1e-4 * np.ptp(CLIP[MODALITY[name]])
-    )
-    np.testing.assert_allclose(out.get_fdata(), expected, rtol=0, atol=atol)
-
-
 MODALITY = {"ct3d.nii.gz": "CT", "sub/pet2d.nii": "PET", "mri3d.nii.gz": "MRI"}
 CLIP = {"CT": (-1024.0, 3072.0), "PET": (0.0, 20.0), "MRI": (0.0, 4095.0)}
 
 
 def _in_process(net, values: np.ndarray, modality: str) -> np.ndarray:
     """clip(denormalise(net(normalise(clip(values))))) for a 2D slice or each axial slice of a volume."""
-    import torch
-
     lo, hi = CLIP[modality]
     x = ((np.clip(values, lo, hi) - lo) / (hi - lo)).astype(np.float32)
     vol = x if x.ndim == 3 else x[..., None]
@@ -167,96 +139,140 @@ def _in_process(net, values: np.ndarray, modality: str) -> np.ndarray:
     return np.clip(np.stack(y, -1) * (hi - lo) + lo, lo, hi).reshape(values.shape)
 
 
-def test_int16_output_clipped_to_range(workspace: dict) -> None:
-    src = nib.load(os.path.join(workspace["nifti_dir"], "ct3d.nii.gz"))
-    out = nib.load(os.path.join(workspace["nifti_out"], "ct3d.nii.gz"))
-    stored = np.asanyarray(out.dataobj)
-    assert stored.dtype == np.int16
-    assert src.get_fdata().min() < -1024  # the input goes below the CT range ...
-    assert stored.min() >= -1024 and stored.max() <= 3072  # ... the restored scan does not (clip_output)
-    expected = _in_process(workspace["net"], src.get_fdata(), "CT")
-    assert np.abs(stored - expected).max() <= 0.5 + 1e-3  # rounded, not truncated or wrapped
+class TestInferenceCLI(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.ws = _workspace(cls._tmp.name)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._tmp.cleanup()
+
+    def test_inputs_unchanged(self) -> None:
+        self.assertEqual(tree_hashes(self.ws["dicom_dir"]), self.ws["before"]["dicom"])
+        self.assertEqual(tree_hashes(self.ws["nifti_dir"]), self.ws["before"]["nifti"])
+
+    def test_datalist_run_writes_all(self) -> None:
+        run = self.ws["run_nifti"]
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        self.assertEqual(self.ws["report_nifti"]["counts"], {"written": 3, "skipped": 0, "failed": 0})
+
+    @parameterized.expand([("ct3d.nii.gz",), ("sub/pet2d.nii",), ("mri3d.nii.gz",)])
+    def test_nifti_geometry_and_dtype(self, name: str) -> None:
+        src = nib.load(os.path.join(self.ws["nifti_dir"], name))
+        out = nib.load(os.path.join(self.ws["nifti_out"], name))
+        self.assertEqual(out.shape, src.shape)
+        np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
+        np.testing.assert_allclose(out.header.get_zooms(), src.header.get_zooms(), atol=1e-6)
+        self.assertEqual(nib.aff2axcodes(out.affine), nib.aff2axcodes(src.affine))
+        self.assertEqual(out.get_data_dtype(), src.get_data_dtype())
+        # the network applied here, slice by slice, to the clipped and normalised input; stored to the file's
+        # precision
+        expected = _in_process(self.ws["net"], src.get_fdata(), MODALITY[name])
+        slope = float(getattr(out.dataobj, "slope", 1.0) or 1.0)
+        integer = np.issubdtype(out.get_data_dtype(), np.integer)
+        atol = 0.5 * slope + 1e-3 if integer else 1e-4 * np.ptp(CLIP[MODALITY[name]])
+        np.testing.assert_allclose(out.get_fdata(), expected, rtol=0, atol=atol)
+
+    def test_int16_output_clipped_to_range(self) -> None:
+        src = nib.load(os.path.join(self.ws["nifti_dir"], "ct3d.nii.gz"))
+        out = nib.load(os.path.join(self.ws["nifti_out"], "ct3d.nii.gz"))
+        stored = np.asanyarray(out.dataobj)
+        self.assertEqual(stored.dtype, np.int16)
+        self.assertLess(src.get_fdata().min(), -1024)  # the input goes below the CT range ...
+        self.assertGreaterEqual(stored.min(), -1024)  # ... the restored scan does not (clip_output)
+        self.assertLessEqual(stored.max(), 3072)
+        expected = _in_process(self.ws["net"], src.get_fdata(), "CT")
+        self.assertLessEqual(np.abs(stored - expected).max(), 0.5 + 1e-3)  # rounded, not truncated or wrapped
+
+    def test_existing_outputs_skipped_not_overwritten(self) -> None:
+        run = self.ws["run_again"]
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        self.assertEqual(_report(self.ws["nifti_out"])["counts"], {"written": 0, "skipped": 3, "failed": 0})
+        after = {k: v for k, v in self.ws["out_hashes_after"].items() if k != "inference_report.json"}
+        self.assertEqual(after, {k: v for k, v in self.ws["out_hashes"].items() if k != "inference_report.json"})
+        self.assertIn("output exists", run.stdout + run.stderr)
+
+    def test_folder_run_reports_failure_and_keeps_going(self) -> None:
+        run = self.ws["run_dicom"]
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("x.nii", run.stdout + run.stderr)
+        self.assertIn("modality", run.stdout + run.stderr)
+        report = _report(self.ws["dicom_out"])
+        self.assertEqual(report["counts"], {"written": 3, "skipped": 0, "failed": 1})
+        (failed,) = [s for s in report["scans"] if s["status"] == "failed"]
+        self.assertTrue(failed["image"].endswith("x.nii"), failed["image"])
+
+    def test_dicom_series_derived(self) -> None:
+        src = read_series(os.path.join(self.ws["dicom_dir"], "ct_series"))
+        out_dir = os.path.join(self.ws["dicom_out"], "ct_series")
+        self.assertEqual(
+            sorted(os.listdir(out_dir)), sorted(os.listdir(os.path.join(self.ws["dicom_dir"], "ct_series")))
+        )
+        out = read_series(out_dir)
+        self.assertEqual(len({d.SeriesInstanceUID for d in out}), 1)
+        self.assertNotEqual(out[0].SeriesInstanceUID, src[0].SeriesInstanceUID)
+        self.assertFalse({d.SOPInstanceUID for d in out} & {d.SOPInstanceUID for d in src})
+        for s, o in zip(src, out):
+            self.assertEqual(o.ImageType[0], "DERIVED")
+            self.assertTrue(o.DerivationDescription)
+            self.assertEqual(o.SourceImageSequence[0].ReferencedSOPInstanceUID, s.SOPInstanceUID)
+            for tag in (
+                "PatientID",
+                "PatientName",
+                "StudyInstanceUID",
+                "FrameOfReferenceUID",
+                "Modality",
+                "Rows",
+                "Columns",
+                "ImagePositionPatient",
+                "ImageOrientationPatient",
+                "PixelSpacing",
+                "SliceThickness",
+                "RescaleIntercept",
+            ):
+                self.assertEqual(o.get(tag), s.get(tag), tag)
+            hu_in = s.pixel_array * float(s.RescaleSlope) + float(s.RescaleIntercept)
+            hu_out = o.pixel_array * float(o.RescaleSlope) + float(o.RescaleIntercept)
+            self.assertGreater(np.corrcoef(hu_in.ravel(), hu_out.ravel())[0, 1], 0.5)
+
+    def test_dicom_series_simpleitk_geometry(self) -> None:
+        def read(folder: str) -> SimpleITK.Image:
+            reader = SimpleITK.ImageSeriesReader()
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(folder))
+            return reader.Execute()
+
+        src = read(os.path.join(self.ws["dicom_dir"], "ct_series"))
+        out = read(os.path.join(self.ws["dicom_out"], "ct_series"))
+        self.assertEqual(src.GetSize(), (24, 20, 4))
+        self.assertEqual(out.GetSize(), src.GetSize())
+        np.testing.assert_allclose(out.GetOrigin(), src.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(out.GetSpacing(), src.GetSpacing(), atol=1e-4)
+        np.testing.assert_allclose(out.GetDirection(), src.GetDirection(), atol=1e-6)
+
+    @parameterized.expand([("CT_small.dcm",), ("MR_small.dcm",)])
+    def test_real_pydicom_files(self, name: str) -> None:
+        src = pydicom.dcmread(os.path.join(self.ws["dicom_dir"], name))
+        out = pydicom.dcmread(os.path.join(self.ws["dicom_out"], name))
+        self.assertNotEqual(out.SeriesInstanceUID, src.SeriesInstanceUID)
+        self.assertNotEqual(out.SOPInstanceUID, src.SOPInstanceUID)
+        self.assertEqual(out.Modality, src.Modality)
+        self.assertEqual(out.StudyInstanceUID, src.StudyInstanceUID)
+        self.assertEqual(out.PatientID, src.PatientID)
+        self.assertEqual(out.ImageType[0], "DERIVED")
+        self.assertEqual(out.pixel_array.shape, src.pixel_array.shape)
+        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            self.assertEqual(out.get(tag), src.get(tag), tag)
+        slope_in, slope_out = float(src.get("RescaleSlope", 1)), float(out.get("RescaleSlope", 1))
+        v_in = src.pixel_array * slope_in + float(src.get("RescaleIntercept", 0))
+        v_out = out.pixel_array * slope_out + float(out.get("RescaleIntercept", 0))
+        self.assertGreater(np.corrcoef(v_in.ravel(), v_out.ravel())[0, 1], 0.5)
+        image = SimpleITK.ReadImage(os.path.join(self.ws["dicom_out"], name))
+        ref = SimpleITK.ReadImage(os.path.join(self.ws["dicom_dir"], name))
+        np.testing.assert_allclose(image.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(image.GetSpacing(), ref.GetSpacing(), atol=1e-4)
 
 
-def test_existing_outputs_skipped_not_overwritten(workspace: dict) -> None:
-    run = workspace["run_again"]
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert _report(workspace["nifti_out"])["counts"] == {"written": 0, "skipped": 3, "failed": 0}
-    after = {k: v for k, v in workspace["out_hashes_after"].items() if k != "inference_report.json"}
-    assert after == {k: v for k, v in workspace["out_hashes"].items() if k != "inference_report.json"}
-    assert "output exists" in run.stdout + run.stderr
-
-
-def test_folder_run_reports_failure_and_keeps_going(workspace: dict) -> None:
-    run = workspace["run_dicom"]
-    assert run.returncode != 0
-    assert "x.nii" in run.stdout + run.stderr and "modality" in run.stdout + run.stderr
-    report = _report(workspace["dicom_out"])
-    assert report["counts"] == {"written": 3, "skipped": 0, "failed": 1}
-    (failed,) = [s for s in report["scans"] if s["status"] == "failed"]
-    assert failed["image"].endswith("x.nii")
-
-
-def test_dicom_series_derived(workspace: dict) -> None:
-    src = read_series(os.path.join(workspace["dicom_dir"], "ct_series"))
-    out_dir = os.path.join(workspace["dicom_out"], "ct_series")
-    assert sorted(os.listdir(out_dir)) == sorted(os.listdir(os.path.join(workspace["dicom_dir"], "ct_series")))
-    out = read_series(out_dir)
-    assert len({d.SeriesInstanceUID for d in out}) == 1
-    assert out[0].SeriesInstanceUID != src[0].SeriesInstanceUID
-    assert not {d.SOPInstanceUID for d in out} & {d.SOPInstanceUID for d in src}
-    for s, o in zip(src, out):
-        assert o.ImageType[0] == "DERIVED" and o.DerivationDescription
-        assert o.SourceImageSequence[0].ReferencedSOPInstanceUID == s.SOPInstanceUID
-        for tag in (
-            "PatientID",
-            "PatientName",
-            "StudyInstanceUID",
-            "FrameOfReferenceUID",
-            "Modality",
-            "Rows",
-            "Columns",
-            "ImagePositionPatient",
-            "ImageOrientationPatient",
-            "PixelSpacing",
-            "SliceThickness",
-            "RescaleIntercept",
-        ):
-            assert o.get(tag) == s.get(tag), tag
-        hu_in = s.pixel_array * float(s.RescaleSlope) + float(s.RescaleIntercept)
-        hu_out = o.pixel_array * float(o.RescaleSlope) + float(o.RescaleIntercept)
-        assert np.corrcoef(hu_in.ravel(), hu_out.ravel())[0, 1] > 0.5
-
-
-def test_dicom_series_simpleitk_geometry(workspace: dict) -> None:
-    def read(folder: str) -> SimpleITK.Image:
-        reader = SimpleITK.ImageSeriesReader()
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(folder))
-        return reader.Execute()
-
-    src = read(os.path.join(workspace["dicom_dir"], "ct_series"))
-    out = read(os.path.join(workspace["dicom_out"], "ct_series"))
-    assert out.GetSize() == src.GetSize() == (24, 20, 4)
-    np.testing.assert_allclose(out.GetOrigin(), src.GetOrigin(), atol=1e-4)
-    np.testing.assert_allclose(out.GetSpacing(), src.GetSpacing(), atol=1e-4)
-    np.testing.assert_allclose(out.GetDirection(), src.GetDirection(), atol=1e-6)
-
-
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
-def test_real_pydicom_files(workspace: dict, name: str) -> None:
-    src = pydicom.dcmread(os.path.join(workspace["dicom_dir"], name))
-    out = pydicom.dcmread(os.path.join(workspace["dicom_out"], name))
-    assert out.SeriesInstanceUID != src.SeriesInstanceUID and out.SOPInstanceUID != src.SOPInstanceUID
-    assert out.Modality == src.Modality and out.StudyInstanceUID == src.StudyInstanceUID
-    assert out.PatientID == src.PatientID and out.ImageType[0] == "DERIVED"
-    assert out.pixel_array.shape == src.pixel_array.shape
-    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-        assert out.get(tag) == src.get(tag), tag
-    slope_in, slope_out = float(src.get("RescaleSlope", 1)), float(out.get("RescaleSlope", 1))
-    v_in = src.pixel_array * slope_in + float(src.get("RescaleIntercept", 0))
-    v_out = out.pixel_array * slope_out + float(out.get("RescaleIntercept", 0))
-    assert np.corrcoef(v_in.ravel(), v_out.ravel())[0, 1] > 0.5
-    image = SimpleITK.ReadImage(os.path.join(workspace["dicom_out"], name))
-    ref = SimpleITK.ReadImage(os.path.join(workspace["dicom_dir"], name))
-    np.testing.assert_allclose(image.GetOrigin(), ref.GetOrigin(), atol=1e-4)
-    np.testing.assert_allclose(image.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+if __name__ == "__main__":
+    unittest.main()

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from custom.inference import INFERENCE_MODES, mode_inferer, network_window_mode
 from custom.inference.restore import normalise, restore
-from custom.networks.checkpoint import load_checkpoint
 from custom.metrics.physical import PhysicalUnitMetrics
 from custom.metrics.seam import seam_score, window_edges
+from custom.networks.checkpoint import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "bundle", "configs")
@@ -311,7 +311,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--demo_dir", default="demo_output", help="folder written by make demo / python -m custom.tools.demo")
+    p.add_argument(
+        "--demo_dir", default="demo_output", help="folder written by make demo / python -m custom.tools.demo"
+    )
     p.add_argument("--modes", nargs="+", default=list(INFERENCE_MODES), choices=INFERENCE_MODES)
     p.add_argument("--bf16", action="store_true", help="also bfloat16 autocast")
     p.add_argument("--no_large", dest="large", action="store_false", help="skip the 512 x 512 CT slices and volume")

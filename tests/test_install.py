@@ -3,9 +3,10 @@
 The project (a copy of its packaging files, ``custom/`` and ``bundle/``) is installed with
 ``pip install --no-deps --no-build-isolation`` into a fresh virtual environment that sees the development
 environment's packages (torch, MONAI, ...) but not the repository; everything below then runs from a folder outside
-the repository, so a path computed from ``__file__`` into the repository layout would fail. One process of the installed environment runs every check (torch and MONAI import
-once; about 50 s in all on the shared 2-core machine). Marked ``slow`` (it builds its own environment, so it needs
-none of the prebuilt ones the ``external_env`` tests skip without) and kept in the default suite.
+the repository, so a path computed from ``__file__`` into the repository layout would fail. One process of the
+installed environment runs every check (torch and MONAI import once; about 50 s in all on the shared 2-core
+machine). Marked ``slow`` (it builds its own environment, so it needs none of the prebuilt ones the
+``external_env`` tests skip without) and kept in the default suite.
 """
 
 from __future__ import annotations

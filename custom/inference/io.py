@@ -18,14 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from custom.data.limits import MAX_VOXELS
-from custom.data.readers import (
-    DicomReader,
-    canonical_modality,
-    dicom_series,
-    load_image,
-    modality_error,
-    nifti_image,
-)
+from custom.data.readers import DicomReader, canonical_modality, dicom_series, load_image, modality_error, nifti_image
 from custom.data.slicing import spatial_shape
 from monai.config import KeysCollection
 from monai.data import MetaTensor

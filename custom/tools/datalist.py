@@ -28,7 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 (a data problem raises ValueError, printed by the module's entry point without a traceback).
     """
-    parser = argparse.ArgumentParser(prog="python -m custom.tools.datalist", description="build or validate a data list (see custom.data.datalist)")
+    parser = argparse.ArgumentParser(
+        prog="python -m custom.tools.datalist", description="build or validate a data list (see custom.data.datalist)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build datalist.json from root/<MODALITY>/[<split>/]{image,label}/<case>")
     b.add_argument("--root", required=True)

@@ -1,7 +1,7 @@
-"""Engines: the trainer for TAT's input-aware balanced loss, and the task-interference probe."""
+"""Engines: the trainer for TAT's input-aware balanced loss, and its guards (ignite handlers)."""
 
 from __future__ import annotations
 
-from .trainer import TaskAdaptiveTrainer, batch_sources
+from .trainer import FiniteGradientGuard, FiniteLossGuard, InputAwareLoss, TaskAdaptiveTrainer, batch_sources
 
-__all__ = ["TaskAdaptiveTrainer", "batch_sources"]
+__all__ = ["TaskAdaptiveTrainer", "InputAwareLoss", "FiniteLossGuard", "FiniteGradientGuard", "batch_sources"]

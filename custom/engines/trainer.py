@@ -1,8 +1,9 @@
-"""Supervised trainer whose loss sees the input as well as the prediction and the target (TAT loss balancing)."""
+"""MONAI's supervised trainer for a loss that sees the input as well as the prediction and the target (TAT loss
+balancing), with its non-finite loss and gradient guards as handlers on MONAI's iteration events."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -10,14 +11,14 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-__all__ = ["TaskAdaptiveTrainer", "batch_sources"]
+__all__ = ["TaskAdaptiveTrainer", "InputAwareLoss", "FiniteLossGuard", "FiniteGradientGuard", "batch_sources"]
 
 
 def batch_sources(batchdata: Any, keys: Sequence[str] = (Keys.IMAGE, Keys.LABEL)) -> list[str]:
     """Source file names of a collated batch (from MetaTensor ``filename_or_obj`` metadata), for error messages.
 
     Args:
-        batchdata: the collated batch dict as given to ``_iteration``.
+        batchdata: the collated batch dict (``engine.state.batch`` during an iteration).
         keys: keys whose metadata to read.
 
     Returns:
@@ -35,6 +36,69 @@ def batch_sources(batchdata: Any, keys: Sequence[str] = (Keys.IMAGE, Keys.LABEL)
     return names
 
 
+def _where(engine: SupervisedTrainer) -> tuple[str, str]:
+    """``("at iteration I (epoch E)", "file, file, ...")``: where a guard stopped, for its message."""
+    files = batch_sources(engine.state.batch) or ["<no file metadata in the batch>"]
+    return f"at iteration {engine.state.iteration} (epoch {engine.state.epoch})", ", ".join(files)
+
+
+class InputAwareLoss:
+    """``loss(inputs, preds, targets)`` called where MONAI's ``SupervisedTrainer`` calls ``loss_function(preds,
+    targets)``: the inputs are the ``CommonKeys.IMAGE`` entry that ``SupervisedTrainer._iteration`` puts in
+    ``engine.state.output`` before the forward pass.
+
+    Per call it also puts in ``engine.state.output`` the batch entries named in ``info_keys`` (for per-task
+    logging) and, when the loss returns ``(loss, details)`` (``TaskAdaptiveBalancedLoss(return_details=True)``),
+    ``details["weight"]`` and ``details["sigma"]`` as ``"loss_weight"`` and ``"sigma"``; and it sets a module loss
+    to training mode, as MONAI does the network.
+
+    Args:
+        loss: callable ``(inputs, preds, targets)`` returning a loss tensor or ``(loss, details)``.
+        engine: the trainer whose state the call reads.
+        info_keys: batch entries copied into the output when present.
+    """
+
+    def __init__(
+        self, loss: Callable[..., Any], engine: SupervisedTrainer, info_keys: Sequence[str] = ("modality", "task")
+    ) -> None:
+        self.loss = loss
+        self.engine = engine
+        self.info_keys = tuple(info_keys)
+
+    def __call__(self, preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Returns: the loss tensor (``SupervisedTrainer`` takes its mean)."""
+        output = self.engine.state.output
+        batch = self.engine.state.batch
+        if isinstance(batch, Mapping):
+            output.update({k: batch[k] for k in self.info_keys if k in batch})
+        if isinstance(self.loss, torch.nn.Module):
+            self.loss.train()
+        result = self.loss(output[Keys.IMAGE], preds, targets)
+        if isinstance(result, tuple):
+            result, details = result
+            output["loss_weight"] = details["weight"]
+            output["sigma"] = details["sigma"]
+        return result
+
+
+class FiniteLossGuard:
+    """Ignite handler on ``IterationEvents.LOSS_COMPLETED``: a NaN or infinite loss stops training before the
+    backward pass.
+
+    Raises:
+        FloatingPointError: naming the loss value, the iteration, the epoch and the batch's source files.
+    """
+
+    def attach(self, engine: SupervisedTrainer) -> None:
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
+
+    def __call__(self, engine: SupervisedTrainer) -> None:
+        loss = engine.state.output[Keys.LOSS].detach()
+        if not bool(torch.isfinite(loss)):
+            where, files = _where(engine)
+            raise FloatingPointError(f"non-finite training loss ({float(loss)}) {where}; batch source files: {files}")
+
+
 def _nonfinite_gradient(engine: SupervisedTrainer) -> str | None:
     """Name of the first optimised parameter whose gradient holds inf/NaN, or None when all are finite.
 
@@ -44,39 +108,75 @@ def _nonfinite_gradient(engine: SupervisedTrainer) -> str | None:
     if not params or bool(torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in params]))):
         return None
     names = {id(p): f"network.{n}" for n, p in engine.network.named_parameters()}
-    if isinstance(engine.loss_function, torch.nn.Module):
-        names.update({id(p): f"loss_function.{n}" for n, p in engine.loss_function.named_parameters()})
+    loss = getattr(engine.loss_function, "loss", engine.loss_function)
+    if isinstance(loss, torch.nn.Module):
+        names.update({id(p): f"loss_function.{n}" for n, p in loss.named_parameters()})
     for p in params:
         if not bool(torch.isfinite(p.grad).all()):
             return names.get(id(p), f"unnamed parameter of shape {tuple(p.shape)}")
     return None  # every gradient finite, only their total norm overflowed float32: not an error
 
 
+class FiniteGradientGuard:
+    """Ignite handler on ``IterationEvents.BACKWARD_COMPLETED``: a NaN or infinite gradient stops training before
+    the optimiser step, so no weight is corrupted.
+
+    Not checked with AMP: there the ``GradScaler`` skips the step on such gradients and lowers its scale. With
+    gradient accumulation it checks after every backward pass: a non-finite gradient stays so until the step, so
+    it stops the same runs, at the batch that produced it.
+
+    Raises:
+        FloatingPointError: naming the parameter, the (finite) loss, the iteration, the epoch and the batch's
+            source files.
+    """
+
+    def attach(self, engine: SupervisedTrainer) -> None:
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: SupervisedTrainer) -> None:
+        if engine.amp and engine.scaler is not None:
+            return
+        bad = _nonfinite_gradient(engine)
+        if bad is not None:
+            where, files = _where(engine)
+            raise FloatingPointError(
+                f"non-finite gradient of '{bad}' (finite loss {float(engine.state.output[Keys.LOSS].detach()):.6g}) "
+                f"{where}, before the optimiser step; batch source files: {files}"
+            )
+
+
 class TaskAdaptiveTrainer(SupervisedTrainer):
     """:class:`monai.engines.SupervisedTrainer` for losses called as ``loss_function(inputs, preds, targets)``.
 
-    Only ``_iteration`` is overridden, because TAT's task-adaptive loss balancing (MICCAI 2025) needs the
-    degraded input next to the prediction and the target. AMP with ``GradScaler``, gradient accumulation, the
-    MONAI ``IterationEvents`` and all handlers work as in ``SupervisedTrainer``. ``engine.state.output`` is
-    written once per iteration with ``CommonKeys.IMAGE/LABEL/PRED/LOSS`` plus, for per-task logging:
+    TAT's task-adaptive loss balancing (MICCAI 2025) needs the degraded input next to the prediction and the
+    target: the loss is wrapped in :class:`InputAwareLoss` (``trainer.loss_function.loss`` is the given one), and
+    MONAI's own ``_iteration`` runs unchanged (AMP with ``GradScaler``, gradient accumulation, ``IterationEvents``,
+    handlers). ``engine.state.output`` holds ``CommonKeys.IMAGE/LABEL/PRED/LOSS`` plus, for per-task logging, the
+    batch entries named in :attr:`info_keys` (``"modality"``, ``"task"``) when present and ``"loss_weight"`` and
+    ``"sigma"`` when the loss returns ``(loss, details)``. The loss may also return a plain tensor.
 
-    - the batch entries named in :attr:`info_keys` (``"modality"``, ``"task"``) when present;
-    - ``"loss_weight"`` and ``"sigma"`` (per-sample, detached) when the loss returns ``(loss, details)``
-      (``TaskAdaptiveBalancedLoss(return_details=True)``).
-
-    The loss may also be a plain callable returning a scalar tensor. A non-finite loss raises
-    ``FloatingPointError`` naming the iteration and the batch's source files; so does a non-finite gradient
-    without AMP (with AMP the ``GradScaler`` skips that step and lowers its scale), before the optimiser step,
-    so no weight is corrupted.
+    Attached after ``train_handlers``: :class:`FiniteLossGuard` (a non-finite loss raises ``FloatingPointError``
+    naming the iteration and the batch's source files) and :class:`FiniteGradientGuard` (so does a non-finite
+    gradient without AMP, before the optimiser step).
 
     With ``amp=True``, :meth:`state_dict` carries the AMP ``GradScaler`` state (current loss scale and growth
     tracker) under ``"grad_scaler"``, so that a resumed run does not restart from the initial scale of 2**16 and
     skip steps re-learning it. It is restored by :meth:`load_state_dict` during :meth:`run` (the scaler is built
     there; MONAI's ``CheckpointLoader`` loads at ``Events.STARTED``).
+
+    Args:
+        args: positional arguments of ``SupervisedTrainer``.
+        kwargs: keyword arguments of ``SupervisedTrainer``; ``loss_function`` takes ``(inputs, preds, targets)``.
     """
 
     info_keys: tuple[str, ...] = ("modality", "task")
     scaler_key = "grad_scaler"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_function = InputAwareLoss(self.loss_function, self, self.info_keys)
+        FiniteLossGuard().attach(self)
+        FiniteGradientGuard().attach(self)
 
     def _active_scaler(self) -> torch.amp.GradScaler | None:
         scaler = getattr(self, "scaler", None)
@@ -115,90 +215,3 @@ class TaskAdaptiveTrainer(SupervisedTrainer):
                 "the AMP GradScaler state can only be restored while the trainer runs (after run() "
                 "builds the scaler), e.g. by a CheckpointLoader attached to the trainer."
             )
-
-    def _iteration(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
-        """One optimisation step.
-
-        Args:
-            engine: this trainer.
-            batchdata: collated batch dict with at least ``image`` (degraded, B x C x H x W) and ``label``.
-
-        Returns:
-            the iteration output dict (see the class docstring).
-
-        Raises:
-            ValueError: when ``batchdata`` is None.
-            FloatingPointError: when the loss, or without AMP a gradient, is NaN or infinite.
-        """
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets = batch[0], batch[1]
-        args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
-
-        output: dict[str, Any] = {Keys.IMAGE: inputs, Keys.LABEL: targets}
-        if isinstance(batchdata, Mapping):
-            output.update({k: batchdata[k] for k in self.info_keys if k in batchdata})
-        engine.state.output = output  # written once; the steps below fill it in place
-
-        acc = engine.accumulation_steps
-        local_iter = engine.state.iteration - 1
-        if engine.state.epoch_length is not None:
-            local_iter %= engine.state.epoch_length
-        should_zero_grad = local_iter % acc == 0
-        should_step = (local_iter + 1) % acc == 0 or (
-            engine.state.epoch_length is not None and local_iter + 1 == engine.state.epoch_length
-        )
-
-        def _compute_pred_loss() -> None:
-            output[Keys.PRED] = engine.inferer(inputs, engine.network, *args, **kwargs)
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            result = engine.loss_function(inputs, output[Keys.PRED], targets)
-            if isinstance(result, tuple):
-                result, details = result
-                output["loss_weight"] = details["weight"]
-                output["sigma"] = details["sigma"]
-            output[Keys.LOSS] = result.mean()
-            engine.fire_event(IterationEvents.LOSS_COMPLETED)
-
-        engine.network.train()
-        if isinstance(engine.loss_function, torch.nn.Module):
-            engine.loss_function.train()
-        if should_zero_grad:
-            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-
-        use_scaler = engine.amp and engine.scaler is not None
-        if use_scaler:
-            with torch.autocast("cuda", **engine.amp_kwargs):
-                _compute_pred_loss()
-        else:
-            _compute_pred_loss()
-        loss = output[Keys.LOSS]
-        if not bool(torch.isfinite(loss.detach())):
-            files = batch_sources(batchdata) or ["<no file metadata in the batch>"]
-            raise FloatingPointError(
-                f"non-finite training loss ({float(loss.detach())}) at iteration {engine.state.iteration} "
-                f"(epoch {engine.state.epoch}); batch source files: {', '.join(files)}"
-            )
-        scaled = loss / acc if acc > 1 else loss
-        if use_scaler:
-            engine.scaler.scale(scaled).backward()
-        else:
-            scaled.backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        if should_step:
-            if use_scaler:  # the scaler skips the step on inf/NaN gradients and lowers the scale
-                engine.scaler.step(engine.optimizer)
-                engine.scaler.update()
-            else:
-                bad = _nonfinite_gradient(engine)
-                if bad is not None:
-                    files = batch_sources(batchdata) or ["<no file metadata in the batch>"]
-                    raise FloatingPointError(
-                        f"non-finite gradient of '{bad}' (finite loss {float(loss.detach()):.6g}) at iteration "
-                        f"{engine.state.iteration} (epoch {engine.state.epoch}), before the optimiser step; batch "
-                        f"source files: {', '.join(files)}"
-                    )
-                engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output

@@ -1,37 +1,46 @@
 from __future__ import annotations
 
+import tempfile
 import unittest
+import warnings
+from unittest import mock
 
 import torch
-from custom.engines import TaskAdaptiveTrainer, batch_sources
+from custom.engines import FiniteGradientGuard, FiniteLossGuard, InputAwareLoss, TaskAdaptiveTrainer, batch_sources
 from custom.losses import PlainL1Loss, TaskAdaptiveBalancedLoss
 from monai.data import MetaTensor
+from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
+from parameterized import parameterized
+
+MODALITIES = ["CT", "PET", "MRI"] * 2
 
 
-def _batches(n: int, bad: int | None = None) -> list[dict]:
+def _batches(n: int, bad: int | None = None, meta: bool = True) -> list[dict]:
+    """``n`` batches of 6 random 8 x 8 slices, file names ``/data/<modality>_<batch>_<sample>.nii.gz``; batch
+    ``bad`` has one NaN input voxel."""
     g = torch.Generator().manual_seed(0)
     out = []
     for i in range(n):
         image = torch.rand(6, 1, 8, 8, generator=g)
         if i == bad:
             image[0, 0, 0, 0] = float("nan")
-        meta = {"filename_or_obj": [f"/data/{m}_{i}_{j}.nii.gz" for j, m in enumerate(["CT", "PET", "MRI"] * 2)]}
+        files = {"filename_or_obj": [f"/data/{m}_{i}_{j}.nii.gz" for j, m in enumerate(MODALITIES)]}
         out.append(
             {
-                "image": MetaTensor(image, meta=meta),
+                "image": MetaTensor(image, meta=files) if meta else image,
                 "label": torch.rand(6, 1, 8, 8, generator=g),
-                "modality": ["CT", "PET", "MRI"] * 2,
+                "modality": list(MODALITIES),
             }
         )
     return out
 
 
-def _trainer(loss, data, net=None):
+def _trainer(loss, data, net=None, **kwargs) -> TaskAdaptiveTrainer:
     torch.manual_seed(0)
     net = net or torch.nn.Conv2d(1, 1, 3, padding=1)
-    params = list(net.parameters()) + list(loss.parameters())
+    params = list(net.parameters()) + (list(loss.parameters()) if isinstance(loss, torch.nn.Module) else [])
     return TaskAdaptiveTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
@@ -39,7 +48,31 @@ def _trainer(loss, data, net=None):
         network=net,
         optimizer=torch.optim.AdamW(params, lr=1e-2),
         loss_function=loss,
+        **kwargs,
     )
+
+
+def _iteration_outputs(trainer: TaskAdaptiveTrainer) -> list[dict]:
+    """Collects each iteration's output dict after the backward pass (MONAI decollates it at MODEL_COMPLETED)."""
+    seen: list[dict] = []
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, lambda e: seen.append(dict(e.state.output)))
+    return seen
+
+
+class RecordingLoss(torch.nn.Module):
+    """L1 loss that records its arguments and its training mode at every call; optionally returns details."""
+
+    def __init__(self, details: bool = False) -> None:
+        super().__init__()
+        self.details = details
+        self.calls: list[tuple] = []
+
+    def forward(self, inputs, preds, targets):
+        self.calls.append((inputs, preds, targets, self.training))
+        per_sample = (preds - targets).abs().flatten(1).mean(1)
+        if self.details:
+            return per_sample, {"weight": per_sample.detach() + 1.0, "sigma": per_sample.detach() + 2.0}
+        return per_sample
 
 
 class TestTaskAdaptiveTrainer(unittest.TestCase):
@@ -59,6 +92,7 @@ class TestTaskAdaptiveTrainer(unittest.TestCase):
         self.assertEqual(trainer.state.iteration, 3)
         self.assertEqual(len(events), 12)
         self.assertFalse(torch.equal(bias0, loss.estimator.head.bias.detach()))  # the estimator is trained
+        self.assertIs(trainer.loss_function.loss, loss)
         out = trainer.state.output  # decollated: one dict per sample
         self.assertEqual(len(out), 6)
         for key in (Keys.IMAGE, Keys.LABEL, Keys.PRED, Keys.LOSS, "loss_weight", "sigma", "modality"):
@@ -71,38 +105,15 @@ class TestTaskAdaptiveTrainer(unittest.TestCase):
         self.assertTrue(torch.isfinite(torch.as_tensor(trainer.state.output[0][Keys.LOSS])))
         self.assertNotIn("loss_weight", trainer.state.output[0])
 
-    def test_nonfinite_loss_names_iteration_and_files(self):
-        trainer = _trainer(TaskAdaptiveBalancedLoss(), _batches(3, bad=1))
-        with self.assertRaises(FloatingPointError) as ctx:
-            trainer.run()
-        msg = str(ctx.exception)
-        self.assertIn("iteration 2", msg)
-        self.assertIn("/data/CT_1_0.nii.gz", msg)
-
-    def test_nonfinite_gradient_stops_before_the_step(self):
-        net = torch.nn.Conv2d(1, 1, 3, padding=1)
-        trainer = _trainer(PlainL1Loss(), _batches(3), net=net)
-        before = [p.detach().clone() for p in net.parameters()]
-        net.bias.register_hook(lambda g: g * float("nan"))  # finite loss, NaN gradient for one parameter
-        with self.assertRaises(FloatingPointError) as ctx:
-            trainer.run()
-        msg = str(ctx.exception)
-        self.assertIn("network.bias", msg)
-        self.assertIn("iteration 1", msg)
-        self.assertIn("/data/CT_0_0.nii.gz", msg)
-        for a, b in zip(before, net.parameters()):  # the optimiser never stepped on the corrupt gradient
-            self.assertTrue(torch.equal(a, b.detach()))
-
     def test_gradient_accumulation_steps_once_per_two_batches(self):
         net = torch.nn.Conv2d(1, 1, 3, padding=1)
-        loss = PlainL1Loss()
         trainer = TaskAdaptiveTrainer(
             device=torch.device("cpu"),
             max_epochs=1,
             train_data_loader=_batches(4),
             network=net,
             optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
-            loss_function=loss,
+            loss_function=PlainL1Loss(),
             accumulation_steps=2,
         )
         steps = []
@@ -113,11 +124,8 @@ class TestTaskAdaptiveTrainer(unittest.TestCase):
     def test_amp_scaler_state_survives_resume(self):
         """The loss scale learnt before a checkpoint (halved by an overflow) is what the resumed run continues
         with, through the real resume loader (``weights_only=True``). CPU-only machine: the CPU GradScaler stands
-        in for the CUDA one that ``Trainer.run`` builds."""
-        import tempfile
-        import warnings
-        from unittest import mock
-
+        in for the CUDA one that ``Trainer.run`` builds. The overflow makes every gradient inf: with AMP the
+        gradient guard leaves it to the scaler."""
         from custom.handlers import ResumeCheckpointLoader
 
         factor = {"value": 1e35}  # finite loss, inf once scaled by 2**16: the first step overflows
@@ -173,6 +181,148 @@ class TestTaskAdaptiveTrainer(unittest.TestCase):
     def test_batch_sources(self):
         self.assertEqual(len(batch_sources(_batches(1)[0])), 6)
         self.assertEqual(batch_sources({"image": torch.zeros(1)}), [])
+        self.assertEqual(batch_sources([torch.zeros(1)]), [])
+
+
+class TestInputAwareLoss(unittest.TestCase):
+    def test_loss_sees_inputs_predictions_and_targets(self):
+        loss = RecordingLoss()
+        data = _batches(2)
+        trainer = _trainer(loss, data)
+        outputs = _iteration_outputs(trainer)
+        loss.eval()  # the trainer puts the loss in training mode, as MONAI does the network
+        trainer.run()
+        self.assertEqual(len(loss.calls), 2)
+        for (inputs, preds, targets, training), batch, out in zip(loss.calls, data, outputs):
+            self.assertTrue(torch.equal(inputs, batch["image"]))
+            self.assertTrue(torch.equal(targets, batch["label"]))
+            self.assertIs(preds, out[Keys.PRED])
+            self.assertTrue(training)
+            self.assertEqual(out["modality"], MODALITIES)
+            self.assertNotIn("task", out)  # absent from the batch: not invented
+            torch.testing.assert_close(out[Keys.LOSS], (preds - targets).abs().mean())  # MONAI takes the mean
+
+    def test_details_become_loss_weight_and_sigma(self):
+        trainer = _trainer(RecordingLoss(details=True), _batches(1))
+        outputs = _iteration_outputs(trainer)
+        trainer.run()
+        out = outputs[0]
+        per_sample = (out[Keys.PRED] - out[Keys.LABEL]).abs().flatten(1).mean(1).detach()
+        torch.testing.assert_close(out["loss_weight"], per_sample + 1.0)
+        torch.testing.assert_close(out["sigma"], per_sample + 2.0)
+        torch.testing.assert_close(out[Keys.LOSS], per_sample.mean())
+
+    def test_info_keys_copied_from_the_batch(self):
+        data = [dict(b, task="denoise") for b in _batches(1)]
+        loss = InputAwareLoss(RecordingLoss(), engine=mock.Mock(), info_keys=("task",))
+        loss.engine.state.batch = data[0]
+        loss.engine.state.output = {Keys.IMAGE: data[0]["image"]}
+        loss(data[0]["label"], data[0]["label"])
+        self.assertEqual(loss.engine.state.output["task"], "denoise")
+        self.assertNotIn("modality", loss.engine.state.output)  # not among the info keys
+
+
+class TestGuards(unittest.TestCase):
+    @parameterized.expand(
+        [
+            ("loss", FiniteLossGuard, IterationEvents.LOSS_COMPLETED),
+            ("gradient", FiniteGradientGuard, IterationEvents.BACKWARD_COMPLETED),
+        ]
+    )
+    def test_attached_to_its_event(self, _, guard_class, event):
+        net = torch.nn.Conv2d(1, 1, 1)
+        engine = SupervisedTrainer(
+            torch.device("cpu"), 1, _batches(1), net, torch.optim.SGD(net.parameters(), lr=0.1), PlainL1Loss()
+        )
+        guard = guard_class()
+        guard.attach(engine)
+        self.assertTrue(engine.has_event_handler(guard, event))
+        others = set(IterationEvents) - {event}
+        self.assertFalse(any(engine.has_event_handler(guard, e) for e in others))
+
+    @parameterized.expand(
+        [
+            ("with_files", True, "/data/CT_1_0.nii.gz, /data/PET_1_1.nii.gz"),
+            ("no_metadata", False, "<no file metadata in the batch>"),
+        ]
+    )
+    def test_nonfinite_loss_stops_before_backward(self, _, meta, files):
+        net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        trainer = _trainer(TaskAdaptiveBalancedLoss(), _batches(3, bad=1, meta=meta), net=net)
+        backward = []
+        trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, lambda e: backward.append(e.state.iteration))
+        with self.assertRaises(FloatingPointError) as ctx:
+            trainer.run()
+        msg = str(ctx.exception)
+        self.assertIn("non-finite training loss (nan) at iteration 2 (epoch 1)", msg)
+        self.assertIn(files, msg)
+        self.assertEqual(backward, [1])  # no backward pass on the NaN loss
+
+    def test_nonfinite_loss_in_the_first_batch_leaves_no_gradient(self):
+        net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        trainer = _trainer(PlainL1Loss(), _batches(1, bad=0), net=net)
+        with self.assertRaisesRegex(FloatingPointError, "iteration 1 .*/data/CT_0_0.nii.gz"):
+            trainer.run()
+        self.assertTrue(all(p.grad is None for p in net.parameters()))  # stopped before backward
+
+    def test_nonfinite_gradient_stops_before_the_step(self):
+        net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        trainer = _trainer(PlainL1Loss(), _batches(3), net=net)
+        before = [p.detach().clone() for p in net.parameters()]
+        net.bias.register_hook(lambda g: g * float("nan"))  # finite loss, NaN gradient for one parameter
+        with self.assertRaises(FloatingPointError) as ctx:
+            trainer.run()
+        msg = str(ctx.exception)
+        self.assertRegex(
+            msg, r"non-finite gradient of 'network.bias' \(finite loss [0-9.]+\) at iteration 1 \(epoch 1\)"
+        )
+        self.assertIn("/data/CT_0_0.nii.gz", msg)
+        for a, b in zip(before, net.parameters()):  # the optimiser never stepped on the corrupt gradient
+            self.assertTrue(torch.equal(a, b.detach()))
+
+    def test_nonfinite_loss_parameter_gradient_is_named(self):
+        loss = TaskAdaptiveBalancedLoss()
+        trainer = _trainer(loss, _batches(1))
+        loss.estimator.head.bias.register_hook(lambda g: g * float("inf"))
+        with self.assertRaisesRegex(FloatingPointError, "'loss_function.estimator.head.bias'"):
+            trainer.run()
+
+    def test_accumulated_gradient_checked_at_the_batch_that_made_it(self):
+        """With accumulation the check runs after every backward pass: a NaN gradient from batch 3 (not a step
+        iteration with 2 accumulation steps) stops at iteration 3, naming batch 3's files, before any step on it."""
+        net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        trainer = _trainer(PlainL1Loss(), _batches(4), net=net, accumulation_steps=2)
+        net.bias.register_hook(lambda g: g * float("nan") if trainer.state.iteration == 3 else g)
+        steps = []
+        trainer.optimizer.register_step_post_hook(lambda *a: steps.append(trainer.state.iteration))
+        with self.assertRaises(FloatingPointError) as ctx:
+            trainer.run()
+        self.assertIn("at iteration 3 (epoch 1)", str(ctx.exception))
+        self.assertIn("/data/CT_2_0.nii.gz", str(ctx.exception))
+        self.assertEqual(steps, [2])
+
+    def test_finite_gradients_with_an_overflowing_norm_pass(self):
+        net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        trainer = _trainer(PlainL1Loss(), _batches(1), net=net)
+        trainer.optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+        for p in net.parameters():  # each entry finite, the total norm beyond float32
+            p.register_hook(lambda g: torch.full_like(g, 3e38))
+        trainer.run()
+        self.assertEqual(trainer.state.iteration, 1)
+
+    def test_gradient_guard_leaves_amp_to_the_scaler(self):
+        engine = mock.Mock(amp=True, scaler=object())
+        engine.optimizer.param_groups = [{"params": [torch.nn.Parameter(torch.ones(1))]}]
+        engine.optimizer.param_groups[0]["params"][0].grad = torch.full((1,), float("nan"))
+        FiniteGradientGuard()(engine)  # the scaler skips this step: no error
+        engine.amp = False
+        engine.network = torch.nn.Linear(1, 1)
+        engine.state.batch, engine.state.iteration, engine.state.epoch = {}, 5, 2
+        engine.state.output = {Keys.LOSS: torch.tensor(0.5)}
+        with self.assertRaisesRegex(
+            FloatingPointError, "unnamed parameter of shape \\(1,\\).*iteration 5 \\(epoch 2\\)"
+        ):
+            FiniteGradientGuard()(engine)
 
 
 if __name__ == "__main__":

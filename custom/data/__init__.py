@@ -8,9 +8,9 @@ See :mod:`custom.data.datalist` for the data set layout and the ``python -m cust
 from __future__ import annotations
 
 from custom.data.datalist import PATH_KEYS, SPLITS, build_datalist, load_datalist, validate_datalist
-from custom.data.readers import DicomReader, ModalityFromMetad, is_dicom, load_image, suv_factor
+from custom.data.readers import DicomReader, is_dicom, load_image, suv_factor
 from custom.data.sampler import TaskUniformBatchSampler, task_labels
-from custom.data.slicing import LoadSliced, SelectSliced, expand_slices, load_slice, num_slices
+from custom.data.slicing import LoadSliced, expand_slices, load_slice, num_slices
 
 __all__ = [
     "SPLITS",
@@ -19,13 +19,11 @@ __all__ = [
     "load_datalist",
     "validate_datalist",
     "DicomReader",
-    "ModalityFromMetad",
     "is_dicom",
     "load_image",
     "suv_factor",
     "TaskUniformBatchSampler",
     "task_labels",
-    "SelectSliced",
     "LoadSliced",
     "load_slice",
     "expand_slices",

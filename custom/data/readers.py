@@ -49,7 +49,7 @@ import os
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,9 +57,8 @@ import numpy as np
 import pydicom
 from custom.data.limits import MAX_VOXELS, finite_values
 from custom.settings import MODALITY_ALIASES, canonical_modality
-from monai.config import KeysCollection
 from monai.data import NibabelReader, PydicomReader
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import LoadImage
 from pydicom.dataset import FileDataset
 
 __all__ = [
@@ -920,40 +919,6 @@ class DicomReader(PydicomReader):
         if not self.has_series:  # a single slice: its own per-slice lists
             self._series_meta(meta, [img], [getattr(img, "filename", "")])
         return meta
-
-
-class ModalityFromMetad(MapTransform):
-    """Fill ``data[modality_key]`` from the image meta data (DICOM ``Modality`` tag) when it is not given.
-
-    Args:
-        keys: image key(s) whose meta data is consulted, first match wins (e.g. ``"label"``).
-        modality_key: item key of the modality name.
-        allow_missing_keys: don't raise if an image key is absent.
-
-    Raises:
-        ValueError: the item has no modality and no image carries a supported modality tag (names the file:
-            "unsupported modality OT" or "no modality").
-    """
-
-    def __init__(self, keys: KeysCollection, modality_key: str = "modality", allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.modality_key = modality_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if d.get(self.modality_key):
-            d[self.modality_key] = canonical_modality(d[self.modality_key]) or d[self.modality_key]
-            return d
-        names, tags = [], []
-        for key in self.key_iterator(d):
-            meta = getattr(d[key], "meta", {}) or {}
-            names.append(str(meta.get("filename_or_obj", key)))
-            if meta.get("modality"):
-                d[self.modality_key] = meta["modality"]
-                return d
-            if meta.get("dicom_modality"):
-                tags.append(str(meta["dicom_modality"]))
-        raise ValueError(modality_error(", ".join(names) or "item", tags[0] if tags else None))
 
 
 _LOADER: LoadImage | None = None

@@ -2,9 +2,8 @@
 
 :func:`expand_slices` turns each data-list item into one item per slice (adding ``slice_index``), reading
 only image headers (nibabel; DICOM headers once per file, cached), never the voxels. The transform chain then loads the
-item's volume, and :class:`SelectSliced` keeps the one slice. Wrap the result in a MONAI
-``PersistentDataset`` (or ``CacheDataset`` for small data) so the load-and-slice prefix runs once per slice:
-memory then holds one volume per worker at a time, not the whole data set.
+item's slice (:class:`LoadSliced`: only that slice is read from disk). Wrap the result in a MONAI
+``PersistentDataset`` (or ``CacheDataset`` for small data) so loading runs once per slice.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from custom.data.limits import finite_values
 import torch
+from custom.data.limits import finite_values
 from custom.data.readers import (
     DicomReader,
     dicom_series,
@@ -31,7 +30,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["num_slices", "expand_slices", "SelectSliced", "LoadSliced", "load_slice", "spatial_shape"]
+__all__ = ["num_slices", "expand_slices", "LoadSliced", "load_slice", "spatial_shape"]
 
 
 def spatial_shape(shape: Sequence[int], path: str) -> tuple[int, ...]:
@@ -108,43 +107,6 @@ def expand_slices(
     return out
 
 
-class SelectSliced(MapTransform):
-    """Keep one 2D slice of channel-first 3D images: (C, H, W, D) -> (C, H, W); 2D images pass through.
-
-    Args:
-        keys: image keys (all sliced at the same index, e.g. ``["image", "label"]``).
-        index_key: item key holding the slice index (from :func:`expand_slices`).
-        axis: spatial axis to slice (0, 1 or 2; the channel axis is not counted).
-        allow_missing_keys: don't raise if a key is absent.
-
-    Raises:
-        ValueError: index out of range (the message names the file).
-    """
-
-    def __init__(
-        self, keys: KeysCollection, index_key: str = "slice_index", axis: int = 2, allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.index_key = index_key
-        self.axis = axis
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        index = int(d.get(self.index_key, 0))
-        for key in self.key_iterator(d):
-            img = d[key]
-            if img.ndim <= 3:  # (C, H, W): already 2D
-                continue
-            n = img.shape[1 + self.axis]
-            if not 0 <= index < n:
-                name = getattr(img, "meta", {}).get("filename_or_obj", key)
-                raise ValueError(f"{name}: slice index {index} out of range for {n} slices.")
-            sl = [slice(None)] * img.ndim
-            sl[1 + self.axis] = index
-            d[key] = img[tuple(sl)]  # MetaTensor keeps its meta data; a view, the volume itself is not modified
-        return d
-
-
 def load_slice(path: str | os.PathLike, index: int, axis: int = 2, pet_units: str | None = None) -> MetaTensor:
     """Read one 2D slice of an image file without reading the rest of the volume.
 
@@ -159,7 +121,7 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2, pet_units: st
 
     Returns:
         (H, W) float32 ``MetaTensor`` with ``filename_or_obj``, ``slice_index`` and the slice's affine in its meta
-        data; equal to ``load_image`` + :class:`SelectSliced`.
+        data; equal to slice ``index`` of ``load_image(path)``.
 
     Raises:
         ValueError: missing or unreadable file, or index out of range (the message names the file).
@@ -216,8 +178,7 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2, pet_units: st
 class LoadSliced(MapTransform):
     """Load only the slice ``data[index_key]`` of each key's file (see :func:`load_slice`).
 
-    Use in place of ``LoadImaged`` + :class:`SelectSliced`; follow with
-    ``EnsureChannelFirstd(keys, channel_dim="no_channel")``.
+    Follow with ``EnsureChannelFirstd(keys, channel_dim="no_channel")``.
 
     Args:
         keys: keys holding file paths (e.g. ``["image", "label"]``).

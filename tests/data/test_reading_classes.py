@@ -14,7 +14,7 @@ from unittest import mock
 import nibabel as nib
 import numpy as np
 import pydicom
-from custom.data import ModalityFromMetad, load_image
+from custom.data import load_image
 from custom.data import readers as readers_module
 from custom.data import validate_datalist
 from custom.data.readers import dicom_series, pet_suv_factor
@@ -305,8 +305,6 @@ class TestModalityMessages(_Tmp):
         path = dicom_slice(os.path.join(self.d, "ot.dcm"), RNG.integers(0, 100, (6, 5)).astype(np.int16), modality="OT")
         with self.assertRaisesRegex(ValueError, "ot.dcm: unsupported modality OT"):
             LoadScand("image")({"image": path, "kind": "dicom"})
-        with self.assertRaisesRegex(ValueError, "ot.dcm: unsupported modality OT"):
-            ModalityFromMetad("image")({"image": load_image(path)})
         out = LoadScand("image")({"image": path, "kind": "dicom", "modality": "ct"})  # declared: accepted
         self.assertEqual(out["modality"], "CT")
         plain = dicom_slice(os.path.join(self.d, "none.dcm"), np.zeros((6, 5), np.int16), Modality=None)

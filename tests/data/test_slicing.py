@@ -5,7 +5,7 @@ import tempfile
 import unittest
 
 import numpy as np
-from custom.data import SelectSliced, expand_slices, num_slices
+from custom.data import LoadSliced, expand_slices, num_slices
 from monai.data import Dataset
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
@@ -34,11 +34,7 @@ class TestSlicing(unittest.TestCase):
     def test_slices_pair_in_a_dataset(self):
         items = expand_slices([{"image": self.img, "label": self.lab}])
         chain = Compose(
-            [
-                LoadImaged(["image", "label"]),
-                EnsureChannelFirstd(["image", "label"], channel_dim="no_channel"),
-                SelectSliced(["image", "label"]),
-            ]
+            [LoadSliced(["image", "label"]), EnsureChannelFirstd(["image", "label"], channel_dim="no_channel")]
         )
         ds = Dataset(items, chain)
         out = ds[3]
@@ -47,11 +43,8 @@ class TestSlicing(unittest.TestCase):
         np.testing.assert_allclose(out["image"][0].numpy() - out["label"][0].numpy(), 1.0)
 
     def test_out_of_range_names_file(self):
-        chain = Compose([LoadImaged("label"), EnsureChannelFirstd("label", channel_dim="no_channel")])
-        d = chain({"label": self.lab})
-        d["slice_index"] = 9
         with self.assertRaisesRegex(ValueError, "v_lab.nii.gz: slice index 9"):
-            SelectSliced("label")(d)
+            LoadSliced("label")({"label": self.lab, "slice_index": 9})
 
 
 if __name__ == "__main__":
@@ -61,17 +54,15 @@ if __name__ == "__main__":
 class TestLoadSliced(unittest.TestCase):
     def test_equals_full_load_then_select(self):
         import pydicom
-        from custom.data import LoadSliced, load_slice
+        from custom.data import load_slice
         from pydicom.data import get_testdata_file
 
         with tempfile.TemporaryDirectory() as d:
             vol = np.random.default_rng(0).normal(size=(9, 7, 4)).astype(np.float32)
             path = save_nifti(os.path.join(d, "v.nii.gz"), vol, spacing=2.0)
-            chain = Compose(
-                [LoadImaged("label"), EnsureChannelFirstd("label", channel_dim="no_channel"), SelectSliced("label")]
-            )
+            chain = Compose([LoadImaged("label"), EnsureChannelFirstd("label", channel_dim="no_channel")])
             for z in range(4):
-                full = chain({"label": path, "slice_index": z})["label"]
+                full = chain({"label": path})["label"][..., z]
                 part = EnsureChannelFirstd("label", channel_dim="no_channel")(
                     LoadSliced("label")({"label": path, "slice_index": z})
                 )["label"]

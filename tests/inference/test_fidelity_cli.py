@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import stat
+import tempfile
+import unittest
 
 import nibabel as nib
 import numpy as np
@@ -22,6 +24,7 @@ import pydicom
 import pydicom.data
 import pytest
 from custom.io import current_umask
+from parameterized import parameterized
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from tests.utils import (
@@ -102,9 +105,8 @@ def _write_series(folder: str, name: str, rng: np.random.Generator) -> None:
         ds.save_as(path, enforce_file_format=True)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    tmp = str(tmp_path_factory.mktemp("fidelity"))
+def _workspace(tmp: str) -> dict:
+    """The identity checkpoint, one input of every kind under ``tmp``, and one CLI run over their data list."""
     save_identity_checkpoint(os.path.join(tmp, "model.pt"))
     data = os.path.join(tmp, "in")
     os.makedirs(data)
@@ -137,41 +139,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"in": data, "out": out, "proc": proc, "report": report, "n": len(items), "umask": current_umask()}
 
 
-def test_every_scan_written_or_reported(run: dict) -> None:
-    assert run["report"] is not None, run["proc"].stdout[-2000:] + run["proc"].stderr[-4000:]
-    counts = run["report"]["counts"]
-    assert counts == {"written": run["n"] - 1, "skipped": 0, "failed": 1}, run["report"]
-    (failed,) = [s for s in run["report"]["scans"] if s["status"] == "failed"]
-    assert failed["image"].endswith(MULTIFRAME) and "multi-frame" in failed["message"]
-    assert run["proc"].returncode != 0 and MULTIFRAME in run["proc"].stdout + run["proc"].stderr
-
-
-def test_outputs_have_umask_permissions(run: dict) -> None:
-    for folder, dirs, files in os.walk(run["out"]):
-        for name in dirs:
-            assert stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) == 0o777 & ~run["umask"], name
-        for name in files:
-            assert stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) == 0o666 & ~run["umask"], name
-
-
-@pytest.mark.parametrize("name", sorted(NIFTI_CASES))
-def test_nifti_identity_is_clipped_input(run: dict, name: str) -> None:
-    modality, dtype = NIFTI_CASES[name][:2]
-    src = nib.load(os.path.join(run["in"], name))
-    out = nib.load(os.path.join(run["out"], name))
-    assert out.get_data_dtype() == np.dtype(dtype) == src.get_data_dtype()  # type and byte order kept
-    assert out.shape == src.shape
-    np.testing.assert_allclose(out.affine, src.affine, atol=1e-6)
-    expected = np.clip(src.get_fdata(), *CLIP[modality])
-    if np.dtype(dtype).kind == "f":
-        np.testing.assert_allclose(out.get_fdata(), expected, rtol=0, atol=1e-3 * (CLIP[modality][1] / 4095))
-        return
-    slope, inter = src.dataobj.slope, src.dataobj.inter
-    assert (out.dataobj.slope, out.dataobj.inter) == (slope, inter)  # the input's scaling, not nibabel's choice
-    stored = np.asarray(out.dataobj.get_unscaled())
-    np.testing.assert_array_equal(stored, np.rint((expected - inter) / slope))  # to the last stored unit
-
-
 def _physical(ds: pydicom.Dataset) -> tuple[np.ndarray, float, float]:
     slope, inter = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
     return ds.pixel_array.astype(np.float64) * slope + inter, slope, inter
@@ -185,34 +152,89 @@ def _dicom_pairs(run: dict) -> list[tuple[str, str, str]]:
     return pairs + [(n, os.path.join(run["in"], n), os.path.join(run["out"], n)) for n in REAL_FILES]
 
 
-def test_dicom_identity_is_clipped_input(run: dict) -> None:
-    assert len(_dicom_pairs(run)) == 3 * len(DICOM_SERIES) + len(REAL_FILES)
-    for name, src_path, out_path in _dicom_pairs(run):
-        src, out = pydicom.dcmread(src_path), pydicom.dcmread(out_path)
-        modality = {"CT": "CT", "MR": "MRI", "PT": "PET"}[src.Modality]
-        values, slope, inter = _physical(src)
-        factor = SUV_FACTOR if modality == "PET" else 1.0
-        expected = np.clip(values * factor, *CLIP[modality]) / factor
-        assert (float(out.get("RescaleSlope", 1)), float(out.get("RescaleIntercept", 0))) == (slope, inter), name
-        assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, name
-        assert (out.BitsAllocated, out.BitsStored, out.HighBit) == (16, 16, 15), name
-        assert int(out.PixelRepresentation) == (1 if np.rint((expected - inter) / slope).min() < 0 else
-                                                int(src.PixelRepresentation)), name  # fmt: skip
-        assert not [e for e in out if e.tag.group == 0x0000], name  # no command-set element
-        np.testing.assert_array_equal(out.pixel_array, np.rint((expected - inter) / slope), err_msg=name)
-        assert out.SeriesInstanceUID != src.SeriesInstanceUID and out.ImageType[0] == "DERIVED"
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
-            assert out.get(tag) == src.get(tag), (name, tag)
+class TestFidelityCLI(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.ws = _workspace(cls._tmp.name)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._tmp.cleanup()
+
+    def test_every_scan_written_or_reported(self) -> None:
+        run = self.ws
+        self.assertIsNotNone(run["report"], run["proc"].stdout[-2000:] + run["proc"].stderr[-4000:])
+        counts = run["report"]["counts"]
+        self.assertEqual(counts, {"written": run["n"] - 1, "skipped": 0, "failed": 1}, run["report"])
+        (failed,) = [s for s in run["report"]["scans"] if s["status"] == "failed"]
+        self.assertTrue(failed["image"].endswith(MULTIFRAME), failed["image"])
+        self.assertIn("multi-frame", failed["message"])
+        self.assertNotEqual(run["proc"].returncode, 0)
+        self.assertIn(MULTIFRAME, run["proc"].stdout + run["proc"].stderr)
+
+    def test_outputs_have_umask_permissions(self) -> None:
+        for folder, dirs, files in os.walk(self.ws["out"]):
+            for name in dirs:
+                mode = stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode)
+                self.assertEqual(mode, 0o777 & ~self.ws["umask"], name)
+            for name in files:
+                mode = stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode)
+                self.assertEqual(mode, 0o666 & ~self.ws["umask"], name)
+
+    @parameterized.expand([(name,) for name in sorted(NIFTI_CASES)])
+    def test_nifti_identity_is_clipped_input(self, name: str) -> None:
+        modality, dtype = NIFTI_CASES[name][:2]
+        src = nib.load(os.path.join(self.ws["in"], name))
+        out = nib.load(os.path.join(self.ws["out"], name))
+        self.assertEqual(out.get_data_dtype(), np.dtype(dtype))  # type and byte order kept
+        self.assertEqual(src.get_data_dtype(), np.dtype(dtype))
+        self.assertEqual(out.shape, src.shape)
+        np.testing.assert_allclose(out.affine, src.affine, atol=1e-6)
+        expected = np.clip(src.get_fdata(), *CLIP[modality])
+        if np.dtype(dtype).kind == "f":
+            np.testing.assert_allclose(out.get_fdata(), expected, rtol=0, atol=1e-3 * (CLIP[modality][1] / 4095))
+            return
+        slope, inter = src.dataobj.slope, src.dataobj.inter
+        self.assertEqual((out.dataobj.slope, out.dataobj.inter), (slope, inter))  # the input's, not nibabel's
+        stored = np.asarray(out.dataobj.get_unscaled())
+        np.testing.assert_array_equal(stored, np.rint((expected - inter) / slope))  # to the last stored unit
+
+    def test_dicom_identity_is_clipped_input(self) -> None:
+        self.assertEqual(len(_dicom_pairs(self.ws)), 3 * len(DICOM_SERIES) + len(REAL_FILES))
+        for name, src_path, out_path in _dicom_pairs(self.ws):
+            src, out = pydicom.dcmread(src_path), pydicom.dcmread(out_path)
+            modality = {"CT": "CT", "MR": "MRI", "PT": "PET"}[src.Modality]
+            values, slope, inter = _physical(src)
+            factor = SUV_FACTOR if modality == "PET" else 1.0
+            expected = np.clip(values * factor, *CLIP[modality]) / factor
+            rescale = (float(out.get("RescaleSlope", 1)), float(out.get("RescaleIntercept", 0)))
+            self.assertEqual(rescale, (slope, inter), name)
+            self.assertEqual(out.file_meta.TransferSyntaxUID, ExplicitVRLittleEndian, name)
+            self.assertEqual((out.BitsAllocated, out.BitsStored, out.HighBit), (16, 16, 15), name)
+            negative = np.rint((expected - inter) / slope).min() < 0
+            self.assertEqual(int(out.PixelRepresentation), 1 if negative else int(src.PixelRepresentation), name)
+            self.assertFalse([e for e in out if e.tag.group == 0x0000], name)  # no command-set element
+            np.testing.assert_array_equal(out.pixel_array, np.rint((expected - inter) / slope), err_msg=name)
+            self.assertNotEqual(out.SeriesInstanceUID, src.SeriesInstanceUID)
+            self.assertEqual(out.ImageType[0], "DERIVED")
+            for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
+                self.assertEqual(out.get(tag), src.get(tag), (name, tag))
+
+    def test_pet_round_trip_keeps_bqml_units(self) -> None:
+        peaks = []
+        for f in sorted(os.listdir(os.path.join(self.ws["out"], "pet_bqml"))):
+            out = pydicom.dcmread(os.path.join(self.ws["out"], "pet_bqml", f))
+            src = pydicom.dcmread(os.path.join(self.ws["in"], "pet_bqml", f))
+            self.assertEqual(out.Units, "BQML")
+            self.assertEqual(float(out.RescaleSlope), float(src.RescaleSlope))
+            suv_in = src.pixel_array.max() * float(src.RescaleSlope) * SUV_FACTOR
+            suv_out = out.pixel_array.max() * float(out.RescaleSlope) * SUV_FACTOR
+            self.assertAlmostEqual(suv_out, min(suv_in, 20.0), delta=float(out.RescaleSlope) * SUV_FACTOR)
+            peaks.append(suv_in)
+        self.assertGreater(max(peaks), 20)  # slices above and below the SUV clip
+        self.assertLess(min(peaks), 20)
 
 
-def test_pet_round_trip_keeps_bqml_units(run: dict) -> None:
-    peaks = []
-    for f in sorted(os.listdir(os.path.join(run["out"], "pet_bqml"))):
-        out = pydicom.dcmread(os.path.join(run["out"], "pet_bqml", f))
-        src = pydicom.dcmread(os.path.join(run["in"], "pet_bqml", f))
-        assert out.Units == "BQML" and float(out.RescaleSlope) == float(src.RescaleSlope)
-        suv_in = src.pixel_array.max() * float(src.RescaleSlope) * SUV_FACTOR
-        suv_out = out.pixel_array.max() * float(out.RescaleSlope) * SUV_FACTOR
-        assert suv_out == pytest.approx(min(suv_in, 20.0), abs=float(out.RescaleSlope) * SUV_FACTOR)
-        peaks.append(suv_in)
-    assert max(peaks) > 20 > min(peaks)  # slices above and below the SUV clip
+if __name__ == "__main__":
+    unittest.main()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import unittest
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +23,7 @@ from custom.handlers.task_statistics import compute_task_statistics, store_task_
 from custom.settings import load_modality_settings
 from custom.transforms import kspace_truncate
 from custom.transforms.data_consistency import kspace_block_error
+from parameterized import parameterized
 
 from tests.utils import (
     BUNDLE,
@@ -42,9 +45,8 @@ def _run(tmp: str, *extra: str):
     return run_cli(*args, "--checkpoint", os.path.join(tmp, "model.pt"), *TINY_OVERRIDES, *extra, cwd=tmp)
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    tmp = str(tmp_path_factory.mktemp("checks"))
+def _workspace(tmp: str) -> dict:
+    """A checkpoint with task statistics under ``tmp``, the inputs, and the two CLI runs."""
     net = tiny_net()
     ckpt = os.path.join(tmp, "model.pt")
     torch.save({"model": net.state_dict()}, ckpt)
@@ -91,79 +93,89 @@ def _load(path: str) -> np.ndarray:
     return np.asarray(nib.load(path).get_fdata(dtype=np.float32))
 
 
-def test_runs(ws: dict) -> None:
-    assert ws["run"].returncode == 0, ws["run"].stderr[-3000:]
-    assert ws["run_dicom"].returncode == 0, ws["run_dicom"].stderr[-3000:]
+class TestRestoreChecksCLI(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.ws = _workspace(cls._tmp.name)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._tmp.cleanup()
+
+    def test_runs(self) -> None:
+        self.assertEqual(self.ws["run"].returncode, 0, self.ws["run"].stderr[-3000:])
+        self.assertEqual(self.ws["run_dicom"].returncode, 0, self.ws["run_dicom"].stderr[-3000:])
+
+    def test_mri_central_kspace_is_the_inputs(self) -> None:
+        x = _load(os.path.join(self.ws["scans"], "mri.nii.gz"))[None]
+        y = _load(os.path.join(self.ws["out"], "mri.nii.gz"))[None]
+        self.assertFalse(np.allclose(x, y, atol=1.0))  # the network did change the scan
+        self.assertLess(kspace_block_error(torch.from_numpy(y), torch.from_numpy(x), 4), 1e-3)
+
+    def test_other_modalities_untouched_and_logged(self) -> None:
+        log = self.ws["run"].stdout + self.ws["run"].stderr
+        self.assertIn("ct.nii.gz is CT, not MRI: left unchanged", log)
+        self.assertIn("mri.nii.gz central 8x7 k-space per slice replaced", log)
+        x = _load(os.path.join(self.ws["scans"], "ct.nii.gz"))[None]
+        y = _load(os.path.join(self.ws["out"], "ct.nii.gz"))[None]
+        self.assertGreater(kspace_block_error(torch.from_numpy(y), torch.from_numpy(x), 4), 1e-3)  # not replaced
+
+    def test_odd_size_not_divisible_is_reported(self) -> None:
+        (warning,) = [w for w in _report(self.ws["out"])["mri.nii.gz"]["warnings"] if "kspace_factor" in w]
+        self.assertIn("33x27 is not divisible by kspace_factor 4", warning)
+
+    @parameterized.expand([("mri.nii.gz",), ("ct.nii.gz",)])
+    def test_difference_nifti(self, name: str) -> None:
+        stem = name[: -len(".nii.gz")]
+        diff_path = os.path.join(self.ws["out"], f"{stem}_difference.nii.gz")
+        self.assertEqual(_report(self.ws["out"])[name]["difference_output"], diff_path)
+        diff = nib.load(diff_path)
+        self.assertEqual(diff.get_data_dtype(), np.float32)
+        expected = _load(os.path.join(self.ws["out"], name)) - _load(os.path.join(self.ws["scans"], name))
+        np.testing.assert_allclose(diff.get_fdata(), expected, atol=1e-2 * max(1.0, np.abs(expected).max()))
+        np.testing.assert_allclose(diff.affine, nib.load(os.path.join(self.ws["scans"], name)).affine)
+
+    def test_report_has_task_check(self) -> None:
+        report = _report(self.ws["out"])
+        for name in ("mri.nii.gz", "ct.nii.gz", "pet_as_ct.nii.gz"):
+            self.assertLessEqual({"predicted_task", "task_distance", "warnings"}, set(report[name]))
+            self.assertIsInstance(report[name]["task_distance"], float)
+        self.assertEqual(report["ct.nii.gz"]["predicted_task"], "CT")
+        self.assertNotEqual(report["pet_as_ct.nii.gz"]["predicted_task"], "CT")  # the random tiny net need not say PET
+        self.assertTrue(any("declared CT" in w for w in report["pet_as_ct.nii.gz"]["warnings"]))
+        self.assertFalse(any("declared" in w for w in report["ct.nii.gz"]["warnings"]))
+
+    def test_warnings_in_log_and_nifti_descrip(self) -> None:
+        log = self.ws["run"].stdout + self.ws["run"].stderr
+        self.assertIn("pet_as_ct.nii.gz: the network's task representation says", log)
+        descrip = nib.load(os.path.join(self.ws["out"], "pet_as_ct.nii.gz")).header["descrip"].tobytes().decode()
+        self.assertTrue(descrip.startswith("TAT warning: the network's task representation says"), descrip)
+        ct_descrip = nib.load(os.path.join(self.ws["out"], "ct.nii.gz")).header["descrip"].tobytes()
+        self.assertEqual(ct_descrip.strip(b"\x00"), b"")
+
+    def test_dicom_difference_series(self) -> None:
+        src = read_series(os.path.join(self.ws["dicom_in"], "ct_series"))
+        restored = read_series(os.path.join(self.ws["dicom_out"], "ct_series"))
+        diff = read_series(os.path.join(self.ws["dicom_out"], "ct_series_difference"))
+        self.assertEqual(len(diff), len(src))
+        self.assertEqual(len({d.SeriesInstanceUID for d in diff}), 1)
+        self.assertNotIn(diff[0].SeriesInstanceUID, {restored[0].SeriesInstanceUID, src[0].SeriesInstanceUID})
+        self.assertEqual(int(diff[0].SeriesNumber), int(src[0].SeriesNumber) + 2000)
+        self.assertIn("difference", str(diff[0].SeriesDescription))
+
+        def hu(d: pydicom.Dataset) -> np.ndarray:
+            return d.pixel_array * float(d.get("RescaleSlope", 1)) + float(d.get("RescaleIntercept", 0))
+
+        for s, r, d in zip(src, restored, diff):
+            np.testing.assert_allclose(hu(d), hu(r) - hu(s), atol=1.0 + float(d.get("RescaleSlope", 1)))
+        self.assertTrue(any((hu(d) < 0).any() for d in diff))  # signed differences are kept
+        report = _report(self.ws["dicom_out"])["ct_series"]
+        self.assertIn(report["predicted_task"], ("CT", "PET", "MRI"))
+        comments = [str(r.get("ImageComments", "")) for r in restored]
+        expected = "TAT warning: " + "; ".join(report["warnings"]) if report["warnings"] else ""
+        self.assertEqual(comments, [expected] * len(restored))
 
 
-def test_mri_central_kspace_is_the_inputs(ws: dict) -> None:
-    x = _load(os.path.join(ws["scans"], "mri.nii.gz"))[None]
-    y = _load(os.path.join(ws["out"], "mri.nii.gz"))[None]
-    assert not np.allclose(x, y, atol=1.0)  # the network did change the scan
-    assert kspace_block_error(torch.from_numpy(y), torch.from_numpy(x), 4) < 1e-3
-
-
-def test_other_modalities_untouched_and_logged(ws: dict) -> None:
-    log = ws["run"].stdout + ws["run"].stderr
-    assert "ct.nii.gz is CT, not MRI: left unchanged" in log
-    assert "mri.nii.gz central 8x7 k-space per slice replaced" in log
-    x = _load(os.path.join(ws["scans"], "ct.nii.gz"))[None]
-    y = _load(os.path.join(ws["out"], "ct.nii.gz"))[None]
-    assert kspace_block_error(torch.from_numpy(y), torch.from_numpy(x), 4) > 1e-3  # no replacement happened
-
-
-def test_odd_size_not_divisible_is_reported(ws: dict) -> None:
-    (warning,) = [w for w in _report(ws["out"])["mri.nii.gz"]["warnings"] if "kspace_factor" in w]
-    assert "33x27 is not divisible by kspace_factor 4" in warning
-
-
-@pytest.mark.parametrize("name", ["mri.nii.gz", "ct.nii.gz"])
-def test_difference_nifti(ws: dict, name: str) -> None:
-    stem = name[: -len(".nii.gz")]
-    diff_path = os.path.join(ws["out"], f"{stem}_difference.nii.gz")
-    assert _report(ws["out"])[name]["difference_output"] == diff_path
-    diff = nib.load(diff_path)
-    assert diff.get_data_dtype() == np.float32
-    expected = _load(os.path.join(ws["out"], name)) - _load(os.path.join(ws["scans"], name))
-    np.testing.assert_allclose(diff.get_fdata(), expected, atol=1e-2 * max(1.0, np.abs(expected).max()))
-    np.testing.assert_allclose(diff.affine, nib.load(os.path.join(ws["scans"], name)).affine)
-
-
-def test_report_has_task_check(ws: dict) -> None:
-    report = _report(ws["out"])
-    for name in ("mri.nii.gz", "ct.nii.gz", "pet_as_ct.nii.gz"):
-        assert {"predicted_task", "task_distance", "warnings"} <= set(report[name])
-        assert isinstance(report[name]["task_distance"], float)
-    assert report["ct.nii.gz"]["predicted_task"] == "CT"
-    assert report["pet_as_ct.nii.gz"]["predicted_task"] != "CT"  # the random tiny net need not say PET
-    assert any("declared CT" in w for w in report["pet_as_ct.nii.gz"]["warnings"])
-    assert not any("declared" in w for w in report["ct.nii.gz"]["warnings"])
-
-
-def test_warnings_in_log_and_nifti_descrip(ws: dict) -> None:
-    assert "pet_as_ct.nii.gz: the network's task representation says" in ws["run"].stdout + ws["run"].stderr
-    descrip = nib.load(os.path.join(ws["out"], "pet_as_ct.nii.gz")).header["descrip"].tobytes().decode()
-    assert descrip.startswith("TAT warning: the network's task representation says")
-    assert nib.load(os.path.join(ws["out"], "ct.nii.gz")).header["descrip"].tobytes().strip(b"\x00") == b""
-
-
-def test_dicom_difference_series(ws: dict) -> None:
-    src = read_series(os.path.join(ws["dicom_in"], "ct_series"))
-    restored = read_series(os.path.join(ws["dicom_out"], "ct_series"))
-    diff = read_series(os.path.join(ws["dicom_out"], "ct_series_difference"))
-    assert len(diff) == len(src)
-    assert len({d.SeriesInstanceUID for d in diff}) == 1
-    assert diff[0].SeriesInstanceUID not in {restored[0].SeriesInstanceUID, src[0].SeriesInstanceUID}
-    assert int(diff[0].SeriesNumber) == int(src[0].SeriesNumber) + 2000
-    assert "difference" in str(diff[0].SeriesDescription)
-
-    def hu(d: pydicom.Dataset) -> np.ndarray:
-        return d.pixel_array * float(d.get("RescaleSlope", 1)) + float(d.get("RescaleIntercept", 0))
-
-    for s, r, d in zip(src, restored, diff):
-        np.testing.assert_allclose(hu(d), hu(r) - hu(s), atol=1.0 + float(d.get("RescaleSlope", 1)))
-    assert any((hu(d) < 0).any() for d in diff)  # signed differences are kept
-    report = _report(ws["dicom_out"])["ct_series"]
-    assert report["predicted_task"] in ("CT", "PET", "MRI")
-    comments = [str(r.get("ImageComments", "")) for r in restored]
-    assert all(c == ("TAT warning: " + "; ".join(report["warnings"]) if report["warnings"] else "") for c in comments)
+if __name__ == "__main__":
+    unittest.main()

@@ -15,8 +15,10 @@ import torch
 from custom.data.readers import load_image
 from custom.networks import TAT
 
+from tests.utils import TINY as UTILS_TINY
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = {"dim": 8, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "train_patch_size": 32}
+TINY = {k: v for k, v in UTILS_TINY.items() if k != "transpose_hw"}  # the tests' tiny widths, TAT's own orientation
 
 
 def _net(transpose_hw: bool) -> TAT:

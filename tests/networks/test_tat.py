@@ -7,10 +7,11 @@ from custom.networks import TAT, convert_reference_state_dict
 from parameterized import parameterized
 
 from tests.networks.golden import formula_weights, golden_image, golden_pair
+from tests.utils import TINY
 
 
 def tiny(**kwargs) -> TAT:
-    args = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, train_patch_size=32)
+    args = {k: v for k, v in TINY.items() if k != "transpose_hw"}  # the tests' tiny widths, TAT's orientation
     args.update(kwargs)
     return TAT(**args)
 

@@ -20,6 +20,39 @@ from pydicom.uid import generate_uid
 from tests.utils import dicom_series_folder, dicom_slice, save_nifti, save_scaled_nifti
 
 SHAPE = (40, 40, 3)
+# every case make_corpus writes
+NAMES = [
+    "zero_byte",
+    "truncated_gz",
+    "truncated_nii",
+    "corrupt_header",
+    "absurd_shape",
+    "huge_dims",
+    "four_d",
+    "one_d",
+    "nan_voxels",
+    "inf_voxels",
+    "shape_mismatch",
+    "unknown_modality",
+    "missing_modality",
+    "missing_file",
+    "not_nifti",
+    "dicom_mixed_series",
+    "dicom_missing_slice",
+    "dicom_empty",
+    "dicom_no_pixels",
+    "dicom_non_image",
+    "dicom_garbage",
+    "complex_nifti",
+    "rgb_nifti",
+    "gzip_crc",
+    "dicom_rescale_slope_zero",
+    "dicom_bits_mismatch",
+    "dicom_rgb",
+    "pet_counts",
+    "pet_no_weight",
+    "dicom_duplicate_slice",
+]
 
 
 @dataclass

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import unittest
 
-import pytest
 from custom.data import validate_datalist
 from custom.inference import LoadScand, find_scans
 
@@ -17,9 +18,8 @@ from tests.reliability.corpus import make_corpus, make_valid_corpus
 MODALITY_CASES = {"unknown_modality", "missing_modality"}
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("agreement"))
+def _inputs(root: str) -> dict:
+    """The hostile corpus (every image and label) and the valid corpus under ``root``: name -> (path, modality)."""
     cases = make_corpus(os.path.join(root, "bad"))
     files = {}
     for name, case in cases.items():
@@ -55,66 +55,84 @@ def _inference(path: str, modality: str, root: str) -> str | None:
     return None
 
 
-def test_validator_and_inference_agree_on_every_input(inputs):
-    disagree, refused = [], set()
-    for name, (path, modality) in sorted(inputs["files"].items()):
-        lines = _validator(path, modality)
-        message = _inference(path, modality, inputs["root"])
-        if message is not None:
-            refused.add(name)
-        if bool(lines) != (message is not None):
-            disagree.append(f"{name}: validator {lines or 'accepts'}, inference {message or 'accepts'}")
-        elif message is not None and message not in lines and "file not found" not in message:
-            # (a missing file: the validator adds which key of which item; otherwise the messages are identical)
-            disagree.append(f"{name}: different messages: validator {lines}, inference {message!r}")
-    assert not disagree, "\n".join(disagree)
-    # every corpus input is refused except the valid partners and the item-level (modality, pairing) problems
-    item_level = MODALITY_CASES | {"shape_mismatch"}
-    expected = {n for n in inputs["files"] if n.endswith("/image") and n.split("/")[0] not in item_level}
-    assert refused == expected | {"four_d/label", "one_d/label"}, sorted(refused ^ expected)
+class TestValidatorInferenceAgreement(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.inputs = _inputs(cls._tmp.name)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._tmp.cleanup()
+
+    def test_validator_and_inference_agree_on_every_input(self):
+        inputs = self.inputs
+        disagree, refused = [], set()
+        for name, (path, modality) in sorted(inputs["files"].items()):
+            lines = _validator(path, modality)
+            message = _inference(path, modality, inputs["root"])
+            if message is not None:
+                refused.add(name)
+            if bool(lines) != (message is not None):
+                disagree.append(f"{name}: validator {lines or 'accepts'}, inference {message or 'accepts'}")
+            elif message is not None and message not in lines and "file not found" not in message:
+                # (a missing file: the validator adds which key of which item; otherwise the messages are identical)
+                disagree.append(f"{name}: different messages: validator {lines}, inference {message!r}")
+        self.assertFalse(disagree, "\n".join(disagree))
+        # every corpus input is refused except the valid partners and the item-level (modality, pairing) problems
+        item_level = MODALITY_CASES | {"shape_mismatch"}
+        expected = {n for n in inputs["files"] if n.endswith("/image") and n.split("/")[0] not in item_level}
+        self.assertEqual(refused, expected | {"four_d/label", "one_d/label"}, sorted(refused ^ expected))
+
+    def test_valid_inputs_accepted_by_both(self):
+        for name in self.inputs["valid"]:
+            path, modality = self.inputs["files"][name]
+            self.assertEqual(_validator(path, modality), [], name)
+            self.assertIsNone(_inference(path, modality, self.inputs["root"]), name)
+
+    def test_declared_pet_units_accepted_by_both(self):
+        """PET that cannot become SUV: refused by both without a declaration, accepted by both with pet_units='SUV'."""
+        root = self.inputs["root"]
+        for name in ("pet_counts/image", "pet_no_weight/image"):
+            path, _ = self.inputs["files"][name]
+            self.assertTrue(_validator(path, "PET"))
+            self.assertTrue(_inference(path, "PET", root))
+            self.assertTrue(
+                validate_datalist({"training": [{"image": path, "label": path, "modality": "PET"}]}, pet_units="SUV")
+            )
+            (item,) = find_scans(root, os.path.join(root, "out"), datalist=_one(root, path, "PET"))
+            out = LoadScand("image", pet_units="SUV")(item)
+            self.assertEqual(out["scan_info"]["suv_factors"], [1.0, 1.0, 1.0])
+
+    def test_folder_with_two_series_data_list_item_and_folder_mode(self):
+        """One rule, stated in the README: a data-list item names ONE image, so a folder holding two series is
+        refused alike by the validator and by inference given that item (same message); inference on a folder
+        (folder mode) restores each series separately, and each series is accepted alike by both once it is an
+        item of its own."""
+        root = self.inputs["root"]
+        path, _ = self.inputs["files"]["dicom_mixed_series/image"]
+        lines = _validator(path, "CT")
+        message = _inference(path, "CT", root)
+        self.assertIsNotNone(message)
+        self.assertIn("mixed series", message)
+        self.assertEqual(set(lines), {message})  # image and label
+        with tempfile.TemporaryDirectory() as tmp:
+            os.makedirs(os.path.join(tmp, "in"))
+            os.symlink(path, os.path.join(tmp, "in", "mixed"))  # folder mode on a folder holding that series folder
+            folder_items = find_scans(os.path.join(tmp, "in"), os.path.join(tmp, "out"), modality="CT")
+            self.assertEqual({i["kind"] for i in folder_items}, {"dicom"})
+            self.assertEqual(sorted(len(i["files"]) for i in folder_items), [1, 2])  # one scan per SeriesInstanceUID
+            for item in folder_items:
+                own = os.path.join(tmp, item["series_uid"])  # the series as an item of its own
+                os.makedirs(own)
+                for f in item["files"]:
+                    os.symlink(f, os.path.join(own, os.path.basename(f)))
+                out = LoadScand("image")(dict(item))
+                self.assertEqual(_validator(own, "CT"), [])
+                self.assertIsNone(_inference(own, "CT", root))
+                alone = LoadScand("image")(find_scans(root, os.path.join(tmp, "o2"), datalist=_one(root, own, "CT"))[0])
+                self.assertEqual(alone["image"].numpy().tolist(), out["image"].numpy().tolist())
 
 
-def test_valid_inputs_accepted_by_both(inputs):
-    for name in inputs["valid"]:
-        path, modality = inputs["files"][name]
-        assert _validator(path, modality) == [], name
-        assert _inference(path, modality, inputs["root"]) is None, name
-
-
-def test_declared_pet_units_accepted_by_both(inputs):
-    """PET that cannot become SUV: refused by both without a declaration, accepted by both with pet_units='SUV'."""
-    for name in ("pet_counts/image", "pet_no_weight/image"):
-        path, _ = inputs["files"][name]
-        assert _validator(path, "PET") and _inference(path, "PET", inputs["root"])
-        assert validate_datalist({"training": [{"image": path, "label": path, "modality": "PET"}]}, pet_units="SUV")
-        (item,) = find_scans(
-            inputs["root"], os.path.join(inputs["root"], "out"), datalist=_one(inputs["root"], path, "PET")
-        )
-        out = LoadScand("image", pet_units="SUV")(item)
-        assert out["scan_info"]["suv_factors"] == [1.0, 1.0, 1.0]
-
-
-def test_folder_with_two_series_data_list_item_and_folder_mode(inputs, tmp_path):
-    """One rule, stated in the README: a data-list item names ONE image, so a folder holding two series is refused
-    alike by the validator and by inference given that item (same message); inference on a folder (folder mode)
-    restores each series separately, and each series is accepted alike by both once it is an item of its own."""
-    path, _ = inputs["files"]["dicom_mixed_series/image"]
-    lines = _validator(path, "CT")
-    message = _inference(path, "CT", inputs["root"])
-    assert message is not None and "mixed series" in message and set(lines) == {message}  # image and label
-    (tmp_path / "in").mkdir()
-    os.symlink(path, tmp_path / "in" / "mixed")  # folder mode on a folder holding just that series folder
-    folder_items = find_scans(str(tmp_path / "in"), str(tmp_path / "out"), modality="CT")
-    assert {i["kind"] for i in folder_items} == {"dicom"}
-    assert sorted(len(i["files"]) for i in folder_items) == [1, 2]  # one scan per SeriesInstanceUID
-    for item in folder_items:
-        own = tmp_path / item["series_uid"]  # the series as an item of its own
-        own.mkdir()
-        for f in item["files"]:
-            os.symlink(f, own / os.path.basename(f))
-        out = LoadScand("image")(dict(item))
-        assert _validator(str(own), "CT") == [] and _inference(str(own), "CT", inputs["root"]) is None
-        alone = LoadScand("image")(
-            find_scans(inputs["root"], str(tmp_path / "o2"), datalist=_one(inputs["root"], str(own), "CT"))[0]
-        )
-        assert alone["image"].numpy().tolist() == out["image"].numpy().tolist()
+if __name__ == "__main__":
+    unittest.main()

@@ -126,6 +126,14 @@ def assert_state_equal(case: unittest.TestCase, a: object, b: object, where: str
         case.assertEqual(a, b, where)
 
 
+def assert_close_to(
+    case: unittest.TestCase, actual: float, expected: float, rel: float = 1e-6, abs_tol: float = 1e-12, msg=None
+) -> None:
+    """``actual`` within ``max(rel * |expected|, abs_tol)`` of ``expected`` (the tolerance of ``pytest.approx``)."""
+    tol = max(rel * abs(expected), abs_tol)
+    case.assertLessEqual(abs(actual - expected), tol, msg or f"{actual} != {expected} within {tol}")
+
+
 # --- running the bundle -----------------------------------------------------------------------------------------
 def run_cli(*args: str, cwd: str = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle <args>`` single-threaded; never raises on failure."""

@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import unittest
 
 import numpy as np
@@ -26,47 +27,45 @@ from custom.tools.datalist import main as datalist_main
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
 
-from tests.utils import TINY_TRAINING, make_reference_dataset
+from tests.utils import (
+    BUNDLE,
+    CONFIGS,
+    ENV,
+    REPO,
+    SETTINGS_DIR,
+    TASKS,
+    TINY_TRAINING,
+    TRAIN_CONFIG,
+    assert_close_to,
+    make_reference_dataset,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(REPO, "bundle", "configs")
-TRAIN, EVALUATE = os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")
-SETTINGS = load_modality_settings(os.path.join(CONFIGS, "modality"))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TASKS = {"CT": "low_dose_ct", "PET": "low_count_pet", "MRI": "mri_super_resolution"}
+TRAIN, EVALUATE = TRAIN_CONFIG, os.path.join(CONFIGS, "evaluate.json")
+SETTINGS = load_modality_settings(SETTINGS_DIR)
 
 
 def _bundle(configs: list[str], data_dir: str, out: str, *runner: str, **overrides) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", *runner, "--meta_file", os.path.join(CONFIGS, "metadata.json")]
     cmd += ["--config_file", json.dumps(configs), "--logging_file", os.path.join(CONFIGS, "logging.conf")]
-    cmd += ["--bundle_root", os.path.join(REPO, "bundle"), "--dataset_dir", data_dir]
+    cmd += ["--bundle_root", BUNDLE, "--dataset_dir", data_dir]
     cmd += ["--ckpt_dir", os.path.join(out, "models"), "--output_dir", os.path.join(out, "eval")]
     for key, value in {**TINY_TRAINING, **overrides}.items():
         cmd += [f"--{key}", json.dumps(value)]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    if proc.returncode != 0:
+        raise AssertionError(proc.stdout[-3000:] + proc.stderr[-4000:])
     return proc
 
 
-@pytest.fixture(scope="module")
-def released(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("released"))
+def _released(root: str) -> str:
+    """The tiny copy of the released data set under ``root``, with its data list built and validated."""
     make_reference_dataset(root, counts=(4, 2, 2))
     datalist = os.path.join(root, "datalist.json")
-    settings_dir = os.path.join(CONFIGS, "modality")
     datalist_main(
-        ["build", "--layout", "reference", "--root", root, "--output", datalist, "--settings_dir", settings_dir]
+        ["build", "--layout", "reference", "--root", root, "--output", datalist, "--settings_dir", SETTINGS_DIR]
     )
-    datalist_main(["validate", "--layout", "reference", "--datalist", datalist, "--settings_dir", settings_dir])
+    datalist_main(["validate", "--layout", "reference", "--datalist", datalist, "--settings_dir", SETTINGS_DIR])
     return root
-
-
-@pytest.fixture(scope="module")
-def trained_and_evaluated(released, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("run"))
-    train = _bundle([TRAIN], released, out, "training", num_iterations=2, val_interval=2, log_interval=1)
-    evaluate = _bundle([TRAIN, EVALUATE], released, out)  # no runner id: evaluate.json's "run" evaluates
-    return {"out": out, "train_log": train.stdout + train.stderr, "eval_log": evaluate.stdout + evaluate.stderr}
 
 
 def _independent_psnr(lq: np.ndarray, hq: np.ndarray, window) -> float:
@@ -75,56 +74,73 @@ def _independent_psnr(lq: np.ndarray, hq: np.ndarray, window) -> float:
 
 
 @pytest.mark.slow
-def test_training_reads_bin_patches_and_validates(trained_and_evaluated):
-    out = trained_and_evaluated["out"]
-    latest = torch.load(os.path.join(out, "models", "latest.pt"), weights_only=True)
-    assert latest["trainer"]["iteration"] == 2
-    assert latest["sampler"]["next_batch"] == 4 and latest["sampler"]["seed"] == 42  # the trainer's epoch 1
-    assert latest["sampler"]["task_sizes"] == {"low_count_pet": 4, "low_dose_ct": 4, "mri_super_resolution": 4}
-    assert os.path.isfile(os.path.join(out, "models", "model.pt"))
-    rows = dict(line.split(",") for line in open(os.path.join(out, "eval", "metrics.csv")).read().split())
-    for task in ("ct", "pet", "mri", "mean"):
-        assert math.isfinite(float(rows[f"val_{task}_psnr"])), task
+class TestReleasedLayoutTrainEvaluate(unittest.TestCase):
+    """A tiny TAT trained (2 iterations) and evaluated through the CLI on the released layout, shared by the checks."""
 
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.released = _released(os.path.join(cls._tmp.name, "released"))
+        cls.out = out = os.path.join(cls._tmp.name, "run")
+        train = _bundle([TRAIN], cls.released, out, "training", num_iterations=2, val_interval=2, log_interval=1)
+        evaluate = _bundle([TRAIN, EVALUATE], cls.released, out)  # no runner id: evaluate.json's "run" evaluates
+        cls.train_log, cls.eval_log = train.stdout + train.stderr, evaluate.stdout + evaluate.stderr
 
-@pytest.mark.slow
-def test_test_phase_every_slice_per_task_csv_and_reference_table(released, trained_and_evaluated):
-    out = os.path.join(trained_and_evaluated["out"], "eval")
-    summary = json.loads(open(os.path.join(out, "test_summary.json")).read())
-    assert set(summary["tasks"]) == set(TASKS.values())
-    for modality, task in TASKS.items():
-        with open(os.path.join(out, f"test_slices_{task}.csv"), newline="") as f:
-            rows = list(csv.DictReader(f))
-        assert [os.path.basename(r["degraded_file"]) for r in rows] == [
-            f"{modality.lower()}_test_000.nii",
-            f"{modality.lower()}_test_001.nii",
-        ]  # every test slice of the task, in name order
-        assert summary["tasks"][task]["n_slices"] == 2
-        for m in ("psnr", "ssim", "rmse"):
-            mean = float(np.mean([float(r[f"output_{m}"]) for r in rows]))
-            assert summary["tasks"][task]["output"][m] == pytest.approx(mean, rel=1e-5)  # plain mean of slices
-        window = SETTINGS[modality]["eval_window"]
-        for r in rows:  # the .nii files were read in place: input PSNR from the files by SimpleITK, independently
-            lq = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(r["degraded_file"]))
-            hq = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(r["scan"]))
-            assert float(r["input_psnr"]) == pytest.approx(_independent_psnr(lq, hq, window), rel=1e-4)
-    log = trained_and_evaluated["eval_log"]
-    table = summary["reference_table"]
-    assert table in log  # printed
-    lines = table.splitlines()
-    assert lines[0].split()[:2] == ["method", "MRI"]
-    assert lines[2].startswith("AMIR (MICCAI 2024)") and "32.0262 / 0.9396 / 29.0988" in lines[2]
-    assert lines[2].rstrip().endswith("34.2822")
-    ours = next(line for line in lines if line.startswith("this model (restored)"))
-    psnrs = [summary["tasks"][TASKS[m]]["output"]["psnr"] for m in ("MRI", "CT", "PET")]
-    assert f"{psnrs[0]:.4f} / " in ours and ours.rstrip().endswith(f"{np.mean(psnrs):.4f}")
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._tmp.cleanup()
+
+    def test_training_reads_bin_patches_and_validates(self):
+        latest = torch.load(os.path.join(self.out, "models", "latest.pt"), weights_only=True)
+        self.assertEqual(latest["trainer"]["iteration"], 2)
+        self.assertEqual(latest["sampler"]["next_batch"], 4)  # the trainer's epoch 1
+        self.assertEqual(latest["sampler"]["seed"], 42)
+        self.assertEqual(
+            latest["sampler"]["task_sizes"], {"low_count_pet": 4, "low_dose_ct": 4, "mri_super_resolution": 4}
+        )
+        self.assertTrue(os.path.isfile(os.path.join(self.out, "models", "model.pt")))
+        with open(os.path.join(self.out, "eval", "metrics.csv"), encoding="utf-8") as f:
+            rows = dict(line.split(",") for line in f.read().split())
+        for task in ("ct", "pet", "mri", "mean"):
+            self.assertTrue(math.isfinite(float(rows[f"val_{task}_psnr"])), task)
+
+    def test_test_phase_every_slice_per_task_csv_and_reference_table(self):
+        out = os.path.join(self.out, "eval")
+        with open(os.path.join(out, "test_summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+        self.assertEqual(set(summary["tasks"]), set(TASKS.values()))
+        for modality, task in TASKS.items():
+            with open(os.path.join(out, f"test_slices_{task}.csv"), newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.assertEqual(
+                [os.path.basename(r["degraded_file"]) for r in rows],
+                [f"{modality.lower()}_test_000.nii", f"{modality.lower()}_test_001.nii"],
+            )  # every test slice of the task, in name order
+            self.assertEqual(summary["tasks"][task]["n_slices"], 2)
+            for m in ("psnr", "ssim", "rmse"):
+                mean = float(np.mean([float(r[f"output_{m}"]) for r in rows]))
+                assert_close_to(self, summary["tasks"][task]["output"][m], mean, rel=1e-5)  # plain mean of slices
+            window = SETTINGS[modality]["eval_window"]
+            for r in rows:  # the .nii files were read in place: input PSNR from the files by SimpleITK, independently
+                lq = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(r["degraded_file"]))
+                hq = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(r["scan"]))
+                assert_close_to(self, float(r["input_psnr"]), _independent_psnr(lq, hq, window), rel=1e-4)
+        table = summary["reference_table"]
+        self.assertIn(table, self.eval_log)  # printed
+        lines = table.splitlines()
+        self.assertEqual(lines[0].split()[:2], ["method", "MRI"])
+        self.assertTrue(lines[2].startswith("AMIR (MICCAI 2024)"), lines[2])
+        self.assertIn("32.0262 / 0.9396 / 29.0988", lines[2])
+        self.assertTrue(lines[2].rstrip().endswith("34.2822"), lines[2])
+        ours = next(line for line in lines if line.startswith("this model (restored)"))
+        psnrs = [summary["tasks"][TASKS[m]]["output"]["psnr"] for m in ("MRI", "CT", "PET")]
+        self.assertIn(f"{psnrs[0]:.4f} / ", ours)
+        self.assertTrue(ours.rstrip().endswith(f"{np.mean(psnrs):.4f}"), ours)
 
 
 class TestPublishedValidationSubset(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        import tempfile
-
         cls.tmp = tempfile.TemporaryDirectory()
         cls.root = cls.tmp.name
         make_reference_dataset(cls.root, counts=(1, 20, 1))
@@ -137,7 +153,7 @@ class TestPublishedValidationSubset(unittest.TestCase):
     def parser(self, **overrides) -> ConfigParser:
         parser = ConfigParser()
         parser.read_config(TRAIN)
-        parser.update({"bundle_root": os.path.join(REPO, "bundle"), "dataset_dir": self.root, **overrides})
+        parser.update({"bundle_root": BUNDLE, "dataset_dir": self.root, **overrides})
         return parser
 
     def test_defaults(self):
@@ -153,9 +169,7 @@ class TestPublishedValidationSubset(unittest.TestCase):
     def test_evaluate_json_runs_the_test_phase_on_every_file(self):
         parser = ConfigParser()
         parser.read_config([TRAIN, EVALUATE])
-        parser.update(
-            {"bundle_root": os.path.join(REPO, "bundle"), "dataset_dir": self.root, "eval_split": "validation"}
-        )
+        parser.update({"bundle_root": BUNDLE, "dataset_dir": self.root, "eval_split": "validation"})
         self.assertEqual(parser["run"], "%evaluating")
         parser.parse()  # macros resolved: `monai.bundle run` without an id evaluates
         run, evaluating = ([str(e).replace("::", "#") for e in parser[k]] for k in ("run", "evaluating"))
@@ -204,21 +218,26 @@ def _psnr_engine(metric: TaskwiseImageQuality, samples) -> Engine:
     return engine
 
 
-def test_selection_metric_is_the_plain_mean_over_slices():
-    rng = np.random.default_rng(0)
-    target = torch.as_tensor(rng.uniform(0.3, 0.6, (1, 16, 16)), dtype=torch.float32)
-    samples = [
-        (target + s * torch.as_tensor(rng.normal(size=(1, 16, 16)), dtype=torch.float32), target, m)
-        for s, m in ((0.01, "CT"), (0.05, "CT"), (0.002, "MRI"))
-    ]
-    per_slice = [
-        _psnr_engine(TaskwiseImageQuality(SETTINGS, key_average="slices"), [x]).state.metrics["val_mean_psnr"]
-        for x in samples
-    ]
-    plain = _psnr_engine(TaskwiseImageQuality(SETTINGS, key_average="slices"), samples).state.metrics
-    tasks = _psnr_engine(TaskwiseImageQuality(SETTINGS), samples).state.metrics
-    assert plain["val_mean_psnr"] == pytest.approx(np.mean(per_slice), rel=1e-6)
-    assert tasks["val_mean_psnr"] == pytest.approx(np.mean([np.mean(per_slice[:2]), per_slice[2]]), rel=1e-6)
-    assert abs(plain["val_mean_psnr"] - tasks["val_mean_psnr"]) > 1.0
-    with pytest.raises(ValueError, match="key_average"):
-        TaskwiseImageQuality(SETTINGS, key_average="volumes")
+class TestSelectionMetric(unittest.TestCase):
+    def test_selection_metric_is_the_plain_mean_over_slices(self):
+        rng = np.random.default_rng(0)
+        target = torch.as_tensor(rng.uniform(0.3, 0.6, (1, 16, 16)), dtype=torch.float32)
+        samples = [
+            (target + s * torch.as_tensor(rng.normal(size=(1, 16, 16)), dtype=torch.float32), target, m)
+            for s, m in ((0.01, "CT"), (0.05, "CT"), (0.002, "MRI"))
+        ]
+        per_slice = [
+            _psnr_engine(TaskwiseImageQuality(SETTINGS, key_average="slices"), [x]).state.metrics["val_mean_psnr"]
+            for x in samples
+        ]
+        plain = _psnr_engine(TaskwiseImageQuality(SETTINGS, key_average="slices"), samples).state.metrics
+        tasks = _psnr_engine(TaskwiseImageQuality(SETTINGS), samples).state.metrics
+        assert_close_to(self, plain["val_mean_psnr"], np.mean(per_slice), rel=1e-6)
+        assert_close_to(self, tasks["val_mean_psnr"], np.mean([np.mean(per_slice[:2]), per_slice[2]]), rel=1e-6)
+        self.assertGreater(abs(plain["val_mean_psnr"] - tasks["val_mean_psnr"]), 1.0)
+        with self.assertRaisesRegex(ValueError, "key_average"):
+            TaskwiseImageQuality(SETTINGS, key_average="volumes")
+
+
+if __name__ == "__main__":
+    unittest.main()

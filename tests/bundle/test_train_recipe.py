@@ -17,10 +17,9 @@ import unittest
 import torch
 from monai.bundle import ConfigParser
 
-from tests.utils import tiny_overrides
+from tests.utils import BUNDLE, TRAIN_CONFIG, tiny_overrides
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN = os.path.join(REPO, "bundle", "configs", "train.json")
+TRAIN = TRAIN_CONFIG
 
 
 def _ref(value: str) -> str:
@@ -35,7 +34,7 @@ class TestTrainRecipe(unittest.TestCase):
         self.parser.read_config(TRAIN)
         self.parser.update(
             {
-                "bundle_root": os.path.join(REPO, "bundle"),
+                "bundle_root": BUNDLE,
                 "ckpt_dir": self.tmp.name,
                 "output_dir": self.tmp.name,
                 "device": "$torch.device('cpu')",

@@ -16,10 +16,9 @@ from custom.data.reference_layout import build_reference_datalist, first_per_tas
 from custom.settings import load_modality_settings
 from custom.tools.datalist import main
 
-from tests.utils import make_reference_dataset, write_bin, write_nii
+from tests.utils import REPO, SETTINGS_DIR, make_reference_dataset, write_bin, write_nii
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SETTINGS = load_modality_settings(os.path.join(REPO, "bundle", "configs", "modality"))
+SETTINGS = load_modality_settings(SETTINGS_DIR)
 TASKS = {"CT": "low_dose_ct", "PET": "low_count_pet", "MRI": "mri_super_resolution"}
 
 
@@ -56,7 +55,7 @@ class TestReferenceLayout(unittest.TestCase):
 
     def test_cli_build_and_validate(self):
         output = os.path.join(self.root, "datalist.json")
-        settings_dir = os.path.join(REPO, "bundle", "configs", "modality")
+        settings_dir = SETTINGS_DIR
         main(
             ["build", "--layout", "reference", "--root", self.root, "--output", output, "--settings_dir", settings_dir]
         )

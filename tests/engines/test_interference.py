@@ -15,9 +15,8 @@ from custom.tools import interference
 from custom.tools.interference import group_name, main, pairwise_cosine, plot_heatmap, task_gradients, write_csv
 
 from tests.utils import TINY as TINY_NET
-from tests.utils import TINY_TREN, make_dataset, tiny_overrides
+from tests.utils import TINY_TREN, TRAIN_CONFIG, make_dataset, tiny_overrides
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = tiny_overrides(tren=True, patch=False, patch_size=TINY_NET["train_patch_size"])
 
 
@@ -65,7 +64,7 @@ class TestInterference(unittest.TestCase):
                         "--output_dir",
                         os.path.join(d, "out"),
                         "--config_file",
-                        os.path.join(REPO, "bundle", "configs", "train.json"),
+                        TRAIN_CONFIG,
                         "--override",
                         json.dumps(TINY),
                         "--batches",

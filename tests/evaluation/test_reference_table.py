@@ -9,8 +9,9 @@ import unittest
 
 from custom.evaluation import format_reference_table, load_reference_results
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REFERENCE = os.path.join(REPO, "bundle", "configs", "reference_results.json")
+from tests.utils import CONFIGS
+
+REFERENCE = os.path.join(CONFIGS, "reference_results.json")
 MODALITIES = {"low_dose_ct": "CT", "low_count_pet": "PET", "mri_super_resolution": "MRI"}
 
 

@@ -26,9 +26,8 @@ from custom.export import export_onnx, save_torchscript, serving_module
 from custom.inference import network_window_mode
 from parameterized import parameterized
 
-from tests.utils import BUNDLE, ENV, INFERENCE_CONFIG, TINY_OVERRIDES, run_cli, save_checkpoint, tiny_net
+from tests.utils import BUNDLE, ENV, INFERENCE_CONFIG, META, TINY_OVERRIDES, run_cli, save_checkpoint, tiny_net
 
-META = os.path.join(BUNDLE, "configs", "metadata.json")
 EXPORT_CONFIG = os.path.join(BUNDLE, "configs", "export.json")
 TRACE_SIZE = 64  # > 1.5 * 32: the local-window branch is active in the tiny net at this size
 SERVED = [[TRACE_SIZE, TRACE_SIZE], [36, 44]]  # local windows; padding to 40 x 48 (global attention)

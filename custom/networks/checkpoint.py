@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from custom.networks.convert import convert_reference_state_dict
+from custom.networks.convert import convert_reference_state_dict, unwrap_reference_state
 
-__all__ = ["is_state_dict", "read_checkpoint", "checkpoint_weights", "load_checkpoint"]
+__all__ = ["is_state_dict", "read_checkpoint", "checkpoint_weights", "load_checkpoint", "load_reference_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: checkpoint not found.")
+        raise ValueError(f"{path}: checkpoint not found (no such file).")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -139,3 +139,29 @@ def load_checkpoint(
         network.load_state_dict(converted)
         logger.info("%s: weights under the published TAT names, converted.", path)
     return network
+
+
+def load_reference_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Load a checkpoint saved by the published TAT training script and convert it.
+
+    Accepts a plain state dict, one wrapped under a key such as ``state_dict``/``params_ema``/``model``,
+    an EMA wrapper's state (``ema_model.*`` keys) and ``module.`` prefixes. Loading uses
+    the bundle's one safe reader (:func:`read_checkpoint`, ``weights_only=True``): a file that would execute code is
+    refused.
+
+    Args:
+        path: the ``.pth`` file.
+        model: target network (see :func:`convert_reference_state_dict`).
+
+    Returns:
+        This package's state dict.
+
+    Raises:
+        ValueError: unreadable or unsafe file, or keys/shapes that do not match (naming them).
+    """
+    path = os.fspath(path)
+    obj = read_checkpoint(path)
+    try:
+        return convert_reference_state_dict(unwrap_reference_state(obj, path), model)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn
 
-__all__ = ["convert_reference_state_dict", "load_reference_checkpoint", "REFERENCE_RULES"]
+__all__ = ["convert_reference_state_dict", "unwrap_reference_state", "REFERENCE_RULES"]
 
 # (pattern on the published key, replacement, reshape of the tensor or None). Applied in order; the first
 # matching rule wins; keys no rule matches keep their name (qkv, project_in/out, temperature, reduce_*, output).
@@ -115,7 +114,7 @@ def convert_reference_state_dict(
     return out
 
 
-def _unwrap(obj: object, path: str) -> dict[str, torch.Tensor]:
+def unwrap_reference_state(obj: object, path: str) -> dict[str, torch.Tensor]:
     for _ in range(3):
         if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
@@ -134,35 +133,3 @@ def _unwrap(obj: object, path: str) -> dict[str, torch.Tensor]:
         if all(k.startswith(prefix) for k in tensors):
             tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
-
-
-def load_reference_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """Load a checkpoint saved by the published TAT training script and convert it.
-
-    Accepts a plain state dict, one wrapped under a key such as ``state_dict``/``params_ema``/``model``,
-    an EMA wrapper's state (``ema_model.*`` keys) and ``module.`` prefixes. Loading uses
-    ``torch.load(weights_only=True)``: a file that would execute code is refused.
-
-    Args:
-        path: the ``.pth`` file.
-        model: target network (see :func:`convert_reference_state_dict`).
-
-    Returns:
-        This package's state dict.
-
-    Raises:
-        ValueError: unreadable or unsafe file, or keys/shapes that do not match (naming them).
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such checkpoint file.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for unsafe payloads, RuntimeError for corrupt files
-        raise ValueError(
-            f"{path}: cannot be loaded safely as a weights-only checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})."
-        ) from e
-    try:
-        return convert_reference_state_dict(_unwrap(obj, path), model)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e

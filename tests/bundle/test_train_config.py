@@ -1,6 +1,6 @@
 """The training workflow through the real CLI (``python -m monai.bundle run training``) on tiny synthetic data.
 
-Runs are shared between assertions (module-scoped fixtures): a full run of N iterations, the same budget as two
+Runs are shared between assertions (setUpClass): a full run of N iterations, the same budget as two
 runs of N/2 (resume), a 2-process ``torchrun`` gloo run, and in-process runs of the documented ablation overrides.
 """
 
@@ -12,12 +12,22 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import unittest
 
 import pytest
 import torch
+from parameterized import parameterized
 
-from tests.utils import CONFIGS, ENV, LOGGING, META, REPO, TINY_TRAINING, TRAIN_CONFIG, assert_state_equal, make_dataset
+from tests.utils import (
+    CONFIGS,
+    ENV,
+    LOGGING,
+    META,
+    REPO,
+)
+from tests.utils import TINY as TINY_NET
+from tests.utils import TINY_TRAINING, TINY_TREN, TRAIN_CONFIG, assert_state_equal, make_dataset
 
 MULTI = os.path.join(CONFIGS, "multi_gpu_train.json")
 BIN = os.path.dirname(sys.executable)
@@ -25,13 +35,18 @@ BIN = os.path.dirname(sys.executable)
 TINY = {**TINY_TRAINING, "samples_per_task": 2, "num_iterations": 4, "val_interval": 2, "log_interval": 1}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    datalist = make_dataset(str(root))
-    tiny = root / "tiny.json"
-    tiny.write_text(json.dumps(TINY))
-    return {"root": str(root), "datalist": datalist, "tiny": str(tiny)}
+def _dataset(root: str) -> dict:
+    """The tiny data set and the tiny-run overrides (as a config file) under ``root``."""
+    datalist = make_dataset(root)
+    tiny = os.path.join(root, "tiny.json")
+    with open(tiny, "w", encoding="utf-8") as f:
+        json.dump(TINY, f)
+    return {"root": root, "datalist": datalist, "tiny": tiny}
+
+
+def _metrics(out: str) -> dict[str, str]:
+    with open(os.path.join(out, "eval", "metrics.csv"), encoding="utf-8") as f:
+        return dict(line.split(",") for line in f.read().split())
 
 
 def _cli(
@@ -66,22 +81,6 @@ def _cli(
     return proc
 
 
-@pytest.fixture(scope="module")
-def full_run(data, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("full"))
-    proc = _cli(data, out)
-    return out, proc
-
-
-@pytest.fixture(scope="module")
-def resumed_run(data, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("resumed"))
-    _cli(data, out, "--train#trainer#max_epochs", "1")  # stops after N/2 iterations, as if interrupted
-    first = torch.load(os.path.join(out, "models", "latest.pt"), weights_only=True)
-    proc = _cli(data, out)  # same command, same folder: resumes
-    return out, first, proc
-
-
 def _scalars(folder: str) -> dict[str, list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -95,32 +94,49 @@ def _scalars(folder: str) -> dict[str, list[float]]:
 
 
 @pytest.mark.slow
-class TestTrainCLI:
-    def test_outputs_exist_and_are_finite(self, full_run):
-        out, proc = full_run
-        case = unittest.TestCase()
+class TestTrainCLI(unittest.TestCase):
+    """A full run of N iterations and the same budget as two runs of N/2 (resume), shared by the checks."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._tmp = tempfile.TemporaryDirectory()
+        tmp = cls._tmp.name
+        data = _dataset(os.path.join(tmp, "data"))
+        cls.full_out = os.path.join(tmp, "full")
+        cls.full_proc = _cli(data, cls.full_out)
+        cls.resumed_out = os.path.join(tmp, "resumed")
+        _cli(data, cls.resumed_out, "--train#trainer#max_epochs", "1")  # stops after N/2 iterations, as if interrupted
+        cls.first = torch.load(os.path.join(cls.resumed_out, "models", "latest.pt"), weights_only=True)
+        cls.resumed_proc = _cli(data, cls.resumed_out)  # same command, same folder: resumes
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._tmp.cleanup()
+
+    def test_outputs_exist_and_are_finite(self):
+        out, proc = self.full_out, self.full_proc
         latest = torch.load(os.path.join(out, "models", "latest.pt"), weights_only=True)
-        case.assertEqual(
+        self.assertEqual(
             sorted(latest),
             ["best_saver", "ema", "loss", "lr_scheduler", "network", "optimizer", "rng", "sampler", "trainer"],
         )
-        case.assertEqual(latest["trainer"]["iteration"], 4)
+        self.assertEqual(latest["trainer"]["iteration"], 4)
         for name, t in latest["network"].items():
-            assert torch.isfinite(t).all(), name
-        case.assertIn("estimator.head.bias", latest["loss"])
+            self.assertTrue(torch.isfinite(t).all(), name)
+        self.assertIn("estimator.head.bias", latest["loss"])
         best = torch.load(os.path.join(out, "models", "model.pt"), weights_only=True)
         # the best model: the EMA network's state dict under "model", with the task statistics stored at the end
-        case.assertEqual(sorted(best), ["model", "task_statistics"])
-        case.assertEqual(best["task_statistics"]["tasks"], ["CT", "MRI", "PET"])
+        self.assertEqual(sorted(best), ["model", "task_statistics"])
+        self.assertEqual(best["task_statistics"]["tasks"], ["CT", "MRI", "PET"])
         best = best["model"]
-        case.assertEqual(sorted(best), sorted(latest["network"]))
+        self.assertEqual(sorted(best), sorted(latest["network"]))
         for key in best:
             torch.testing.assert_close(best[key], latest["ema"]["ema_model"][key])
 
-        rows = dict(line.split(",") for line in open(os.path.join(out, "eval", "metrics.csv")).read().split())
+        rows = _metrics(out)
         for task in ("ct", "pet", "mri", "mean"):
             for metric in ("psnr", "ssim", "rmse"):
-                assert math.isfinite(float(rows[f"val_{task}_{metric}"])), (task, metric)
+                self.assertTrue(math.isfinite(float(rows[f"val_{task}_{metric}"])), (task, metric))
 
         scalars = _scalars(os.path.join(out, "eval"))
         for tag in (
@@ -134,115 +150,131 @@ class TestTrainCLI:
             "val_pet_ssim",
             "val_mri_rmse",
         ):
-            assert tag in scalars, (tag, sorted(scalars))
-            assert all(math.isfinite(v) for v in scalars[tag]), tag
-        case.assertEqual(len(scalars["train_loss"]), 4)
-        assert scalars["lr"][0] > scalars["lr"][-1] > 0  # cosine annealing
-        assert "Got new best metric of val_mean_psnr" in proc.stdout + proc.stderr
+            self.assertIn(tag, scalars, sorted(scalars))
+            self.assertTrue(all(math.isfinite(v) for v in scalars[tag]), tag)
+        self.assertEqual(len(scalars["train_loss"]), 4)
+        self.assertGreater(scalars["lr"][0], scalars["lr"][-1])  # cosine annealing
+        self.assertGreater(scalars["lr"][-1], 0)
+        self.assertIn("Got new best metric of val_mean_psnr", proc.stdout + proc.stderr)
 
-    def test_two_half_runs_equal_one_full_run(self, full_run, resumed_run):
-        case = unittest.TestCase()
-        full = torch.load(os.path.join(full_run[0], "models", "latest.pt"), weights_only=True)
-        out, first, proc = resumed_run
-        case.assertEqual(first["trainer"]["iteration"], 2)
-        case.assertEqual(len(first["best_saver"]["_saved"]), 1)  # best score so far travels with the resume file
-        assert "Resuming from" in proc.stdout + proc.stderr
-        resumed = torch.load(os.path.join(out, "models", "latest.pt"), weights_only=True)
+    def test_two_half_runs_equal_one_full_run(self):
+        full = torch.load(os.path.join(self.full_out, "models", "latest.pt"), weights_only=True)
+        self.assertEqual(self.first["trainer"]["iteration"], 2)
+        self.assertEqual(len(self.first["best_saver"]["_saved"]), 1)  # best score so far travels with the resume file
+        self.assertIn("Resuming from", self.resumed_proc.stdout + self.resumed_proc.stderr)
+        resumed = torch.load(os.path.join(self.resumed_out, "models", "latest.pt"), weights_only=True)
         for key in ("network", "ema", "loss", "optimizer", "lr_scheduler", "trainer", "best_saver", "sampler"):
-            assert_state_equal(case, resumed[key], full[key], key)
+            assert_state_equal(self, resumed[key], full[key], key)
+
+
+class _WithData(unittest.TestCase):
+    """The tiny data set, once per class, and a fresh output folder per test."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._data_dir = tempfile.TemporaryDirectory()
+        cls.data = _dataset(cls._data_dir.name)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._data_dir.cleanup()
+
+    def setUp(self) -> None:
+        self._out = tempfile.TemporaryDirectory()
+        self.out = self._out.name
+
+    def tearDown(self) -> None:
+        self._out.cleanup()
 
 
 @pytest.mark.slow
-def test_multi_gpu_config_gloo(data, tmp_path):
-    out = str(tmp_path)
-    launcher = (os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node=2", "-m")
-    _cli(data, out, MULTI, launcher=launcher)
-    latest = torch.load(os.path.join(out, "models", "latest.pt"), weights_only=True)
-    assert latest["trainer"]["iteration"] == 4
-    assert not any(k.startswith("module.") for k in latest["network"])  # saved unwrapped: loadable without DDP
-    events = glob.glob(os.path.join(out, "eval", "events.out.tfevents.*"))
-    assert len({os.path.basename(e).split(".")[-2] for e in events}) == 1  # one process (rank 0) writes
-    rows = dict(line.split(",") for line in open(os.path.join(out, "eval", "metrics.csv")).read().split())
-    assert math.isfinite(float(rows["val_mean_psnr"]))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "override, check",
-    [
-        ({"modalities": ["CT"]}, "single_modality"),
-        ({"network_def#task_adaptive": False}, "weight_generation_off"),
-        ({"loss_def#_target_": "custom.losses.PlainL1Loss"}, "loss_balancing_off"),
-    ],
-)
-def test_ablation_overrides(data, tmp_path, override, check):
-    """The README's ablation overrides, run in-process with ConfigWorkflow (same parser as the CLI)."""
-    from monai.bundle import ConfigWorkflow
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        overrides = {
-            **TINY,
-            "num_iterations": 2,
-            "bundle_root": os.path.join(REPO, "bundle"),
-            "dataset_dir": data["root"],
-            "ckpt_dir": str(tmp_path / "models"),
-            "output_dir": str(tmp_path / "eval"),
-            **override,
-        }
-        wf = ConfigWorkflow(config_file=TRAIN_CONFIG, meta_file=META, workflow_type="train", **overrides)
-        wf.initialize()
-        wf.run()
-        wf.finalize()
-    finally:
-        torch.set_num_threads(threads)
-    latest = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)
-    rows = dict(line.split(",") for line in open(tmp_path / "eval" / "metrics.csv").read().split())
-    if check == "single_modality":
-        assert "val_ct_psnr" in rows and "val_pet_psnr" not in rows and "val_mri_psnr" not in rows
-    elif check == "weight_generation_off":
-        assert len(latest["network"]) < len(_tat_keys(task_adaptive=True))
-    else:
-        assert latest["loss"] == {}
-    assert math.isfinite(float(rows["val_mean_psnr"]))
+class TestMultiGPU(_WithData):
+    def test_multi_gpu_config_gloo(self):
+        launcher = (os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node=2", "-m")
+        _cli(self.data, self.out, MULTI, launcher=launcher)
+        latest = torch.load(os.path.join(self.out, "models", "latest.pt"), weights_only=True)
+        self.assertEqual(latest["trainer"]["iteration"], 4)
+        self.assertFalse([k for k in latest["network"] if k.startswith("module.")])  # unwrapped: loadable without DDP
+        events = glob.glob(os.path.join(self.out, "eval", "events.out.tfevents.*"))
+        self.assertEqual(len({os.path.basename(e).split(".")[-2] for e in events}), 1)  # one process (rank 0) writes
+        self.assertTrue(math.isfinite(float(_metrics(self.out)["val_mean_psnr"])))
 
 
 def _tat_keys(task_adaptive: bool) -> list[str]:
     from custom.networks import TAT
 
-    net = TAT(
-        dim=8,
-        num_blocks=(1, 1, 1, 1),
-        num_refinement_blocks=1,
-        train_patch_size=32,
-        tren_hidden_channels=8,
-        tren_embed_dim=16,
-        task_adaptive=task_adaptive,
+    return list(TAT(**TINY_NET, **TINY_TREN, task_adaptive=task_adaptive).state_dict())
+
+
+@pytest.mark.slow
+class TestAblations(_WithData):
+    @parameterized.expand(
+        [
+            ("single_modality", {"modalities": ["CT"]}),
+            ("weight_generation_off", {"network_def#task_adaptive": False}),
+            ("loss_balancing_off", {"loss_def#_target_": "custom.losses.PlainL1Loss"}),
+        ]
     )
-    return list(net.state_dict())
+    def test_ablation_overrides(self, check, override):
+        """The README's ablation overrides, run in-process with ConfigWorkflow (same parser as the CLI)."""
+        from monai.bundle import ConfigWorkflow
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            overrides = {
+                **TINY,
+                "num_iterations": 2,
+                "bundle_root": os.path.join(REPO, "bundle"),
+                "dataset_dir": self.data["root"],
+                "ckpt_dir": os.path.join(self.out, "models"),
+                "output_dir": os.path.join(self.out, "eval"),
+                **override,
+            }
+            wf = ConfigWorkflow(config_file=TRAIN_CONFIG, meta_file=META, workflow_type="train", **overrides)
+            wf.initialize()
+            wf.run()
+            wf.finalize()
+        finally:
+            torch.set_num_threads(threads)
+        latest = torch.load(os.path.join(self.out, "models", "latest.pt"), weights_only=True)
+        rows = _metrics(self.out)
+        if check == "single_modality":
+            self.assertIn("val_ct_psnr", rows)
+            self.assertNotIn("val_pet_psnr", rows)
+            self.assertNotIn("val_mri_psnr", rows)
+        elif check == "weight_generation_off":
+            self.assertLess(len(latest["network"]), len(_tat_keys(task_adaptive=True)))
+        else:
+            self.assertEqual(latest["loss"], {})
+        self.assertTrue(math.isfinite(float(rows["val_mean_psnr"])))
 
 
-def test_config_properties(data, tmp_path):
-    """MONAI's train-workflow property check (the zoo tooling relies on it) passes on the layered configs."""
-    from monai.bundle import ConfigWorkflow
+class TestConfigProperties(_WithData):
+    def test_config_properties(self):
+        """MONAI's train-workflow property check (the zoo tooling relies on it) passes on the layered configs."""
+        from monai.bundle import ConfigWorkflow
 
-    wf = ConfigWorkflow(
-        config_file=TRAIN_CONFIG,
-        meta_file=META,
-        workflow_type="train",
-        bundle_root=os.path.join(REPO, "bundle"),
-        dataset_dir=data["root"],
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "eval"),
-        **TINY,
-    )
-    wf.initialize()
-    assert not wf.check_properties()
-    assert wf.parser["training"] == wf.parser["run"]
-    # the multi-GPU file only overrides ids that train.json defines (plus its own new ones)
-    with open(MULTI) as f:
-        multi = json.load(f)
-    new_ids = {"dist_backend", "ddp_device_ids", "find_unused_parameters", "validate#sampler", "not_rank0"}
-    for key in multi:  # an overridden key, or a new argument of a component train.json defines
-        assert key in new_ids or key in wf.parser or key.rsplit("#", 1)[0] in wf.parser, key
+        wf = ConfigWorkflow(
+            config_file=TRAIN_CONFIG,
+            meta_file=META,
+            workflow_type="train",
+            bundle_root=os.path.join(REPO, "bundle"),
+            dataset_dir=self.data["root"],
+            ckpt_dir=os.path.join(self.out, "models"),
+            output_dir=os.path.join(self.out, "eval"),
+            **TINY,
+        )
+        wf.initialize()
+        self.assertFalse(wf.check_properties())
+        self.assertEqual(wf.parser["training"], wf.parser["run"])
+        # the multi-GPU file only overrides ids that train.json defines (plus its own new ones)
+        with open(MULTI) as f:
+            multi = json.load(f)
+        new_ids = {"dist_backend", "ddp_device_ids", "find_unused_parameters", "validate#sampler", "not_rank0"}
+        for key in multi:  # an overridden key, or a new argument of a component train.json defines
+            self.assertTrue(key in new_ids or key in wf.parser or key.rsplit("#", 1)[0] in wf.parser, key)
+
+
+if __name__ == "__main__":
+    unittest.main()

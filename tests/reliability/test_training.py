@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -83,7 +84,8 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"{proc.args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    if proc.returncode != 0:
+        raise AssertionError(f"{proc.args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 
@@ -91,19 +93,29 @@ def _load(out: str, name: str = "latest.pt") -> dict:
     return torch.load(os.path.join(out, "models", name), map_location="cpu", weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def _folder(tmp: str, name: str) -> str:
+    path = os.path.join(tmp, name)
+    os.makedirs(path)
+    return path
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+
+
+def _runs(tmp: str) -> dict:
     """All training CLI runs of this module (each CLI start costs seconds: run them once)."""
-    root = str(tmp_path_factory.mktemp("data"))
+    root = _folder(tmp, "data")
     make_dataset(root)
-    cfg = str(tmp_path_factory.mktemp("cfg"))
+    cfg = _folder(tmp, "cfg")
     tiny, poison = os.path.join(cfg, "tiny.json"), os.path.join(cfg, "poison.json")
-    json.dump(RUN, open(tiny, "w"))
-    json.dump(POISON, open(poison, "w"))
+    _write_json(tiny, RUN)
+    _write_json(poison, POISON)
     before = tree_hashes(root, metadata=True)
     res: dict = {"root": root, "before": before}
 
-    res["full"] = full = str(tmp_path_factory.mktemp("full"))
+    res["full"] = full = _folder(tmp, "full")
     _ok(_run(_cmd(root, full, tiny)))
 
     # evaluation of the trained checkpoint on the validation split: inputs and the checkpoint stay untouched
@@ -115,7 +127,7 @@ def runs(tmp_path_factory):
     res["models_changed"] = tree_hashes(os.path.join(full, "models"), metadata=True) != models_before
 
     # killed as soon as the first checkpoint exists, then the same command again
-    res["killed"] = killed = str(tmp_path_factory.mktemp("killed"))
+    res["killed"] = killed = _folder(tmp, "killed")
     latest = os.path.join(killed, "models", "latest.pt")
     proc = subprocess.Popen(
         _cmd(root, killed, tiny), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -129,71 +141,87 @@ def runs(tmp_path_factory):
     res["resume"] = _ok(_run(_cmd(root, killed, tiny)))
 
     # NaN target from iteration 3 on
-    res["nan"] = nan = str(tmp_path_factory.mktemp("nan"))
+    res["nan"] = nan = _folder(tmp, "nan")
     res["nan_proc"] = _run(_cmd(root, nan, tiny, poison))
     res["after"] = tree_hashes(root, metadata=True)
     return res
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_equals_uninterrupted(runs):
-    assert runs["kill_rc"] == -signal.SIGKILL, "the run finished before it could be killed"
-    assert runs["at_kill"]["trainer"]["iteration"] < RUN["num_iterations"]
-    out = runs["resume"].stdout + runs["resume"].stderr
-    assert "Resuming from" in out
-    full, resumed = _load(runs["full"]), _load(runs["killed"])
-    case = unittest.TestCase()
-    for key in STATE_KEYS:
-        assert_state_equal(case, resumed[key], full[key], key)
-    best_full = _load(runs["full"], "model.pt")
-    for name, t in _load(runs["killed"], "model.pt")["model"].items():  # the best model equals the uninterrupted one's
-        torch.testing.assert_close(t, best_full["model"][name], rtol=0, atol=0)
+class TestTrainingUnderFaults(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.runs = _runs(cls._tmp.name)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._tmp.cleanup()
+
+    def test_sigkill_then_rerun_equals_uninterrupted(self):
+        runs = self.runs
+        self.assertEqual(runs["kill_rc"], -signal.SIGKILL, "the run finished before it could be killed")
+        self.assertLess(runs["at_kill"]["trainer"]["iteration"], RUN["num_iterations"])
+        out = runs["resume"].stdout + runs["resume"].stderr
+        self.assertIn("Resuming from", out)
+        full, resumed = _load(runs["full"]), _load(runs["killed"])
+        for key in STATE_KEYS:
+            assert_state_equal(self, resumed[key], full[key], key)
+        best_full = _load(runs["full"], "model.pt")
+        for name, t in _load(runs["killed"], "model.pt")["model"].items():  # the best model equals the uninterrupted
+            torch.testing.assert_close(t, best_full["model"][name], rtol=0, atol=0)
+
+    def test_non_finite_loss_stops_naming_iteration_and_sources(self):
+        runs = self.runs
+        proc = runs["nan_proc"]
+        self.assertNotEqual(proc.returncode, 0)
+        err = proc.stderr
+        line = next((x for x in err.splitlines() if x.startswith("FloatingPointError")), "")
+        match = re.search(r"non-finite training loss \(nan\) at iteration (\d+) ", line)
+        self.assertTrue(match, err[-3000:])
+        self.assertIn("_label.nii.gz", line)  # the batch's source files are named
+        self.assertIn(runs["root"], line)
+        failed = int(match.group(1))
+        # nothing corrupt saved: the last checkpoint is a finite one from before the failure, no partial or temp file
+        latest = _load(runs["nan"])
+        self.assertGreaterEqual(latest["trainer"]["iteration"], 2)
+        self.assertLess(latest["trainer"]["iteration"], failed)
+        for part in ("network", "loss"):
+            for name, t in latest[part].items():
+                self.assertTrue(torch.isfinite(t).all(), (part, name))
+        for name, t in _load(runs["nan"], "model.pt").items():
+            self.assertTrue(torch.isfinite(t).all(), name)
+        self.assertEqual(sorted(os.listdir(os.path.join(runs["nan"], "models"))), ["latest.pt", "model.pt"])
+
+    def test_training_and_evaluation_never_modify_inputs(self):
+        self.assertEqual(self.runs["after"], self.runs["before"])  # after 4 training runs (one killed) and one eval
+        self.assertFalse(self.runs["models_changed"])  # evaluation only reads the checkpoint
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_naming_iteration_and_sources(runs):
-    proc = runs["nan_proc"]
-    assert proc.returncode != 0
-    err = proc.stderr
-    line = next((x for x in err.splitlines() if x.startswith("FloatingPointError")), "")
-    match = re.search(r"non-finite training loss \(nan\) at iteration (\d+) ", line)
-    assert match, err[-3000:]
-    assert "_label.nii.gz" in line and runs["root"] in line, line  # the batch's source files are named
-    failed = int(match.group(1))
-    # nothing corrupt saved: the last checkpoint is a finite one from before the failure, no partial or temp file
-    latest = _load(runs["nan"])
-    assert 2 <= latest["trainer"]["iteration"] < failed, (latest["trainer"]["iteration"], failed)
-    for part in ("network", "loss"):
-        for name, t in latest[part].items():
-            assert torch.isfinite(t).all(), (part, name)
-    for name, t in _load(runs["nan"], "model.pt").items():
-        assert torch.isfinite(t).all(), name
-    assert sorted(os.listdir(os.path.join(runs["nan"], "models"))) == ["latest.pt", "model.pt"]
+class TestBadScan(unittest.TestCase):
+    def test_bad_scan_in_training_names_it(self):
+        """A NaN voxel in a training input: the CLI stops with the file and the problem in the message."""
+        import nibabel as nib
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = os.path.join(tmp, "data")
+            make_dataset(root)
+            bad = os.path.join(root, "PET", "training_1_image.nii.gz")
+            arr = np.asarray(nib.load(bad).dataobj, dtype=np.float32)
+            arr[10, 10, 1] = np.nan
+            nib.save(nib.Nifti1Image(arr, np.eye(4)), bad)
+            before = tree_hashes(root, metadata=True)
+            tiny = os.path.join(tmp, "tiny.json")
+            _write_json(tiny, {**RUN, "num_iterations": 2})
+            proc = _run(_cmd(root, os.path.join(tmp, "out"), tiny))
+            self.assertNotEqual(proc.returncode, 0)
+            # refused by the reading layer when the slice is read (the same message as the validator's and
+            # inference's)
+            self.assertIn(f"{bad}: non-finite values (NaN or inf) in the image", proc.stderr, proc.stderr[-3000:])
+            self.assertEqual(tree_hashes(root, metadata=True), before)
+            self.assertFalse(os.path.exists(os.path.join(tmp, "out", "models", "latest.pt")))
 
 
-@pytest.mark.slow
-def test_training_and_evaluation_never_modify_inputs(runs):
-    assert runs["after"] == runs["before"]  # after 4 training runs (one killed) and one evaluation
-    assert not runs["models_changed"]  # evaluation only reads the checkpoint
-
-
-@pytest.mark.slow
-def test_bad_scan_in_training_names_it(tmp_path):
-    """A NaN voxel in a training input: the CLI stops with the file and the problem in the message."""
-    import nibabel as nib
-
-    root = str(tmp_path / "data")
-    make_dataset(root)
-    bad = os.path.join(root, "PET", "training_1_image.nii.gz")
-    arr = np.asarray(nib.load(bad).dataobj, dtype=np.float32)
-    arr[10, 10, 1] = np.nan
-    nib.save(nib.Nifti1Image(arr, np.eye(4)), bad)
-    before = tree_hashes(root, metadata=True)
-    tiny = str(tmp_path / "tiny.json")
-    json.dump({**RUN, "num_iterations": 2}, open(tiny, "w"))
-    proc = _run(_cmd(root, str(tmp_path / "out"), tiny))
-    assert proc.returncode != 0
-    # refused by the reading layer when the slice is read (the same message as the validator's and inference's)
-    assert f"{bad}: non-finite values (NaN or inf) in the image" in proc.stderr, proc.stderr[-3000:]
-    assert tree_hashes(root, metadata=True) == before
-    assert not os.path.exists(tmp_path / "out" / "models" / "latest.pt")
+if __name__ == "__main__":
+    unittest.main()

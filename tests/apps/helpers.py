@@ -8,17 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.utils import cli_args, dicom_series_folder, tiny_overrides
+
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundle"
-TINY_ARGS = [
-    "--network_def#dim",
-    "8",
-    "--network_def#num_blocks",
-    "[1,1,1,1]",
-    "--network_def#num_refinement_blocks",
-    "1",
-]
-TINY_KW = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}
+# the tests' tiny network (tests/utils.py), train_patch_size as inference.json sets it
+TINY_ARGS = cli_args(tiny_overrides(patch=False))
+TINY_KW = {k.split("#", 1)[1]: v for k, v in tiny_overrides(patch=False).items()}
 
 
 def env_python(var: str, default: str) -> Path | None:
@@ -74,38 +70,30 @@ def run(cmd: list, cwd: Path, timeout: float = 600) -> subprocess.CompletedProce
 
 
 def write_ct_dicom_series(folder: Path, shape=(40, 48, 3)) -> np.ndarray:
-    """A CT series (uint16 stored, RescaleIntercept -1024) of the same phantom; returns HU values (rows, cols, n)."""
+    """A CT series (12-bit unsigned stored, RescaleIntercept -1024, 2.5 mm slices, dated today) of the same phantom
+    through tests/utils.py's one DICOM writer; returns HU values (rows, cols, n)."""
     import datetime
-
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     hu = np.rint(write_ct_nifti(folder.parent / ".phantom.nii.gz", shape))
     (folder.parent / ".phantom.nii.gz").unlink()
     hu = np.clip(hu, -1024, 3071)
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    for k in range(shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"slice{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.PatientName, ds.PatientID, ds.Modality = "Phantom^TAT", "TAT0001", "CT"
-        ds.StudyDate = ds.SeriesDate = datetime.date.today().strftime("%Y%m%d")
-        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing, ds.SliceThickness = [0.8, 0.8], 2.5
-        ds.Rows, ds.Columns = shape[0], shape[1]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-        ds.PixelData = (hu[..., k] + 1024).astype(np.uint16).tobytes()
-        ds.save_as(str(folder / f"slice{k:03d}.dcm"), enforce_file_format=True)
+    today = datetime.date.today().strftime("%Y%m%d")
+    dicom_series_folder(
+        str(folder),
+        (hu + 1024).astype(np.uint16),
+        positions=[2.5 * k for k in range(shape[2])],
+        spacing=(0.8, 0.8),
+        thickness=2.5,
+        bits_stored=12,
+        slope=1,
+        inter=-1024,
+        RescaleType="HU",
+        PatientName="Phantom^TAT",
+        PatientID="TAT0001",
+        StudyDate=today,
+        SeriesDate=today,
+        ImageType=["ORIGINAL", "PRIMARY", "AXIAL"],
+    )
     return hu.astype(np.float32)
 
 

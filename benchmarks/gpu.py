@@ -210,9 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["seconds"] = time.perf_counter() - start
     print(json.dumps({k: results[k] for k in ("date", "device", "seconds")}))
     if args.output:
-        from custom.io import write_text_atomic
+        from custom.io import write_json_atomic
 
-        write_text_atomic(args.output, json.dumps(results, indent=2))
+        write_json_atomic(args.output, results)
     return 0 if all(r["ok"] for r in results["agreement"]) else 1
 
 

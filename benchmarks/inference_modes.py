@@ -336,9 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run(args)
     print(markdown(results))
     if args.output:
-        from custom.io import write_text_atomic
+        from custom.io import write_json_atomic
 
-        write_text_atomic(args.output, json.dumps(results, indent=2))
+        write_json_atomic(args.output, results)
     return 0
 
 

@@ -8,7 +8,7 @@ See :mod:`custom.data.datalist` for the data set layout and the ``python -m cust
 from __future__ import annotations
 
 from custom.data.datalist import PATH_KEYS, SPLITS, build_datalist, load_datalist, validate_datalist
-from custom.data.readers import DicomReader, is_dicom, load_image, suv_factor
+from custom.data.readers import DicomReader, is_dicom, load_image
 from custom.data.sampler import TaskUniformBatchSampler, task_labels
 from custom.data.slicing import LoadSliced, expand_slices, load_slice, num_slices
 
@@ -21,7 +21,6 @@ __all__ = [
     "DicomReader",
     "is_dicom",
     "load_image",
-    "suv_factor",
     "TaskUniformBatchSampler",
     "task_labels",
     "LoadSliced",

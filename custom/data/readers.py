@@ -64,8 +64,6 @@ from pydicom.dataset import FileDataset
 __all__ = [
     "DICOM_TO_MODALITY",
     "PET_UNITS",
-    "suv_factor",
-    "missing_suv_tags",
     "pet_suv_factor",
     "pet_reference_time",
     "DicomReader",
@@ -75,14 +73,12 @@ __all__ = [
     "is_dicom",
     "is_nifti",
     "is_series_candidate",
-    "check_nifti_header",
     "clear_caches",
     "nifti_image",
     "nifti_source_meta",
     "verify_gzip",
     "read_dicom_header",
     "dicom_series",
-    "dicom_series_files",
     "modality_error",
     "load_image",
 ]
@@ -249,11 +245,6 @@ def nifti_image(path: str | os.PathLike, max_voxels: int = MAX_VOXELS, verify: b
     if verify and path.lower().endswith(".gz"):
         verify_gzip(path)
     return img
-
-
-def check_nifti_header(path: str | os.PathLike, max_voxels: int = MAX_VOXELS) -> tuple[int, ...]:
-    """Sanity-check a NIfTI header without reading the voxels (see :func:`nifti_image`); returns the shape."""
-    return tuple(int(s) for s in nifti_image(path, max_voxels, verify=False).shape)
 
 
 def nifti_source_meta(img: Any) -> dict[str, Any]:
@@ -525,16 +516,6 @@ def _suv(ds: Any, reference: tuple[_dt.datetime | None, list[str]] | None = None
     return weight * 1000.0 / factor_dose, []
 
 
-def suv_factor(ds: Any) -> float | None:
-    """Body-weight SUV scale factor of a PET dataset (module docstring), None when the tags do not allow it."""
-    return _suv(ds)[0]
-
-
-def missing_suv_tags(ds: Any) -> list[str]:
-    """The tags (or tag values) that prevent the SUV conversion of a PET dataset; empty when it is possible."""
-    return _suv(ds)[1]
-
-
 def pet_suv_factor(
     ds: Any, where: str, pet_units: str | None = None, reference: tuple[_dt.datetime | None, list[str]] | None = None
 ) -> float:
@@ -803,11 +784,6 @@ def dicom_series(source: str | os.PathLike | Sequence[str | os.PathLike], where:
     series = DicomSeries(where, tuple(f for f, _ in entries), tuple(ds for _, ds in entries), tuple(positions))
     _SERIES.put((where, key), series)
     return series
-
-
-def dicom_series_files(folder: str | os.PathLike) -> list[str]:
-    """Files of a DICOM series in slice order, after :func:`dicom_series`'s checks (headers only)."""
-    return list(dicom_series(folder).files)
 
 
 class DicomReader(PydicomReader):

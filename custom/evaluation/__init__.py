@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .panels import plot_task_panel
 from .report import RestorationReport, format_reference_table, format_summary_table, load_reference_results
-from .writers import summarize_scans, write_csv_atomic, write_text_atomic
+from .writers import summarize_scans, write_csv_atomic
 
 __all__ = [
     "RestorationReport",
@@ -14,5 +14,4 @@ __all__ = [
     "plot_task_panel",
     "summarize_scans",
     "write_csv_atomic",
-    "write_text_atomic",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from custom.io import write_text_atomic
 
-__all__ = ["write_text_atomic", "write_csv_atomic", "summarize_scans"]
+__all__ = ["write_csv_atomic", "summarize_scans"]
 
 
 def write_csv_atomic(path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:

@@ -10,7 +10,7 @@ from custom.inference.io import LoadScand, load_dicom_series, load_nifti
 from custom.inference.modes import INFERENCE_MODES, mode_inferer, network_window_mode
 from custom.inference.scans import find_scans
 from custom.inference.workflow import CatchFailures, RestorationEvaluator, first_item
-from custom.inference.writers import SaveRestoredd, cast_to_dtype, write_dicom_series, write_nifti
+from custom.inference.writers import SaveRestoredd, write_dicom_series, write_nifti
 
 __all__ = [
     "find_scans",
@@ -24,7 +24,6 @@ __all__ = [
     "SaveRestoredd",
     "write_nifti",
     "write_dicom_series",
-    "cast_to_dtype",
     "CatchFailures",
     "first_item",
     "RestorationEvaluator",

@@ -45,7 +45,6 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 
 __all__ = [
     "DERIVATION_DESCRIPTION",
-    "cast_to_dtype",
     "nifti_scaling",
     "write_nifti",
     "clean_dataset",
@@ -75,25 +74,6 @@ _PIXEL_TAGS = {
     0x00282000,  # ICCProfile
 }
 _SWAP_WIDTH = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
-
-
-def cast_to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast to ``dtype``: integers rounded and clipped to the type's range, floats cast directly.
-
-    Args:
-        values: array of any shape.
-        dtype: target type (its byte order is kept).
-
-    Returns:
-        the cast array, same shape.
-    """
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    if dtype == np.bool_:
-        return values > 0.5
-    return values.astype(dtype)
 
 
 def _check_destination(path: str, overwrite: bool) -> None:

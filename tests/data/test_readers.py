@@ -6,7 +6,8 @@ import unittest
 
 import numpy as np
 import pydicom
-from custom.data import DicomReader, load_image, suv_factor
+from custom.data import DicomReader, load_image
+from custom.data.readers import pet_suv_factor
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -60,14 +61,15 @@ class TestReaders(unittest.TestCase):
     def test_pet_suv_from_tags(self):
         ds = _pet_dataset()
         decayed = 3.7e8 * 2 ** (-3600.0 / 6586.2)
-        self.assertAlmostEqual(suv_factor(ds), 70.0 * 1000.0 / decayed, places=9)
-        self.assertIsNone(suv_factor(_pet_dataset(weight=0.0)))
+        self.assertAlmostEqual(pet_suv_factor(ds, "pet.dcm"), 70.0 * 1000.0 / decayed, places=9)
+        with self.assertRaisesRegex(ValueError, "pet.dcm"):
+            pet_suv_factor(_pet_dataset(weight=0.0), "pet.dcm")
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "pet.dcm")
             ds.save_as(path)
             raw = load_image(path, dicom_suv=False).numpy()
             suv = load_image(path)
-            np.testing.assert_allclose(suv.numpy(), raw * suv_factor(ds), rtol=1e-5)
+            np.testing.assert_allclose(suv.numpy(), raw * pet_suv_factor(ds, path), rtol=1e-5)
             self.assertEqual(suv.meta["modality"], "PET")
 
     def test_modality_in_meta(self):

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from custom.networks.blocks.dynamic_conv import DepthwiseConv
 from custom.networks.blocks.local_windows import blend_weights, window_starts, window_tiles
+from custom.networks.blocks.pointwise import pointwise_conv
 from monai.networks.layers.factories import Conv
 
 __all__ = ["ChannelAttention", "channel_attention", "WINDOW_MODES", "check_window_mode"]
@@ -35,14 +36,6 @@ def _over_axis(x: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor
     return (x.movedim(axis, -1) @ matrix).movedim(-1, axis)
 
 
-def _concat_tiles(tiles: list[torch.Tensor], grid: Sequence[int]) -> torch.Tensor:
-    """Reassemble ``(B, *tile, C)`` pieces listed row-major over ``grid`` into ``(B, *spatial, C)``."""
-    for axis in reversed(range(len(grid))):
-        n = grid[axis]
-        tiles = [torch.cat(tiles[i : i + n], dim=1 + axis) for i in range(0, len(tiles), n)]
-    return tiles[0]
-
-
 def channel_attention(
     qkv: torch.Tensor,
     num_heads: int,
@@ -50,6 +43,8 @@ def channel_attention(
     window: Sequence[int] | None = None,
     blend: bool = False,
     sigma_scale: float = 0.125,
+    project: torch.Tensor | None = None,
+    project_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Transposed (channel) self-attention of each sample, globally or in overlapping local windows.
 
@@ -66,6 +61,11 @@ def channel_attention(
     to the Gram matrix (``A_ij = G_ij / (|q_i| |k_j|)``, norms clamped at 1e-12 as in ``F.normalize``).
     Works on the channels-last view, so a channels-last input needs no layout copies for global attention.
 
+    With ``project`` (the 1x1 output conv ``W`` of the attention block), the output is ``W (A v)`` per voxel,
+    computed as ``(W blockdiag(A)) v``: the ``(C_out, C)`` product is formed once per tile, so v is multiplied
+    once per voxel (one GEMM instead of the per-head products and the output conv) and the per-head output is
+    never written.
+
     With ``blend=True`` the windows' attention matrices (the same per-window statistics) are mixed per voxel
     with the smooth weights of :func:`~custom.networks.blocks.local_windows.blend_weights` instead of the
     equal-weight mean: ``out(p) = sum_w beta_w(p) A_w v(p)``, with ``beta_w`` falling to 0 at window ``w``'s
@@ -78,9 +78,11 @@ def channel_attention(
         window: window length per spatial axis, or ``None`` for global attention.
         blend: smooth blending of the windows (see above) instead of the published mean.
         sigma_scale: width of the blending weights as a fraction of the window length.
+        project: ``(C_out, C)`` matrix applied at every voxel after the attention, or ``None``.
+        project_bias: ``(C_out,)`` added after ``project``, or ``None``.
 
     Returns:
-        ``(B, C, *spatial)``, channels-last in memory.
+        ``(B, C, *spatial)`` (``(B, C_out, *spatial)`` with ``project``), channels-last in memory.
 
     Raises:
         ValueError: ``window`` does not give one length per spatial axis.
@@ -96,40 +98,62 @@ def channel_attention(
     axes = [([(0, s)], [[1]]) for s in spatial] if window is None else list(map(window_tiles, spatial, window))
     grid = [len(tiles) for tiles, _ in axes]
     t = qkv.movedim(1, -1)  # (B, *S, 3C): a view, contiguous for channels-last input
-    parts, grams, q_sq, k_sq = [], [], [], []
+    regions, values, grams, squares = [], [], [], []
     for index in itertools.product(*(range(n) for n in grid)):
-        piece = t[(slice(None), *(slice(*axes[i][0][j]) for i, j in enumerate(index)))]  # (B, *tile, 3C)
-        u = piece.reshape(b, -1, 3, num_heads, dh)  # a copy only for a strict sub-tile
-        q, k, v = (u[:, :, i].transpose(1, 2) for i in range(3))  # each (B, h, P, C/h)
+        region = (slice(None), *(slice(*axes[i][0][j]) for i, j in enumerate(index)))
+        piece = t[region]  # (B, *tile, 3C)
+        flat = piece.reshape(b, -1, c3)  # (B, P, 3C): a copy only for a strict sub-tile
+        q = flat[..., :c].unflatten(-1, (num_heads, dh)).transpose(1, 2)  # (B, h, P, C/h), views
+        k = flat[..., c : 2 * c].unflatten(-1, (num_heads, dh)).transpose(1, 2)
         grams.append(q.transpose(-2, -1) @ k)  # (B, h, C/h, C/h)
-        q_sq.append(torch.linalg.vector_norm(q, dim=-2).square())  # (B, h, C/h), no squared copy of q
-        k_sq.append(torch.linalg.vector_norm(k, dim=-2).square())
-        parts.append((v, piece.shape[1:-1]))
+        # squared norms of every q and k channel: a sum over the voxel axis with the channels contiguous (vectorised);
+        # linalg.vector_norm over the strided voxel axis is several times slower on CPU
+        squares.append(flat[..., : 2 * c].square().sum(1))  # (B, 2C)
+        regions.append((region, piece.shape[1:-1]))
+        values.append(flat[..., 2 * c :])  # (B, P, C)
     gram = torch.stack(grams).reshape(*grid, b, num_heads, dh, dh)
-    q_norm = torch.stack(q_sq).reshape(*grid, b, num_heads, dh)
-    k_norm = torch.stack(k_sq).reshape(*grid, b, num_heads, dh)
+    norms = torch.stack(squares).reshape(*grid, b, 2, num_heads, dh)
     tile_mean = []
     for axis, (_, coverage) in enumerate(axes):  # per-tile sums -> per-window sums
         if len(coverage) == 1 and len(coverage[0]) == 1:
             tile_mean.append(None)
             continue
         cov = torch.tensor(coverage, dtype=gram.dtype, device=gram.device)  # (windows, tiles)
-        gram, q_norm, k_norm = (_over_axis(z, cov.T, axis) for z in (gram, q_norm, k_norm))
+        gram, norms = (_over_axis(z, cov.T, axis) for z in (gram, norms))
         tile_mean.append(cov / cov.sum(0))  # (windows, tiles): mean over the windows covering a tile
-    q_norm = q_norm.sqrt().clamp_min(1e-12)
-    k_norm = k_norm.sqrt().clamp_min(1e-12)
+    norms = norms.sqrt().clamp_min(1e-12)
+    q_norm, k_norm = norms.select(-3, 0), norms.select(-3, 1)
     attn = (gram / (q_norm[..., :, None] * k_norm[..., None, :]) * temperature).softmax(dim=-1)
     if blend and window is not None:
-        return _blend_windows(t[..., 2 * c :], attn, spatial, window, num_heads, sigma_scale)
+        out = _blend_windows(t[..., 2 * c :], attn, spatial, window, num_heads, sigma_scale)
+        return out if project is None else pointwise_conv(out, project, project_bias)
     for axis, mean in enumerate(tile_mean):  # per-window attention -> per-tile averaged attention
         if mean is not None:
             attn = _over_axis(attn, mean, axis)
-    attn = attn.reshape(-1, b, num_heads, dh, dh)
+    attn = attn.reshape(-1, b, num_heads, dh, dh)  # (tiles, B, h, C/h, C/h)
+    if project is None:  # block-diagonal A per tile: per-head products
+        matrices = None
+        c_out = c
+    else:  # (W blockdiag(A))[o, (head, j)] = sum_i W[o, (head, i)] A[head, i, j]
+        c_out = project.shape[0]
+        per_head = project.reshape(c_out, num_heads, dh).transpose(0, 1) @ attn  # (tiles, B, h, C_out, C/h)
+        matrices = per_head.permute(0, 1, 3, 2, 4).reshape(-1, b, c_out, c)  # (tiles, B, C_out, C)
     outs = []
-    for i, (v, tile_shape) in enumerate(parts):
-        out = v @ attn[i].transpose(-2, -1)  # (B, h, P, C/h)
-        outs.append(out.transpose(1, 2).reshape(b, *tile_shape, c))
-    return _concat_tiles(outs, grid).movedim(-1, 1)
+    for i, v in enumerate(values):
+        if matrices is None:
+            heads = v.unflatten(-1, (num_heads, dh)).transpose(1, 2)  # (B, h, P, C/h)
+            out = (heads @ attn[i].transpose(-2, -1)).transpose(1, 2).reshape(b, -1, c)
+        else:
+            out = v @ matrices[i].transpose(-2, -1)  # (B, P, C_out)
+        if project_bias is not None:
+            out = out + project_bias
+        outs.append(out)
+    if len(outs) == 1:
+        return outs[0].reshape(b, *regions[0][1], c_out).movedim(-1, 1)
+    full = outs[0].new_empty(b, *spatial, c_out)
+    for (region, tile_shape), out in zip(regions, outs):
+        full[region] = out.reshape(b, *tile_shape, c_out)
+    return full.movedim(-1, 1)
 
 
 def _blend_windows(
@@ -228,9 +252,12 @@ class ChannelAttention(nn.Module):
         Returns:
             ``(B, C, *spatial)``.
         """
-        qkv = self.qkv_dwconv(self.qkv(x), kernel)
+        qkv = self.qkv_dwconv(pointwise_conv(x, self.qkv.weight, self.qkv.bias), kernel)
         spatial = qkv.shape[2:]
         local = self.window is not None and self.window_mode != "global" and any(s > self.window for s in spatial)
         window = [self.window] * self.spatial_dims if local else None
         blend = self.window_mode == "blended"
-        return self.project_out(channel_attention(qkv, self.num_heads, self.temperature, window, blend))
+        project = self.project_out.weight.flatten(1)
+        return channel_attention(
+            qkv, self.num_heads, self.temperature, window, blend, 0.125, project, self.project_out.bias
+        )

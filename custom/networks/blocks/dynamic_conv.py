@@ -81,13 +81,18 @@ class DepthwiseConv(nn.Module):
         if self.gate is not None:
             nn.init.zeros_(self.gate)
 
-    def forward(self, x: torch.Tensor, generated: torch.Tensor | None = None) -> torch.Tensor:
-        """Convolve ``x`` of shape ``(B, C, *spatial)``.
+    def forward(
+        self, x: torch.Tensor, generated: torch.Tensor | None = None, part: slice | None = None
+    ) -> torch.Tensor:
+        """Convolve ``x`` of shape ``(B, C, *spatial)``, or of ``(B, len(part), *spatial)`` for a channel part.
 
         Args:
-            x: input features ``(B, C, *spatial)``.
-            generated: per-sample kernels ``(B, C, k, ..., k)``, only for a dynamic conv; ``None`` uses the
-                static kernel alone (equivalent to a zero gate).
+            x: input features ``(B, C, *spatial)`` (``C`` the channels of ``part`` when it is given).
+            generated: per-sample kernels ``(B, channels, k, ..., k)`` for all ``channels`` of this conv, only for a
+                dynamic conv; ``None`` uses the static kernel alone (equivalent to a zero gate).
+            part: a contiguous range of this conv's channels (``slice(start, stop)``): ``x`` holds only those and
+                only their kernels are applied, so a conv can run on channel groups kept in separate tensors
+                (the gated feed-forward's two halves). ``None``: all channels.
 
         Returns:
             ``(B, C, *spatial)``.
@@ -97,39 +102,46 @@ class DepthwiseConv(nn.Module):
         """
         conv = _CONV[self.spatial_dims - 1]
         pad = self.kernel_size // 2
+        part = slice(0, self.channels) if part is None else part
+        weight = self.weight[part]
+        channels = weight.shape[0]
         if generated is None:
-            return conv(x, self.weight, self.bias, padding=pad, groups=self.channels)
+            bias = None if self.bias is None else self.bias[part]
+            return conv(x, weight, bias, padding=pad, groups=channels)
         if self.gate is None:
             raise ValueError("this depthwise conv is static: it takes no generated kernel.")
         b = x.shape[0]
         expected = (b, self.channels) + (self.kernel_size,) * self.spatial_dims
         if tuple(generated.shape) != expected:
             raise ValueError(f"generated kernel must have shape {expected}, got {tuple(generated.shape)}.")
+        generated = generated[:, part]
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
-            return self._shifted_taps(x, generated)
-        gate = self.gate.reshape((1, -1) + (1,) * (self.spatial_dims + 1))
-        kernel = self.weight.unsqueeze(0) + gate * generated.unsqueeze(2)  # (B, C, 1, k, ..., k)
-        kernel = kernel.reshape(b * self.channels, 1, *kernel.shape[3:])
+            return self._shifted_taps(x, generated, part)
+        gate = self.gate[part].reshape((1, -1) + (1,) * (self.spatial_dims + 1))
+        kernel = weight.unsqueeze(0) + gate * generated.unsqueeze(2)  # (B, C, 1, k, ..., k)
+        kernel = kernel.reshape(b * channels, 1, *kernel.shape[3:])
         # Fold the batch into the channels, (B, C, *S) -> (1, B*C, *S), keeping the channels-last layout
         # (much faster depthwise kernels on CPU): channels-last memory is (B, *S, C) -> (*S, B, C).
         if b == 1:  # one sample: a plain depthwise conv with its kernel, in the input's layout
-            return conv(x, kernel, padding=pad, groups=self.channels)
+            return conv(x, kernel, padding=pad, groups=channels)
         d = self.spatial_dims
-        folded = x.permute(*range(2, d + 2), 0, 1).reshape(*x.shape[2:], b * self.channels)  # (*S, B*C)
-        out = conv(folded.permute(d, *range(d)).unsqueeze(0), kernel, padding=pad, groups=b * self.channels)
-        out = out[0].permute(*range(1, d + 1), 0).reshape(*x.shape[2:], b, self.channels)  # (*S, B, C)
+        folded = x.permute(*range(2, d + 2), 0, 1).reshape(*x.shape[2:], b * channels)  # (*S, B*C)
+        out = conv(folded.permute(d, *range(d)).unsqueeze(0), kernel, padding=pad, groups=b * channels)
+        out = out[0].permute(*range(1, d + 1), 0).reshape(*x.shape[2:], b, channels)  # (*S, B, C)
         return out.permute(d, d + 1, *range(d))
 
-    def _shifted_taps(self, x: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    def _shifted_taps(self, x: torch.Tensor, generated: torch.Tensor, part: slice | None = None) -> torch.Tensor:
         """The same per-sample convolution as a sum of ``k**d`` shifted, per-sample-weighted copies of ``x``.
 
         Slower than the grouped conv, but it never folds the batch size into a shape, so a traced or exported
         graph stays valid for any batch size (used only while tracing or exporting: ONNX, ``torch.export``).
+        ``generated`` holds the kernels of the channels ``part`` (all of them for ``None``) only.
         """
         d = self.spatial_dims
         pad = self.kernel_size // 2
-        gate = self.gate.reshape((1, -1) + (1,) * d)  # type: ignore[union-attr]
-        taps = self.weight[:, 0].unsqueeze(0) + gate * generated  # (B, C, k, ..., k)
+        part = slice(0, self.channels) if part is None else part
+        gate = self.gate[part].reshape((1, -1) + (1,) * d)  # type: ignore[index]
+        taps = self.weight[part, 0].unsqueeze(0) + gate * generated  # (B, C, k, ..., k)
         padded = F.pad(x, (pad, pad) * d)
         spatial = x.shape[2:]
         out = torch.zeros_like(x)

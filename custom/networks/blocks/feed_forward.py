@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from custom.networks.blocks.dynamic_conv import DepthwiseConv
+from custom.networks.blocks.pointwise import pointwise_conv
 from monai.networks.layers.factories import Conv
 
 __all__ = ["GatedFeedForward", "ffn_hidden_channels"]
@@ -52,10 +53,16 @@ class GatedFeedForward(nn.Module):
         Returns:
             ``(B, C, *spatial)``.
         """
-        x1, x2 = self.dwconv(self.project_in(x), kernel).chunk(2, dim=1)
-        gated = F.gelu(x1)
-        if gated.requires_grad or x2.requires_grad:
-            gated = gated * x2
-        else:  # no graph to keep (inference): multiply in place, one hidden-size map less to allocate and write
-            gated.mul_(x2)
-        return self.project_out(gated)
+        hidden = self.project_out.in_channels
+        # the two halves are computed as separate tensors (1x1 conv rows and depthwise kernels split): each is then
+        # contiguous, and the GELU and the product run vectorised over whole maps; a channel half of one
+        # channels-last tensor is strided, and the GELU on it is several times slower on CPU
+        x1, x2 = (
+            self.dwconv(pointwise_conv(x, self.project_in.weight, self.project_in.bias, part), kernel, part)
+            for part in (slice(0, hidden), slice(hidden, 2 * hidden))
+        )
+        if x1.requires_grad or x2.requires_grad:
+            gated = F.gelu(x1) * x2
+        else:  # no graph to keep (inference): in place, two hidden-size maps less to allocate and write
+            gated = torch.ops.aten.gelu_(x1).mul_(x2)
+        return pointwise_conv(gated, self.project_out.weight, self.project_out.bias)

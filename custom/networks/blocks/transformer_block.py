@@ -61,5 +61,16 @@ class TransformerBlock(nn.Module):
         """
         attn_kernel = None if kernels is None else kernels.attn
         ffn_kernel = None if kernels is None else kernels.ffn
-        x = x + self.attn(self.norm1(x), attn_kernel)
-        return x + self.ffn(self.norm2(x), ffn_kernel)
+        x = _residual(x, self.attn(self.norm1(x), attn_kernel))
+        return _residual(x, self.ffn(self.norm2(x), ffn_kernel))
+
+
+def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """``x + branch``; without a graph to keep, added into ``branch`` (a fresh tensor here), so nothing is allocated.
+
+    In place only where that gives the same tensor: same shape, and ``branch`` already of the result's dtype (under
+    bf16 autocast the branch is bf16 and the sum float32).
+    """
+    if x.requires_grad or branch.requires_grad or x.shape != branch.shape or branch.dtype != x.dtype:
+        return x + branch
+    return branch.add_(x)

@@ -1,0 +1,145 @@
+"""The inference fast paths equal the plain definitions: 1x1 convs as GEMMs, channel parts of the depthwise conv,
+the output conv folded into the attention matrices, and the in-place (no-graph) branches of the blocks."""
+
+from __future__ import annotations
+
+import unittest
+
+import torch
+import torch.nn.functional as F
+from custom.networks.blocks import ChannelAttention, DepthwiseConv, GatedFeedForward, TransformerBlock
+from custom.networks.blocks.attention import channel_attention
+from custom.networks.blocks.pointwise import pointwise_conv
+from custom.networks.blocks.transformer_block import _residual
+from parameterized import parameterized
+
+
+def _randomise(module: torch.nn.Module) -> None:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.uniform_(-0.5, 0.5)
+
+
+class TestPointwise(unittest.TestCase):
+    @parameterized.expand([(True,), (False,)])
+    def test_equals_conv(self, channels_last):
+        torch.manual_seed(0)
+        x = torch.randn(2, 6, 5, 7)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        w, b = torch.randn(9, 6, 1, 1), torch.randn(9)
+        out = pointwise_conv(x, w, b)
+        torch.testing.assert_close(out, F.conv2d(x, w, b), rtol=1e-5, atol=1e-5)
+        self.assertTrue(out.is_contiguous(memory_format=torch.channels_last))
+        part = pointwise_conv(x, w, b, slice(2, 5))
+        torch.testing.assert_close(part, F.conv2d(x, w, b)[:, 2:5], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pointwise_conv(x, w.flatten(1)), F.conv2d(x, w), rtol=1e-5, atol=1e-5)
+
+
+class TestDepthwiseParts(unittest.TestCase):
+    @parameterized.expand([(1, False), (3, False), (1, True), (3, True)])
+    def test_part_equals_channels_of_whole(self, batch, dynamic):
+        conv = DepthwiseConv(10, dynamic=dynamic, bias=not dynamic)
+        _randomise(conv)
+        x = torch.randn(batch, 10, 6, 7).contiguous(memory_format=torch.channels_last)
+        gen = torch.randn(batch, 10, 3, 3) if dynamic else None
+        whole = conv(x, gen)
+        for part in (slice(0, 4), slice(4, 10)):
+            torch.testing.assert_close(conv(x[:, part], gen, part), whole[:, part], rtol=1e-5, atol=1e-5)
+            if dynamic:
+                torch.testing.assert_close(conv._shifted_taps(x[:, part], gen[:, part], part), whole[:, part])
+
+    def test_generated_shape_checked_against_all_channels(self):
+        conv = DepthwiseConv(10, dynamic=True)
+        with self.assertRaises(ValueError):
+            conv(torch.randn(1, 4, 5, 5), torch.randn(1, 4, 3, 3), slice(0, 4))
+
+
+def _plain_attention_block(a: ChannelAttention, x: torch.Tensor, kernel, window) -> torch.Tensor:
+    qkv = a.qkv_dwconv(F.conv2d(x, a.qkv.weight, a.qkv.bias), kernel)
+    return F.conv2d(
+        channel_attention(qkv, a.num_heads, a.temperature, window), a.project_out.weight, a.project_out.bias
+    )
+
+
+class TestFoldedProjection(unittest.TestCase):
+    @parameterized.expand([(None, 1), (None, 3), ((10, 10), 1), ((10, 10), 3), ((10, 20), 2)])
+    def test_equals_projection_after_attention(self, window, heads):
+        torch.manual_seed(1)
+        qkv = torch.randn(2, 18, 14, 20).contiguous(memory_format=torch.channels_last)
+        t = torch.rand(heads, 1, 1) + 0.5
+        w, b = torch.randn(5, 6), torch.randn(5)
+        expected = torch.einsum("oc,bchw->bohw", w, channel_attention(qkv, heads, t, window)) + b[:, None, None]
+        got = channel_attention(qkv, heads, t, window, project=w, project_bias=b)
+        self.assertEqual(tuple(got.shape), (2, 5, 14, 20))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    @parameterized.expand([("published",), ("blended",), ("global",)])
+    def test_module_equals_plain_convs(self, mode):
+        a = ChannelAttention(12, 3, bias=True, train_size=8, window_mode=mode)
+        _randomise(a)
+        x = torch.randn(2, 12, 18, 15)
+        blend = mode == "blended"
+        qkv = a.qkv_dwconv(F.conv2d(x, a.qkv.weight, a.qkv.bias))
+        window = None if mode == "global" else [12, 12]
+        plain = F.conv2d(
+            channel_attention(qkv, 3, a.temperature, window, blend), a.project_out.weight, a.project_out.bias
+        )
+        torch.testing.assert_close(a(x), plain, rtol=1e-5, atol=1e-5)
+
+    def test_gradients_match_plain(self):
+        a = ChannelAttention(8, 2, dynamic=True, train_size=8)
+        _randomise(a)
+        x = torch.randn(1, 8, 14, 14, requires_grad=True)
+        kernel = torch.randn(1, 24, 3, 3)
+        a(x, kernel).square().sum().backward()
+        fast = [p.grad.clone() for p in a.parameters()] + [x.grad.clone()]
+        a.zero_grad()
+        x.grad = None
+        _plain_attention_block(a, x, kernel, [12, 12]).square().sum().backward()
+        for g, p in zip(fast, [p.grad for p in a.parameters()] + [x.grad]):
+            torch.testing.assert_close(g, p, rtol=1e-4, atol=1e-4)
+
+
+class TestInPlaceBranches(unittest.TestCase):
+    def test_feed_forward_without_graph_equals_with(self):
+        f = GatedFeedForward(8, 2.66, bias=True)
+        _randomise(f)
+        x = torch.randn(2, 8, 6, 6)
+        with torch.no_grad():
+            fast = f(x)
+        torch.testing.assert_close(fast, f(x).detach())
+        x1, x2 = f.dwconv(F.conv2d(x, f.project_in.weight, f.project_in.bias)).chunk(2, 1)
+        plain = F.conv2d(F.gelu(x1) * x2, f.project_out.weight, f.project_out.bias)
+        torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
+
+    def test_block_without_graph_equals_with_and_keeps_input(self):
+        blk = TransformerBlock(8, 2, dynamic=True, train_size=4)
+        _randomise(blk)
+        x = torch.randn(1, 8, 9, 9)
+        before = x.clone()
+        with torch.no_grad():
+            fast = blk(x)
+        torch.testing.assert_close(x, before, rtol=0, atol=0)  # the input is never modified
+        torch.testing.assert_close(fast, blk(x).detach())
+
+    def test_residual(self):
+        x, branch = torch.randn(3, 4), torch.randn(3, 4)
+        expected = x + branch
+        self.assertIs(_residual(x, branch), branch)  # in place: no graph to keep
+        torch.testing.assert_close(branch, expected)
+        low = torch.randn(3, 4).bfloat16()
+        out = _residual(x, low)  # a bf16 branch (autocast) is added into a new float32 tensor
+        self.assertEqual(out.dtype, torch.float32)
+        self.assertIsNot(out, low)
+        grad = torch.randn(3, 4, requires_grad=True)
+        out = _residual(grad, branch)
+        self.assertIsNot(out, branch)
+        self.assertTrue(out.requires_grad)
+        wide = torch.randn(1, 4)
+        self.assertEqual(tuple(_residual(torch.randn(3, 4), wide).shape), (3, 4))  # broadcast: not in place
+
+
+if __name__ == "__main__":
+    unittest.main()

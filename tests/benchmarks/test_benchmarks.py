@@ -99,5 +99,71 @@ class TestGPUBenchmark(unittest.TestCase):
         self.assertEqual(bench.main(["--device", "cuda:0"]), 2)
 
 
+class TestPublishedSpeedBenchmark(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.bench = _load("published_speed")
+
+    def test_ours_only_without_reference(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "speed.json")
+            threads = torch.get_num_threads()
+            try:
+                rc = self.bench.main(["--sizes", "16", "24", "--rounds", "2", "--threads", "1", "--output", out])
+            finally:
+                torch.set_num_threads(threads)
+            with open(out, encoding="utf-8") as f:
+                results = json.load(f)
+        self.assertEqual(rc, 0)
+        self.assertEqual(results["threads"], 1)
+        self.assertIsNone(results["reference"])
+        self.assertEqual([r["size"] for r in results["rows"]], [16, 24])
+        for r in results["rows"]:
+            self.assertEqual(len(r["ours"]["seconds"]), 2)
+            self.assertGreater(r["ours"]["median"], 0)
+            self.assertIsNone(r["reference"])
+            self.assertIsNone(r["speedup"])
+
+    def test_alternates_and_compares(self):
+        calls = []
+
+        def ours(x):
+            calls.append("ours")
+            return x * 2
+
+        def reference(x):
+            calls.append("reference")
+            return x * 2 + 0.25
+
+        rows = self.bench.compare(ours, reference, [8], 3, lambda s: torch.ones(1, 1, s, s))
+        self.assertEqual(calls, ["ours", "reference"] + ["reference", "ours"] * 3)  # warm-up, then alternating
+        row = rows[0]
+        self.assertAlmostEqual(row["max_abs_diff"], 0.25)
+        self.assertEqual(len(row["reference"]["seconds"]), 3)
+        self.assertAlmostEqual(row["speedup"], row["reference"]["median"] / row["ours"]["median"])
+        self.assertLessEqual(row["speedup_min"], row["speedup_max"])
+
+    def test_fill_is_deterministic_and_exercises_gates(self):
+        state = {"a.lambda_dw": torch.zeros(1, 4, 1, 1, 1), "b.weight": torch.zeros(3), "c.weight": torch.zeros(2, 3)}
+        first, second = self.bench.fill(state), self.bench.fill(state)
+        for key in state:
+            torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+            self.assertEqual(first[key].shape, state[key].shape)
+        self.assertTrue(torch.all(first["a.lambda_dw"] != 0))  # gates open: the generated kernels matter
+        self.assertTrue(torch.all((first["b.weight"] - 1).abs() <= 0.1))  # layer-norm scales near 1
+        self.assertLessEqual(first["c.weight"].abs().max().item(), 1.0)  # sqrt(3 / fan_in 3) = 1
+
+    def test_bad_reference(self):
+        self.assertEqual(self.bench.main(["--reference", os.path.join(REPO, "no_such_TAT.py")]), 2)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "TAT.py")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("import torch\nclass Other(torch.nn.Module):\n    pass\n")
+            with self.assertRaisesRegex(ValueError, "defines no TAT"):
+                self.bench.load_reference(path)
+        with self.assertRaises(SystemExit):
+            self.bench.parse_args(["--rounds", "0"])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -19,13 +19,7 @@ import pytest
 import torch
 from parameterized import parameterized
 
-from tests.utils import (
-    CONFIGS,
-    ENV,
-    LOGGING,
-    META,
-    REPO,
-)
+from tests.utils import CONFIGS, ENV, LOGGING, META, REPO
 from tests.utils import TINY as TINY_NET
 from tests.utils import TINY_TRAINING, TINY_TREN, TRAIN_CONFIG, assert_state_equal, make_dataset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from custom.networks.blocks.dynamic_conv import DepthwiseConv
+from custom.networks.blocks.dynamic_conv import DepthwiseConv, _zero_padded
 from custom.networks.blocks.pointwise import pointwise_conv
 from monai.networks.layers.factories import Conv
 
@@ -56,13 +56,21 @@ class GatedFeedForward(nn.Module):
         hidden = self.project_out.in_channels
         # the two halves are computed as separate tensors (1x1 conv rows and depthwise kernels split): each is then
         # contiguous, and the GELU and the product run vectorised over whole maps; a channel half of one
-        # channels-last tensor is strided, and the GELU on it is several times slower on CPU
-        x1, x2 = (
-            self.dwconv(pointwise_conv(x, self.project_in.weight, self.project_in.bias, part), kernel, part)
-            for part in (slice(0, hidden), slice(hidden, 2 * hidden))
-        )
+        # channels-last tensor is strided, and the GELU on it is several times slower on CPU. Each half is padded
+        # with zero channels to a multiple of 16 (published widths are odd: 127, 255, ...), where the GEMM and
+        # depthwise kernels are faster; the padded channels are exactly 0 and meet zero columns of project_out.
+        pad = (-hidden) % 16
+        w_in = self.project_in.weight.flatten(1)
+        b_in = self.project_in.bias
+        halves = []
+        for part in (slice(0, hidden), slice(hidden, 2 * hidden)):
+            w = _zero_padded(w_in[part], pad)
+            b = None if b_in is None else _zero_padded(b_in[part], pad)
+            halves.append(self.dwconv(pointwise_conv(x, w, b), kernel, part, pad))
+        x1, x2 = halves
         if x1.requires_grad or x2.requires_grad:
             gated = F.gelu(x1) * x2
         else:  # no graph to keep (inference): in place, two hidden-size maps less to allocate and write
             gated = torch.ops.aten.gelu_(x1).mul_(x2)
-        return pointwise_conv(gated, self.project_out.weight, self.project_out.bias)
+        w_out = _zero_padded(self.project_out.weight.flatten(1), pad, 1)
+        return pointwise_conv(gated, w_out, self.project_out.bias)

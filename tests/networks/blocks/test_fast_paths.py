@@ -50,6 +50,25 @@ class TestDepthwiseParts(unittest.TestCase):
             if dynamic:
                 torch.testing.assert_close(conv._shifted_taps(x[:, part], gen[:, part], part), whole[:, part])
 
+    @parameterized.expand([(1,), (3,)])
+    def test_zero_padded_channels(self, batch):
+        conv = DepthwiseConv(6, dynamic=True)
+        _randomise(conv)
+        x = torch.randn(batch, 6, 5, 5)
+        gen = torch.randn(batch, 6, 3, 3)
+        padded = torch.cat([x[:, 2:5], torch.randn(batch, 2, 5, 5)], 1)  # 2 extra channels, any values
+        out = conv(padded, gen, slice(2, 5), pad=2)
+        self.assertEqual(tuple(out.shape), (batch, 5, 5, 5))
+        torch.testing.assert_close(out[:, :3], conv(x, gen)[:, 2:5], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[:, 3:], torch.zeros(batch, 2, 5, 5))  # zero kernels
+        static = DepthwiseConv(6, bias=True)
+        _randomise(static)
+        out = static(padded, None, slice(2, 5), pad=2)
+        torch.testing.assert_close(out[:, :3], static(x)[:, 2:5], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[:, 3:], torch.zeros(batch, 2, 5, 5))  # zero bias too
+        taps = conv._shifted_taps(padded, torch.cat([gen[:, 2:5], torch.zeros(batch, 2, 3, 3)], 1), slice(2, 5), 2)
+        torch.testing.assert_close(taps[:, :3], conv(x, gen)[:, 2:5], rtol=1e-5, atol=1e-5)
+
     def test_generated_shape_checked_against_all_channels(self):
         conv = DepthwiseConv(10, dynamic=True)
         with self.assertRaises(ValueError):

@@ -54,12 +54,33 @@ class GatedFeedForward(nn.Module):
             ``(B, C, *spatial)``.
         """
         hidden = self.project_out.in_channels
-        # the two halves are computed as separate tensors (1x1 conv rows and depthwise kernels split): each is then
-        # contiguous, and the GELU and the product run vectorised over whole maps; a channel half of one
-        # channels-last tensor is strided, and the GELU on it is several times slower on CPU. Each half is padded
-        # with zero channels to a multiple of 16 (published widths are odd: 127, 255, ...), where the GEMM and
-        # depthwise kernels are faster; the padded channels are exactly 0 and meet zero columns of project_out.
         pad = (-hidden) % 16
+        w_out = _zero_padded(self.project_out.weight.flatten(1), pad, 1)
+        rows = _strip_rows(x, hidden + pad)
+        if rows is None:
+            return pointwise_conv(self._gated(x, kernel, hidden, pad), w_out, self.project_out.bias)
+        # no graph and a large map: row strips (with the depthwise conv's halo rows), so that no hidden-size map of
+        # the whole image is allocated (large allocations are fresh pages from the OS each time: page faults cost
+        # about as much as the GEMMs at 256 x 256); the values are those of the whole-map path
+        halo = self.dwconv.kernel_size // 2
+        size = x.shape[2]
+        outs = []
+        for r0 in range(0, size, rows):
+            r1 = min(size, r0 + rows)
+            a0, a1 = max(0, r0 - halo), min(size, r1 + halo)
+            gated = self._gated(x[:, :, a0:a1], kernel, hidden, pad)[:, :, r0 - a0 : r1 - a0]
+            outs.append(pointwise_conv(gated, w_out, self.project_out.bias))
+        return torch.cat(outs, 2)
+
+    def _gated(self, x: torch.Tensor, kernel: torch.Tensor | None, hidden: int, pad: int) -> torch.Tensor:
+        """``gelu(x1) * x2`` of ``x`` ``(B, C, *S)``: ``(B, hidden + pad, *S)``, the last ``pad`` channels 0.
+
+        The two halves are computed as separate tensors (1x1 conv rows and depthwise kernels split): each is then
+        contiguous, and the GELU and the product run vectorised over whole maps; a channel half of one
+        channels-last tensor is strided, and the GELU on it is several times slower on CPU. Each half is padded
+        with zero channels to a multiple of 16 (published widths are odd: 127, 255, ...), where the GEMM and
+        depthwise kernels are faster; the padded channels are exactly 0 and meet zero columns of project_out.
+        """
         w_in = self.project_in.weight.flatten(1)
         b_in = self.project_in.bias
         halves = []
@@ -69,8 +90,21 @@ class GatedFeedForward(nn.Module):
             halves.append(self.dwconv(pointwise_conv(x, w, b), kernel, part, pad))
         x1, x2 = halves
         if x1.requires_grad or x2.requires_grad:
-            gated = F.gelu(x1) * x2
-        else:  # no graph to keep (inference): in place, two hidden-size maps less to allocate and write
-            gated = torch.ops.aten.gelu_(x1).mul_(x2)
-        w_out = _zero_padded(self.project_out.weight.flatten(1), pad, 1)
-        return pointwise_conv(gated, w_out, self.project_out.bias)
+            return F.gelu(x1) * x2
+        # no graph to keep (inference): in place, two hidden-size maps less to allocate and write
+        return torch.ops.aten.gelu_(x1).mul_(x2)
+
+
+STRIP_BYTES = 8 * 2**20
+"""Largest hidden map (one half, bytes) the feed-forward allocates without a graph; larger maps go in row strips."""
+
+
+def _strip_rows(x: torch.Tensor, channels: int) -> int | None:
+    """Rows per strip for a no-graph forward of ``x`` with ``channels`` hidden channels, ``None`` for the whole map."""
+    if x.requires_grad or torch.is_grad_enabled() or x.dim() < 3:
+        return None
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None
+    row_bytes = x[:, :1, :1].numel() * channels * x.element_size()
+    rows = max(4, STRIP_BYTES // max(row_bytes, 1))
+    return None if rows >= x.shape[2] else rows

@@ -4,10 +4,11 @@ the output conv folded into the attention matrices, and the in-place (no-graph) 
 from __future__ import annotations
 
 import unittest
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from custom.networks.blocks import ChannelAttention, DepthwiseConv, GatedFeedForward, TransformerBlock
+from custom.networks.blocks import ChannelAttention, DepthwiseConv, GatedFeedForward, TransformerBlock, feed_forward
 from custom.networks.blocks.attention import channel_attention
 from custom.networks.blocks.pointwise import pointwise_conv
 from custom.networks.blocks.transformer_block import _residual
@@ -132,6 +133,25 @@ class TestInPlaceBranches(unittest.TestCase):
         x1, x2 = f.dwconv(F.conv2d(x, f.project_in.weight, f.project_in.bias)).chunk(2, 1)
         plain = F.conv2d(F.gelu(x1) * x2, f.project_out.weight, f.project_out.bias)
         torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
+
+    @parameterized.expand([(1, False), (2, True)])
+    def test_feed_forward_row_strips_equal_whole_map(self, batch, dynamic):
+        f = GatedFeedForward(8, 2.66, dynamic=dynamic)
+        _randomise(f)
+        x = torch.randn(batch, 8, 30, 11).contiguous(memory_format=torch.channels_last)
+        kernel = torch.randn(batch, 42, 3, 3) if dynamic else None
+        whole = f(x, kernel).detach()  # with a graph: always the whole map
+        with torch.no_grad():
+            self.assertIsNone(feed_forward._strip_rows(x, 32))  # small map: one piece
+            with mock.patch.object(feed_forward, "STRIP_BYTES", batch * 11 * 32 * 4 * 5):
+                self.assertEqual(feed_forward._strip_rows(x, 32), 5)
+                strips = f(x, kernel)
+            with mock.patch.object(feed_forward, "STRIP_BYTES", 1):
+                self.assertEqual(feed_forward._strip_rows(x, 32), 4)  # at least 4 rows a strip
+                smallest = f(x, kernel)
+        torch.testing.assert_close(strips, whole, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(smallest, whole, rtol=1e-5, atol=1e-5)
+        self.assertTrue(strips.is_contiguous(memory_format=torch.channels_last))
 
     def test_block_without_graph_equals_with_and_keeps_input(self):
         blk = TransformerBlock(8, 2, dynamic=True, train_size=4)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import unittest
 
 import torch
@@ -16,10 +17,12 @@ from custom.handlers.task_statistics import (
     checkpoint_network,
     compute_task_statistics,
     load_task_statistics,
+    task_embeddings,
 )
 from custom.settings import load_modality_settings
 from custom.tools.task_statistics import main
 from ignite.engine import Engine
+from parameterized import parameterized
 
 from tests.utils import BUNDLE, TINY_OVERRIDES, make_task_dataset, tiny_net
 
@@ -145,3 +148,79 @@ class TestTaskStatistics(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def _hooked_embeddings(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the full forward pass feeds the task kernels (the task representation network's mlp output)."""
+    found: list[torch.Tensor] = []
+    handle = net.task_kernels.mlp.register_forward_hook(lambda m, a, out: found.append(out.detach()))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        handle.remove()
+    return torch.cat(found)
+
+
+class TestTaskEmbeddings(unittest.TestCase):
+    @parameterized.expand(
+        [
+            ("transposed_no_pad", True, (16, 16)),
+            ("transposed_reflect_pad", True, (20, 12)),
+            ("plain_reflect_pad", False, (12, 20)),
+            ("plain_replicate_pad", False, (4, 12)),
+            ("transposed_replicate_pad", True, (12, 4)),
+        ]
+    )
+    def test_embedding_is_what_the_forward_pass_uses(self, _, transpose_hw, size) -> None:
+        net = tiny_net(seed=3, transpose_hw=transpose_hw)
+        torch.manual_seed(0)
+        x = torch.rand(3, 1, *size)
+        z = task_embeddings(net, x, batch_size=2)
+        self.assertEqual(tuple(z.shape), (3, net.task_kernels.mlp[-2].out_features))
+        torch.testing.assert_close(z, _hooked_embeddings(net, x), rtol=1e-5, atol=1e-6)
+        # the slices are not interchangeable: each row is its own slice's embedding
+        self.assertGreater(float((z[0] - z[1]).abs().max()), 1e-6)
+
+    def test_refuses_networks_without_task_representation_and_bad_input(self) -> None:
+        with self.assertRaisesRegex(ValueError, "task_adaptive=False"):
+            task_embeddings(tiny_net(task_adaptive=False), torch.rand(1, 1, 16, 16))
+        with self.assertRaisesRegex(ValueError, "non-empty"):
+            task_embeddings(tiny_net(), torch.rand(0, 1, 16, 16))
+        with self.assertRaisesRegex(ValueError, "batch_size"):
+            task_embeddings(tiny_net(), torch.rand(1, 1, 16, 16), batch_size=0)
+
+    def test_concurrent_forwards_on_the_shared_network_are_not_disturbed(self) -> None:
+        net = tiny_net(seed=4)
+        x = torch.rand(2, 1, 16, 16)
+        with torch.no_grad():
+            expected_out = net(x)
+        expected_z = task_embeddings(net, x)
+        errors: list[BaseException] = []
+        wrong: list[str] = []
+
+        def embed() -> None:
+            for _ in range(20):
+                try:
+                    if not torch.allclose(task_embeddings(net, x), expected_z, atol=1e-6):
+                        wrong.append("embedding")
+                except BaseException as e:  # noqa: B036 (any failure of the thread is the test's result)
+                    errors.append(e)
+
+        def forward() -> None:
+            for _ in range(20):
+                try:
+                    with torch.no_grad():
+                        if not torch.allclose(net(x), expected_out, atol=1e-6):
+                            wrong.append("forward")
+                except BaseException as e:  # noqa: B036
+                    errors.append(e)
+
+        threads = [threading.Thread(target=embed), threading.Thread(target=forward)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        self.assertEqual(wrong, [])
+        self.assertEqual(dict(net.task_kernels.mlp._forward_hooks), {})  # no hook left on the shared network

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,10 +22,14 @@ import numpy as np
 import torch
 from custom.networks.checkpoint import load_checkpoint
 from custom.transforms import ModalityDenormalized, ModalityNormalized
+from custom.transforms.data_consistency import DC_MODES, as_flag
 
 __all__ = ["normalise", "denormalise", "restore", "Restorer"]
 
 logger = logging.getLogger(__name__)
+
+# a plain decimal number as text (``--conf kspace_factor 2``, env variables): nothing MONAI's parser would evaluate
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 def normalise(image: torch.Tensor, modality: str, settings: Mapping[str, Mapping[str, Any]]) -> torch.Tensor:
@@ -122,6 +129,10 @@ class Restorer:
 
     #: config ids an app may set per call (the rest of the config is fixed when the restorer is built)
     OPTIONS = ("data_consistency", "kspace_factor", "data_consistency_mode", "task_check", "difference_output")
+    #: the switches among :data:`OPTIONS` (true / false)
+    FLAGS = ("data_consistency", "task_check", "difference_output")
+    #: distinct option sets whose steps are kept (least recently used dropped first)
+    STEPS_CACHE_SIZE = 16
 
     def __init__(
         self,
@@ -138,7 +149,7 @@ class Restorer:
         self.device = torch.device(device)
         self._parser: Any = None  # the bundle config (from_bundle), source of the postprocessing steps
         self._defaults: dict[str, Any] = {}
-        self._steps: dict[str, list[Any]] = {}
+        self._steps: OrderedDict[str, list[Any]] = OrderedDict()
         self._task_check: Any = None
         self._lock = threading.Lock()
 
@@ -193,8 +204,53 @@ class Restorer:
         )
         parser["network"], parser["checkpoint"] = restorer.network, ckpt  # the steps use this network's weights
         restorer._parser = parser
-        restorer._defaults = {k: parser.get(k) for k in cls.OPTIONS if k in parser}
+        restorer._defaults = cls.check_options({k: parser.get(k) for k in cls.OPTIONS if k in parser})
         return restorer
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Validate and convert option values before they reach the bundle's config parser (which would evaluate a
+        ``$`` expression and follow ``@`` references): the switches to ``bool``, ``kspace_factor`` to a finite
+        ``float >= 1`` (the range ``DataConsistencyd`` accepts), ``data_consistency_mode`` one of ``DC_MODES``.
+
+        Args:
+            options: config ids of :data:`OPTIONS` -> values (switches: bool, 0/1 or true/false/yes/no/on/off text;
+                ``kspace_factor``: an int / float or a plain decimal number as text, not a bool).
+
+        Returns:
+            a new dict, same keys, converted values.
+
+        Raises:
+            ValueError: an option that is not one of :data:`OPTIONS`, or a value outside its choices (names the
+                option and what it accepts).
+        """
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown inference option(s) {unknown}; expected some of {list(cls.OPTIONS)}.")
+        out: dict[str, Any] = {}
+        for key, value in options.items():
+            if key in cls.FLAGS:
+                out[key] = as_flag(value, f"inference option {key}")
+            elif key == "kspace_factor":
+                factor = float("nan")
+                if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+                    factor = float(value)
+                elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+                    factor = float(value)
+                if not (math.isfinite(factor) and factor >= 1):
+                    raise ValueError(
+                        f"inference option kspace_factor must be >= 1 (a finite number: the per-axis k-space "
+                        f"truncation factor), got {value!r}."
+                    )
+                out[key] = factor
+            else:  # data_consistency_mode
+                if not (isinstance(value, str) and value in DC_MODES):
+                    raise ValueError(
+                        f"inference option data_consistency_mode must be one of {DC_MODES}, got {value!r}."
+                    )
+                out[key] = value
+        return out
 
     def steps(self, options: Mapping[str, Any] | None = None) -> list[Any]:
         """The config's ``postprocessing`` transforms with ``options`` over the config's values (built once per
@@ -208,18 +264,18 @@ class Restorer:
             the transforms in config order (empty for a restorer not built :meth:`from_bundle`).
 
         Raises:
-            ValueError: an option that is not one of :data:`OPTIONS`, or a value the config's transforms refuse.
+            ValueError: an option that is not one of :data:`OPTIONS`, or a value :meth:`check_options` or the
+                config's transforms refuse.
         """
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(self.OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown inference option(s) {unknown}; expected some of {list(self.OPTIONS)}.")
+        options = self.check_options(options)
         if self._parser is None:
             return []
         values = {**self._defaults, **options}
-        key = json.dumps(values, sort_keys=True, default=str)
+        key = json.dumps(values, sort_keys=True)
         with self._lock:
-            if key not in self._steps:
+            if key in self._steps:
+                self._steps.move_to_end(key)
+            else:
                 from custom.inference.task_check import TaskCheckd
 
                 for k, v in values.items():
@@ -241,6 +297,8 @@ class Restorer:
                             step.statistics()  # read (and warned about) once, here
                         steps[i] = self._task_check
                 self._steps[key] = steps
+                while len(self._steps) > self.STEPS_CACHE_SIZE:
+                    self._steps.popitem(last=False)
             return self._steps[key]
 
     @staticmethod

@@ -180,6 +180,125 @@ class TestRestorerFromBundle(unittest.TestCase):
                 Restorer.from_bundle(BUNDLE, checkpoint=os.path.join(d, "none.pt"), device="cpu")
 
 
+class TestRestorerOptions(unittest.TestCase):
+    """Per-call option values are checked and converted before they reach the bundle's ConfigParser."""
+
+    @classmethod
+    def setUpClass(cls):
+        overrides = {f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+        cls.tmp = tempfile.TemporaryDirectory()
+        save_identity_checkpoint(os.path.join(cls.tmp.name, "m.pt"))
+        cls.restorer = Restorer.from_bundle(
+            BUNDLE, checkpoint=os.path.join(cls.tmp.name, "m.pt"), overrides=overrides, device="cpu"
+        )
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def _by_name(self, options: dict) -> dict:
+        return {type(t).__name__: t for t in self.restorer.steps(options)}
+
+    @parameterized.expand(
+        [(f"{key}_{kind}", key, kind) for key in Restorer.OPTIONS for kind in ("expression", "reference", "macro")]
+    )
+    def test_config_syntax_is_refused_and_never_run(self, _, key, kind):
+        marker = os.path.join(self.tmp.name, f"pwned_{key}_{kind}")
+        valid = "'nonnegative'" if key == "data_consistency_mode" else "4" if key == "kspace_factor" else "True"
+        value = {
+            "expression": f"$open({marker!r}, 'w').write('x') and {valid}",
+            "reference": "@network_def",
+            "macro": "%configs/inference.json#kspace_factor",
+        }[kind]
+        for call in (Restorer.check_options, self.restorer.steps):
+            with self.assertRaisesRegex(ValueError, f"inference option {key} must"):
+                call({key: value})
+        self.assertFalse(os.path.exists(marker), "the option's expression was evaluated")
+        self.assertEqual(self._by_name({})["DataConsistencyd"].mode, "nonnegative")  # the parser holds no leftover
+
+    def test_valid_values_are_converted(self):
+        options = {
+            "data_consistency": "yes",
+            "kspace_factor": "2",
+            "data_consistency_mode": "real",
+            "task_check": 0,
+            "difference_output": np.bool_(True),
+        }
+        checked = Restorer.check_options(options)
+        self.assertEqual(
+            checked,
+            {
+                "data_consistency": True,
+                "kspace_factor": 2.0,
+                "data_consistency_mode": "real",
+                "task_check": False,
+                "difference_output": True,
+            },
+        )
+        self.assertEqual([type(checked[k]) for k in Restorer.OPTIONS], [bool, float, str, bool, bool])
+        self.assertEqual(options["kspace_factor"], "2")  # the input is not modified
+        steps = self._by_name(options)
+        self.assertTrue(steps["DataConsistencyd"].enabled)
+        self.assertEqual((steps["DataConsistencyd"].factor, steps["DataConsistencyd"].mode), (2.0, "real"))
+        self.assertFalse(steps["TaskCheckd"].enabled)
+        self.assertTrue(steps["SaveDifferenced"].enabled)
+
+    @parameterized.expand([("int", 1, 1.0), ("float", 2.5, 2.5), ("numpy", np.float32(3), 3.0), ("text", " 4e0 ", 4.0)])
+    def test_kspace_factor_accepted(self, _, value, expected):
+        self.assertEqual(Restorer.check_options({"kspace_factor": value}), {"kspace_factor": expected})
+
+    @parameterized.expand(
+        [
+            ("bool", True),
+            ("below_one", 0.5),
+            ("text_below_one", "0.99"),
+            ("inf", float("inf")),
+            ("nan", float("nan")),
+            ("text_inf", "inf"),
+            ("not_a_number", "2x"),
+            ("none", None),
+            ("list", [4]),
+        ]
+    )
+    def test_kspace_factor_refused(self, _, value):
+        with self.assertRaisesRegex(ValueError, "kspace_factor must be >= 1 .*finite number"):
+            Restorer.check_options({"kspace_factor": value})
+
+    @parameterized.expand([("upper", "REAL"), ("none", None), ("number", 1), ("padded", " real")])
+    def test_mode_refused_with_the_choices(self, _, value):
+        with self.assertRaisesRegex(ValueError, r"data_consistency_mode must be one of \('nonnegative', 'magnitude'"):
+            Restorer.check_options({"data_consistency_mode": value})
+
+    def test_flags_refused_with_the_choices(self):
+        for key in ("data_consistency", "task_check", "difference_output"):
+            with self.assertRaisesRegex(ValueError, f"inference option {key} must be true or false, got 'maybe'"):
+                Restorer.check_options({key: "maybe"})
+        with self.assertRaisesRegex(ValueError, "unknown inference option"):
+            Restorer.check_options({"network_def#dim": 16})
+
+    def test_bad_override_default_is_refused(self):
+        overrides = {f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+        with self.assertRaisesRegex(ValueError, "inference option task_check must be true or false"):
+            Restorer.from_bundle(
+                BUNDLE,
+                checkpoint=os.path.join(self.tmp.name, "m.pt"),
+                overrides={**overrides, "task_check": "sometimes"},
+                device="cpu",
+            )
+
+    def test_steps_cache_is_bounded_and_keyed_by_converted_values(self):
+        restorer = self.restorer
+        same = restorer.steps({"kspace_factor": 2})
+        self.assertIs(restorer.steps({"kspace_factor": "2.0"}), same)
+        self.assertIs(restorer.steps({"kspace_factor": np.int64(2), "task_check": "true"}), same)  # default: true
+        for i in range(Restorer.STEPS_CACHE_SIZE + 5):
+            restorer.steps({"kspace_factor": 10 + i})
+            restorer.steps({"kspace_factor": 2})  # used again: kept
+        self.assertEqual(len(restorer._steps), Restorer.STEPS_CACHE_SIZE)
+        self.assertIs(restorer.steps({"kspace_factor": 2}), same)
+        self.assertIsNot(restorer.steps({"kspace_factor": 10}), restorer.steps({"kspace_factor": 11}))
+
+
 def _custom_imports(path: Path) -> list[tuple[str, str]]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     return [

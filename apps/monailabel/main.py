@@ -4,9 +4,9 @@
         --conf bundle_root bundle [--conf modality CT] [--conf tat_override '{"network_def#dim": 8}']
 
 Then: POST /infer/tat_restore?image=<id>&output=image with params {"modality": "CT"} returns the restored NIfTI.
-Options (inference.json's "Is it real?" keys, defaults from inference.json, ``--conf <name> <value>`` for the app's
-defaults, request params per call): data_consistency, kspace_factor, data_consistency_mode, task_check, difference
-(see lib/tat_restore.py).
+Options (inference.json's "Is it real?" keys, defaults from inference.json then tat_override, ``--conf <name>
+<value>`` for the app's defaults, request params per call): data_consistency, kspace_factor, data_consistency_mode,
+task_check, difference (see lib/tat_restore.py).
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ from tests.apps.helpers import (
 from tests.utils import dicom_series_folder, save_checkpoint, save_identity_checkpoint
 
 OVERRIDES = {f"network_def#{k}": v for k, v in TINY_KW.items()}
+# the MONAI Label task's request params (apps/monailabel/lib/tat_restore.py REQUEST_OPTIONS)
+REQUEST_OPTIONS_PARAMS = ("data_consistency", "kspace_factor", "data_consistency_mode", "task_check", "difference")
 
 
 def _module(name: str, **attrs) -> types.ModuleType:
@@ -366,6 +368,44 @@ class TestMonaiLabelOptions(unittest.TestCase):
         write_ct_nifti(self.d / "ct.nii.gz")
         with self.assertRaisesRegex(ValueError, words):
             self._task()({"image": str(self.d / "ct.nii.gz"), "modality": "CT", **params})
+
+    @parameterized.expand(
+        [(f"{param}_{kind}", param, kind) for param in REQUEST_OPTIONS_PARAMS for kind in ("expression", "reference")]
+    )
+    def test_config_syntax_in_params_is_refused_and_never_run(self, _, param, kind):
+        write_ct_nifti(self.d / "ct.nii.gz")
+        task = self._task()
+        key = self.lib.REQUEST_OPTIONS[param]
+        marker = self.d / f"pwned_{param}"
+        valid = "'nonnegative'" if param == "data_consistency_mode" else "4" if param == "kspace_factor" else "True"
+        value = f"$open({str(marker)!r}, 'w').write('x') and {valid}" if kind == "expression" else "@network_def"
+        with self.assertRaisesRegex(ValueError, f"inference option {key} must"):
+            task({"image": str(self.d / "ct.nii.gz"), "modality": "CT", param: value})
+        self.assertFalse(marker.exists(), "a request param was evaluated by the bundle's config parser")
+        with self.assertRaisesRegex(ValueError, f"inference option {key} must"):  # --conf values too, at start
+            self.lib.TATRestore(str(self.d / "bundle"), override=OVERRIDES, options={param: value})
+        self.assertFalse(marker.exists())
+        _, result = self._infer(task, self.d / "ct.nii.gz", modality="CT")  # the task still serves good requests
+        self.assertEqual(result["image"], "restored")
+
+    def test_override_option_keys_are_the_defaults(self):
+        write_ct_nifti(self.d / "ct.nii.gz")
+        override = {**OVERRIDES, "task_check": False, "kspace_factor": 2}
+        bundle = _bundle(self.d, lambda p: save_statistics_checkpoint(p, tasks=("PET",), threshold=-1.0))
+        task = self.lib.TATRestore(str(bundle), override=override)
+        self.assertTrue(INFERENCE["task_check"])  # inference.json turns it on; the override turns it off
+        self.assertEqual((task.defaults["task_check"], task.defaults["kspace_factor"]), (False, 2))
+        self.assertEqual(task.defaults["data_consistency_mode"], INFERENCE["data_consistency_mode"])
+        self.assertEqual((task.kwargs["config"]["task_check"], task.kwargs["config"]["kspace_factor"]), (False, 2))
+        self.assertEqual(task.options({})["task_check"], False)
+        _, result = self._infer(task, self.d / "ct.nii.gz", modality="CT")
+        self.assertEqual((result["predicted_task"], result["warnings"]), (None, []))  # no task check ran
+        _, result = self._infer(task, self.d / "ct.nii.gz", modality="CT", task_check=True)  # the request wins
+        self.assertEqual(result["predicted_task"], "PET")
+        conf = self.lib.TATRestore(str(bundle), override=override, options={"task_check": "true"})  # --conf wins
+        self.assertEqual(conf.defaults["task_check"], "true")
+        _, result = self._infer(conf, self.d / "ct.nii.gz", modality="CT")
+        self.assertEqual(result["predicted_task"], "PET")
 
 
 class TestRestorerSteps(unittest.TestCase):

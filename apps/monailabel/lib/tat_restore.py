@@ -2,12 +2,14 @@
 label: the task is registered as InferType.OTHERS and writes the restored NIfTI itself (MONAI Label's default writer
 and its segmentation post-processing would treat the output as a label map).
 
-The bundle's "Is it real?" options (inference.json keys) are request params, defaults from inference.json (or
-``--conf``): ``data_consistency`` (MRI k-space data consistency), ``kspace_factor``, ``data_consistency_mode``,
-``task_check`` (``predicted_task``, ``task_distance`` and ``warnings`` in the response's JSON, warnings logged and
-written into the NIfTI ``descrip``) and ``difference`` (inference.json's ``difference_output``). MONAI Label's infer
-response carries one image (its ``send_response``): with ``difference`` true that image is the difference
-restored - input (physical units) instead of the restored scan, and the JSON says ``"image": "difference"``.
+The bundle's "Is it real?" options (inference.json keys) are request params, defaults from inference.json (then
+``tat_override``, then ``--conf``): ``data_consistency`` (MRI k-space data consistency), ``kspace_factor``,
+``data_consistency_mode``, ``task_check`` (``predicted_task``, ``task_distance`` and ``warnings`` in the response's
+JSON, warnings logged and written into the NIfTI ``descrip``) and ``difference`` (inference.json's
+``difference_output``). Every value is checked by ``Restorer.check_options`` (a bad one is a ValueError naming the
+option and its choices, and never reaches the bundle's config parser). MONAI Label's infer response carries one
+image (its ``send_response``): with ``difference`` true that image is the difference restored - input (physical
+units) instead of the restored scan, and the JSON says ``"image": "difference"``.
 All steps run through the bundle's own ``Restorer`` (restore, then the config's postprocessing).
 """
 
@@ -60,8 +62,13 @@ class TATRestore(BasicInferTask):
         unknown = sorted(set(options or {}) - set(REQUEST_OPTIONS))
         if unknown:
             raise ValueError(f"unknown TAT option(s) {unknown}; expected some of {list(REQUEST_OPTIONS)}.")
-        # shown in /info and sent back by clients: inference.json's values, then the app's --conf
-        self.defaults = {**bundle_defaults(self.bundle_root), **(options or {})}
+        from custom.inference.restore import Restorer
+
+        # shown in /info and sent back by clients: inference.json's values, then tat_override's (the Restorer's own
+        # defaults), then the app's --conf; checked here so a bad value stops the app at start
+        overridden = {param: self.override[key] for param, key in REQUEST_OPTIONS.items() if key in self.override}
+        self.defaults = {**bundle_defaults(self.bundle_root), **overridden, **(options or {})}
+        Restorer.check_options({REQUEST_OPTIONS[param]: value for param, value in self.defaults.items()})
         self._restorer = None
         super().__init__(
             path=str(self.bundle_root / "models" / "model.pt"),
@@ -101,14 +108,15 @@ class TATRestore(BasicInferTask):
     def __call__(self, request, callbacks=None):
         import torch
         from custom.inference.io import load_nifti
-        from custom.transforms.data_consistency import as_flag
 
         begin = time.time()
         modality = request.get("modality") or self.default_modality
         if not modality:
             raise ValueError("TAT restoration needs the modality: pass params {'modality': 'CT'|'PET'|'MRI'}")
-        options = self.options(request)
-        difference = as_flag(options.get("difference_output", False), "difference")
+        from custom.inference.restore import Restorer
+
+        options = Restorer.check_options(self.options(request))  # before anything reaches the bundle's parser
+        difference = options.get("difference_output", False)
         restorer = self._load()
         values, info = load_nifti(request["image"])
         item = {"image": torch.from_numpy(values)[None], "modality": modality, "source": str(request["image"])}
@@ -128,7 +136,7 @@ class TATRestore(BasicInferTask):
             "min": float(out.min()),
             "max": float(out.max()),
             "image": "restored",
-            "data_consistency": as_flag(options.get("data_consistency", False), "data_consistency"),
+            "data_consistency": options.get("data_consistency", False),
             "predicted_task": d.get("predicted_task"),
             "task_distance": d.get("task_distance"),
             "warnings": list(d.get("warnings") or []),

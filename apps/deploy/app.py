@@ -59,9 +59,10 @@ def env_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     inference.json's values apply.
 
     Raises:
-        ValueError: a value that is not a switch (true/false), a factor < 1 or an unknown mode; names the variable.
+        ValueError: a value ``Restorer.check_options`` refuses (not a switch, a factor < 1, an unknown mode); names
+            the variable.
     """
-    from custom.transforms.data_consistency import DC_MODES, as_flag
+    from custom.inference.restore import Restorer
 
     environ = os.environ if environ is None else environ
     options: dict[str, Any] = {}
@@ -69,20 +70,10 @@ def env_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         value = (environ.get(var) or "").strip()
         if not value:
             continue
-        if key == "kspace_factor":
-            try:
-                factor = float(value)
-            except ValueError:
-                factor = float("nan")
-            if not factor >= 1:
-                raise ValueError(f"{var} must be a number >= 1 (the k-space truncation factor), got {value!r}.")
-            options[key] = factor
-        elif key == "data_consistency_mode":
-            if value not in DC_MODES:
-                raise ValueError(f"{var} must be one of {', '.join(DC_MODES)}, got {value!r}.")
-            options[key] = value
-        else:
-            options[key] = as_flag(value, var)
+        try:
+            options.update(Restorer.check_options({key: value}))
+        except ValueError as e:
+            raise ValueError(f"{var}: {e}") from None
     return options
 
 

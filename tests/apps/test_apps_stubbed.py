@@ -525,10 +525,13 @@ class TestDeployOptions(unittest.TestCase):
             ("factor", "TAT_DEPLOY_KSPACE_FACTOR", "0.5"),
             ("not_number", "TAT_DEPLOY_KSPACE_FACTOR", "four"),
             ("mode", "TAT_DEPLOY_DATA_CONSISTENCY_MODE", "abs"),
+            ("expression", "TAT_DEPLOY_DATA_CONSISTENCY_MODE", "$'real'"),
+            ("reference", "TAT_DEPLOY_KSPACE_FACTOR", "@kspace_factor"),
+            ("flag_expression", "TAT_DEPLOY_TASK_CHECK", "$True"),
         ]
     )
     def test_bad_env_values_name_the_variable(self, _, var, value):
-        with self.assertRaisesRegex(ValueError, var):
+        with self.assertRaisesRegex(ValueError, f"{var}: inference option {self.app.OPTION_ENV[var]} must"):
             self.app.env_options({var: value})
 
     @parameterized.expand(

@@ -4,10 +4,13 @@ import json
 import os
 import tempfile
 import unittest
+from pathlib import Path
+from unittest import mock
 
-from custom.settings import get_modality_setting, load_modality_settings
+from custom import settings as settings_module
+from custom.settings import default_modality_dir, get_modality_setting, load_modality_settings, packaged_bundle
 
-from tests.utils import SETTINGS_DIR
+from tests.utils import BUNDLE, SETTINGS_DIR
 
 
 class TestModalitySettings(unittest.TestCase):
@@ -55,6 +58,27 @@ class TestModalitySettings(unittest.TestCase):
                 f.write("{not json")
             with self.assertRaisesRegex(ValueError, "ct.json: unreadable"):
                 load_modality_settings(d)
+
+
+class TestPackagedBundle(unittest.TestCase):
+    def test_parts_resolve_inside_the_shipped_bundle(self):
+        self.assertEqual(packaged_bundle(), Path(BUNDLE).resolve())
+        self.assertEqual(packaged_bundle("configs", "train.json"), Path(BUNDLE, "configs", "train.json").resolve())
+        self.assertEqual(default_modality_dir(), Path(SETTINGS_DIR).resolve())
+
+    def test_a_missing_part_is_an_error_naming_it(self):
+        with self.assertRaisesRegex(FileNotFoundError, r"configs/no_such\.json: not in the bundle shipped"):
+            packaged_bundle("configs", "no_such.json")
+
+    def test_a_package_without_bundle_is_an_error(self):
+        """The copy of ``custom`` inside an unzipped bundle zip has no ``_bundle``: refuse, pointing to --bundle_root."""
+        with tempfile.TemporaryDirectory() as d:
+            with mock.patch.object(settings_module.resources, "files", return_value=Path(d)):
+                for parts in ((), ("configs", "modality")):
+                    with self.assertRaisesRegex(FileNotFoundError, "--bundle_root"):
+                        packaged_bundle(*parts)
+                with self.assertRaisesRegex(FileNotFoundError, os.path.join(d, "_bundle")):
+                    default_modality_dir()
 
 
 if __name__ == "__main__":

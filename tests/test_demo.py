@@ -17,14 +17,14 @@ import unittest
 
 import pytest
 from custom.networks import TAT
-from custom.tools.demo import BUNDLE_DIR, DEMO_OVERRIDES, bundle_command
+from custom.tools.demo import DEMO_OVERRIDES, bundle_command, bundle_root
 
 from tests.utils import TINY_TRAINING, make_tiny_dataset
 
 
 class TestDemoCommands(unittest.TestCase):
     def test_demo_overrides_are_train_json_keys(self):
-        with open(os.path.join(BUNDLE_DIR, "configs", "train.json"), encoding="utf-8") as f:
+        with open(os.path.join(bundle_root(), "configs", "train.json"), encoding="utf-8") as f:
             config = json.load(f)
         tat_args = inspect.signature(TAT).parameters
         for key in DEMO_OVERRIDES:

@@ -4,7 +4,8 @@
 
 1. builds the demo data set (real CT/MRI images from PyPI wheels, synthetic PET) into ``OUTPUT_DIR/data`` with
    ``python -m custom.tools.demo_data`` (reused when already complete; ``--datalist`` skips this step);
-2. trains with the real bundle CLI, ``python -m monai.bundle run training`` on ``bundle/configs/train.json``,
+2. trains with the real bundle CLI, ``python -m monai.bundle run training`` on the bundle's ``configs/train.json``
+   (``--bundle_root``; default: the bundle shipped with the package, resolved when the demo runs),
    with the command-line overrides of :data:`DEMO_OVERRIDES` (a small TAT and a short schedule), checkpoints in
    ``OUTPUT_DIR/models`` (``model.pt`` = best EMA weights by validation PSNR);
 3. evaluates ``model.pt`` on the test split with
@@ -53,7 +54,7 @@ from custom.transforms.data_consistency import kspace_data_consistency
 
 __all__ = [
     "DEMO_OVERRIDES",
-    "BUNDLE_DIR",
+    "bundle_root",
     "bundle_command",
     "inference_overlay",
     "restore_command",
@@ -64,8 +65,22 @@ __all__ = [
     "main",
 ]
 
-# the bundle the demo trains and evaluates with: the one shipped as package data (custom.settings.packaged_bundle)
-BUNDLE_DIR = str(packaged_bundle())
+
+def bundle_root(root: str | os.PathLike | None = None) -> str:
+    """The bundle the demo trains, evaluates and restores with, resolved when used (never at import time).
+
+    Args:
+        root: a bundle folder (``--bundle_root``, e.g. an unzipped bundle zip); None: the bundle shipped as the
+            package's data (:func:`custom.settings.packaged_bundle`).
+
+    Returns:
+        the absolute bundle folder.
+
+    Raises:
+        FileNotFoundError: ``root`` is None and the package carries no bundle (pass ``--bundle_root``).
+    """
+    return str(packaged_bundle()) if root is None else os.path.abspath(root)
+
 
 # Every non-default knob of the demo (train.json keys), and why:
 DEMO_OVERRIDES: dict[str, Any] = {
@@ -113,11 +128,17 @@ def inference_overlay(settings: Mapping[str, Any], checkpoint: str) -> dict[str,
     return overlay
 
 
-def restore_command(overlay_path: str) -> str:
-    """The one-line shell command restoring a folder of scans with the demo weights (placeholders in capitals)."""
-    configs = json.dumps([os.path.join(BUNDLE_DIR, "configs", "inference.json"), os.path.abspath(overlay_path)])
+def restore_command(overlay_path: str, root: str | None = None) -> str:
+    """The one-line shell command restoring a folder of scans with the demo weights (placeholders in capitals).
+
+    Args:
+        overlay_path: the demo's ``demo_inference.json``.
+        root: the bundle folder (default: :func:`bundle_root`'s).
+    """
+    root = bundle_root(root)
+    configs = json.dumps([os.path.join(root, "configs", "inference.json"), os.path.abspath(overlay_path)])
     return (
-        f"python -m monai.bundle run inference --config_file {shlex.quote(configs)} --bundle_root {shlex.quote(BUNDLE_DIR)} "
+        f"python -m monai.bundle run inference --config_file {shlex.quote(configs)} --bundle_root {shlex.quote(root)} "
         "--dataset_dir YOUR_SCANS --output_dir YOUR_OUTPUT_DIR  # add --modality CT|PET|MRI for NIfTI"
     )
 
@@ -129,6 +150,7 @@ def bundle_command(
     ckpt_dir: str,
     output_dir: str,
     overrides: Mapping[str, Any],
+    root: str | None = None,
 ) -> list[str]:
     """The ``python -m monai.bundle run <target>`` command line with ``--key value`` overrides.
 
@@ -139,11 +161,13 @@ def bundle_command(
         ckpt_dir: checkpoint folder.
         output_dir: logs / report folder.
         overrides: extra config overrides; lists and dicts are passed as JSON.
+        root: the bundle folder (default: :func:`bundle_root`'s).
 
     Returns:
         argv list.
     """
-    configs = [os.path.join(BUNDLE_DIR, "configs", name) for name in config_files]
+    root = bundle_root(root)
+    configs = [os.path.join(root, "configs", name) for name in config_files]
     cmd = [
         sys.executable,
         "-m",
@@ -151,13 +175,13 @@ def bundle_command(
         "run",
         target,
         "--meta_file",
-        os.path.join(BUNDLE_DIR, "configs", "metadata.json"),
+        os.path.join(root, "configs", "metadata.json"),
         "--config_file",
         configs[0] if len(configs) == 1 else json.dumps(configs),
         "--logging_file",
-        os.path.join(BUNDLE_DIR, "configs", "logging.conf"),
+        os.path.join(root, "configs", "logging.conf"),
         "--bundle_root",
-        BUNDLE_DIR,
+        root,
         "--dataset_dir",
         dataset_dir,
         "--ckpt_dir",
@@ -170,9 +194,13 @@ def bundle_command(
     return cmd
 
 
-def inference_command(overlay_path: str, datalist: str, split: str, output_dir: str) -> list[str]:
-    """``python -m monai.bundle run inference`` on a data-list split with the demo overlay, writing differences."""
-    configs = [os.path.join(BUNDLE_DIR, "configs", "inference.json"), os.path.abspath(overlay_path)]
+def inference_command(
+    overlay_path: str, datalist: str, split: str, output_dir: str, root: str | None = None
+) -> list[str]:
+    """``python -m monai.bundle run inference`` on a data-list split with the demo overlay, writing differences
+    (``root``: the bundle folder, default :func:`bundle_root`'s)."""
+    root = bundle_root(root)
+    configs = [os.path.join(root, "configs", "inference.json"), os.path.abspath(overlay_path)]
     return [
         sys.executable,
         "-m",
@@ -182,9 +210,9 @@ def inference_command(overlay_path: str, datalist: str, split: str, output_dir: 
         "--config_file",
         json.dumps(configs),
         "--logging_file",
-        os.path.join(BUNDLE_DIR, "configs", "logging.conf"),
+        os.path.join(root, "configs", "logging.conf"),
         "--bundle_root",
-        BUNDLE_DIR,
+        root,
         "--dataset_dir",
         os.path.dirname(os.path.abspath(datalist)),
         "--datalist",
@@ -204,7 +232,9 @@ def _load_nifti(path: str) -> np.ndarray:
     return np.asarray(nib.load(path).get_fdata(dtype=np.float32))
 
 
-def review_test_split(report_path: str, datalist: str, panel_path: str, factor: float = 4.0) -> dict[str, Any]:
+def review_test_split(
+    report_path: str, datalist: str, panel_path: str, factor: float = 4.0, root: str | None = None
+) -> dict[str, Any]:
     """Per-scan task check lines and the review panel of the first MRI test scan (see the module docstring).
 
     Args:
@@ -212,6 +242,7 @@ def review_test_split(report_path: str, datalist: str, panel_path: str, factor: 
         datalist: the demo data list (its ``test`` split has the targets).
         panel_path: destination of the PNG panel.
         factor: k-space truncation factor of the MRI inputs.
+        root: the bundle folder whose ``configs/modality`` settings are used (default: :func:`bundle_root`'s).
 
     Returns:
         ``{"scans": [{image, predicted_task, task_distance, warnings}], "panel": path or None, "panel_psnr": {...}}``.
@@ -233,7 +264,7 @@ def review_test_split(report_path: str, datalist: str, panel_path: str, factor: 
             diff = _load_nifti(entry["difference_output"])
             dc = kspace_data_consistency(torch.from_numpy(r)[None], torch.from_numpy(x)[None], factor)[0].numpy()
             setting = get_modality_setting(
-                load_modality_settings(os.path.join(BUNDLE_DIR, "configs", "modality")), "MRI"
+                load_modality_settings(os.path.join(bundle_root(root), "configs", "modality")), "MRI"
             )
             panel_psnr = {
                 k: slice_metrics(v, y, setting)["psnr"][0]
@@ -286,6 +317,7 @@ def run_demo(
     overrides: Mapping[str, Any] | None = None,
     threads: int | None = None,
     require_gain: bool = True,
+    root: str | None = None,
 ) -> dict[str, Any]:
     """Build data, train, evaluate and report (see the module docstring).
 
@@ -295,6 +327,7 @@ def run_demo(
         overrides: config overrides replacing / extending :data:`DEMO_OVERRIDES`.
         threads: torch/OpenMP threads of the training and evaluation processes (default: :func:`default_threads`).
         require_gain: raise if a task's restored PSNR does not beat its input's.
+        root: the bundle folder (``--bundle_root``; default: the one shipped with the package, :func:`bundle_root`).
 
     Returns:
         the evaluation summary (``test_summary.json`` content) plus ``timings`` (seconds per step).
@@ -302,7 +335,9 @@ def run_demo(
     Raises:
         ValueError: ``datalist`` is missing, or (``require_gain``) a task did not improve.
         RuntimeError: a step failed.
+        FileNotFoundError: no ``root`` given and the package carries no bundle.
     """
+    root = bundle_root(root)
     output_dir = os.path.abspath(output_dir)
     threads = threads or default_threads()
     settings = {**DEMO_OVERRIDES, **(overrides or {})}
@@ -330,12 +365,12 @@ def run_demo(
         shutil.rmtree(folder, ignore_errors=True)
 
     timings["training"] = _run(
-        bundle_command("training", ["train.json"], dataset_dir, ckpt_dir, log_dir, settings),
+        bundle_command("training", ["train.json"], dataset_dir, ckpt_dir, log_dir, settings, root),
         env,
         f"2/4 training a small TAT for {settings['num_iterations']} iterations (python -m monai.bundle run training)",
     )
     timings["evaluation"] = _run(
-        bundle_command("evaluating", ["train.json", "evaluate.json"], dataset_dir, ckpt_dir, eval_dir, settings),
+        bundle_command("evaluating", ["train.json", "evaluate.json"], dataset_dir, ckpt_dir, eval_dir, settings, root),
         env,
         "3/4 evaluation of models/model.pt on the test split (python -m monai.bundle run evaluating)",
     )
@@ -345,13 +380,16 @@ def run_demo(
     )
     inference_dir = os.path.join(output_dir, "inference")
     timings["inference"] = _run(
-        inference_command(overlay_path, datalist, "test", inference_dir),
+        inference_command(overlay_path, datalist, "test", inference_dir, root),
         env,
         "4/4 restoring the test split with the task check and the difference output (bundle inference CLI)",
     )
     timings["total"] = time.time() - start
     review = review_test_split(
-        os.path.join(inference_dir, "inference_report.json"), datalist, os.path.join(eval_dir, "review_panel_mri.png")
+        os.path.join(inference_dir, "inference_report.json"),
+        datalist,
+        os.path.join(eval_dir, "review_panel_mri.png"),
+        root=root,
     )
 
     summary_path = os.path.join(eval_dir, "test_summary.json")
@@ -385,7 +423,7 @@ def run_demo(
     for path in summary["files"]["panels"].values():
         print(f"panel:     {path}")
     print(f"TensorBoard: tensorboard --logdir {log_dir}")
-    print(f"restore your scans with these weights:\n  {restore_command(overlay_path)}")
+    print(f"restore your scans with these weights:\n  {restore_command(overlay_path, root)}")
     if failed:
         message = f"{summary_path}: restored PSNR does not beat the degraded input for {failed}."
         if require_gain:
@@ -408,8 +446,16 @@ def _override(text: str) -> tuple[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m custom.tools.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m custom.tools.demo",
+        description="Train a small TAT on the built-in demo data for a few CPU minutes, evaluate it and report.",
+    )
     parser.add_argument("--output_dir", default="demo_output")
+    parser.add_argument(
+        "--bundle_root",
+        default=None,
+        help="bundle folder (e.g. an unzipped bundle zip; default: the one shipped with the package)",
+    )
     parser.add_argument("--datalist", default=None, help="use this datalist.json instead of building the demo data")
     parser.add_argument(
         "--threads",
@@ -430,8 +476,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        run_demo(args.output_dir, args.datalist, dict(args.override), args.threads, not args.no_require_gain)
-    except (ValueError, RuntimeError) as e:
+        run_demo(
+            args.output_dir,
+            args.datalist,
+            dict(args.override),
+            args.threads,
+            not args.no_require_gain,
+            args.bundle_root,
+        )
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
     return 0

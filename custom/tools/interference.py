@@ -7,8 +7,11 @@ restoration L1 loss, groups the parameters by layer (the first ``depth`` compone
 two tasks' gradients (1: aligned, 0: orthogonal, < 0: conflicting), as a CSV and a heat-map PNG::
 
     python -m custom.tools.interference --checkpoint models/model.pt --datalist /data/datalist.json \\
-        --output_dir eval/interference [--config_file bundle/configs/train.json] [--batches 4] \\
-        [--override '{"network_def#dim": 8}']
+        --output_dir eval/interference [--bundle_root BUNDLE] [--config_file BUNDLE/configs/train.json] \\
+        [--batches 4] [--override '{"network_def#dim": 8}']
+
+``--bundle_root`` defaults to the bundle shipped with the package (:func:`custom.settings.packaged_bundle`, found
+when the command runs, from any working folder) and ``--config_file`` to its ``configs/train.json``.
 
 The network, the data list expansion and the training transforms (random paired crops) come from the bundle config,
 so the probe sees what training sees.
@@ -21,6 +24,7 @@ import csv
 import itertools
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,9 +32,37 @@ import numpy as np
 import torch
 from custom.io import atomic_output
 from custom.networks.checkpoint import load_checkpoint
+from custom.settings import packaged_bundle
 from torch import nn
 
-__all__ = ["group_name", "task_gradients", "pairwise_cosine", "write_csv", "plot_heatmap", "main"]
+__all__ = ["resolve_config", "group_name", "task_gradients", "pairwise_cosine", "write_csv", "plot_heatmap", "main"]
+
+
+def resolve_config(config_file: str | None, bundle_root: str | None) -> tuple[str, str]:
+    """The probe's training config and bundle root, resolved when the command runs (never from the working folder).
+
+    Args:
+        config_file: ``--config_file``; None: ``BUNDLE_ROOT/configs/train.json``.
+        bundle_root: ``--bundle_root``; None: the config file's parent's parent when ``config_file`` is given,
+            else the bundle shipped with the package (:func:`custom.settings.packaged_bundle`).
+
+    Returns:
+        (absolute config file, absolute bundle root).
+
+    Raises:
+        FileNotFoundError: the config file does not exist, or neither option is given and the package carries no
+            bundle (the message names the path looked at).
+    """
+    if config_file is None:
+        if bundle_root is None:
+            config = packaged_bundle("configs", "train.json")  # raises, naming the missing path
+            return str(config), str(config.parent.parent)
+        config_file = os.path.join(bundle_root, "configs", "train.json")
+    config_file = os.path.abspath(config_file)
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{config_file}: training config not found (pass --config_file or --bundle_root).")
+    root = bundle_root if bundle_root is not None else os.path.dirname(os.path.dirname(config_file))
+    return config_file, os.path.abspath(root)
 
 
 def group_name(param_name: str, depth: int = 2) -> str:
@@ -186,16 +218,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        0 on success.
+        0 on success, 1 (message on stderr) when the training config is not found.
     """
     from monai.bundle import ConfigParser
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m custom.tools.interference",
+        description="Task-interference probe: per-layer cosine similarity between the tasks' gradients on shared "
+        "parameters of a checkpoint, written as a CSV and a heat-map PNG.",
+    )
     ap.add_argument("--checkpoint", required=True, help="model.pt (best EMA model) or latest.pt")
     ap.add_argument("--datalist", required=True, help="datalist json (the 'training' split is probed)")
     ap.add_argument("--output_dir", required=True)
-    ap.add_argument("--config_file", default=os.path.join("bundle", "configs", "train.json"))
-    ap.add_argument("--bundle_root", default=None, help="bundle folder (default: the config file's parent's parent)")
+    ap.add_argument("--config_file", default=None, help="training config (default: BUNDLE_ROOT/configs/train.json)")
+    ap.add_argument(
+        "--bundle_root",
+        default=None,
+        help="bundle folder (default: the config file's parent's parent, else the one shipped with the package)",
+    )
     ap.add_argument("--override", default="{}", help="JSON dict of config overrides, e.g. '{\"network_def#dim\": 8}'")
     ap.add_argument("--weights", default="ema", choices=("ema", "network"), help="which weights of a latest.pt")
     ap.add_argument("--batches", type=int, default=4, help="batches per task")
@@ -206,9 +246,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batches < 1 or args.samples_per_task < 1:
         raise ValueError("--batches and --samples_per_task must be >= 1.")
 
+    try:
+        config_file, bundle_root = resolve_config(args.config_file, args.bundle_root)
+    except FileNotFoundError as e:
+        print(f"interference probe failed: {e}", file=sys.stderr)
+        return 1
+
     parser = ConfigParser()
-    parser.read_config(args.config_file)
-    parser["bundle_root"] = args.bundle_root or os.path.dirname(os.path.dirname(os.path.abspath(args.config_file)))
+    parser.read_config(config_file)
+    parser["bundle_root"] = bundle_root
     parser["datalist"] = os.path.abspath(args.datalist)
     parser["dataset_dir"] = os.path.dirname(os.path.abspath(args.datalist))
     parser.update(json.loads(args.override))

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -12,8 +14,17 @@ import numpy as np
 import torch
 from custom.networks import checkpoint
 from custom.tools import interference
-from custom.tools.interference import group_name, main, pairwise_cosine, plot_heatmap, task_gradients, write_csv
+from custom.tools.interference import (
+    group_name,
+    main,
+    pairwise_cosine,
+    plot_heatmap,
+    resolve_config,
+    task_gradients,
+    write_csv,
+)
 
+from tests.utils import BUNDLE
 from tests.utils import TINY as TINY_NET
 from tests.utils import TINY_TREN, TRAIN_CONFIG, make_dataset, tiny_overrides
 
@@ -81,6 +92,46 @@ class TestInterference(unittest.TestCase):
             self.assertEqual(rows[-1][0], "mean")
             self.assertTrue(all(math.isfinite(float(v)) for v in rows[-1][2:]))
             self.assertGreater(os.path.getsize(os.path.join(d, "out", "task_interference.png")), 1000)
+
+
+class TestInterferenceConfig(unittest.TestCase):
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.d = tmp.name
+        cwd = os.getcwd()
+        os.chdir(self.d)  # the defaults never depend on the working folder
+        self.addCleanup(os.chdir, cwd)
+
+    def test_default_is_the_shipped_train_json(self):
+        self.assertEqual(resolve_config(None, None), (os.path.realpath(TRAIN_CONFIG), os.path.realpath(BUNDLE)))
+
+    def test_bundle_root_gives_its_train_json(self):
+        root = os.path.join(self.d, "root")
+        os.makedirs(os.path.join(root, "configs"))
+        with open(os.path.join(root, "configs", "train.json"), "w") as f:
+            f.write("{}")
+        self.assertEqual(resolve_config(None, "root"), (os.path.join(root, "configs", "train.json"), root))
+        self.assertEqual(resolve_config(TRAIN_CONFIG, "root"), (TRAIN_CONFIG, root))
+        self.assertEqual(resolve_config("root/configs/train.json", None)[1], root)
+
+    def test_missing_config_is_named(self):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(
+                ["--checkpoint", "m.pt", "--datalist", "d.json", "--output_dir", "o", "--bundle_root", "nowhere"]
+            )
+        self.assertEqual(code, 1)
+        self.assertIn(
+            os.path.join(self.d, "nowhere", "configs", "train.json") + ": training config not found", err.getvalue()
+        )
+        with self.assertRaisesRegex(FileNotFoundError, "no_such.json: training config not found"):
+            resolve_config("no_such.json", None)
+
+    def test_no_shipped_bundle_is_an_error(self):
+        with mock.patch.object(interference, "packaged_bundle", side_effect=FileNotFoundError("no _bundle")):
+            with self.assertRaisesRegex(FileNotFoundError, "no _bundle"):
+                resolve_config(None, None)
 
 
 class TestInterferenceOutputs(unittest.TestCase):

@@ -27,7 +27,9 @@ from custom.metrics.physical import PhysicalUnitMetrics
 from custom.settings import default_modality_dir, get_modality_setting, load_modality_settings
 from custom.transforms.data_consistency import DC_MODES, kspace_data_consistency
 
-__all__ = ["slice_metrics", "measure_scans", "main"]
+__all__ = ["DESCRIPTION", "slice_metrics", "measure_scans", "main"]
+
+DESCRIPTION = "Measure MRI k-space data consistency on restored scans: PSNR / SSIM of input, restored and each DC mode."
 
 
 def slice_metrics(image: np.ndarray, target: np.ndarray, setting: Mapping[str, Any]) -> dict[str, list[float]]:
@@ -85,8 +87,13 @@ def measure_scans(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; prints the table and writes ``--output`` (json) when given."""
-    parser = argparse.ArgumentParser(prog="python -m custom.evaluation.consistency", description=__doc__.split("\n")[0])
+    """Command line entry point; prints the table and writes ``--output`` (json) when given.
+
+    Returns:
+        0 on success, 1 (message on stderr) when a scan is not restored, or the modality settings (``--modality_dir``,
+        default the shipped bundle's) or a scan are unusable.
+    """
+    parser = argparse.ArgumentParser(prog="python -m custom.evaluation.consistency", description=DESCRIPTION)
     parser.add_argument("--report", required=True, help="inference_report.json of a run over the split")
     parser.add_argument("--datalist", required=True)
     parser.add_argument("--split", default="test")
@@ -110,8 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not scans:
         print(f"{args.datalist}: no MRI item with a restored output in split {args.split!r}", file=sys.stderr)
         return 1
-    setting = get_modality_setting(load_modality_settings(args.modality_dir or default_modality_dir()), "MRI")
-    result = measure_scans(scans, setting, args.factor)
+    try:
+        modality_dir = os.fspath(args.modality_dir or default_modality_dir())
+        setting = get_modality_setting(load_modality_settings(modality_dir), "MRI", where=modality_dir)
+        result = measure_scans(scans, setting, args.factor)
+    except (ValueError, OSError) as e:
+        print(f"data consistency failed: {e}", file=sys.stderr)
+        return 1
     for name, m in result.items():
         print(
             f"{name:16s} PSNR {m['psnr']:7.3f} dB  SSIM {m['ssim']:.4f}  RMSE {m['rmse']:8.3f}  ({m['slices']} slices)"

@@ -29,14 +29,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 (a data problem raises ValueError, printed by the module's entry point without a traceback).
     """
     parser = argparse.ArgumentParser(
-        prog="python -m custom.tools.datalist", description="build or validate a data list (see custom.data.datalist)"
+        prog="python -m custom.tools.datalist", description="Build or validate a data list (see custom.data.datalist)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build datalist.json from root/<MODALITY>/[<split>/]{image,label}/<case>")
     b.add_argument("--root", required=True)
     b.add_argument("--layout", choices=("folders", "reference"), default="folders", help=_LAYOUT_HELP)
     b.add_argument("--output", required=True)
-    b.add_argument("--settings_dir", default=None, help="bundle/configs/modality, for task names")
+    b.add_argument(
+        "--settings_dir", default=None, help="modality json folder (e.g. BUNDLE/configs/modality), for task names"
+    )
     b.add_argument("--val_fraction", type=float, default=0.1)
     b.add_argument("--test_fraction", type=float, default=0.1)
     b.add_argument("--seed", type=int, default=0)

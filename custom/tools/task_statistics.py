@@ -22,7 +22,9 @@ from custom.handlers.task_statistics import checkpoint_network, compute_task_sta
 from custom.settings import load_modality_settings, packaged_bundle
 from monai.bundle import ConfigParser
 
-__all__ = ["main"]
+__all__ = ["DESCRIPTION", "main"]
+
+DESCRIPTION = "Compute the task statistics of an existing checkpoint and store them in it (updated in place)."
 
 
 def _config_files(text: str) -> list[str]:
@@ -39,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 1 (message on stderr) when the checkpoint, data list, configs or settings are unusable.
     """
-    parser = argparse.ArgumentParser(prog="python -m custom.tools.task_statistics", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m custom.tools.task_statistics", description=DESCRIPTION)
     parser.add_argument("--checkpoint", required=True, help="checkpoint with 'model' weights (updated in place)")
     parser.add_argument("--datalist", required=True, help="data list with training and validation splits")
     parser.add_argument("--bundle_root", default=None, help="bundle folder (default: the one shipped with the package)")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
 import json
 import os
+import shutil
 import tempfile
 import unittest
 
 import numpy as np
-from custom.evaluation.consistency import main, measure_scans, slice_metrics
+from custom.evaluation.consistency import DESCRIPTION, main, measure_scans, slice_metrics
 from custom.settings import get_modality_setting, load_modality_settings
 from custom.transforms.data_consistency import DC_MODES
 from custom.transforms.mri_resolution import kspace_truncate
@@ -85,6 +88,50 @@ class TestConsistency(unittest.TestCase):
         with open(out, encoding="utf-8") as f:
             written = json.load(f)
         self.assertEqual(written, json.loads(json.dumps(measure_scans([self.scan], MRI, 4.0))))
+
+    def run_main(self, *argv: str) -> tuple[int, str]:
+        datalist, report = self._inputs()
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["--report", report, "--datalist", datalist, *argv])
+        return code, err.getvalue()
+
+    def test_command_reads_the_given_modality_dir(self):
+        folder = os.path.join(self.d, "modality")
+        shutil.copytree(SETTINGS_DIR, folder)
+        with open(os.path.join(folder, "mri.json"), encoding="utf-8") as f:
+            mri = json.load(f)
+        mri["eval_window"] = [0.0, 500.0]
+        with open(os.path.join(folder, "mri.json"), "w", encoding="utf-8") as f:
+            json.dump(mri, f)
+        out = os.path.join(self.d, "dc.json")
+        code, err = self.run_main("--modality_dir", folder, "--output", out)
+        self.assertEqual(code, 0, err)
+        with open(out, encoding="utf-8") as f:
+            written = json.load(f)
+        setting = get_modality_setting(load_modality_settings(folder), "MRI")
+        self.assertEqual(written, json.loads(json.dumps(measure_scans([self.scan], setting, 4.0))))
+        self.assertNotAlmostEqual(written["restored"]["psnr"], measure_scans([self.scan], MRI, 4.0)["restored"]["psnr"])
+
+    def test_command_names_an_unusable_modality_dir(self):
+        empty = os.path.join(self.d, "empty")
+        os.makedirs(empty)
+        code, err = self.run_main("--modality_dir", empty)
+        self.assertEqual(code, 1)
+        self.assertIn(f"{empty}: no modality json file found", err)
+        ct_only = os.path.join(self.d, "ct_only")
+        os.makedirs(ct_only)
+        shutil.copy(os.path.join(SETTINGS_DIR, "ct.json"), ct_only)
+        code, err = self.run_main("--modality_dir", ct_only)
+        self.assertEqual(code, 1)
+        self.assertIn(f"{ct_only}: unknown modality 'MRI'", err)
+
+    def test_help_is_one_complete_sentence(self):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit):
+            main(["--help"])
+        self.assertIn(DESCRIPTION, " ".join(out.getvalue().split()))
+        self.assertTrue(DESCRIPTION.endswith("."))
 
     def test_command_refuses_an_unrestored_scan(self):
         datalist, report = self._inputs()

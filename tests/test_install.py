@@ -130,13 +130,25 @@ class TestNonEditableInstall(unittest.TestCase):
             self.assertIn(f"{top}/{need}", names)
         self.assertFalse([n for n in names if "/custom/_bundle/" in n], "the shipped bundle is packed twice")
 
+    def test_include_weights_from_the_installed_bundle_names_the_folder(self):
+        run = self.found["weights"]
+        self.assertEqual(run["code"], 1, run)
+        self.assertIn(os.path.join(self.site, "custom", "_bundle", "models") + ": no weights", run["stderr"])
+        self.assertIn("--bundle_dir", run["stderr"])
+        self.assertFalse(self.found["weights_zip"])
+
+    def test_interference_default_config_is_the_installed_one(self):
+        config, root = self.found["interference_config"]
+        self.assertEqual(config, os.path.join(self.site, "custom", "_bundle", "configs", "train.json"))
+        self.assertEqual(root, os.path.join(self.site, "custom", "_bundle"))
+
 
 _CHECKS = textwrap.dedent("""
     import contextlib, io, json, os, zipfile
     import custom, custom.tools.demo, custom.tools.demo_data
     from custom.evaluation import consistency
     from custom.settings import default_modality_dir, load_modality_settings, packaged_bundle
-    from custom.tools import packaging, task_statistics
+    from custom.tools import interference, packaging, task_statistics
 
 
     def call(main, argv):
@@ -147,7 +159,7 @@ _CHECKS = textwrap.dedent("""
 
 
     d = default_modality_dir()
-    bundle = custom.tools.demo.BUNDLE_DIR
+    bundle = custom.tools.demo.bundle_root()
     found = {
         "package": custom.__file__,
         "modality_dir": str(d),
@@ -158,6 +170,9 @@ _CHECKS = textwrap.dedent("""
         "task_statistics": call(task_statistics.main, ["--checkpoint", "missing.pt", "--datalist", "datalist.json"]),
         "consistency": call(consistency.main, ["--report", "report.json", "--datalist", "datalist.json"]),
         "packaging": call(packaging.main, ["--output", "b.zip"]),
+        "weights": call(packaging.main, ["--output", "w.zip", "--include_weights"]),
+        "weights_zip": os.path.exists("w.zip"),
+        "interference_config": list(interference.resolve_config(None, None)),
     }
     with zipfile.ZipFile("b.zip") as zf:
         found["zip"] = zf.namelist()

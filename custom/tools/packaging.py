@@ -6,7 +6,9 @@ package copied into the bundle root (``<name>/custom``). ``python -m monai.bundl
 (``ConfigWorkflow.run``), and running from the unzipped folder puts it there from the start (``sys.path[0]`` is
 the working directory), so ``custom.*`` targets resolve without installing anything but the packages listed in
 ``configs/metadata.json``. Run outputs (``models/*.pt`` unless ``--include_weights``, ``eval/``, ``outputs/``),
-caches and byte code stay out. The zip is written to a temporary file in the output folder and renamed into
+caches and byte code stay out. ``--include_weights`` needs a bundle folder holding ``models/`` weights: the bundle
+installed with the package carries none, so pass ``--bundle_dir`` (e.g. the repository's ``bundle/``); without
+weights there it fails naming the folder it looked in. The zip is written to a temporary file in the output folder and renamed into
 place, so a reader never sees a half-written archive.
 """
 
@@ -16,6 +18,7 @@ import argparse
 import fnmatch
 import json
 import os
+import sys
 import zipfile
 from collections.abc import Iterator
 from importlib import resources
@@ -34,8 +37,15 @@ BUNDLE_NAME = "tat_ct_pet_mri_restoration"
 EXCLUDE_DIRS = {"eval", "outputs", "dist", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 EXCLUDE_FILES = ["*.pyc", "*.pyo", "*.tmp", "*.part", ".DS_Store", "*.swp", "events.out.tfevents.*"]
 WEIGHT_PATTERNS = ["*.pt", "*.pth", "*.ts", "*.onnx", "*.pt2", "*.ckpt"]
+DESCRIPTION = "Build a self-contained, shareable zip of the bundle (configs, docs and the custom package)."
 # a zip entry's date must be >= 1980; a fixed stamp keeps archives of the same tree identical
 _ZIP_DATE = (2025, 1, 1, 0, 0, 0)
+
+
+def _is_weight(rel: str) -> bool:
+    """Whether a path relative to the bundle root is a weights file under ``models/``."""
+    parts = rel.split("/")
+    return parts[0] == "models" and any(fnmatch.fnmatch(parts[-1], p) for p in WEIGHT_PATTERNS)
 
 
 def _walk(root: Path, include_weights: bool) -> Iterator[Path]:
@@ -45,11 +55,7 @@ def _walk(root: Path, include_weights: bool) -> Iterator[Path]:
         for name in sorted(filenames):
             if any(fnmatch.fnmatch(name, p) for p in EXCLUDE_FILES):
                 continue
-            if (
-                not include_weights
-                and rel_dir.parts[:1] == ("models",)
-                and any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)
-            ):
+            if not include_weights and _is_weight((rel_dir / name).as_posix()):
                 continue
             yield Path(dirpath) / name
 
@@ -104,13 +110,19 @@ def build_archive(
         ``output``.
 
     Raises:
-        FileNotFoundError, ValueError: the bundle lacks a required file or its version is not in the changelog.
+        FileNotFoundError, ValueError: the bundle lacks a required file or its version is not in the changelog, or
+            ``include_weights`` and ``bundle_dir/models`` holds no weights (the message names the folder).
     """
     bundle_dir = packaged_bundle() if bundle_dir is None else Path(bundle_dir)
     package_dir, output = Path(package_dir), Path(output)
     check_bundle(bundle_dir)
     prefix = name or BUNDLE_NAME
     entries = bundle_entries(bundle_dir, package_dir, prefix, include_weights)
+    if include_weights and not any(_is_weight(arcname.split("/", 1)[1]) for _, arcname in entries):
+        raise FileNotFoundError(
+            f"{bundle_dir / 'models'}: no weights ({', '.join(WEIGHT_PATTERNS)}) to include; pass --bundle_dir with "
+            "the bundle folder holding models/ (the bundle installed with the package carries no weights)."
+        )
     with atomic_output(output) as tmp:  # temporary name, fsync, rename: never a partial zip under ``output``
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for src, arcname in entries:
@@ -126,17 +138,30 @@ def build_archive(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """``python -m custom.tools.packaging``: write the bundle zip.
+
+    Returns:
+        0 on success, 1 (message on stderr) when the bundle is unusable or ``--include_weights`` finds no weights.
+    """
+    parser = argparse.ArgumentParser(prog="python -m custom.tools.packaging", description=DESCRIPTION)
     parser.add_argument("--output", default=None, help="zip to write (default: dist/<name>_v<version>.zip)")
     parser.add_argument("--bundle_dir", default=None, help="bundle folder (default: the one shipped with the package)")
     parser.add_argument("--name", default=BUNDLE_NAME, help=f"top folder inside the zip (default: {BUNDLE_NAME})")
-    parser.add_argument("--include_weights", action="store_true", help="also pack models/*.pt|*.ts|*.onnx")
+    parser.add_argument(
+        "--include_weights",
+        action="store_true",
+        help="also pack BUNDLE_DIR/models/*.pt|*.ts|*.onnx (the installed package's bundle has none: pass --bundle_dir)",
+    )
     args = parser.parse_args(argv)
     output = args.output
-    if output is None:
-        version = check_bundle(packaged_bundle() if args.bundle_dir is None else Path(args.bundle_dir))["version"]
-        output = str(Path.cwd() / "dist" / f"{args.name}_v{version}.zip")
-    out = build_archive(output, args.bundle_dir, name=args.name, include_weights=args.include_weights)
+    try:
+        if output is None:
+            version = check_bundle(packaged_bundle() if args.bundle_dir is None else Path(args.bundle_dir))["version"]
+            output = str(Path.cwd() / "dist" / f"{args.name}_v{version}.zip")
+        out = build_archive(output, args.bundle_dir, name=args.name, include_weights=args.include_weights)
+    except (ValueError, OSError) as e:
+        print(f"packaging failed: {e}", file=sys.stderr)
+        return 1
     with zipfile.ZipFile(out) as zf:
         n = len(zf.namelist())
     print(f"wrote {out} ({n} files, {out.stat().st_size / 1e6:.2f} MB)")

@@ -150,7 +150,7 @@ def channel_attention(
         outs.append(out)
     if len(outs) == 1:
         return outs[0].reshape(b, *regions[0][1], c_out).movedim(-1, 1)
-    full = outs[0].new_empty(b, *spatial, c_out)
+    full = outs[0].new_empty((b, *spatial, c_out))
     for (region, tile_shape), out in zip(regions, outs):
         full[region] = out.reshape(b, *tile_shape, c_out)
     return full.movedim(-1, 1)
@@ -181,7 +181,7 @@ def _blend_windows(
     starts = [window_starts(s, w) for s, w in zip(spatial, window)]
     ks = [min(s, w) for s, w in zip(spatial, window)]
     weights = [blend_weights(s, w, sigma_scale, v_all.device).to(v_all.dtype) for s, w in zip(spatial, window)]
-    out = v_all.new_zeros(b, *spatial, c)
+    out = v_all.new_zeros((b, *spatial, c))
     for index in itertools.product(*(range(len(st)) for st in starts)):
         region = (slice(None), *(slice(starts[i][j], starts[i][j] + ks[i]) for i, j in enumerate(index)))
         v = v_all[region].reshape(b, -1, num_heads, c // num_heads).transpose(1, 2)  # (B, h, P, C/h)

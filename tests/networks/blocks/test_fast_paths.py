@@ -95,6 +95,17 @@ class TestFoldedProjection(unittest.TestCase):
         self.assertEqual(tuple(got.shape), (2, 5, 14, 20))
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
+    @parameterized.expand([(None, False), ((10, 10), False), ((10, 10), True)])
+    def test_separate_maps_equal_stacked(self, window, blend):
+        torch.manual_seed(2)
+        qkv = torch.randn(2, 18, 14, 20)
+        t = torch.rand(2, 1, 1) + 0.5
+        stacked = channel_attention(qkv, 2, t, window, blend)
+        maps = [z.contiguous(memory_format=torch.channels_last) for z in qkv.chunk(3, 1)]
+        torch.testing.assert_close(channel_attention(maps, 2, t, window, blend), stacked, rtol=1e-5, atol=1e-5)
+        swapped = channel_attention([maps[1], maps[0], maps[2]], 2, t, window, blend)  # q and k do not commute
+        self.assertGreater((swapped - stacked).abs().max().item(), 1e-3)
+
     @parameterized.expand([("published",), ("blended",), ("global",)])
     def test_module_equals_plain_convs(self, mode):
         a = ChannelAttention(12, 3, bias=True, train_size=8, window_mode=mode)

@@ -1,44 +1,18 @@
-"""Export TAT for serving: ``torch.export`` (ExportedProgram), ONNX, TorchScript (traced per serving size).
+"""Export TAT for serving: ``torch.export`` (ExportedProgram), ONNX and TorchScript (traced per serving size).
 
-Findings (torch 2.13, onnx 1.23, onnxruntime 1.32; measured on the tiny network of the tests, pinned by
-``tests/inference/test_export.py``; see the Export section of ``bundle/docs/README.md``):
+* :func:`export_program` / :func:`save_exported_program`: one ExportedProgram, the forward-looking format
+  (TorchScript is deprecated since torch 2.11), with a dynamic batch and, where the attention is global
+  (:func:`global_attention_limit`), a dynamic height and width; loads with ``torch.export.load`` without ``custom``.
+* :func:`export_onnx`: ONNX at a fixed height and width (local windows included) with a dynamic batch axis; pads in
+  a wrapper with constant indices and registers a ``movedim`` without negative ``Transpose`` perms, which the
+  exporter's shape inference and onnxruntime cannot handle (:func:`fix_negative_transpose_perms` as a safety net).
+* :func:`serving_module` / :class:`ServingNetwork` / :func:`save_torchscript`: one trace per serving size behind a
+  scripted :class:`SizeDispatcher` that runs any batch one sample at a time and refuses other sizes (a trace freezes
+  the padding and the window grid). ``torch.jit.script`` of the network itself is not supported.
 
-* ``torch.export`` (:func:`export_program`, the forward-looking format: TorchScript is deprecated since torch
-  2.11): one ExportedProgram with a **dynamic batch** and, where the attention is global, **dynamic height and
-  width** (multiples of 8, at least 16, as ``network_data_format`` says). The attention decides between global
-  and local windows from the feature-map size, so with local windows in use (window modes ``published`` /
-  ``blended`` above 1.5x the training size) the size range ends where the windows start; beyond it export at one
-  size (``dynamic_size=False``) or with ``window_mode="global"``. Equal to eager within 1e-4 (tested; about 1e-6
-  here). Saved with :func:`save_exported_program` (atomic), loaded with ``torch.export.load`` without ``custom``.
-* ``torch.jit.script`` of the network fails: the dims-generic code is not TorchScript. The layer norm's
-  star-built permutation list is fixed (``movedim``); the next obstacles are in the dynamic conv (a module-level
-  tuple of conv functions, tuple arithmetic on shapes), the task kernels (a ``NamedTuple`` under postponed
-  annotations), the down-sampling and the attention's tile grid (``itertools``, lists of slices).
-* ``torch.jit.trace`` is exact at the traced height and width: the padding to a multiple of 8 and the
-  local-window grid are Python on sizes and are frozen, so a size that needs other padding or windows raises or
-  gives wrong values; with global attention the traced ops keep the sizes (other multiples of 8 are exact). The
-  batch size is not frozen (the dynamic conv traces as shifted taps, see below): a model traced at batch 1 is
-  exact at batch 3 (tested).
-  :func:`serving_module` makes that safe: it traces once per serving size (batch 1) and scripts a small
-  :class:`SizeDispatcher` that picks the traced model by the input's ``(H, W)``, runs the batch one sample at
-  a time (so any batch size is exact) and raises, naming the served sizes, for any other size.
-  ``monai.bundle ckpt_export serving_network`` produces it through :class:`ServingNetwork`
-  (``bundle/configs/export.json``); the file loads with ``torch.jit.load`` where ``custom`` is not importable.
-  Max |dispatcher - eager| about 2e-7 (64 x 64 with local windows, 36 x 44 padded; batch 2, different images).
-* ONNX (``torch.onnx.export(dynamo=False)``; the dynamo exporter needs ``onnxscript``, not a dependency) works
-  at a fixed height and width, **local windows included** (static slices, ``MatMul``, ``Concat``, ``Softmax``):
-  the exporter's ``aten::movedim`` writes ``Transpose`` nodes with negative ``perm`` entries (``movedim(-1,
-  k)``), which break its own shape inference (the convolutions with generated kernels downstream then fail with
-  "convolution for kernel of unknown shape") and onnxruntime; :func:`export_onnx` registers a corrected
-  ``movedim`` for the export (:func:`fix_negative_transpose_perms` stays as a safety net). Sizes that need
-  padding failed the same way (the pad amounts are traced from the input size, so the padded shape is unknown
-  to the exporter): :func:`export_onnx` pads in a wrapper with constant indices, by the network's rule.
-  onnxruntime equals eager within 3e-7 at 40 x 48 (global attention), 64 x 64 and 96 x 96 (local windows),
-  36 x 44 (padding) and 60 x 52 (padding and windows), at batch 1 and at a fixed batch of 3 different images.
-* While tracing or exporting, the dynamic depthwise conv is computed as a sum of its ``k**d`` shifted taps
-  (``DepthwiseConv._shifted_taps``) instead of folding the batch into the groups of one conv, so no shape
-  holds the batch size: :func:`export_onnx` exports a **dynamic batch axis** by default, and onnxruntime equals
-  eager at batch 1 and at batch 3 with different images (tested).
+While tracing or exporting, the dynamic depthwise conv runs as a sum of shifted taps, so no shape holds the batch
+size. What each format does and does not do, with the measured agreement to eager: the Export section of
+``bundle/docs/README.md`` (pinned by ``tests/inference/test_export.py`` and ``test_export_program.py``).
 """
 
 from __future__ import annotations

@@ -4,13 +4,13 @@ Pipeline (holoscan operators, MONAI Deploy App SDK 4.0):
     DICOMDataLoaderOperator -> DICOMSeriesSelectorOperator -> TATRestoreOperator -> DerivedSeriesWriterOperator
 
 Why not the SDK's MonaiBundleInferenceOperator: it casts "image"-type outputs to uint8, which destroys a
-restored CT/PET/MR scan (measured: HU -> 0..255). TATRestoreOperator keeps float32 physical units (HU, SUV, MR
+restored CT/PET/MR scan (HU -> 0..255). TATRestoreOperator keeps float32 physical units (HU, SUV, MR
 units) end to end and the writer stores them with the source series' rescale slope/intercept
 (custom.inference.writers.write_dicom_series), so the derived series reads back in the same units.
 
 Model (-m): a bundle folder (configs/inference.json + models/model.pt, the EMA state dict train.json saves) or a
-model.pt file inside such a bundle. TorchScript is not used: torch.jit.script fails on the network and a trace
-bakes in the batch size (measured), so the network is rebuilt from the bundle's network_def and the state dict by
+model.pt file inside such a bundle. TorchScript is not used: the network cannot be scripted and a trace freezes
+the slice size (custom/export.py), so the network is rebuilt from the bundle's network_def and the state dict by
 custom.inference.restore.Restorer, the same restore() (normalise, infer, denormalise, clip) as the bundle's
 inference and the MONAI Label app.
 Config overrides (e.g. a smaller network in tests): env TAT_DEPLOY_OVERRIDE='{"network_def#dim": 8, ...}'.

@@ -288,11 +288,8 @@ def review_test_split(
 def default_threads() -> int:
     """Torch threads for the demo: 1.
 
-    Measured on the 2-core development machine (shared with other jobs; no idle window was available): the demo
-    network (64^2 crops, 6 per step) took 0.4-0.8 s per step with 1 thread at any load, and with 2 threads
-    ~0.5 s per step at best but 3-16 s per step as soon as other processes held a core (OpenMP threads waiting on
-    each other). The small network has little intra-op parallelism, so 1 thread is the reliable choice; pass
-    ``--threads 2`` on a dedicated machine to try 2.
+    The small demo network has little intra-op parallelism, and two OpenMP threads stall whenever another process
+    holds one of the cores; pass ``--threads 2`` on a dedicated machine to try 2.
     """
     return 1
 

@@ -79,16 +79,12 @@ class TestReleasedLayoutTrainEvaluate(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.released = _released(os.path.join(cls._tmp.name, "released"))
-        cls.out = out = os.path.join(cls._tmp.name, "run")
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        cls.released = _released(os.path.join(tmp, "released"))
+        cls.out = out = os.path.join(tmp, "run")
         train = _bundle([TRAIN], cls.released, out, "training", num_iterations=2, val_interval=2, log_interval=1)
         evaluate = _bundle([TRAIN, EVALUATE], cls.released, out)  # no runner id: evaluate.json's "run" evaluates
         cls.train_log, cls.eval_log = train.stdout + train.stderr, evaluate.stdout + evaluate.stderr
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
 
     def test_training_reads_bin_patches_and_validates(self):
         latest = torch.load(os.path.join(self.out, "models", "latest.pt"), weights_only=True)

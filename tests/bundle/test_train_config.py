@@ -93,8 +93,8 @@ class TestTrainCLI(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        tmp = cls._tmp.name
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        tmp = tmp
         data = _dataset(os.path.join(tmp, "data"))
         cls.full_out = os.path.join(tmp, "full")
         cls.full_proc = _cli(data, cls.full_out)
@@ -102,10 +102,6 @@ class TestTrainCLI(unittest.TestCase):
         _cli(data, cls.resumed_out, "--train#trainer#max_epochs", "1")  # stops after N/2 iterations, as if interrupted
         cls.first = torch.load(os.path.join(cls.resumed_out, "models", "latest.pt"), weights_only=True)
         cls.resumed_proc = _cli(data, cls.resumed_out)  # same command, same folder: resumes
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
 
     def test_outputs_exist_and_are_finite(self):
         out, proc = self.full_out, self.full_proc

@@ -77,12 +77,8 @@ def _evaluate(root: str) -> dict:
 class TestEvaluateCLI(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.evaluated = _evaluate(cls._tmp.name)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        cls.evaluated = _evaluate(tmp)
 
     def test_report_files(self):
         out = self.evaluated["eval"]

@@ -67,8 +67,8 @@ class TestCkptExportTraced(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        tmp = cls._tmp.name
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        tmp = tmp
         cls.net = _config_mode(save_checkpoint(os.path.join(tmp, "model.pt"), seed=1))
         cls.ts_path = os.path.join(tmp, "model.ts")
         cls.proc = run_cli(
@@ -93,10 +93,6 @@ class TestCkptExportTraced(unittest.TestCase):
             *TINY_OVERRIDES,
             cwd=tmp,
         )
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
 
     def _traced(self) -> torch.jit.ScriptModule:
         self.assertEqual(self.proc.returncode, 0, self.proc.stderr[-3000:])

@@ -155,12 +155,8 @@ def _dicom_pairs(run: dict) -> list[tuple[str, str, str]]:
 class TestFidelityCLI(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.ws = _workspace(cls._tmp.name)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        cls.ws = _workspace(tmp)
 
     def test_every_scan_written_or_reported(self) -> None:
         run = self.ws

@@ -142,12 +142,8 @@ def _in_process(net, values: np.ndarray, modality: str) -> np.ndarray:
 class TestInferenceCLI(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.ws = _workspace(cls._tmp.name)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        cls.ws = _workspace(tmp)
 
     def test_inputs_unchanged(self) -> None:
         self.assertEqual(tree_hashes(self.ws["dicom_dir"]), self.ws["before"]["dicom"])

@@ -96,12 +96,8 @@ def _load(path: str) -> np.ndarray:
 class TestRestoreChecksCLI(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.ws = _workspace(cls._tmp.name)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        cls.ws = _workspace(tmp)
 
     def test_runs(self) -> None:
         self.assertEqual(self.ws["run"].returncode, 0, self.ws["run"].stderr[-3000:])

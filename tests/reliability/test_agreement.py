@@ -58,12 +58,8 @@ def _inference(path: str, modality: str, root: str) -> str | None:
 class TestValidatorInferenceAgreement(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.inputs = _inputs(cls._tmp.name)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        cls.inputs = _inputs(tmp)
 
     def test_validator_and_inference_agree_on_every_input(self):
         inputs = self.inputs

@@ -49,18 +49,14 @@ class TestCorpus(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.root = root = cls._tmp.name
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        cls.root = root = tmp
         cls.cases = make_corpus(root)
         datalist = os.path.join(root, "datalist.json")
         with open(datalist, "w", encoding="utf-8") as f:
             json.dump({"training": [cls.cases[n].item for n in NAMES]}, f)
         cls.before = tree_hashes(root, metadata=True)
         cls.proc = run_module("custom.tools.datalist", "validate", "--datalist", datalist)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
 
     def test_corpus_size(self):
         self.assertGreaterEqual(len(self.cases), 20)

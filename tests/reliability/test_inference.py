@@ -110,12 +110,8 @@ INFERENCE_OVERRIDES = {"missing_modality": "no modality"}
 class TestInferenceOnCorpus(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.runs = _runs(cls._tmp.name)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        cls.runs = _runs(tmp)
 
     def test_bad_scans_reported_valid_scans_written(self):
         runs = self.runs

@@ -151,12 +151,8 @@ def _runs(tmp: str) -> dict:
 class TestTrainingUnderFaults(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
-        cls._tmp = tempfile.TemporaryDirectory()
-        cls.runs = _runs(cls._tmp.name)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls._tmp.cleanup()
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        cls.runs = _runs(tmp)
 
     def test_sigkill_then_rerun_equals_uninterrupted(self):
         runs = self.runs

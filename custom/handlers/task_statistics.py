@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from custom.data.datalist import load_datalist
 from custom.data.slicing import LoadSliced, expand_slices
 from custom.io import atomic_output
@@ -58,44 +57,11 @@ STATS_KEY = "task_statistics"
 STD_FLOOR = 0.1
 
 
-# TAT's encoder up to the bottleneck that its task representation network reads (TAT._restore's first steps)
-_ENCODER = ("patch_embed", "encoder_level1", "down1_2", "encoder_level2", "down2_3", "encoder_level3", "down3_4")
-
-
-def _bottleneck(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The bottleneck features TAT's forward gives its task representation network, without the decoder.
-
-    The same steps as the start of ``TAT.forward`` / ``TAT._restore``: check, (H, W) swap when ``transpose_hw``,
-    padding to ``size_multiple``, the channels-last encoder.
-
-    Args:
-        network: a :class:`custom.networks.TAT`.
-        x: ``(B, in_channels, H, W)`` in [0, 1].
-
-    Returns:
-        ``(B, C_latent, H' / 8, W' / 8)`` (``H'``, ``W'`` padded).
-    """
-    network.check_input(x)
-    if network.transpose_hw:
-        x = x.transpose(-1, -2)
-    h, w = x.shape[-2:]
-    m = network.size_multiple
-    pad_h, pad_w = (-h) % m, (-w) % m
-    if pad_h or pad_w:
-        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-    enc1 = network.patch_embed(x).contiguous(memory_format=torch.channels_last)
-    enc1 = network._blocks(network.encoder_level1, enc1, None)
-    enc2 = network._blocks(network.encoder_level2, network.down1_2(enc1), None)
-    enc3 = network._blocks(network.encoder_level3, network.down2_3(enc2), None)
-    return network.down3_4(enc3)
-
-
 def task_embeddings(network: torch.nn.Module, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """The task embedding of every slice, read from TAT's task representation network.
 
-    Computed by the network's own modules (encoder, then ``task_kernels.embed``) without hooks or a full forward
-    pass, so other threads may run the same network meanwhile.
+    Computed by :meth:`custom.networks.TAT.task_embedding` (encoder and task representation network only, no
+    hooks), so other threads may run the same network meanwhile.
 
     Args:
         network: a task-adaptive :class:`custom.networks.TAT` (not modified).
@@ -109,12 +75,10 @@ def task_embeddings(network: torch.nn.Module, images: torch.Tensor, batch_size: 
         ValueError: the network has no task representation network (``task_adaptive=False``), is not a TAT, or bad
             input.
     """
-    tren = getattr(network, "task_kernels", None)
-    if tren is None or not hasattr(tren, "embed"):
+    if not callable(getattr(network, "task_embedding", None)):
+        raise ValueError(f"task embeddings need a TAT network; {type(network).__name__} has no task_embedding.")
+    if getattr(network, "task_kernels", None) is None:
         raise ValueError("the network has no task representation network (task_adaptive=False): no task embedding.")
-    missing = [name for name in (*_ENCODER, "_blocks", "check_input", "size_multiple") if not hasattr(network, name)]
-    if missing:
-        raise ValueError(f"task embeddings need a TAT network; {type(network).__name__} lacks {missing}.")
     if images.dim() != 4 or images.shape[0] == 0:
         raise ValueError(f"expected a non-empty (N, C, H, W) batch of slices, got {tuple(images.shape)}.")
     if batch_size < 1:
@@ -124,7 +88,7 @@ def task_embeddings(network: torch.nn.Module, images: torch.Tensor, batch_size: 
     with torch.no_grad():
         for i in range(0, images.shape[0], batch_size):
             x = images[i : i + batch_size].to(device=device, dtype=torch.float32)
-            found.append(tren.embed(_bottleneck(network, x)).float().cpu())
+            found.append(network.task_embedding(x).float().cpu())
     return torch.cat(found)
 
 

@@ -242,14 +242,40 @@ class TAT(nn.Module):
             return self._restore(x.transpose(-1, -2)).transpose(-1, -2).contiguous()
         return self._restore(x)
 
-    def _restore(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward`` on a checked ``(B, in_channels, H, W)`` batch in the layers' own (H, W) order."""
+    def task_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The task representation network's embedding of each image (what the paper shows clustering by task),
+        computed by the encoder and the task representation network only (no decoder, no hooks).
+
+        Args:
+            x: ``(B, in_channels, H, W)`` degraded images, intensities mapped to [0, 1].
+
+        Returns:
+            ``(B, tren_embed_dim)``.
+
+        Raises:
+            ValueError: the network has no task representation network (``task_adaptive=False``), or see
+                :meth:`check_input`.
+        """
+        if self.task_kernels is None:
+            raise ValueError("the network has no task representation network (task_adaptive=False): no task embedding.")
+        self.check_input(x)
+        if self.transpose_hw:
+            x = x.transpose(-1, -2)
+        return self.task_kernels.embed(self._encode(self._pad(x))[-1])
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad ``(B, C, H, W)`` at the bottom / right to multiples of :attr:`size_multiple` (reflect, or replicate
+        where the padding is not smaller than the side)."""
         h, w = x.shape[-2:]
         m = self.size_multiple
         pad_h, pad_w = (-h) % m, (-w) % m
         if pad_h or pad_w:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        return x
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoder levels 1-3 and the bottleneck (``enc1``, ``enc2``, ``enc3``, ``latent``) of a padded batch."""
         # channels-last activations: the depthwise and 1x1 convs are several times faster on CPU, and the
         # layer norms and attention read the channels-last view without copies. The layout is set on the
         # embedded features: a 1-channel input is already "channels-last", and the convs would keep the
@@ -258,7 +284,13 @@ class TAT(nn.Module):
         enc1 = self._blocks(self.encoder_level1, enc1, None)
         enc2 = self._blocks(self.encoder_level2, self.down1_2(enc1), None)
         enc3 = self._blocks(self.encoder_level3, self.down2_3(enc2), None)
-        latent = self.down3_4(enc3)
+        return enc1, enc2, enc3, self.down3_4(enc3)
+
+    def _restore(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` on a checked ``(B, in_channels, H, W)`` batch in the layers' own (H, W) order."""
+        h, w = x.shape[-2:]
+        x = self._pad(x)
+        enc1, enc2, enc3, latent = self._encode(x)
         kernels: dict[str, TaskKernels] = {} if self.task_kernels is None else self.task_kernels(latent)
         latent = self._blocks(self.latent, latent, kernels.get("latent"))
 

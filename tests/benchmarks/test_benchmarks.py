@@ -1,8 +1,10 @@
-"""Smoke tests of benchmarks/inference_modes.py and benchmarks/gpu.py (their --quick paths, on the CPU)."""
+"""Smoke tests of the benchmarks (inference modes, GPU, published speed, task check) on tiny inputs, on the CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -167,3 +169,63 @@ class TestPublishedSpeedBenchmark(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestTaskCheckBenchmark(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        from custom.handlers.task_statistics import compute_task_statistics, store_task_statistics
+        from custom.settings import load_modality_settings
+
+        from tests.utils import BUNDLE, SETTINGS_DIR, make_task_dataset, save_checkpoint, tiny_overrides
+
+        cls.bench = _load("task_check")
+        tmp = cls.enterClassContext(tempfile.TemporaryDirectory())
+        cls.datalist = make_task_dataset(os.path.join(tmp, "data"), {"training": 3, "validation": 2, "test": 1})
+        cls.ckpt = os.path.join(tmp, "model.pt")
+        net = save_checkpoint(cls.ckpt)
+        stats = compute_task_statistics(net, cls.datalist, load_modality_settings(SETTINGS_DIR))
+        store_task_statistics(cls.ckpt, stats)
+        cls.overrides = os.path.join(tmp, "overrides.json")
+        with open(cls.overrides, "w") as f:
+            json.dump(tiny_overrides(), f)
+        with open(cls.datalist) as f:
+            pet = next(it["image"] for it in json.load(f)["test"] if it["modality"] == "PET")
+        cls.pet = os.path.join(os.path.dirname(cls.datalist), pet)
+        cls.args = ["--checkpoint", cls.ckpt, "--datalist", cls.datalist, "--bundle_root", BUNDLE]
+        cls.args += ["--overrides", cls.overrides, "--size", "32"]
+        cls.no_stats = os.path.join(tmp, "bare.pt")
+        save_checkpoint(cls.no_stats)
+
+    def _run(self, *extra: str) -> tuple[int, str]:
+        out = io.StringIO()
+        threads = torch.get_num_threads()
+        try:
+            with contextlib.redirect_stdout(out):
+                rc = self.bench.main([*self.args, *extra])
+        finally:
+            torch.set_num_threads(threads)
+        return rc, out.getvalue()
+
+    def test_every_slice_counted_once(self):
+        rc, text = self._run("--pet_slice", self.pet)
+        self.assertEqual(rc, 0, text)
+        rows = {
+            line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ")
+        }
+        for split, n in (("training", 9), ("validation", 6), ("test", 3)):
+            slices, right, alarms, confused = (c.strip() for c in rows[split])
+            self.assertEqual(int(slices), n)
+            wrong = sum(int(part.split()[0]) for part in confused.split(", ")) if confused != "-" else 0
+            self.assertEqual(int(right.split()[0]) + wrong, n, rows[split])
+            self.assertGreaterEqual(int(alarms), wrong)  # every slice read as another task is a mismatch warning
+        self.assertIn("PET slice", text)
+        self.assertRegex(text, r"foreign inputs warned: \d of 7")
+
+    def test_checkpoint_without_statistics(self):
+        args = list(self.args)
+        args[1] = self.no_stats
+        out = io.StringIO()
+        with contextlib.redirect_stderr(out):
+            self.assertEqual(self.bench.main(args), 1)
+        self.assertIn("no task statistics", out.getvalue())

@@ -2,10 +2,9 @@
 
 The task representation network (:class:`custom.networks.blocks.TaskRepresentationNetwork`) reduces the bottleneck
 features of a slice to one embedding vector (``embed_dim`` values after the global average pool and its MLP) from
-which every decoder kernel is generated; the paper shows these vectors clustering by task. This module reads that
-vector without changing the network or its outputs (a forward hook on the MLP, registered for one call and
-removed; the forward pass stops right there, so the decoder is not run), summarises the training set per task
-(mean and per-dimension standard deviation), and scores a scan against it:
+which every decoder kernel is generated; the paper shows these vectors clustering by task. That vector
+(:meth:`custom.networks.TAT.task_embedding`: encoder and task representation network only) is summarised over the
+training set per task (mean and per-dimension standard deviation), and a scan is scored against it:
 
 * slice distance to task t: ``sqrt(mean_j ((z_j - mean_tj) / std_tj) ** 2)`` (a diagonal Mahalanobis distance
   per dimension, so 1 is "one standard deviation away on average"); ``std`` is floored at

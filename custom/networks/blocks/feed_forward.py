@@ -95,7 +95,7 @@ class GatedFeedForward(nn.Module):
         return torch.ops.aten.gelu_(x1).mul_(x2)
 
 
-STRIP_BYTES = 8 * 2**20
+STRIP_BYTES = 4 * 2**20
 """Largest hidden map (one half, bytes) the feed-forward allocates without a graph; larger maps go in row strips."""
 
 

@@ -30,4 +30,9 @@ def pointwise_conv(
     if part is not None:
         w = w[part]
         bias = None if bias is None else bias[part]
-    return F.linear(x.movedim(1, -1), w, bias).movedim(-1, 1)
+    moved = x.movedim(1, -1)
+    if moved.dim() > 2 and moved.is_contiguous():
+        # one 2D GEMM: F.linear on a 4D+ input goes through a batched matmul (about half the speed on CPU)
+        out = F.linear(moved.reshape(-1, moved.shape[-1]), w, bias)
+        return out.reshape(*moved.shape[:-1], w.shape[0]).movedim(-1, 1)
+    return F.linear(moved, w, bias).movedim(-1, 1)

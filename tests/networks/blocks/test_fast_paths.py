@@ -36,6 +36,10 @@ class TestPointwise(unittest.TestCase):
         part = pointwise_conv(x, w, b, slice(2, 5))
         torch.testing.assert_close(part, F.conv2d(x, w, b)[:, 2:5], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(pointwise_conv(x, w.flatten(1)), F.conv2d(x, w), rtol=1e-5, atol=1e-5)
+        rows = x[:, :, 1:4]  # a row strip: contiguous channels-last view for a channels-last x (the 2D GEMM path)
+        strip = pointwise_conv(rows, w, b)
+        torch.testing.assert_close(strip, F.conv2d(rows, w, b), rtol=1e-5, atol=1e-5)
+        self.assertEqual(tuple(strip.shape), (2, 9, 3, 7))
 
 
 class TestDepthwiseParts(unittest.TestCase):

@@ -116,23 +116,7 @@ class _Port:
 
 class TestDeployOperators(unittest.TestCase):
     def test_restore_and_write_derived_series(self):
-        deploy = {
-            "monai.deploy": _module("monai.deploy"),
-            "monai.deploy.conditions": _module("monai.deploy.conditions", CountCondition=_Base),
-            "monai.deploy.core": _module(
-                "monai.deploy.core",
-                AppContext=_Base,
-                Application=_Base,
-                ConditionType=types.SimpleNamespace(NONE=None),
-                Fragment=_Base,
-                Operator=_Base,
-                OperatorSpec=_Base,
-            ),
-            "monai.deploy.operators": _module("monai.deploy.operators"),
-            "monai.deploy.operators.dicom_data_loader_operator": _module("x", DICOMDataLoaderOperator=_Base),
-            "monai.deploy.operators.dicom_series_selector_operator": _module("y", DICOMSeriesSelectorOperator=_Base),
-        }
-        app = _load(REPO / "apps" / "deploy" / "app.py", "deploy_app_stubbed", deploy)
+        app = _deploy_app("deploy_app_stubbed")
         with tempfile.TemporaryDirectory() as d:
             d = Path(d)
             hu = write_ct_dicom_series(d / "in" / "series1")
@@ -183,7 +167,8 @@ def _monailabel_lib() -> types.ModuleType:
     return _load(REPO / "apps" / "monailabel" / "lib" / "tat_restore.py", "tat_restore_options", stubs)
 
 
-def _deploy_app() -> types.ModuleType:
+def _deploy_app(name: str = "deploy_app_options") -> types.ModuleType:
+    """apps/deploy/app.py imported under ``name`` with the MONAI Deploy SDK modules it imports stubbed."""
     stubs = {
         "monai.deploy": _module("monai.deploy"),
         "monai.deploy.conditions": _module("monai.deploy.conditions", CountCondition=_Base),
@@ -200,7 +185,7 @@ def _deploy_app() -> types.ModuleType:
         "monai.deploy.operators.dicom_data_loader_operator": _module("x", DICOMDataLoaderOperator=_Base),
         "monai.deploy.operators.dicom_series_selector_operator": _module("y", DICOMSeriesSelectorOperator=_Base),
     }
-    return _load(REPO / "apps" / "deploy" / "app.py", "deploy_app_options", stubs)
+    return _load(REPO / "apps" / "deploy" / "app.py", name, stubs)
 
 
 def _nifti(path: str) -> np.ndarray:

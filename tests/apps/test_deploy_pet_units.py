@@ -16,29 +16,8 @@ import numpy as np
 import pydicom
 from parameterized import parameterized
 
-from tests.apps.test_apps_stubbed import OVERRIDES, REPO, _Base, _bundle, _load, _module, _Port
+from tests.apps.test_apps_stubbed import OVERRIDES, _bundle, _deploy_app, _Port
 from tests.utils import dicom_series_folder, pet_tags
-
-
-def _deploy_app() -> types.ModuleType:
-    core = _module(
-        "monai.deploy.core",
-        AppContext=_Base,
-        Application=_Base,
-        ConditionType=types.SimpleNamespace(NONE=None),
-        Fragment=_Base,
-        Operator=_Base,
-        OperatorSpec=_Base,
-    )
-    stubs = {
-        "monai.deploy": _module("monai.deploy"),
-        "monai.deploy.conditions": _module("monai.deploy.conditions", CountCondition=_Base),
-        "monai.deploy.core": core,
-        "monai.deploy.operators": _module("monai.deploy.operators"),
-        "monai.deploy.operators.dicom_data_loader_operator": _module("x", DICOMDataLoaderOperator=_Base),
-        "monai.deploy.operators.dicom_series_selector_operator": _module("y", DICOMSeriesSelectorOperator=_Base),
-    }
-    return _load(REPO / "apps" / "deploy" / "app.py", "deploy_app_pet_units", stubs)
 
 
 def _study(folder: Path) -> types.SimpleNamespace:
@@ -54,7 +33,7 @@ class TestDeployPetUnitsAndModality(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
         self.d = Path(self.tmp.name)
-        self.app = _deploy_app()
+        self.app = _deploy_app("deploy_app_pet_units")
         self.bundle = _bundle(self.d)
         self.vol = np.random.default_rng(0).integers(0, 20, (32, 32, 2)).astype(np.uint16)
 

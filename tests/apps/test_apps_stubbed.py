@@ -72,18 +72,7 @@ def _load(path: Path, name: str, stubs: dict) -> types.ModuleType:
 
 class TestMonaiLabelTask(unittest.TestCase):
     def test_restores_nifti_through_the_bundle_restore(self):
-        stubs = {
-            "monailabel": _module("monailabel"),
-            "monailabel.interfaces": _module("monailabel.interfaces"),
-            "monailabel.interfaces.tasks": _module("monailabel.interfaces.tasks"),
-            "monailabel.interfaces.tasks.infer_v2": _module(
-                "monailabel.interfaces.tasks.infer_v2", InferType=types.SimpleNamespace(OTHERS="others")
-            ),
-            "monailabel.tasks": _module("monailabel.tasks"),
-            "monailabel.tasks.infer": _module("monailabel.tasks.infer"),
-            "monailabel.tasks.infer.basic_infer": _module("monailabel.tasks.infer.basic_infer", BasicInferTask=_Base),
-        }
-        lib = _load(REPO / "apps" / "monailabel" / "lib" / "tat_restore.py", "tat_restore_stubbed", stubs)
+        lib = _monailabel_lib("tat_restore_stubbed")
         with tempfile.TemporaryDirectory() as d:
             d = Path(d)
             vol = write_ct_nifti(d / "ct.nii.gz")
@@ -152,7 +141,8 @@ def _random_checkpoint(path: Path) -> None:
     save_checkpoint(str(path), seed=3)  # a network that changes the scan, so the options show
 
 
-def _monailabel_lib() -> types.ModuleType:
+def _monailabel_lib(name: str = "tat_restore_options") -> types.ModuleType:
+    """apps/monailabel/lib/tat_restore.py imported under ``name`` with the MONAI Label modules it imports stubbed."""
     stubs = {
         "monailabel": _module("monailabel"),
         "monailabel.interfaces": _module("monailabel.interfaces"),
@@ -164,7 +154,7 @@ def _monailabel_lib() -> types.ModuleType:
         "monailabel.tasks.infer": _module("monailabel.tasks.infer"),
         "monailabel.tasks.infer.basic_infer": _module("monailabel.tasks.infer.basic_infer", BasicInferTask=_Base),
     }
-    return _load(REPO / "apps" / "monailabel" / "lib" / "tat_restore.py", "tat_restore_options", stubs)
+    return _load(REPO / "apps" / "monailabel" / "lib" / "tat_restore.py", name, stubs)
 
 
 def _deploy_app(name: str = "deploy_app_options") -> types.ModuleType:

@@ -7,26 +7,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import types
 import unittest
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
-import pydicom
 from parameterized import parameterized
 
-from tests.apps.test_apps_stubbed import OVERRIDES, _bundle, _deploy_app, _Port
+from tests.apps.test_apps_stubbed import OVERRIDES, _bundle, _deploy_app, _Port, _study
 from tests.utils import dicom_series_folder, pet_tags
-
-
-def _study(folder: Path) -> types.SimpleNamespace:
-    files = sorted(str(p) for p in folder.glob("*.dcm"))
-    sops = [types.SimpleNamespace(get_native_sop_instance=lambda f=f: types.SimpleNamespace(filename=f)) for f in files]
-    series = types.SimpleNamespace(
-        SeriesInstanceUID=pydicom.dcmread(files[0]).SeriesInstanceUID, get_sop_instances=lambda: sops
-    )
-    return types.SimpleNamespace(selected_series=[types.SimpleNamespace(series=series)])
 
 
 class TestDeployPetUnitsAndModality(unittest.TestCase):

@@ -59,11 +59,24 @@ class InputAwareLoss:
     """
 
     def __init__(
-        self, loss: Callable[..., Any], engine: SupervisedTrainer, info_keys: Sequence[str] = ("modality", "task")
+        self,
+        loss: Callable[..., Any],
+        engine: SupervisedTrainer,
+        info_keys: Sequence[str] = ("modality", "task"),
+        task_contrast: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+        task_contrast_weight: float = 0.0,
+        task_key: str = "modality",
     ) -> None:
+        if task_contrast_weight < 0:
+            raise ValueError(f"task_contrast_weight must be >= 0, got {task_contrast_weight}.")
+        if task_contrast_weight > 0 and task_contrast is None:
+            raise ValueError("task_contrast_weight > 0 needs a task_contrast loss (e.g. SupervisedContrastiveLoss).")
         self.loss = loss
         self.engine = engine
         self.info_keys = tuple(info_keys)
+        self.task_contrast = task_contrast
+        self.task_contrast_weight = float(task_contrast_weight)
+        self.task_key = task_key
 
     def __call__(self, preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Returns: the loss tensor (``SupervisedTrainer`` takes its mean)."""
@@ -78,7 +91,31 @@ class InputAwareLoss:
             result, details = result
             output["loss_weight"] = details["weight"]
             output["sigma"] = details["sigma"]
+        if self.task_contrast_weight > 0:
+            contrast = self._task_contrast(output[Keys.IMAGE], batch)
+            output["task_contrast"] = contrast.detach()
+            result = result + self.task_contrast_weight * contrast
         return result
+
+    def _task_contrast(self, inputs: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The task-contrast term of a batch: the network's task embedding of ``inputs`` scored with the batch's
+        task labels (``batch[task_key]``).
+
+        Raises:
+            ValueError: the batch has no task labels, or the network no task embedding.
+        """
+        tasks = batch.get(self.task_key) if isinstance(batch, Mapping) else None
+        if tasks is None:
+            raise ValueError(
+                f"task_contrast_weight > 0 needs the task of every training sample: the batch has no "
+                f"'{self.task_key}' entry (the bundle's data lists give each item a 'modality')."
+            )
+        network = getattr(self.engine.network, "module", self.engine.network)  # DistributedDataParallel
+        if not callable(getattr(network, "task_embedding", None)):
+            raise ValueError(
+                f"task_contrast_weight > 0 needs a TAT network; {type(network).__name__} has no task_embedding."
+            )
+        return self.task_contrast(network.task_embedding(inputs), tasks)
 
 
 class FiniteLossGuard:
@@ -164,17 +201,36 @@ class TaskAdaptiveTrainer(SupervisedTrainer):
     skip steps re-learning it. It is restored by :meth:`load_state_dict` during :meth:`run` (the scaler is built
     there; MONAI's ``CheckpointLoader`` loads at ``Events.STARTED``).
 
+    Beyond the paper, ``task_contrast_weight > 0`` adds ``task_contrast_weight * task_contrast(z, tasks)`` to the
+    loss, ``z`` the network's task embedding of the inputs (``TAT.task_embedding``: its gradient reaches the task
+    representation network only) and ``tasks`` the batch's ``"modality"`` entries, e.g.
+    :class:`custom.losses.SupervisedContrastiveLoss`: it trains the embedding the task check reads to separate the
+    tasks. Its value goes in ``engine.state.output["task_contrast"]``. Off (0) in the published recipe.
+
     Args:
         args: positional arguments of ``SupervisedTrainer``.
+        task_contrast: ``(embeddings (B, D), tasks) -> scalar`` loss, used when ``task_contrast_weight > 0``.
+        task_contrast_weight: its weight; 0 (default) computes nothing extra.
         kwargs: keyword arguments of ``SupervisedTrainer``; ``loss_function`` takes ``(inputs, preds, targets)``.
+
+    Raises:
+        ValueError: a negative weight, or a positive weight without a ``task_contrast`` loss.
     """
 
     info_keys: tuple[str, ...] = ("modality", "task")
     scaler_key = "grad_scaler"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        task_contrast: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+        task_contrast_weight: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.loss_function = InputAwareLoss(self.loss_function, self, self.info_keys)
+        self.loss_function = InputAwareLoss(
+            self.loss_function, self, self.info_keys, task_contrast, task_contrast_weight, task_key="modality"
+        )
         FiniteLossGuard().attach(self)
         FiniteGradientGuard().attach(self)
 

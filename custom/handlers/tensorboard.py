@@ -39,9 +39,9 @@ def per_task_mean(items: Any, value_key: str, task_key: str = "modality") -> dic
 
 class TrainingScalarWriter:
     """``iteration_event_writer`` for :class:`monai.handlers.TensorBoardStatsHandler` writing, at each logged
-    iteration: ``train_loss``, ``lr`` (first parameter group) and ``loss_weight/<task>`` (the batch's mean
-    per-sample loss weight of each task, from the ``loss_weight`` entries that
-    :class:`custom.engines.TaskAdaptiveTrainer` puts in the output).
+    iteration: ``train_loss``, ``task_contrast`` (when trained with it), ``lr`` (first parameter group) and
+    ``loss_weight/<task>`` (the batch's mean per-sample loss weight of each task, from the ``loss_weight`` entries
+    that :class:`custom.engines.TaskAdaptiveTrainer` puts in the output).
 
     Args:
         optimizer: the training optimiser.
@@ -60,6 +60,8 @@ class TrainingScalarWriter:
         first = output[0] if isinstance(output, list) and output else output
         if isinstance(first, Mapping) and Keys.LOSS in first:
             writer.add_scalar("train_loss", float(torch.as_tensor(first[Keys.LOSS])), step)
+        if isinstance(first, Mapping) and "task_contrast" in first:
+            writer.add_scalar("task_contrast", float(torch.as_tensor(first["task_contrast"])), step)
         writer.add_scalar("lr", float(self.optimizer.param_groups[0]["lr"]), step)
         for task, value in per_task_mean(output, self.weight_key, self.task_key).items():
             writer.add_scalar(f"loss_weight/{task}", value, step)

@@ -244,7 +244,8 @@ class TAT(nn.Module):
 
     def task_embedding(self, x: torch.Tensor) -> torch.Tensor:
         """The task representation network's embedding of each image (what the paper shows clustering by task),
-        computed by the encoder and the task representation network only (no decoder, no hooks).
+        computed by the encoder and the task representation network only (no decoder, no hooks). With gradients
+        enabled, they reach the task representation network only, as in :meth:`forward`.
 
         Args:
             x: ``(B, in_channels, H, W)`` degraded images, intensities mapped to [0, 1].
@@ -261,7 +262,10 @@ class TAT(nn.Module):
         self.check_input(x)
         if self.transpose_hw:
             x = x.transpose(-1, -2)
-        return self.task_kernels.embed(self._encode(self._pad(x))[-1])
+        # the task representation network's input is detached (as in forward): no encoder graph to keep
+        with torch.no_grad():
+            latent = self._encode(self._pad(x))[-1]
+        return self.task_kernels.embed(latent)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         """Pad ``(B, C, H, W)`` at the bottom / right to multiples of :attr:`size_multiple` (reflect, or replicate

@@ -102,6 +102,10 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "learning_rate": 0.002,
     # EMA decay 0.99 (published 0.999 averages over ~1000 steps, longer than the whole demo run)
     "ema_decay": 0.99,
+    # beyond the paper: a supervised contrastive term on the task embedding (custom.losses.SupervisedContrastiveLoss),
+    # so that 500 steps give an embedding the task check can read (the restoration loss alone need not separate
+    # the tasks in so short a run); it trains the task representation network only
+    "task_contrast_weight": 0.1,
     # no DataLoader worker processes on a 2-core machine (they would compete with the training threads)
     "num_workers": 0,
 }

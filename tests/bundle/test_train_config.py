@@ -203,6 +203,7 @@ class TestAblations(_WithData):
             ("single_modality", {"modalities": ["CT"]}),
             ("weight_generation_off", {"network_def#task_adaptive": False}),
             ("loss_balancing_off", {"loss_def#_target_": "custom.losses.PlainL1Loss"}),
+            ("task_contrast", {"task_contrast_weight": 0.1}),
         ]
     )
     def test_ablation_overrides(self, check, override):
@@ -235,6 +236,11 @@ class TestAblations(_WithData):
             self.assertNotIn("val_mri_psnr", rows)
         elif check == "weight_generation_off":
             self.assertLess(len(latest["network"]), len(_tat_keys(task_adaptive=True)))
+        elif check == "task_contrast":
+            trainer = wf.parser.get_parsed_content("train#trainer")
+            self.assertEqual(trainer.loss_function.task_contrast_weight, 0.1)
+            self.assertIn("task_contrast", trainer.state.output[0])
+            self.assertEqual(sorted(latest["network"]), sorted(_tat_keys(task_adaptive=True)))  # no new weights
         else:
             self.assertEqual(latest["loss"], {})
         self.assertTrue(math.isfinite(float(rows["val_mean_psnr"])))
@@ -258,6 +264,8 @@ class TestConfigProperties(_WithData):
         wf.initialize()
         self.assertFalse(wf.check_properties())
         self.assertEqual(wf.parser["training"], wf.parser["run"])
+        # the published recipe: no task-contrast term (beyond the paper, opt-in)
+        self.assertEqual(wf.parser.get_parsed_content("train#trainer").loss_function.task_contrast_weight, 0.0)
         # the multi-GPU file only overrides ids that train.json defines (plus its own new ones)
         with open(MULTI) as f:
             multi = json.load(f)

@@ -7,12 +7,14 @@ from unittest import mock
 
 import torch
 from custom.engines import FiniteGradientGuard, FiniteLossGuard, InputAwareLoss, TaskAdaptiveTrainer, batch_sources
-from custom.losses import PlainL1Loss, TaskAdaptiveBalancedLoss
+from custom.losses import PlainL1Loss, SupervisedContrastiveLoss, TaskAdaptiveBalancedLoss
 from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from parameterized import parameterized
+
+from tests.utils import TINY_TREN, tiny_net
 
 MODALITIES = ["CT", "PET", "MRI"] * 2
 
@@ -220,6 +222,95 @@ class TestInputAwareLoss(unittest.TestCase):
         loss(data[0]["label"], data[0]["label"])
         self.assertEqual(loss.engine.state.output["task"], "denoise")
         self.assertNotIn("modality", loss.engine.state.output)  # not among the info keys
+
+
+def _tat_batches(n: int, modality: bool = True) -> list[dict]:
+    """``n`` batches of 6 random 16 x 16 slices, two per task; without ``modality`` entries when asked."""
+    g = torch.Generator().manual_seed(5)
+    out = []
+    for _ in range(n):
+        batch = {"image": torch.rand(6, 1, 16, 16, generator=g), "label": torch.rand(6, 1, 16, 16, generator=g)}
+        if modality:
+            batch["modality"] = list(MODALITIES)
+        out.append(batch)
+    return out
+
+
+def _tat() -> torch.nn.Module:
+    return tiny_net(0, **TINY_TREN).train()
+
+
+class TestTaskContrast(unittest.TestCase):
+    def test_adds_the_weighted_term_to_the_loss(self):
+        losses = {}
+        for weight in (0.0, 0.5):
+            trainer = _trainer(
+                PlainL1Loss(),
+                _tat_batches(1),
+                net=_tat(),
+                task_contrast=SupervisedContrastiveLoss(0.1),
+                task_contrast_weight=weight,
+            )
+            outputs = _iteration_outputs(trainer)
+            trainer.run()
+            losses[weight] = outputs[0]
+        self.assertNotIn("task_contrast", losses[0.0])
+        contrast = losses[0.5]["task_contrast"]
+        self.assertGreater(float(contrast), 0.0)
+        torch.testing.assert_close(losses[0.5][Keys.LOSS].detach(), losses[0.0][Keys.LOSS].detach() + 0.5 * contrast)
+        # the term is the loss of the network's own task embedding of the batch's inputs, with its tasks
+        net = _tat()
+        with torch.no_grad():
+            expected = SupervisedContrastiveLoss(0.1)(net.task_embedding(_tat_batches(1)[0]["image"]), MODALITIES)
+        torch.testing.assert_close(contrast, expected)
+
+    def test_gradient_reaches_only_the_task_representation_network(self):
+        net = _tat()
+        loss = InputAwareLoss(
+            lambda x, p, t: (p - t).abs().mean() * 0.0,
+            engine=mock.Mock(),
+            task_contrast=SupervisedContrastiveLoss(),
+            task_contrast_weight=1.0,
+        )
+        batch = _tat_batches(1)[0]
+        loss.engine.network = net
+        loss.engine.state.batch = batch
+        loss.engine.state.output = {Keys.IMAGE: batch["image"]}
+        loss(net(batch["image"]), batch["label"]).backward()
+        grads = {n: p.grad for n, p in net.named_parameters()}
+        self.assertTrue(any(g is not None and bool(g.abs().sum() > 0) for n, g in grads.items() if "task_kernels" in n))
+        outside = [n for n, g in grads.items() if "task_kernels" not in n and g is not None and bool(g.abs().sum() > 0)]
+        self.assertEqual(outside, [])
+
+    def test_published_recipe_computes_no_embedding(self):
+        net = _tat()
+        trainer = _trainer(PlainL1Loss(), _tat_batches(1), net=net, task_contrast=SupervisedContrastiveLoss())
+        with mock.patch.object(type(net), "task_embedding", side_effect=AssertionError("called")) as embedding:
+            trainer.run()
+        embedding.assert_not_called()
+
+    def test_batch_without_tasks(self):
+        trainer = _trainer(
+            PlainL1Loss(),
+            _tat_batches(1, modality=False),
+            net=_tat(),
+            task_contrast=SupervisedContrastiveLoss(),
+            task_contrast_weight=0.1,
+        )
+        with self.assertRaisesRegex(ValueError, "no 'modality' entry"):
+            trainer.run()
+
+    def test_network_without_task_embedding(self):
+        trainer = _trainer(
+            PlainL1Loss(), _tat_batches(1), task_contrast=SupervisedContrastiveLoss(), task_contrast_weight=0.1
+        )
+        with self.assertRaisesRegex(ValueError, "needs a TAT network"):
+            trainer.run()
+
+    @parameterized.expand([("negative", -0.1, SupervisedContrastiveLoss()), ("no loss", 0.1, None)])
+    def test_bad_settings(self, _, weight, contrast):
+        with self.assertRaisesRegex(ValueError, "task_contrast"):
+            _trainer(PlainL1Loss(), _tat_batches(1), net=_tat(), task_contrast=contrast, task_contrast_weight=weight)
 
 
 class TestGuards(unittest.TestCase):

@@ -36,6 +36,66 @@ def _over_axis(x: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor
     return (x.movedim(axis, -1) @ matrix).movedim(-1, axis)
 
 
+def _window_attention(
+    gram: torch.Tensor, norms: torch.Tensor, axes: Sequence[tuple[list, list]], temperature: torch.Tensor
+) -> torch.Tensor:
+    """Per-window attention matrices from per-tile statistics.
+
+    Args:
+        gram: ``(*tile_grid, B, h, C/h, C/h)`` per-tile ``q k^T``.
+        norms: ``(*tile_grid, B, 2, h, C/h)`` per-tile squared norms of q (index 0) and k (index 1).
+        axes: per spatial axis, ``(tiles, coverage)`` of :func:`~custom.networks.blocks.local_windows.window_tiles`.
+        temperature: ``(h, 1, 1)``.
+
+    Returns:
+        ``(*window_grid, B, h, C/h, C/h)`` softmax attention of each window.
+    """
+    for axis, (_, coverage) in enumerate(axes):  # per-tile sums -> per-window sums
+        if len(coverage) == 1 and len(coverage[0]) == 1:
+            continue
+        cov = torch.tensor(coverage, dtype=gram.dtype, device=gram.device)  # (windows, tiles)
+        gram, norms = (_over_axis(z, cov.T, axis) for z in (gram, norms))
+    norms = norms.sqrt().clamp_min(1e-12)
+    q_norm, k_norm = norms.select(-3, 0), norms.select(-3, 1)
+    return (gram / (q_norm[..., :, None] * k_norm[..., None, :]) * temperature).softmax(dim=-1)
+
+
+def tile_matrices(
+    gram: torch.Tensor,
+    norms: torch.Tensor,
+    axes: Sequence[tuple[list, list]],
+    temperature: torch.Tensor,
+    project: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The published mean of the covering windows' attention, per tile, optionally with the output conv folded in.
+
+    Args:
+        gram: ``(*tile_grid, B, h, C/h, C/h)`` per-tile ``q k^T``.
+        norms: ``(*tile_grid, B, 2, h, C/h)`` per-tile squared norms of q (index 0) and k (index 1).
+        axes: per spatial axis, ``(tiles, coverage)`` of :func:`~custom.networks.blocks.local_windows.window_tiles`.
+        temperature: ``(h, 1, 1)``.
+        project: ``(C_out, C)`` output conv, or ``None``.
+
+    Returns:
+        ``(attn, matrices)``: ``attn`` ``(tiles, B, h, C/h, C/h)`` (tiles in row-major order of the grid) and, with
+        ``project``, ``matrices`` ``(tiles, B, C_out, C)`` = ``project @ blockdiag(attn)`` (else ``None``).
+    """
+    b, num_heads, dh = gram.shape[-4], gram.shape[-3], gram.shape[-1]
+    attn = _window_attention(gram, norms, axes, temperature)
+    for axis, (_, coverage) in enumerate(axes):  # per-window attention -> per-tile averaged attention
+        if len(coverage) == 1 and len(coverage[0]) == 1:
+            continue
+        cov = torch.tensor(coverage, dtype=attn.dtype, device=attn.device)  # (windows, tiles)
+        attn = _over_axis(attn, cov / cov.sum(0), axis)  # mean over the windows covering a tile
+    attn = attn.reshape(-1, b, num_heads, dh, dh)  # (tiles, B, h, C/h, C/h)
+    if project is None:
+        return attn, None
+    # (W blockdiag(A))[o, (head, j)] = sum_i W[o, (head, i)] A[head, i, j]
+    c_out = project.shape[0]
+    per_head = project.reshape(c_out, num_heads, dh).transpose(0, 1) @ attn  # (tiles, B, h, C_out, C/h)
+    return attn, per_head.permute(0, 1, 3, 2, 4).reshape(-1, b, c_out, num_heads * dh)
+
+
 def channel_attention(
     qkv: torch.Tensor | Sequence[torch.Tensor],
     num_heads: int,
@@ -119,31 +179,12 @@ def channel_attention(
         values.append(fv)  # (B, P, C)
     gram = torch.stack(grams).reshape(*grid, b, num_heads, dh, dh)
     norms = torch.stack(squares).reshape(*grid, b, 2, num_heads, dh)
-    tile_mean = []
-    for axis, (_, coverage) in enumerate(axes):  # per-tile sums -> per-window sums
-        if len(coverage) == 1 and len(coverage[0]) == 1:
-            tile_mean.append(None)
-            continue
-        cov = torch.tensor(coverage, dtype=gram.dtype, device=gram.device)  # (windows, tiles)
-        gram, norms = (_over_axis(z, cov.T, axis) for z in (gram, norms))
-        tile_mean.append(cov / cov.sum(0))  # (windows, tiles): mean over the windows covering a tile
-    norms = norms.sqrt().clamp_min(1e-12)
-    q_norm, k_norm = norms.select(-3, 0), norms.select(-3, 1)
-    attn = (gram / (q_norm[..., :, None] * k_norm[..., None, :]) * temperature).softmax(dim=-1)
     if blend and window is not None:
+        attn = _window_attention(gram, norms, axes, temperature)
         out = _blend_windows(maps[2], attn, spatial, window, num_heads, sigma_scale)
         return out if project is None else pointwise_conv(out, project, project_bias)
-    for axis, mean in enumerate(tile_mean):  # per-window attention -> per-tile averaged attention
-        if mean is not None:
-            attn = _over_axis(attn, mean, axis)
-    attn = attn.reshape(-1, b, num_heads, dh, dh)  # (tiles, B, h, C/h, C/h)
-    if project is None:  # block-diagonal A per tile: per-head products
-        matrices = None
-        c_out = c
-    else:  # (W blockdiag(A))[o, (head, j)] = sum_i W[o, (head, i)] A[head, i, j]
-        c_out = project.shape[0]
-        per_head = project.reshape(c_out, num_heads, dh).transpose(0, 1) @ attn  # (tiles, B, h, C_out, C/h)
-        matrices = per_head.permute(0, 1, 3, 2, 4).reshape(-1, b, c_out, c)  # (tiles, B, C_out, C)
+    attn, matrices = tile_matrices(gram, norms, axes, temperature, project)
+    c_out = c if project is None else project.shape[0]
     outs = []
     for i, v in enumerate(values):
         if matrices is None:
@@ -265,11 +306,98 @@ class ChannelAttention(nn.Module):
             self.qkv_dwconv(pointwise_conv(x, self.qkv.weight, self.qkv.bias, part), kernel, part)
             for part in (slice(0, c), slice(c, 2 * c), slice(2 * c, 3 * c))
         ]
-        spatial = qkv[0].shape[2:]
-        local = self.window is not None and self.window_mode != "global" and any(s > self.window for s in spatial)
-        window = [self.window] * self.spatial_dims if local else None
+        window = self.local_window(qkv[0].shape[2:])
         blend = self.window_mode == "blended"
         project = self.project_out.weight.flatten(1)
         return channel_attention(
             qkv, self.num_heads, self.temperature, window, blend, 0.125, project, self.project_out.bias
         )
+
+    def local_window(self, spatial: Sequence[int]) -> list[int] | None:
+        """The attention window per axis for a map of size ``spatial``, or ``None`` for global attention."""
+        local = self.window is not None and self.window_mode != "global" and any(s > self.window for s in spatial)
+        return [self.window] * self.spatial_dims if local else None
+
+    def residual_in_strips(
+        self, x: torch.Tensor, norm: nn.Module, kernel: torch.Tensor | None, rows: int
+    ) -> torch.Tensor:
+        """``x + self(norm(x), kernel)`` without a graph, computed in row strips (2D, ``"published"`` or
+        ``"global"`` windows; equal to the whole-map path up to float rounding).
+
+        Two passes over strips of ``rows`` rows: the first computes ``norm``, the qkv conv and the depthwise conv
+        of a strip with its halo rows, adds the strip's share to every tile's ``q k^T`` and squared norms, and
+        stores v where the output goes; the second replaces v by ``x + (W blockdiag(A_tile)) v`` strip by strip. So
+        the only map of the whole image allocated is the output: large maps are fresh pages from the OS on every
+        call (page faults), and strips stay in cache.
+
+        Args:
+            x: ``(B, C, H, W)``, channels-last in memory (other layouts work, slower).
+            norm: the block's layer norm before the attention.
+            kernel: generated depthwise kernel ``(B, 3C, 3, 3)`` for a dynamic block, else ``None``.
+            rows: rows per strip (at least 1).
+
+        Returns:
+            ``(B, C, H, W)``, channels-last in memory.
+
+        Raises:
+            ValueError: blended windows at this size, or not a 2D map.
+        """
+        if x.dim() != 4:
+            raise ValueError(f"row strips need a 2D map (B, C, H, W), got shape {tuple(x.shape)}.")
+        b, c, h, w = x.shape
+        window = self.local_window((h, w))
+        if window is not None and self.window_mode == "blended":
+            raise ValueError("row strips compute the published window mean or global attention, not blended windows.")
+        heads, dh = self.num_heads, c // self.num_heads
+        axes = [([(0, s)], [[1]]) for s in (h, w)] if window is None else list(map(window_tiles, (h, w), window))
+        (row_tiles, _), (col_tiles, _) = axes
+        grams = [[None] * len(col_tiles) for _ in row_tiles]
+        squares = [[None] * len(col_tiles) for _ in row_tiles]
+        out = torch.empty((b, h, w, c), dtype=x.dtype, device=x.device)  # (B, H, W, C): channels-last (B, C, H, W)
+        halo = self.qkv_dwconv.kernel_size // 2
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
+            normed = norm(x[:, :, a0:a1])
+            # q, k and v as three maps of C channels: the depthwise conv is several times faster per value on C
+            # channels than on 3C (its three input rows of 3C channels do not fit in L2 at 256 columns)
+            q_all, k_all, v_all = (
+                self.qkv_dwconv(pointwise_conv(normed, self.qkv.weight, self.qkv.bias, part), kernel, part)[
+                    :, :, r0 - a0 : r1 - a0
+                ].movedim(
+                    1, -1
+                )  # (B, rows, W, C)
+                for part in (slice(0, c), slice(c, 2 * c), slice(2 * c, 3 * c))
+            )
+            out[:, r0:r1] = v_all
+            for i, (t0, t1) in enumerate(row_tiles):
+                lo, hi = max(t0, r0), min(t1, r1)
+                if lo >= hi:
+                    continue
+                for j, (c0, c1) in enumerate(col_tiles):
+                    # (B, P, C): a copy only for a column sub-tile
+                    fq, fk = (z[:, lo - r0 : hi - r0, c0:c1].reshape(b, -1, c) for z in (q_all, k_all))
+                    q = fq.unflatten(-1, (heads, dh)).transpose(1, 2)  # (B, h, P, C/h)
+                    k = fk.unflatten(-1, (heads, dh)).transpose(1, 2)
+                    gram = q.transpose(-2, -1) @ k
+                    sq = torch.cat([fq.square().sum(1), fk.square().sum(1)], -1)  # (B, 2C)
+                    grams[i][j] = gram if grams[i][j] is None else grams[i][j].add_(gram)
+                    squares[i][j] = sq if squares[i][j] is None else squares[i][j].add_(sq)
+        grid = (len(row_tiles), len(col_tiles))
+        gram = torch.stack([g for row in grams for g in row]).reshape(*grid, b, heads, dh, dh)
+        norms = torch.stack([n for row in squares for n in row]).reshape(*grid, b, 2, heads, dh)
+        _, matrices = tile_matrices(gram, norms, axes, self.temperature, self.project_out.weight.flatten(1))
+        residual = x.movedim(1, -1)  # (B, H, W, C)
+        bias = self.project_out.bias
+        for i, (t0, t1) in enumerate(row_tiles):
+            for r0 in range(t0, t1, rows):
+                r1 = min(t1, r0 + rows)
+                for j, (c0, c1) in enumerate(col_tiles):
+                    m = matrices[i * len(col_tiles) + j].transpose(-2, -1)  # (B, C, C_out)
+                    v = out[:, r0:r1, c0:c1]
+                    shape = v.shape
+                    y = torch.baddbmm(residual[:, r0:r1, c0:c1].reshape(b, -1, c), v.reshape(b, -1, c), m)
+                    if bias is not None:
+                        y = y.add_(bias)
+                    out[:, r0:r1, c0:c1] = y.reshape(shape)
+        return out.movedim(-1, 1)

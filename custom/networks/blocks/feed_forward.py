@@ -57,8 +57,9 @@ class GatedFeedForward(nn.Module):
         pad = (-hidden) % 16
         w_out = _zero_padded(self.project_out.weight.flatten(1), pad, 1)
         rows = _strip_rows(x, hidden + pad)
+        weights = self._half_weights(hidden, pad)
         if rows is None:
-            return pointwise_conv(self._gated(x, kernel, hidden, pad), w_out, self.project_out.bias)
+            return pointwise_conv(self._gated(x, kernel, hidden, pad, weights), w_out, self.project_out.bias)
         # no graph and a large map: row strips (with the depthwise conv's halo rows), so that no hidden-size map of
         # the whole image is allocated (large allocations are fresh pages from the OS each time: page faults cost
         # about as much as the GEMMs at 256 x 256); the values are those of the whole-map path
@@ -68,11 +69,18 @@ class GatedFeedForward(nn.Module):
         for r0 in range(0, size, rows):
             r1 = min(size, r0 + rows)
             a0, a1 = max(0, r0 - halo), min(size, r1 + halo)
-            gated = self._gated(x[:, :, a0:a1], kernel, hidden, pad)[:, :, r0 - a0 : r1 - a0]
+            gated = self._gated(x[:, :, a0:a1], kernel, hidden, pad, weights)[:, :, r0 - a0 : r1 - a0]
             outs.append(pointwise_conv(gated, w_out, self.project_out.bias))
         return torch.cat(outs, 2)
 
-    def _gated(self, x: torch.Tensor, kernel: torch.Tensor | None, hidden: int, pad: int) -> torch.Tensor:
+    def _gated(
+        self,
+        x: torch.Tensor,
+        kernel: torch.Tensor | None,
+        hidden: int,
+        pad: int,
+        weights: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+    ) -> torch.Tensor:
         """``gelu(x1) * x2`` of ``x`` ``(B, C, *S)``: ``(B, hidden + pad, *S)``, the last ``pad`` channels 0.
 
         The two halves are computed as separate tensors (1x1 conv rows and depthwise kernels split): each is then
@@ -80,13 +88,11 @@ class GatedFeedForward(nn.Module):
         channels-last tensor is strided, and the GELU on it is several times slower on CPU. Each half is padded
         with zero channels to a multiple of 16 (published widths are odd: 127, 255, ...), where the GEMM and
         depthwise kernels are faster; the padded channels are exactly 0 and meet zero columns of project_out.
+        ``weights`` are those of :meth:`_half_weights` (computed here when ``None``).
         """
-        w_in = self.project_in.weight.flatten(1)
-        b_in = self.project_in.bias
+        weights = self._half_weights(hidden, pad) if weights is None else weights
         halves = []
-        for part in (slice(0, hidden), slice(hidden, 2 * hidden)):
-            w = _zero_padded(w_in[part], pad)
-            b = None if b_in is None else _zero_padded(b_in[part], pad)
+        for part, (w, b) in zip((slice(0, hidden), slice(hidden, 2 * hidden)), weights):
             halves.append(self.dwconv(pointwise_conv(x, w, b), kernel, part, pad))
         x1, x2 = halves
         if x1.requires_grad or x2.requires_grad:
@@ -94,6 +100,90 @@ class GatedFeedForward(nn.Module):
         # no graph to keep (inference): in place, two hidden-size maps less to allocate and write
         return torch.ops.aten.gelu_(x1).mul_(x2)
 
+    def _half_weights(self, hidden: int, pad: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """project_in's ``(hidden + pad, C)`` matrix and bias of each half, zero-padded by ``pad`` rows."""
+        w_in = self.project_in.weight.flatten(1)
+        b_in = self.project_in.bias
+        return [
+            (_zero_padded(w_in[part], pad), None if b_in is None else _zero_padded(b_in[part], pad))
+            for part in (slice(0, hidden), slice(hidden, 2 * hidden))
+        ]
+
+    def residual_in_strips_(
+        self, y: torch.Tensor, norm: nn.Module, kernel: torch.Tensor | None, rows: int
+    ) -> torch.Tensor:
+        """``y + self(norm(y), kernel)`` written into ``y`` (no graph; 2D), in row strips of ``rows`` rows.
+
+        Each strip reads its rows with the depthwise conv's halo before the previous strip's result is written
+        back, so every strip sees the input values; no map of the whole image is allocated. Within a strip the
+        hidden channels go in groups of :data:`GROUP_CHANNELS` (1x1 conv rows, depthwise kernels, GELU and product,
+        then the group's columns of project_out added up): the depthwise conv is several times faster per value on
+        a narrow map (its three input rows stay in L2). Equal to ``y + self(norm(y), kernel)`` up to float rounding.
+
+        Args:
+            y: ``(B, C, H, W)``, channels-last in memory; overwritten with the result.
+            norm: the block's layer norm before the feed-forward.
+            kernel: generated depthwise kernel ``(B, 2 * hidden, 3, 3)`` for a dynamic block, else ``None``.
+            rows: rows per strip (at least 1).
+
+        Returns:
+            ``y``.
+        """
+        hidden = self.project_out.in_channels
+        pad = (-hidden) % 16
+        w_in = self.project_in.weight.flatten(1)
+        b_in = self.project_in.bias
+        w_out = self.project_out.weight.flatten(1)
+        groups = []  # (first channel, last channel, zero channels appended)
+        for g0 in range(0, hidden, GROUP_CHANNELS):
+            g1 = min(hidden, g0 + GROUP_CHANNELS)
+            groups.append((g0, g1, pad if g1 == hidden else 0))
+        halo = self.dwconv.kernel_size // 2
+        size = y.shape[2]
+        pending = None
+        for r0 in range(0, size, rows):
+            r1 = min(size, r0 + rows)
+            a0, a1 = max(0, r0 - halo), min(size, r1 + halo)
+            normed = norm(y[:, :, a0:a1])  # read before the previous strip's rows (this strip's halo) are written
+            if pending is not None:
+                y[:, :, pending[0] : pending[1]] = pending[2]
+            acc = None
+            for g0, g1, gpad in groups:
+                halves = []
+                for part in (slice(g0, g1), slice(hidden + g0, hidden + g1)):
+                    w = _zero_padded(w_in[part], gpad)
+                    b = None if b_in is None else _zero_padded(b_in[part], gpad)
+                    halves.append(self.dwconv(pointwise_conv(normed, w, b), kernel, part, gpad))
+                gated = torch.ops.aten.gelu_(halves[0]).mul_(halves[1])[:, :, r0 - a0 : r1 - a0]
+                w = _zero_padded(w_out[:, g0:g1], gpad, 1)
+                acc = _add_pointwise(acc, gated, w)
+            if self.project_out.bias is not None:
+                acc = acc + self.project_out.bias.reshape(1, -1, 1, 1)
+            pending = (r0, r1, acc.add_(y[:, :, r0:r1]))
+        if pending is not None:
+            y[:, :, pending[0] : pending[1]] = pending[2]
+        return y
+
+
+def _add_pointwise(acc: torch.Tensor | None, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``acc + pointwise_conv(x, weight)``, into ``acc`` (``(B, C_out, *S)``, channels-last) when it is given.
+
+    Args:
+        acc: ``(B, C_out, *S)`` or ``None`` (then a new tensor).
+        x: ``(B, C_in, *S)``.
+        weight: ``(C_out, C_in)``.
+    """
+    if acc is None:
+        return pointwise_conv(x, weight)
+    flat_acc, flat_x = acc.movedim(1, -1), x.movedim(1, -1)
+    if flat_acc.is_contiguous() and flat_x.is_contiguous():  # one GEMM accumulating into acc
+        flat_acc.view(-1, flat_acc.shape[-1]).addmm_(flat_x.reshape(-1, flat_x.shape[-1]), weight.t())
+        return acc
+    return acc.add_(pointwise_conv(x, weight))
+
+
+GROUP_CHANNELS = 128
+"""Hidden channels per group in the feed-forward's row strips (see :meth:`GatedFeedForward.residual_in_strips_`)."""
 
 STRIP_BYTES = 4 * 2**20
 """Largest hidden map (one half, bytes) the feed-forward allocates without a graph; larger maps go in row strips."""

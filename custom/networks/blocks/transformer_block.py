@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from custom.networks.blocks import feed_forward
 from custom.networks.blocks.attention import ChannelAttention
 from custom.networks.blocks.feed_forward import GatedFeedForward
 from custom.networks.blocks.layer_norm import ChannelLayerNorm
@@ -61,8 +62,32 @@ class TransformerBlock(nn.Module):
         """
         attn_kernel = None if kernels is None else kernels.attn
         ffn_kernel = None if kernels is None else kernels.ffn
+        rows = self._strip_rows(x)
+        if rows is not None:
+            # no graph and a large map: both halves in row strips, the output the only map of the image allocated
+            attn_rows, ffn_rows = rows
+            y = self.attn.residual_in_strips(x, self.norm1, attn_kernel, attn_rows)
+            return self.ffn.residual_in_strips_(y, self.norm2, ffn_kernel, ffn_rows)
         x = _residual(x, self.attn(self.norm1(x), attn_kernel))
         return _residual(x, self.ffn(self.norm2(x), ffn_kernel))
+
+    def _strip_rows(self, x: torch.Tensor) -> tuple[int, int] | None:
+        """Rows per strip of the attention and the feed-forward for a no-graph forward of ``x``; ``None`` for the
+        whole-map path (a graph, tracing or compiling, not 2D, blended windows, or a map of at most one strip)."""
+        if x.requires_grad or torch.is_grad_enabled() or x.dim() != 4:
+            return None
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None
+        if self.attn.window_mode == "blended" and self.attn.local_window(x.shape[2:]) is not None:
+            return None
+        row = x[:, :1, :1].numel() * x.element_size()  # bytes per channel of one row
+        attn_rows = max(4, feed_forward.STRIP_BYTES // max(row * self.attn.qkv.out_channels, 1))
+        hidden = self.ffn.project_out.in_channels  # the feed-forward's strips hold a group of hidden channels at a time
+        group = min(hidden + (-hidden) % 16, feed_forward.GROUP_CHANNELS)
+        ffn_rows = max(4, feed_forward.STRIP_BYTES // max(row * group, 1))
+        if min(attn_rows, ffn_rows) >= x.shape[2]:
+            return None
+        return attn_rows, ffn_rows
 
 
 def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:

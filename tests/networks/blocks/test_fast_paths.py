@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from custom.networks.blocks import ChannelAttention, DepthwiseConv, GatedFeedForward, TransformerBlock, feed_forward
 from custom.networks.blocks.attention import channel_attention
+from custom.networks.blocks.layer_norm import ChannelLayerNorm
 from custom.networks.blocks.pointwise import pointwise_conv
+from custom.networks.blocks.task_kernels import TaskKernels
 from custom.networks.blocks.transformer_block import _residual
 from parameterized import parameterized
 
@@ -193,6 +195,84 @@ class TestInPlaceBranches(unittest.TestCase):
         self.assertTrue(out.requires_grad)
         wide = torch.randn(1, 4)
         self.assertEqual(tuple(_residual(torch.randn(3, 4), wide).shape), (3, 4))  # broadcast: not in place
+
+
+class TestRowStrips(unittest.TestCase):
+    """The no-graph row-strip paths of the transformer block equal the whole-map definitions."""
+
+    @parameterized.expand(
+        [
+            ("global", 1, False, 3),
+            ("global", 2, True, 1),
+            ("published", 1, True, 3),  # 20 x 17 map, windows of 12: tiles cut rows at 8 and 12, strips of 3 cross them
+            ("published", 2, False, 5),
+            ("published", 1, False, 1),
+        ]
+    )
+    def test_attention_equals_whole_map(self, mode, batch, dynamic, rows):
+        torch.manual_seed(3)
+        a = ChannelAttention(12, 3, bias=not dynamic, dynamic=dynamic, train_size=8, window_mode=mode)
+        norm = ChannelLayerNorm(12)
+        _randomise(a)
+        _randomise(norm)
+        x = torch.randn(batch, 12, 20, 17).contiguous(memory_format=torch.channels_last)
+        kernel = torch.randn(batch, 36, 3, 3) if dynamic else None
+        with torch.no_grad():
+            expected = x + a(norm(x), kernel)
+            got = a.residual_in_strips(x, norm, kernel, rows)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        self.assertTrue(got.is_contiguous(memory_format=torch.channels_last))
+
+    def test_attention_refuses_blended_windows(self):
+        a = ChannelAttention(12, 3, train_size=8, window_mode="blended")
+        with torch.no_grad(), self.assertRaises(ValueError):
+            a.residual_in_strips(torch.randn(1, 12, 20, 17), ChannelLayerNorm(12), None, 4)
+
+    @parameterized.expand([(1, False, 1, 8), (2, True, 4, 8), (1, True, 7, 128), (1, False, 30, 16)])
+    def test_feed_forward_equals_whole_map(self, batch, dynamic, rows, group):
+        torch.manual_seed(4)
+        f = GatedFeedForward(8, 2.66, bias=not dynamic, dynamic=dynamic)  # hidden 21: groups of 8, 8 and 5 + 11 zeros
+        norm = ChannelLayerNorm(8)
+        _randomise(f)
+        _randomise(norm)
+        y = torch.randn(batch, 8, 30, 11).contiguous(memory_format=torch.channels_last)
+        kernel = torch.randn(batch, 42, 3, 3) if dynamic else None
+        with torch.no_grad():
+            expected = y + f(norm(y), kernel)
+            work = y.clone()
+            with mock.patch.object(feed_forward, "GROUP_CHANNELS", group):
+                got = f.residual_in_strips_(work, norm, kernel, rows)
+        self.assertIs(got, work)  # in place
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        self.assertTrue(got.is_contiguous(memory_format=torch.channels_last))
+
+    @parameterized.expand([("published",), ("global",)])
+    def test_block_uses_strips_and_equals_graph_path(self, mode):
+        blk = TransformerBlock(8, 2, bias=True, dynamic=True, train_size=8, window_mode=mode)
+        _randomise(blk)
+        x = torch.randn(1, 8, 26, 19).contiguous(memory_format=torch.channels_last)
+        kernels = TaskKernels(torch.randn(1, 24, 3, 3), torch.randn(1, 42, 3, 3))
+        before = x.clone()
+        with torch.no_grad(), mock.patch.object(feed_forward, "STRIP_BYTES", 19 * 4 * 32 * 5):
+            self.assertEqual(blk._strip_rows(x), (6, 5))  # qkv: 24 channels a row; feed-forward: 21 + 11 zeros
+            with mock.patch.object(ChannelAttention, "residual_in_strips", wraps=blk.attn.residual_in_strips) as spy:
+                fast = blk(x, kernels)
+            spy.assert_called_once()
+        torch.testing.assert_close(x, before, rtol=0, atol=0)  # the input is never modified
+        torch.testing.assert_close(fast, blk(x, kernels).detach(), rtol=1e-5, atol=1e-5)
+
+    def test_block_whole_map_when_strips_do_not_apply(self):
+        x = torch.randn(1, 8, 26, 19)
+        blended = TransformerBlock(8, 2, train_size=8, window_mode="blended")
+        plain = TransformerBlock(8, 2, train_size=8)
+        with mock.patch.object(feed_forward, "STRIP_BYTES", 1):
+            self.assertIsNone(plain._strip_rows(x))  # gradients enabled: a graph to keep
+            with torch.no_grad():
+                self.assertIsNone(blended._strip_rows(x))  # blended windows at this size
+                self.assertIsNotNone(TransformerBlock(8, 2, train_size=32, window_mode="blended")._strip_rows(x))
+                self.assertEqual(plain._strip_rows(x), (4, 4))  # at least 4 rows a strip
+        with torch.no_grad():
+            self.assertIsNone(plain._strip_rows(x))  # a small map: one piece
 
 
 if __name__ == "__main__":

@@ -290,6 +290,31 @@ class TAT(nn.Module):
         enc3 = self._blocks(self.encoder_level3, self.down2_3(enc2), None)
         return enc1, enc2, enc3, self.down3_4(enc3)
 
+    def _reduce_final(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``reduce_final(cat(maps, 1))``. Without a graph, the first conv runs on each map with its block of input
+        channels and the results are added up, so the concatenation (240 channels at full size, published) is never
+        allocated (fresh pages from the OS on each call at 256 x 256); with a graph (training) it is the plain
+        concatenation.
+
+        Args:
+            maps: ``(B, C_i, H, W)`` maps whose channels add up to ``reduce_final``'s input channels.
+
+        Returns:
+            ``(B, dim, H, W)``.
+        """
+        if torch.is_grad_enabled() or _is_exporting() or any(m.requires_grad for m in maps):
+            return self.reduce_final(torch.cat(list(maps), 1))
+        first = self.reduce_final[0]
+        out = None
+        start = 0
+        for m in maps:
+            stop = start + m.shape[1]
+            bias = first.bias if out is None else None
+            part = first._conv_forward(m, first.weight[:, start:stop], bias)
+            out = part if out is None else out.add_(part)
+            start = stop
+        return self.reduce_final[2](self.reduce_final[1](out))
+
     def _restore(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` on a checked ``(B, in_channels, H, W)`` batch in the layers' own (H, W) order."""
         h, w = x.shape[-2:]
@@ -306,7 +331,7 @@ class TAT(nn.Module):
         dec1 = self._blocks(self.decoder_level1, dec1, kernels.get("level1"))
         refined = self._blocks(self.refinement, dec1, kernels.get("level1"))
 
-        out = self.output(self.reduce_final(torch.cat([enc1, dec1, refined], 1)))
+        out = self.output(self._reduce_final((enc1, dec1, refined)))
         if self.out_channels == self.in_channels:
             out = out + x
         return out[..., :h, :w]

@@ -8,6 +8,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from custom.networks import TAT
 from custom.networks.blocks import ChannelAttention, DepthwiseConv, GatedFeedForward, TransformerBlock, feed_forward
 from custom.networks.blocks.attention import channel_attention
 from custom.networks.blocks.layer_norm import ChannelLayerNorm
@@ -273,6 +274,27 @@ class TestRowStrips(unittest.TestCase):
                 self.assertEqual(plain._strip_rows(x), (4, 4))  # at least 4 rows a strip
         with torch.no_grad():
             self.assertIsNone(plain._strip_rows(x))  # a small map: one piece
+
+
+class TestReduceFinal(unittest.TestCase):
+    def test_split_conv_equals_concatenation(self):
+        net = TAT(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, bias=True, tren_hidden_channels=8)
+        _randomise(net.reduce_final)
+        maps = [torch.randn(2, c, 9, 11).contiguous(memory_format=torch.channels_last) for c in (8, 16, 16)]
+        expected = net.reduce_final(torch.cat(maps, 1)).detach()  # with a graph: the concatenation
+        with torch.no_grad():
+            with mock.patch.object(torch, "cat", side_effect=AssertionError("no concatenation without a graph")):
+                got = net._reduce_final(maps)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    def test_network_without_graph_equals_with(self):
+        torch.manual_seed(5)
+        net = TAT(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, tren_hidden_channels=8, train_patch_size=16)
+        x = torch.rand(1, 1, 40, 48)
+        expected = net(x).detach()
+        with torch.no_grad(), mock.patch.object(feed_forward, "STRIP_BYTES", 48 * 4 * 24 * 6):
+            got = net(x)  # row strips in the level-1 blocks, published windows (40 x 48 > 24), split final conv
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 if __name__ == "__main__":

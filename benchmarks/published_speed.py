@@ -5,7 +5,8 @@ closed formula (:func:`fill`, the golden tests' kinds: temperatures and layer-no
 ``lambda_dw`` non-zero so the generated kernels matter, fan-in scaled weights) and converted to this package's
 names by ``custom.networks.convert``. Then, per size, the two run alternately (reference, ours, reference, ours,
 ...) for ``--rounds`` rounds after one warm-up each, in eval mode, float32, batch 1, without gradients, and the
-script prints the median and range of the seconds, the speed-up (ratio of the medians, and the range of the
+script prints the median and range of the seconds (wall clock, and below each row the process CPU seconds of all
+threads, which other jobs on a shared machine disturb less), the speed-up (ratio of the medians, and the range of the
 per-round ratios), the largest absolute output difference, the torch version, the thread count, the CPU model
 and the date. Ours runs in window mode ``published`` (the published test-time local windows; at 128 x 128 every
 level is at its training size, so attention is global there, as published).
@@ -107,10 +108,11 @@ def build_pair(reference_cls: type[nn.Module] | None) -> tuple[nn.Module, nn.Mod
     return ours, reference
 
 
-def _seconds(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+def _seconds(fn: Callable[[], torch.Tensor]) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one call (CPU time: less sensitive to other jobs taking the cores)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def compare(
@@ -130,9 +132,10 @@ def compare(
         make_input: size -> ``(1, 1, size, size)`` input.
 
     Returns:
-        One dict per size: ``size``, ``ours`` / ``reference`` (``median``, ``min``, ``max``, ``seconds`` list;
-        ``reference`` ``None`` without one), ``speedup`` (ratio of medians), ``speedup_min`` / ``speedup_max``
-        (range of the per-round ratios) and ``max_abs_diff`` (``None`` without a reference).
+        One dict per size: ``size``, ``ours`` / ``reference`` (wall-clock ``median``, ``min``, ``max``, ``seconds``
+        list; ``reference`` ``None`` without one), ``speedup`` (ratio of medians), ``speedup_min`` / ``speedup_max``
+        (range of the per-round ratios), ``max_abs_diff`` (``None`` without a reference), and the same summaries of
+        process CPU seconds as ``ours_cpu`` / ``reference_cpu`` with ``speedup_cpu``.
     """
     rows = []
     with torch.no_grad():
@@ -140,19 +143,26 @@ def compare(
             x = make_input(size)
             out_ours = ours(x)  # warm-up
             out_ref = reference(x) if reference is not None else None
-            t_ours, t_ref = [], []
+            t_ours, t_ref, c_ours, c_ref = [], [], [], []
             for _ in range(rounds):
                 if reference is not None:
-                    t_ref.append(_seconds(lambda: reference(x))[0])
-                t_ours.append(_seconds(lambda: ours(x))[0])
+                    wall, cpu = _seconds(lambda: reference(x))
+                    t_ref.append(wall)
+                    c_ref.append(cpu)
+                wall, cpu = _seconds(lambda: ours(x))
+                t_ours.append(wall)
+                c_ours.append(cpu)
             row: dict[str, Any] = {"size": size, "ours": _summary(t_ours), "reference": None}
             row.update(speedup=None, speedup_min=None, speedup_max=None, max_abs_diff=None)
+            row.update(ours_cpu=_summary(c_ours), reference_cpu=None, speedup_cpu=None)
             if out_ref is not None:
                 ratios = [r / o for r, o in zip(t_ref, t_ours)]
                 row["reference"] = _summary(t_ref)
                 row["speedup"] = row["reference"]["median"] / row["ours"]["median"]
                 row["speedup_min"], row["speedup_max"] = min(ratios), max(ratios)
                 row["max_abs_diff"] = (out_ours - out_ref).abs().max().item()
+                row["reference_cpu"] = _summary(c_ref)
+                row["speedup_cpu"] = row["reference_cpu"]["median"] / row["ours_cpu"]["median"]
             rows.append(row)
     return rows
 
@@ -231,6 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             a = r["reference"]
             line += f" {a['median']:>12.4f} ({a['min']:.4f}-{a['max']:.4f})"
             line += f" {r['speedup']:>9.2f}x ({r['speedup_min']:.2f}-{r['speedup_max']:.2f})  {r['max_abs_diff']:.2e}"
+        print(line)
+        o = r["ours_cpu"]
+        line = f"{'cpu':>5} {o['median']:>10.4f} ({o['min']:.4f}-{o['max']:.4f})"
+        if r["reference_cpu"] is not None:
+            a = r["reference_cpu"]
+            line += f" {a['median']:>12.4f} ({a['min']:.4f}-{a['max']:.4f}) {r['speedup_cpu']:>9.2f}x"
         print(line)
     if args.output:
         from custom.io import write_json_atomic

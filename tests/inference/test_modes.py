@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import unittest
+from unittest import mock
 
 import torch
-from custom.inference import INFERENCE_MODES, SliceBatchInferer, mode_inferer, network_window_mode
+from custom.inference import INFERENCE_MODES, SliceBatchInferer
+from custom.inference import inferer as inferer_module
+from custom.inference import mode_inferer, network_window_mode
 from monai.bundle import ConfigParser
 from monai.inferers import sliding_window_inference
 from parameterized import parameterized
@@ -77,6 +80,30 @@ class TestModeInferer(unittest.TestCase):
         diff = (bf - ref).abs().max().item()
         self.assertGreater(diff, 0)
         self.assertLess(diff, 0.1)
+
+    @parameterized.expand([("emulated", False, 1), ("native", True, 0)])
+    def test_reduced_precision_on_a_cpu_without_kernels_is_warned_once(self, _, native, warnings):
+        net = tiny_net()
+        x = torch.rand(1, 1, 16, 16)
+        inferer_module.warn_if_emulated.cache_clear()
+        self.addCleanup(inferer_module.warn_if_emulated.cache_clear)
+        with mock.patch.object(inferer_module, "cpu_has_fast", return_value=native) as has_fast:
+            with self.assertLogs(inferer_module.logger, "WARNING") as logs, torch.no_grad():
+                inferer_module.logger.warning("marker")
+                SliceBatchInferer(1, autocast_dtype="bfloat16")(x, net)
+                SliceBatchInferer(1, autocast_dtype="bfloat16")(x, net)  # once per process
+                SliceBatchInferer(1)(x, net)  # float32: never checked
+        has_fast.assert_called_once_with("bfloat16")
+        emulated = [r for r in logs.output if "SLOWER than float32" in r]
+        self.assertEqual(len(emulated), warnings)
+        if warnings:
+            self.assertIn("autocast_dtype null", emulated[0])
+
+    def test_cpu_has_fast_reads_onednn(self):
+        with mock.patch.object(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", return_value=True, create=True):
+            self.assertTrue(inferer_module.cpu_has_fast("bfloat16"))
+        with mock.patch.object(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", return_value=False, create=True):
+            self.assertFalse(inferer_module.cpu_has_fast("float16"))
 
 
 class TestConfigs(unittest.TestCase):

@@ -293,8 +293,8 @@ class TAT(nn.Module):
     def _reduce_final(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """``reduce_final(cat(maps, 1))``. Without a graph, the first conv runs on each map with its block of input
         channels and the results are added up, so the concatenation (240 channels at full size, published) is never
-        allocated (fresh pages from the OS on each call at 256 x 256); with a graph (training) it is the plain
-        concatenation.
+        allocated (fresh pages from the OS on each call at 256 x 256); with a graph (training) or under autocast it is
+        the plain concatenation.
 
         Args:
             maps: ``(B, C_i, H, W)`` maps whose channels add up to ``reduce_final``'s input channels.
@@ -302,7 +302,8 @@ class TAT(nn.Module):
         Returns:
             ``(B, dim, H, W)``.
         """
-        if torch.is_grad_enabled() or _is_exporting() or any(m.requires_grad for m in maps):
+        plain = torch.is_grad_enabled() or _is_exporting() or torch.is_autocast_enabled(maps[0].device.type)
+        if plain or any(m.requires_grad for m in maps):
             return self.reduce_final(torch.cat(list(maps), 1))
         first = self.reduce_final[0]
         out = None

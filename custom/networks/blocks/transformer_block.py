@@ -73,10 +73,13 @@ class TransformerBlock(nn.Module):
 
     def _strip_rows(self, x: torch.Tensor) -> tuple[int, int] | None:
         """Rows per strip of the attention and the feed-forward for a no-graph forward of ``x``; ``None`` for the
-        whole-map path (a graph, tracing or compiling, not 2D, blended windows, or a map of at most one strip)."""
+        whole-map path (a graph, tracing or compiling, autocast, not 2D, blended windows, or a map of at most one
+        strip)."""
         if x.requires_grad or torch.is_grad_enabled() or x.dim() != 4:
             return None
         if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None
+        if torch.is_autocast_enabled(x.device.type):  # the strips would add the residual in the autocast dtype
             return None
         if self.attn.window_mode == "blended" and self.attn.local_window(x.shape[2:]) is not None:
             return None

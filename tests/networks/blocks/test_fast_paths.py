@@ -274,6 +274,11 @@ class TestRowStrips(unittest.TestCase):
                 self.assertEqual(plain._strip_rows(x), (4, 4))  # at least 4 rows a strip
         with torch.no_grad():
             self.assertIsNone(plain._strip_rows(x))  # a small map: one piece
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with mock.patch.object(feed_forward, "STRIP_BYTES", 1):
+                self.assertIsNone(plain._strip_rows(x))  # autocast: residuals stay float32 on the whole-map path
+                out = plain(x)
+        self.assertEqual(out.dtype, torch.float32)
 
 
 class TestReduceFinal(unittest.TestCase):
@@ -286,6 +291,10 @@ class TestReduceFinal(unittest.TestCase):
             with mock.patch.object(torch, "cat", side_effect=AssertionError("no concatenation without a graph")):
                 got = net._reduce_final(maps)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with mock.patch.object(torch, "cat", wraps=torch.cat) as cat:
+                net._reduce_final(maps)
+            cat.assert_called_once()  # autocast: the plain concatenation
 
     def test_network_without_graph_equals_with(self):
         torch.manual_seed(5)

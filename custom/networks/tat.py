@@ -302,7 +302,8 @@ class TAT(nn.Module):
         Returns:
             ``(B, dim, H, W)``.
         """
-        plain = torch.is_grad_enabled() or _is_exporting() or torch.is_autocast_enabled(maps[0].device.type)
+        device = maps[0].device.type
+        plain = torch.is_grad_enabled() or _is_exporting() or device != "cpu" or torch.is_autocast_enabled(device)
         if plain or any(m.requires_grad for m in maps):
             return self.reduce_final(torch.cat(list(maps), 1))
         first = self.reduce_final[0]

@@ -191,7 +191,7 @@ STRIP_BYTES = 4 * 2**20
 
 def _strip_rows(x: torch.Tensor, channels: int) -> int | None:
     """Rows per strip for a no-graph forward of ``x`` with ``channels`` hidden channels, ``None`` for the whole map."""
-    if x.requires_grad or torch.is_grad_enabled() or x.dim() < 3:
+    if x.requires_grad or torch.is_grad_enabled() or x.dim() < 3 or x.device.type != "cpu":
         return None
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None

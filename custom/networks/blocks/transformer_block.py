@@ -75,7 +75,7 @@ class TransformerBlock(nn.Module):
         """Rows per strip of the attention and the feed-forward for a no-graph forward of ``x``; ``None`` for the
         whole-map path (a graph, tracing or compiling, autocast, not 2D, blended windows, or a map of at most one
         strip)."""
-        if x.requires_grad or torch.is_grad_enabled() or x.dim() != 4:
+        if x.requires_grad or torch.is_grad_enabled() or x.dim() != 4 or x.device.type != "cpu":
             return None
         if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return None

@@ -272,6 +272,10 @@ class TestRowStrips(unittest.TestCase):
                 self.assertIsNone(blended._strip_rows(x))  # blended windows at this size
                 self.assertIsNotNone(TransformerBlock(8, 2, train_size=32, window_mode="blended")._strip_rows(x))
                 self.assertEqual(plain._strip_rows(x), (4, 4))  # at least 4 rows a strip
+                meta = x.to("meta")  # another device than the CPU (a GPU has no page faults to avoid)
+                self.assertIsNone(plain._strip_rows(meta))
+                self.assertIsNone(feed_forward._strip_rows(meta, 16))
+                self.assertIsNotNone(feed_forward._strip_rows(x, 16))
         with torch.no_grad():
             self.assertIsNone(plain._strip_rows(x))  # a small map: one piece
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -19,11 +19,15 @@ logger = logging.getLogger(__name__)
 
 def cpu_has_fast(dtype: str) -> bool:
     """Whether this CPU has native kernels for ``dtype`` (``"bfloat16"``: AVX512-BF16 / AMX; ``"float16"``:
-    AVX512-FP16 / AMX-FP16), as oneDNN reports it; without them torch emulates the products in software."""
-    check = {"bfloat16": "_is_mkldnn_bf16_supported", "float16": "_is_mkldnn_fp16_supported"}[dtype]
+    AVX512-FP16 / AMX-FP16), as torch.cpu reports it; without them torch emulates the products in software (oneDNN's
+    own "bf16 supported" check also says yes for plain AVX512, where bf16 is emulated)."""
+    checks = {
+        "bfloat16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
+        "float16": ("_is_avx512_fp16_supported", "_is_amx_fp16_supported"),
+    }[dtype]
     try:
-        return bool(getattr(torch.ops.mkldnn, check)())
-    except (AttributeError, RuntimeError):
+        return any(bool(getattr(torch.cpu, name)()) for name in checks if hasattr(torch.cpu, name))
+    except RuntimeError:
         return False
 
 

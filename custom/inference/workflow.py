@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
+from custom.inference.inferer import warn_if_emulated
 from custom.inference.restore import restore
 from custom.io import write_json_atomic
 from monai.engines import SupervisedEvaluator
@@ -189,6 +190,8 @@ class RestorationEvaluator(SupervisedEvaluator):
             else:
                 x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None]
                 engine.network.eval()
+                if self.amp and torch.device(engine.state.device).type == "cpu":
+                    warn_if_emulated("bfloat16")  # CPU autocast's default dtype
                 with (
                     torch.no_grad(),
                     torch.autocast(device_type=torch.device(engine.state.device).type, enabled=self.amp),

@@ -99,11 +99,18 @@ class TestModeInferer(unittest.TestCase):
         if warnings:
             self.assertIn("autocast_dtype null", emulated[0])
 
-    def test_cpu_has_fast_reads_onednn(self):
-        with mock.patch.object(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", return_value=True, create=True):
-            self.assertTrue(inferer_module.cpu_has_fast("bfloat16"))
-        with mock.patch.object(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", return_value=False, create=True):
-            self.assertFalse(inferer_module.cpu_has_fast("float16"))
+    @parameterized.expand(
+        [
+            ("avx512_bf16", "bfloat16", {"_is_avx512_bf16_supported": True, "_is_amx_tile_supported": False}, True),
+            ("amx", "bfloat16", {"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": True}, True),
+            ("plain_avx512", "bfloat16", {"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": False}, False),
+            ("amx_fp16", "float16", {"_is_amx_fp16_supported": True}, True),
+            ("no_fp16", "float16", {"_is_amx_fp16_supported": False}, False),
+        ]
+    )
+    def test_cpu_has_fast_reads_the_cpu_features(self, _, dtype, features, expected):
+        with mock.patch.multiple(torch.cpu, **{k: mock.Mock(return_value=v) for k, v in features.items()}):
+            self.assertEqual(inferer_module.cpu_has_fast(dtype), expected)
 
 
 class TestConfigs(unittest.TestCase):

@@ -80,14 +80,15 @@ class SupervisedContrastiveLoss(nn.Module):
         y = task_labels(labels, embeddings.device)
         if y.numel() != embeddings.shape[0]:
             raise ValueError(f"{y.numel()} task labels for {embeddings.shape[0]} embeddings.")
-        u = F.normalize(embeddings.float(), dim=1)
-        sim = u @ u.T / self.temperature  # (B, B)
-        eye = torch.eye(len(y), dtype=torch.bool, device=u.device)
-        log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
-        positive = (y[:, None] == y[None, :]) & ~eye
-        count = positive.sum(1)
-        anchors = count > 0
-        if not bool(anchors.any()):
-            return sim.sum() * 0.0  # keeps the graph: a zero gradient, not a missing one
-        per_anchor = -(log_prob * positive).sum(1)[anchors] / count[anchors]
-        return per_anchor.mean()
+        with torch.autocast(embeddings.device.type, enabled=False):  # float32 even inside the trainer's AMP
+            u = F.normalize(embeddings.float(), dim=1)
+            sim = u @ u.T / self.temperature  # (B, B)
+            eye = torch.eye(len(y), dtype=torch.bool, device=u.device)
+            log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
+            positive = (y[:, None] == y[None, :]) & ~eye
+            count = positive.sum(1)
+            anchors = count > 0
+            if not bool(anchors.any()):
+                return sim.sum() * 0.0  # keeps the graph: a zero gradient, not a missing one
+            per_anchor = -(log_prob * positive).sum(1)[anchors] / count[anchors]
+            return per_anchor.mean()

@@ -282,6 +282,26 @@ class TestTaskContrast(unittest.TestCase):
         outside = [n for n, g in grads.items() if "task_kernels" not in n and g is not None and bool(g.abs().sum() > 0)]
         self.assertEqual(outside, [])
 
+    def test_wrapped_network_uses_its_module(self):
+        class Wrapper(torch.nn.Module):  # what DistributedDataParallel looks like to the trainer
+            def __init__(self, module):
+                super().__init__()
+                self.module = module
+
+            def forward(self, x):
+                return self.module(x)
+
+        trainer = _trainer(
+            PlainL1Loss(),
+            _tat_batches(1),
+            net=Wrapper(_tat()),
+            task_contrast=SupervisedContrastiveLoss(),
+            task_contrast_weight=0.1,
+        )
+        outputs = _iteration_outputs(trainer)
+        trainer.run()
+        self.assertGreater(float(outputs[0]["task_contrast"]), 0.0)
+
     def test_published_recipe_computes_no_embedding(self):
         net = _tat()
         trainer = _trainer(PlainL1Loss(), _tat_batches(1), net=net, task_contrast=SupervisedContrastiveLoss())

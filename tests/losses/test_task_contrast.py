@@ -69,6 +69,15 @@ class TestSupervisedContrastiveLoss(unittest.TestCase):
         u = torch.nn.functional.normalize(z.detach(), dim=1)
         self.assertGreater(float(u[0] @ u[3]), float(u[0] @ u[1]))
 
+    def test_float32_inside_autocast(self):
+        z = torch.randn(6, 8, generator=torch.Generator().manual_seed(5))
+        labels = ["CT", "PET", "MRI"] * 2
+        ref = SupervisedContrastiveLoss()(z, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = SupervisedContrastiveLoss()(z, labels)
+        self.assertEqual(got.dtype, torch.float32)
+        torch.testing.assert_close(got, ref)
+
     def test_task_labels(self):
         self.assertEqual(task_labels(["PET", "ct", "CT", "MRI"]).tolist(), [2, 0, 0, 1])
         with self.assertRaisesRegex(ValueError, "empty"):

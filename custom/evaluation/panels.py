@@ -51,7 +51,7 @@ def plot_task_panel(
     image, pred, label = (np.asarray(a, dtype=np.float32) for a in (image, pred, label))
     if image.ndim != 2 or image.shape != pred.shape or image.shape != label.shape:
         raise ValueError(
-            f"{path}: panel needs three 2D slices of one shape, got {image.shape}, {pred.shape}, " f"{label.shape}."
+            f"{path}: panel needs three 2D slices of one shape, got {image.shape}, {pred.shape}, {label.shape}."
         )
     low, high = float(window[0]), float(window[1])
     if not low < high:

@@ -53,7 +53,7 @@ class _ModalityTransform(MapTransform):
         """The item's modality, or one per sample for a collated batch (list/tuple of names)."""
         if self.modality_key not in d:
             raise ValueError(
-                f"{self._where(d)}: no '{self.modality_key}' entry in the item, cannot pick an " "intensity range."
+                f"{self._where(d)}: no '{self.modality_key}' entry in the item, cannot pick an intensity range."
             )
         value = d[self.modality_key]
         return list(value) if isinstance(value, (list, tuple)) else [value]

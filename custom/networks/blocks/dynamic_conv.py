@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -21,6 +22,95 @@ def _zero_padded(t: torch.Tensor, pad: int, dim: int = 0) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = pad
     return torch.cat([t, t.new_zeros(shape)], dim)
+
+
+def _fold(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *S)`` -> ``(1, B*C, *S)``, channels-last in memory (``(*S, B, C)``): the batch folded into the groups."""
+    d = x.dim() - 2
+    folded = x.permute(*range(2, d + 2), 0, 1).reshape(*x.shape[2:], x.shape[0] * x.shape[1])  # (*S, B*C)
+    return folded.permute(d, *range(d)).unsqueeze(0)
+
+
+def _unfold(out: torch.Tensor, b: int) -> torch.Tensor:
+    """The inverse of :func:`_fold`: ``(1, B*C, *S)`` -> ``(B, C, *S)``."""
+    d = out.dim() - 2
+    spatial = out.shape[2:]
+    out = out[0].permute(*range(1, d + 1), 0).reshape(*spatial, b, out.shape[1] // b)  # (*S, B, C)
+    return out.permute(d, d + 1, *range(d))
+
+
+def _fused_pointwise_conv() -> Callable[..., torch.Tensor] | None:
+    """oneDNN's convolution with post-ops (``torch.ops.mkldnn._convolution_pointwise``), or ``None`` without it.
+
+    The op is what PyTorch's own compiler (inductor) calls to fuse a convolution with an elementwise epilogue on the
+    CPU; it is not part of the stable API, so its presence is checked and the plain ops are the fallback.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_FUSED = _fused_pointwise_conv()
+
+
+class _Epilogue:
+    """``gelu`` then ``* multiply`` after a convolution: fused into oneDNN's convolution where it can be, else the
+    plain ops (with a graph, under autocast, while exporting, off the CPU, not float32, not 2D, or no oneDNN)."""
+
+    def __init__(self, gelu: bool, multiply: torch.Tensor | None) -> None:
+        self.gelu = gelu
+        self.multiply = multiply
+
+    def apply(self, out: torch.Tensor) -> torch.Tensor:
+        """The epilogue on ``out``, a convolution output of its own (written in place when there is no graph)."""
+        in_place = not (out.requires_grad or torch.is_grad_enabled())
+        if self.gelu:
+            out = torch.ops.aten.gelu_(out) if in_place else F.gelu(out)
+        if self.multiply is None:
+            return out
+        same = in_place and self.multiply.shape == out.shape and self.multiply.dtype == out.dtype
+        return out.mul_(self.multiply) if same else out * self.multiply
+
+    def conv(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        padding: int,
+        groups: int,
+        conv: Callable[..., torch.Tensor],
+    ) -> torch.Tensor:
+        """``conv(x, weight, bias, padding=padding, groups=groups)`` followed by the epilogue."""
+        if not (self.gelu or self.multiply is not None) or not self._fusable(x, weight):
+            return self.apply(conv(x, weight, bias, padding=padding, groups=groups))
+        pads, ones = [padding] * (x.dim() - 2), [1] * (x.dim() - 2)
+        out = x
+        if self.gelu:  # gelu with algorithm "none": the exact erf form, as F.gelu
+            out = _FUSED(x, weight, bias, pads, ones, ones, groups, "gelu", [], "none")  # type: ignore[misc]
+            if self.multiply is None:
+                return out
+            return out.mul_(self.multiply)
+        fused = _FUSED.binary  # type: ignore[union-attr]
+        return fused(x, self.multiply, weight, bias, pads, ones, ones, groups, "mul", None, None, [], None)
+
+    def _fusable(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        if _FUSED is None or x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32:
+            return False
+        if torch.is_grad_enabled() or x.requires_grad or weight.requires_grad:
+            return False
+        if torch.is_autocast_enabled("cpu") or torch.jit.is_scripting() or torch.jit.is_tracing():
+            return False
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            return False
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        if not x.is_contiguous(memory_format=layout):
+            return False
+        m = self.multiply  # oneDNN reads it in the output's layout: the input's, with the weight's channel count
+        expected = (x.shape[0], weight.shape[0], *x.shape[2:])
+        return m is None or (m.dtype == x.dtype and m.shape == expected and m.is_contiguous(memory_format=layout))
 
 
 class DepthwiseConv(nn.Module):
@@ -91,7 +181,13 @@ class DepthwiseConv(nn.Module):
             nn.init.zeros_(self.gate)
 
     def forward(
-        self, x: torch.Tensor, generated: torch.Tensor | None = None, part: slice | None = None, pad: int = 0
+        self,
+        x: torch.Tensor,
+        generated: torch.Tensor | None = None,
+        part: slice | None = None,
+        pad: int = 0,
+        gelu: bool = False,
+        multiply: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Convolve ``x`` of shape ``(B, C, *spatial)``, or of ``(B, len(part), *spatial)`` for a channel part.
 
@@ -105,9 +201,12 @@ class DepthwiseConv(nn.Module):
             pad: ``x`` has this many extra channels after those of ``part``, convolved with zero kernels (their
                 output is 0): the feed-forward pads its halves to a multiple of 16 channels, where the CPU
                 kernels are faster.
+            gelu: return ``gelu(conv(x))`` (exact erf form).
+            multiply: return ``conv(x) * multiply`` (same shape as the output; after ``gelu`` if both are given).
 
         Returns:
-            ``(B, C, *spatial)``.
+            ``(B, C, *spatial)``. Without a graph, in float32 on a CPU with oneDNN, ``gelu`` and ``multiply`` run
+            inside the convolution (one pass over the map instead of three; equal up to float rounding).
 
         Raises:
             ValueError: a generated kernel given to a static conv, or of the wrong shape.
@@ -117,9 +216,10 @@ class DepthwiseConv(nn.Module):
         part = slice(0, self.channels) if part is None else part
         weight = _zero_padded(self.weight[part], pad)
         channels = weight.shape[0]
+        epilogue = _Epilogue(gelu, multiply)
         if generated is None:
             bias = None if self.bias is None else _zero_padded(self.bias[part], pad)
-            return conv(x, weight, bias, padding=padding, groups=channels)
+            return epilogue.conv(x, weight, bias, padding, channels, conv)
         if self.gate is None:
             raise ValueError("this depthwise conv is static: it takes no generated kernel.")
         b = x.shape[0]
@@ -128,19 +228,18 @@ class DepthwiseConv(nn.Module):
             raise ValueError(f"generated kernel must have shape {expected}, got {tuple(generated.shape)}.")
         generated = _zero_padded(generated[:, part], pad, 1)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
-            return self._shifted_taps(x, generated, part, pad)
+            return epilogue.apply(self._shifted_taps(x, generated, part, pad))
         gate = _zero_padded(self.gate[part], pad).reshape((1, -1) + (1,) * (self.spatial_dims + 1))
         kernel = weight.unsqueeze(0) + gate * generated.unsqueeze(2)  # (B, C, 1, k, ..., k)
         kernel = kernel.reshape(b * channels, 1, *kernel.shape[3:])
+        if b == 1:  # one sample: a plain depthwise conv with its kernel, in the input's layout
+            return epilogue.conv(x, kernel, None, padding, channels, conv)
         # Fold the batch into the channels, (B, C, *S) -> (1, B*C, *S), keeping the channels-last layout
         # (much faster depthwise kernels on CPU): channels-last memory is (B, *S, C) -> (*S, B, C).
-        if b == 1:  # one sample: a plain depthwise conv with its kernel, in the input's layout
-            return conv(x, kernel, padding=padding, groups=channels)
-        d = self.spatial_dims
-        folded = x.permute(*range(2, d + 2), 0, 1).reshape(*x.shape[2:], b * channels)  # (*S, B*C)
-        out = conv(folded.permute(d, *range(d)).unsqueeze(0), kernel, padding=padding, groups=b * channels)
-        out = out[0].permute(*range(1, d + 1), 0).reshape(*x.shape[2:], b, channels)  # (*S, B, C)
-        return out.permute(d, d + 1, *range(d))
+        if multiply is not None:
+            epilogue = _Epilogue(gelu, _fold(multiply))
+        out = epilogue.conv(_fold(x), kernel, None, padding, b * channels, conv)
+        return _unfold(out, b)
 
     def _shifted_taps(
         self, x: torch.Tensor, generated: torch.Tensor, part: slice | None = None, pad: int = 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from custom.networks.blocks.dynamic_conv import DepthwiseConv, _zero_padded
 from custom.networks.blocks.pointwise import pointwise_conv
 from monai.networks.layers.factories import Conv
@@ -90,15 +89,9 @@ class GatedFeedForward(nn.Module):
         depthwise kernels are faster; the padded channels are exactly 0 and meet zero columns of project_out.
         ``weights`` are those of :meth:`_half_weights` (computed here when ``None``).
         """
-        weights = self._half_weights(hidden, pad) if weights is None else weights
-        halves = []
-        for part, (w, b) in zip((slice(0, hidden), slice(hidden, 2 * hidden)), weights):
-            halves.append(self.dwconv(pointwise_conv(x, w, b), kernel, part, pad))
-        x1, x2 = halves
-        if x1.requires_grad or x2.requires_grad:
-            return F.gelu(x1) * x2
-        # no graph to keep (inference): in place, two hidden-size maps less to allocate and write
-        return torch.ops.aten.gelu_(x1).mul_(x2)
+        (w1, b1), (w2, b2) = self._half_weights(hidden, pad) if weights is None else weights
+        x1 = self.dwconv(pointwise_conv(x, w1, b1), kernel, slice(0, hidden), pad, gelu=True)
+        return self.dwconv(pointwise_conv(x, w2, b2), kernel, slice(hidden, 2 * hidden), pad, multiply=x1)
 
     def _half_weights(self, hidden: int, pad: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """project_in's ``(hidden + pad, C)`` matrix and bias of each half, zero-padded by ``pad`` rows."""
@@ -114,11 +107,13 @@ class GatedFeedForward(nn.Module):
     ) -> torch.Tensor:
         """``y + self(norm(y), kernel)`` written into ``y`` (no graph; 2D), in row strips of ``rows`` rows.
 
-        Each strip reads its rows with the depthwise conv's halo before the previous strip's result is written
-        back, so every strip sees the input values; no map of the whole image is allocated. Within a strip the
-        hidden channels go in groups of :data:`GROUP_CHANNELS` (1x1 conv rows, depthwise kernels, GELU and product,
-        then the group's columns of project_out added up): the depthwise conv is several times faster per value on
-        a narrow map (its three input rows stay in L2). Equal to ``y + self(norm(y), kernel)`` up to float rounding.
+        Each strip's layer norm (its rows and the depthwise conv's halo) is computed before the previous strip's
+        result is added into ``y``, so every strip sees the input values; the result is accumulated straight into
+        ``y``'s rows (project_out as a GEMM adding into them) and no map of the whole image is allocated. Within a
+        strip the hidden channels go in groups of :data:`GROUP_CHANNELS` (1x1 conv rows, depthwise kernels, GELU and
+        product, then the group's columns of project_out added up): the depthwise conv is several times faster per
+        value on a narrow map (its three input rows stay in L2). Equal to ``y + self(norm(y), kernel)`` up to float
+        rounding.
 
         Args:
             y: ``(B, C, H, W)``, channels-last in memory; overwritten with the result.
@@ -134,47 +129,52 @@ class GatedFeedForward(nn.Module):
         w_in = self.project_in.weight.flatten(1)
         b_in = self.project_in.bias
         w_out = self.project_out.weight.flatten(1)
-        groups = []  # (first channel, last channel, zero channels appended)
+        groups = []  # per group of hidden channels: the two halves' (channels, project_in rows, bias), project_out
         for g0 in range(0, hidden, GROUP_CHANNELS):
             g1 = min(hidden, g0 + GROUP_CHANNELS)
-            groups.append((g0, g1, pad if g1 == hidden else 0))
+            gpad = pad if g1 == hidden else 0
+            halves = []
+            for part in (slice(g0, g1), slice(hidden + g0, hidden + g1)):
+                b = None if b_in is None else _zero_padded(b_in[part], gpad)
+                halves.append((part, _zero_padded(w_in[part], gpad), b))
+            groups.append((halves, gpad, _zero_padded(w_out[:, g0:g1], gpad, 1)))
         halo = self.dwconv.kernel_size // 2
         size = y.shape[2]
-        pending = None
-        for r0 in range(0, size, rows):
+        starts = list(range(0, size, rows))
+
+        def normed_strip(r0: int) -> tuple[torch.Tensor, int]:
+            a0 = max(0, r0 - halo)
+            return norm(y[:, :, a0 : min(size, r0 + rows + halo)]), a0
+
+        following = normed_strip(0)
+        for i, r0 in enumerate(starts):
             r1 = min(size, r0 + rows)
-            a0, a1 = max(0, r0 - halo), min(size, r1 + halo)
-            normed = norm(y[:, :, a0:a1])  # read before the previous strip's rows (this strip's halo) are written
-            if pending is not None:
-                y[:, :, pending[0] : pending[1]] = pending[2]
-            acc = None
-            for g0, g1, gpad in groups:
-                halves = []
-                for part in (slice(g0, g1), slice(hidden + g0, hidden + g1)):
-                    w = _zero_padded(w_in[part], gpad)
-                    b = None if b_in is None else _zero_padded(b_in[part], gpad)
-                    halves.append(self.dwconv(pointwise_conv(normed, w, b), kernel, part, gpad))
-                gated = torch.ops.aten.gelu_(halves[0]).mul_(halves[1])[:, :, r0 - a0 : r1 - a0]
-                w = _zero_padded(w_out[:, g0:g1], gpad, 1)
-                acc = _add_pointwise(acc, gated, w)
+            normed, a0 = following
+            # the next strip's halo holds this strip's last rows: read them before they are written
+            following = normed_strip(starts[i + 1]) if i + 1 < len(starts) else following
+            target = y[:, :, r0:r1]
+            for halves, gpad, w in groups:
+                gated = None
+                for part, w_half, b_half in halves:
+                    pre = pointwise_conv(normed, w_half, b_half)
+                    gated = self.dwconv(pre, kernel, part, gpad, gelu=gated is None, multiply=gated)
+                _add_pointwise(target, gated[:, :, r0 - a0 : r1 - a0], w)
             if self.project_out.bias is not None:
-                acc = acc + self.project_out.bias.reshape(1, -1, 1, 1)
-            pending = (r0, r1, acc.add_(y[:, :, r0:r1]))
-        if pending is not None:
-            y[:, :, pending[0] : pending[1]] = pending[2]
+                target.add_(self.project_out.bias.reshape(1, -1, 1, 1))
         return y
 
 
-def _add_pointwise(acc: torch.Tensor | None, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``acc + pointwise_conv(x, weight)``, into ``acc`` (``(B, C_out, *S)``, channels-last) when it is given.
+def _add_pointwise(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``acc += pointwise_conv(x, weight)`` (``acc`` may be a view: the values are written into it).
 
     Args:
-        acc: ``(B, C_out, *S)`` or ``None`` (then a new tensor).
+        acc: ``(B, C_out, *S)``.
         x: ``(B, C_in, *S)``.
         weight: ``(C_out, C_in)``.
+
+    Returns:
+        ``acc``.
     """
-    if acc is None:
-        return pointwise_conv(x, weight)
     flat_acc, flat_x = acc.movedim(1, -1), x.movedim(1, -1)
     if flat_acc.is_contiguous() and flat_x.is_contiguous():  # one GEMM accumulating into acc
         flat_acc.view(-1, flat_acc.shape[-1]).addmm_(flat_x.reshape(-1, flat_x.shape[-1]), weight.t())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import unittest
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,68 @@ class TestDepthwiseConv(unittest.TestCase):
         self.assertAlmostEqual(normal.std().item(), 1.0, delta=0.05)
         # fan_out of a depthwise (C, 1, 3, 3) kernel is 9: std sqrt(2 / 9)
         self.assertAlmostEqual(kaiming.std().item(), (2 / 9) ** 0.5, delta=0.02)
+
+
+class TestEpilogue(unittest.TestCase):
+    """``gelu`` and ``multiply`` after the conv: fused into oneDNN's convolution without a graph on the CPU, the
+    plain ops otherwise; the same values either way."""
+
+    @staticmethod
+    def _case(batch, dynamic, channels_last):
+        torch.manual_seed(batch + 2 * dynamic)
+        conv = DepthwiseConv(20, dynamic=dynamic, bias=not dynamic)
+        with torch.no_grad():
+            conv.weight.uniform_(-1, 1)
+            if dynamic:
+                conv.gate.uniform_(-1, 1)
+            else:
+                conv.bias.uniform_(-1, 1)
+        x = torch.randn(batch, 16, 9, 11)  # channels 4:16 of the conv (part) and 4 zero-kernel channels (pad)
+        other = torch.randn(batch, 16, 9, 11)
+        if channels_last:
+            x, other = (t.contiguous(memory_format=torch.channels_last) for t in (x, other))
+        gen = torch.randn(batch, 20, 3, 3) if dynamic else None
+        return conv, x, other, gen
+
+    @parameterized.expand([(b, d, cl) for b in (1, 3) for d in (False, True) for cl in (True, False)])
+    def test_fused_equals_plain_ops(self, batch, dynamic, channels_last):
+        from custom.networks.blocks import dynamic_conv
+
+        conv, x, other, gen = self._case(batch, dynamic, channels_last)
+        part = slice(4, 16)
+        plain = conv(x, gen, part, 4).detach()  # with a graph: no fusion
+        with torch.no_grad():
+            for kwargs, expected in (
+                ({"gelu": True}, F.gelu(plain)),
+                ({"multiply": other}, plain * other),
+                ({"gelu": True, "multiply": other}, F.gelu(plain) * other),
+            ):
+                with mock.patch.object(dynamic_conv, "_FUSED", wraps=dynamic_conv._FUSED) as fused:
+                    got = conv(x, gen, part, 4, **kwargs)
+                self.assertTrue(fused.called or fused.binary.called, kwargs)  # the fused op ran
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+                self.assertEqual(got.stride(), plain.stride())  # the input's layout
+                self.assertTrue(torch.all(got[:, 12:] == 0))  # zero-kernel channels stay 0 (no bias, gelu(0) = 0)
+
+    def test_plain_ops_with_a_graph_or_autocast(self):
+        from custom.networks.blocks import dynamic_conv
+
+        conv, x, other, gen = self._case(1, True, True)
+        fused = mock.MagicMock(side_effect=AssertionError("fused op called"))
+        with mock.patch.object(dynamic_conv, "_FUSED", fused):
+            out = conv(x, gen, slice(4, 16), 4, gelu=True, multiply=other)  # with a graph
+            self.assertTrue(out.requires_grad)
+            out.sum().backward()
+            self.assertGreater(conv.gate.grad.abs().sum().item(), 0)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                self.assertEqual(conv(x, gen, slice(4, 16), 4, gelu=True).dtype, torch.bfloat16)
+            with torch.no_grad():
+                conv(x.double(), gen.double(), slice(4, 16), 4, gelu=True)  # float64
+                conv(x[:, :, :, 1:], gen, slice(4, 16), 4, gelu=True)  # a strided view
+                conv(x, gen, slice(4, 16), 4, multiply=other[:1, :, :, :1])  # a broadcast operand
+        with torch.no_grad(), mock.patch.object(dynamic_conv, "_FUSED", None):  # no oneDNN
+            got = conv(x, gen, slice(4, 16), 4, gelu=True, multiply=other)
+        torch.testing.assert_close(got, out.detach(), rtol=1e-5, atol=1e-5)
 
 
 if __name__ == "__main__":

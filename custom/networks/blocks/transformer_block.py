@@ -84,7 +84,8 @@ class TransformerBlock(nn.Module):
         if self.attn.window_mode == "blended" and self.attn.local_window(x.shape[2:]) is not None:
             return None
         row = x[:, :1, :1].numel() * x.element_size()  # bytes per channel of one row
-        attn_rows = max(4, feed_forward.STRIP_BYTES // max(row * self.attn.qkv.out_channels, 1))
+        # the attention's strips hold q, k and v as three maps of C channels each
+        attn_rows = max(4, feed_forward.STRIP_BYTES // max(row * self.attn.project_out.in_channels, 1))
         hidden = self.ffn.project_out.in_channels  # the feed-forward's strips hold a group of hidden channels at a time
         group = min(hidden + (-hidden) % 16, feed_forward.GROUP_CHANNELS)
         ffn_rows = max(4, feed_forward.STRIP_BYTES // max(row * group, 1))

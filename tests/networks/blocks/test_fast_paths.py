@@ -255,7 +255,7 @@ class TestRowStrips(unittest.TestCase):
         kernels = TaskKernels(torch.randn(1, 24, 3, 3), torch.randn(1, 42, 3, 3))
         before = x.clone()
         with torch.no_grad(), mock.patch.object(feed_forward, "STRIP_BYTES", 19 * 4 * 32 * 5):
-            self.assertEqual(blk._strip_rows(x), (6, 5))  # qkv: 24 channels a row; feed-forward: 21 + 11 zeros
+            self.assertEqual(blk._strip_rows(x), (20, 5))  # q, k, v: 8 channels each a row; feed-forward: 21 + 11 zeros
             with mock.patch.object(ChannelAttention, "residual_in_strips", wraps=blk.attn.residual_in_strips) as spy:
                 fast = blk(x, kernels)
             spy.assert_called_once()

@@ -330,7 +330,7 @@ class ChannelAttention(nn.Module):
         return [self.window] * self.spatial_dims if local else None
 
     def residual_in_strips(
-        self, x: torch.Tensor, norm: nn.Module, kernel: torch.Tensor | None, rows: int
+        self, x: torch.Tensor, norm: nn.Module, kernel: torch.Tensor | None, rows: int, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``x + self(norm(x), kernel)`` without a graph, computed in row strips (2D, ``"published"`` or
         ``"global"`` windows; equal to the whole-map path up to float rounding).
@@ -346,9 +346,10 @@ class ChannelAttention(nn.Module):
             norm: the block's layer norm before the attention.
             kernel: generated depthwise kernel ``(B, 3C, 3, 3)`` for a dynamic block, else ``None``.
             rows: rows per strip (at least 1).
+            out: ``(B, H, W, C)`` contiguous tensor to write the result into (a new one for ``None``).
 
         Returns:
-            ``(B, C, H, W)``, channels-last in memory.
+            ``(B, C, H, W)``, channels-last in memory (``out`` seen as ``(B, C, H, W)`` when given).
 
         Raises:
             ValueError: blended windows at this size, or not a 2D map.
@@ -364,7 +365,10 @@ class ChannelAttention(nn.Module):
         (row_tiles, _), (col_tiles, _) = axes
         grams = [[None] * len(col_tiles) for _ in row_tiles]
         squares = [[None] * len(col_tiles) for _ in row_tiles]
-        out = torch.empty((b, h, w, c), dtype=x.dtype, device=x.device)  # (B, H, W, C): channels-last (B, C, H, W)
+        if out is None:
+            out = torch.empty((b, h, w, c), dtype=x.dtype, device=x.device)  # (B, H, W, C): channels-last (B, C, H, W)
+        elif out.shape != (b, h, w, c) or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous (B, H, W, C) = {(b, h, w, c)} tensor, got {tuple(out.shape)}.")
         halo = self.qkv_dwconv.kernel_size // 2
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)

@@ -64,10 +64,18 @@ class TransformerBlock(nn.Module):
         ffn_kernel = None if kernels is None else kernels.ffn
         rows = self._strip_rows(x)
         if rows is not None:
-            # no graph and a large map: both halves in row strips, the output the only map of the image allocated
+            # no graph and a large map: both halves in row strips, the output the only map of the image allocated;
+            # one sample at a time (a sample of a channels-last batch is contiguous, and strips sized for one sample
+            # keep their halo rows few), each sample's result as alone
             attn_rows, ffn_rows = rows
-            y = self.attn.residual_in_strips(x, self.norm1, attn_kernel, attn_rows)
-            return self.ffn.residual_in_strips_(y, self.norm2, ffn_kernel, ffn_rows)
+            b, c, h, w = x.shape
+            out = torch.empty((b, h, w, c), dtype=x.dtype, device=x.device)  # channels-last (B, C, H, W)
+            for s in range(b):
+                one = slice(s, s + 1)
+                attn_k = None if attn_kernel is None else attn_kernel[one]
+                y = self.attn.residual_in_strips(x[one], self.norm1, attn_k, attn_rows, out[one])
+                self.ffn.residual_in_strips_(y, self.norm2, None if ffn_kernel is None else ffn_kernel[one], ffn_rows)
+            return out.movedim(-1, 1)
         x = _residual(x, self.attn(self.norm1(x), attn_kernel))
         return _residual(x, self.ffn(self.norm2(x), ffn_kernel))
 
@@ -83,7 +91,7 @@ class TransformerBlock(nn.Module):
             return None
         if self.attn.window_mode == "blended" and self.attn.local_window(x.shape[2:]) is not None:
             return None
-        row = x[:, :1, :1].numel() * x.element_size()  # bytes per channel of one row
+        row = x.shape[-1] * x.element_size()  # bytes per channel of one row of one sample (strips go sample by sample)
         # the attention's strips hold q, k and v as three maps of C channels each
         attn_rows = max(4, feed_forward.STRIP_BYTES // max(row * self.attn.project_out.in_channels, 1))
         hidden = self.ffn.project_out.in_channels  # the feed-forward's strips hold a group of hidden channels at a time

@@ -262,6 +262,24 @@ class TestRowStrips(unittest.TestCase):
         torch.testing.assert_close(x, before, rtol=0, atol=0)  # the input is never modified
         torch.testing.assert_close(fast, blk(x, kernels).detach(), rtol=1e-5, atol=1e-5)
 
+    def test_block_strips_go_sample_by_sample(self):
+        blk = TransformerBlock(8, 2, dynamic=True, train_size=8)
+        _randomise(blk)
+        x = torch.randn(3, 8, 26, 19).contiguous(memory_format=torch.channels_last)
+        kernels = TaskKernels(torch.randn(3, 24, 3, 3), torch.randn(3, 42, 3, 3))
+        with torch.no_grad(), mock.patch.object(feed_forward, "STRIP_BYTES", 19 * 4 * 32 * 5):
+            self.assertEqual(blk._strip_rows(x), blk._strip_rows(x[:1]))  # sized for one sample
+            with mock.patch.object(ChannelAttention, "residual_in_strips", wraps=blk.attn.residual_in_strips) as spy:
+                fast = blk(x, kernels)
+            self.assertEqual(spy.call_count, 3)
+            for s in range(3):
+                alone = blk(x[s : s + 1], TaskKernels(kernels.attn[s : s + 1], kernels.ffn[s : s + 1]))
+                torch.testing.assert_close(fast[s : s + 1], alone, rtol=0, atol=0)  # each sample as alone
+        torch.testing.assert_close(fast, blk(x, kernels).detach(), rtol=1e-5, atol=1e-5)
+        self.assertTrue(fast.is_contiguous(memory_format=torch.channels_last))
+        with torch.no_grad(), self.assertRaises(ValueError):
+            blk.attn.residual_in_strips(x, blk.norm1, kernels.attn, 5, out=torch.empty(3, 26, 19, 9))
+
     def test_block_whole_map_when_strips_do_not_apply(self):
         x = torch.randn(1, 8, 26, 19)
         blended = TransformerBlock(8, 2, train_size=8, window_mode="blended")

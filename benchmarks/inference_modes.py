@@ -14,7 +14,8 @@ and compute dtype (float32, and bfloat16 autocast with ``--bf16``):
   pass, denormalise, NIfTI write, as slices per second end to end.
 
 The network is the demo's (``custom.tools.demo.DEMO_OVERRIDES`` on ``train.json``, weights ``DEMO_DIR/models/model.pt``)
-as written by ``make demo`` or ``python -m custom.tools.demo --output_dir DEMO_DIR``. ``--quick`` runs the whole
+as written by ``make demo`` or ``python -m custom.tools.demo --output_dir DEMO_DIR``; ``--network published`` times
+the whole-volume run of the published-size network instead (random weights: no accuracy columns). ``--quick`` runs the whole
 path on a tiny random network and small synthetic slices in seconds (the test suite's smoke test).
 
     python benchmarks/inference_modes.py --demo_dir demo_output --bf16 --output modes.json
@@ -75,6 +76,15 @@ def quick_network() -> tuple[torch.nn.Module, dict[str, Any]]:
     torch.manual_seed(0)
     net = TAT(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, train_patch_size=32).eval()
     return net, {"train_patch_size": 32, "heads": [1, 2, 4, 8]}
+
+
+def published_network() -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The published-size TAT (41.7 M parameters, bundle orientation) with its random initial weights: for the
+    whole-volume speed only (its outputs mean nothing, so the accuracy columns are left out)."""
+    from custom.networks import TAT
+
+    torch.manual_seed(0)
+    return TAT(transpose_hw=True).eval(), {"train_patch_size": 128, "heads": [1, 2, 4, 8]}
 
 
 def modality_settings() -> dict[str, dict[str, Any]]:
@@ -257,12 +267,12 @@ def markdown(results: Mapping[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
-        t, b, v = row["test"], row.get("ct512"), row.get("volume")
-        ct = t["tasks"].get("low_dose_ct", {}).get("psnr")
-        ct_seam = t["tasks"].get("low_dose_ct", {}).get("seam")
+        t, b, v = row.get("test", {}), row.get("ct512"), row.get("volume")
+        ct = t.get("tasks", {}).get("low_dose_ct", {}).get("psnr")
+        ct_seam = t.get("tasks", {}).get("low_dose_ct", {}).get("seam")
         lines.append(
-            f"| {row['mode']} | {row['dtype']} | {_fmt(t['psnr'])} | {_fmt(t['ssim'], 4)} | {_fmt(ct)} | "
-            f"{_fmt(ct_seam)} | {_fmt(t['s_per_slice'], 3)} | {_fmt(b and b['psnr'])} | "
+            f"| {row['mode']} | {row['dtype']} | {_fmt(t.get('psnr'))} | {_fmt(t.get('ssim'), 4)} | {_fmt(ct)} | "
+            f"{_fmt(ct_seam)} | {_fmt(t.get('s_per_slice'), 3)} | {_fmt(b and b['psnr'])} | "
             f"{_fmt(b and b['ssim'], 4)} | {_fmt(b and b['seam'])} | "
             f"{_fmt(b and b['s_per_slice'], 3)} | "
             f"{_fmt(v and v['slices_per_s'])} |"
@@ -277,9 +287,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         net, info = quick_network()
         test_items, big_items = synthetic_items(80, 2), synthetic_items(96, 1)
     else:
-        net, info = demo_network(args.demo_dir)
+        net, info = demo_network(args.demo_dir) if args.network == "demo" else published_network()
         test_items = load_test_split(os.path.join(args.demo_dir, "data"))
         big_items = ct_512(test_items) if args.large else []
+    accuracy = args.network == "demo"
     dtypes = [None, "bfloat16"] if args.bf16 else [None]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -290,7 +301,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for dtype in dtypes:
                 row: dict[str, Any] = {"mode": mode, "dtype": dtype or "float32"}
                 for part, items in (("test", test_items), ("ct512", big_items)):
-                    if items:
+                    if items and accuracy:
                         row[part] = evaluate(net, mode, items, settings, info, dtype)
                 if args.depth and big_items and (dtype is None or mode == args.volume_bf16_mode):
                     row["volume"] = volume_speed(net, mode, vol_path, tmp, settings, info, args.slice_batch, dtype)
@@ -302,7 +313,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
         "torch": torch.__version__,
         "threads": args.threads,
-        "network": "quick (tiny random)" if args.quick else os.path.abspath(args.demo_dir),
+        "network": (
+            "quick (tiny random)"
+            if args.quick
+            else os.path.abspath(args.demo_dir) if args.network == "demo" else "published size, random weights"
+        ),
         "volume_shape": None if not (args.depth and big_items) else [*big_items[0]["image"].shape[-2:], args.depth],
         "slice_batch": args.slice_batch,
         "rows": rows,
@@ -323,6 +338,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--slice_batch", type=int, default=8, help="slices per forward pass in the volume run")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument(
+        "--network",
+        choices=("demo", "published"),
+        default="demo",
+        help="the demo's trained network, or the published-size one with random weights (whole-volume speed only)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny random network and synthetic slices (smoke test)")
     p.add_argument("--output", default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)

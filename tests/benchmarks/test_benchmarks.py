@@ -63,7 +63,21 @@ class TestInferenceModesBenchmark(unittest.TestCase):
         self.assertIn("| blended | float32 |", table)
         self.assertEqual(len(table.splitlines()), 4)
 
+    def test_markdown_of_a_speed_only_row(self):
+        # --network published: random weights, so only the whole-volume speed is measured
+        results = {"rows": [{"mode": "global", "dtype": "float32", "volume": {"seconds": 16.0, "slices_per_s": 0.5}}]}
+        line = self.bench.markdown(results).splitlines()[-1]
+        self.assertTrue(line.startswith("| global | float32 | - | - | - | - | - |"), line)
+        self.assertTrue(line.endswith("| 0.50 |"), line)
+        self.assertEqual(self.bench.parse_args(["--network", "published"]).network, "published")
+        net, info = self.bench.published_network()
+        self.assertEqual(sum(p.numel() for p in net.parameters()), 41_687_424)
+        self.assertTrue(net.transpose_hw)  # the bundle's orientation
+        self.assertEqual(info["train_patch_size"], 128)
+
     def test_bad_arguments(self):
+        with self.assertRaises(SystemExit):
+            self.bench.parse_args(["--network", "restormer"])
         with self.assertRaises(SystemExit):
             self.bench.parse_args(["--slice_batch", "0"])
         with self.assertRaises(SystemExit):

@@ -15,8 +15,8 @@ and compute dtype (float32, and bfloat16 autocast with ``--bf16``):
 
 The network is the demo's (``custom.tools.demo.DEMO_OVERRIDES`` on ``train.json``, weights ``DEMO_DIR/models/model.pt``)
 as written by ``make demo`` or ``python -m custom.tools.demo --output_dir DEMO_DIR``; ``--network published`` times
-the whole-volume run of the published-size network instead (random weights: no accuracy columns). ``--quick`` runs the whole
-path on a tiny random network and small synthetic slices in seconds (the test suite's smoke test).
+the whole-volume run of the published-size network instead (random weights: no accuracy columns). ``--quick`` runs
+the whole path on a tiny random network and small synthetic slices in seconds (the test suite's smoke test).
 
     python benchmarks/inference_modes.py --demo_dir demo_output --bf16 --output modes.json
 """
@@ -349,6 +349,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.depth < 0 or args.slice_batch < 1 or args.threads < 1:
         p.error("--depth must be >= 0, --slice_batch and --threads >= 1")
+    if args.network == "published" and (args.quick or not args.large or not args.depth):
+        p.error("--network published times the whole-volume run only: it needs --depth > 0, no --no_large, no --quick")
     return args
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import torch
 from custom.networks import TAT
@@ -50,13 +52,28 @@ def matmul_gflops(device: torch.device, n: int = 2048) -> float:
     return 2 * n**3 / timed(lambda: a @ b, 5, device) / 1e9
 
 
+def no_graph_flop_formulas() -> dict[Any, Any]:
+    """FLOP formulas for the ops of the no-graph path that ``FlopCounterMode`` does not know: the in-place GEMMs
+    (``addmm_``, ``baddbmm_``) and oneDNN's convolution with a fused GELU (``mkldnn._convolution_pointwise``)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    def gemm(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * math.prod(a_shape) * b_shape[-1]
+
+    def fused_conv(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+    formulas: dict[Any, Any] = {torch.ops.aten.addmm_: gemm, torch.ops.aten.baddbmm_: gemm}
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        formulas[torch.ops.mkldnn._convolution_pointwise] = fused_conv
+    return formulas
+
+
 def eval_figures(model: TAT, size: int, repeats: int, device: torch.device) -> dict:
     x = torch.rand(1, 1, size, size, device=device)
-    # FLOPs counted on the graph path: the same products as the no-graph path timed below, in the plain ops the
-    # counter knows (without a graph, oneDNN's fused convolutions and in-place GEMMs are not counted)
-    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
     with torch.no_grad():
+        with FlopCounterMode(display=False, custom_mapping=no_graph_flop_formulas()) as counter:
+            model(x)
         seconds = timed(lambda: model(x), repeats, device)
     flops = counter.get_total_flops()
     return {"size": size, "seconds": seconds, "gflop": flops / 1e9, "gflops_per_s": flops / seconds / 1e9}

@@ -292,10 +292,10 @@ class TAT(nn.Module):
         return enc1, enc2, enc3, self.down3_4(enc3)
 
     def _reduce_final(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``reduce_final(cat(maps, 1))``. Without a graph, the first conv runs on each map with its block of input
-        channels and the results are added up, so the concatenation (240 channels at full size, published) is never
-        allocated (fresh pages from the OS on each call at 256 x 256); with a graph (training) or under autocast it is
-        the plain concatenation.
+        """``reduce_final(cat(maps, 1))``. Without a graph on the CPU, the first conv runs on each map with its block
+        of input channels and the results are added up, so the concatenation (240 channels at full size, published)
+        is never allocated, and the GELU and the 1x1 conv run as functions (the layers' forward hooks do not fire on
+        this path); with a graph (training), under autocast or while exporting it is the plain module.
 
         Args:
             maps: ``(B, C_i, H, W)`` maps whose channels add up to ``reduce_final``'s input channels.

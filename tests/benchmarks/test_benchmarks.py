@@ -76,12 +76,37 @@ class TestInferenceModesBenchmark(unittest.TestCase):
         self.assertEqual(info["train_patch_size"], 128)
 
     def test_bad_arguments(self):
+        for argv in (["--network", "published", "--quick"], ["--network", "published", "--depth", "0"]):
+            with self.assertRaises(SystemExit):
+                self.bench.parse_args(argv)  # random weights: the volume run is all it measures
         with self.assertRaises(SystemExit):
             self.bench.parse_args(["--network", "restormer"])
         with self.assertRaises(SystemExit):
             self.bench.parse_args(["--slice_batch", "0"])
         with self.assertRaises(SystemExit):
             self.bench.parse_args(["--modes", "tlc"])
+
+
+class TestNetworkBenchmark(unittest.TestCase):
+    def test_flops_of_the_no_graph_path_equal_the_graph_path(self):
+        from custom.networks import TAT
+        from torch.utils.flop_counter import FlopCounterMode
+
+        bench = _load("network")
+        torch.manual_seed(0)
+        net = TAT(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, tren_hidden_channels=8).eval()
+        x = torch.rand(1, 1, 32, 32)
+        with torch.enable_grad(), FlopCounterMode(display=False) as graph:
+            net(x)
+        with torch.no_grad(), FlopCounterMode(display=False) as plain:
+            net(x)  # the fused GELU convs and in-place GEMMs are unknown to the counter
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=bench.no_graph_flop_formulas()) as ours:
+            net(x)
+        self.assertEqual(ours.get_total_flops(), graph.get_total_flops())
+        self.assertLess(plain.get_total_flops(), graph.get_total_flops())
+        figures = bench.eval_figures(net, 32, 1, torch.device("cpu"))
+        self.assertEqual(figures["gflop"], graph.get_total_flops() / 1e9)
+        self.assertGreater(figures["gflops_per_s"], 0)
 
 
 class TestGPUBenchmark(unittest.TestCase):

@@ -32,20 +32,15 @@ def check_window_mode(mode: str) -> str:
 
 
 def _over_axis(x: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor:
-    """Contract axis ``axis`` of ``x`` (length m) with ``matrix`` of shape ``(m, n)``; the result has n there.
-
-    One GEMM (``tensordot``): ``x.movedim(axis, -1) @ matrix`` broadcasts into thousands of 2 x 3 products, about
-    a thousand times slower on CPU for the window grids here.
-    """
+    """Contract axis ``axis`` of ``x`` (length m) with ``matrix`` of shape ``(m, n)``; the result has n there."""
+    # one GEMM: x.movedim(axis, -1) @ matrix would broadcast into a batch of tiny (m x n) products
     return torch.tensordot(x, matrix, dims=([axis], [0])).movedim(-1, axis)
 
 
 def _squared_norms(fq: torch.Tensor, fk: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norms over the voxel axis of every q and k channel: ``(B, P, C)`` twice -> ``(B, 2C)``.
-
-    A sum over the voxel axis with the channels contiguous (vectorised); ``linalg.vector_norm`` over the strided voxel
-    axis is several times slower on CPU, and ``x * x`` about twice as fast as ``x.square()`` (a ``pow`` kernel).
-    """
+    """Squared L2 norms over the voxel axis of every q and k channel: ``(B, P, C)`` twice -> ``(B, 2C)``."""
+    # a sum over the voxel axis with the channels contiguous: vectorised on CPU, unlike linalg.vector_norm over the
+    # strided voxel axis; x * x rather than x.square(), a pow kernel that is slower
     return torch.cat([(fq * fq).sum(1), (fk * fk).sum(1)], -1)
 
 
@@ -346,13 +341,14 @@ class ChannelAttention(nn.Module):
             norm: the block's layer norm before the attention.
             kernel: generated depthwise kernel ``(B, 3C, 3, 3)`` for a dynamic block, else ``None``.
             rows: rows per strip (at least 1).
-            out: ``(B, H, W, C)`` contiguous tensor to write the result into (a new one for ``None``).
+            out: ``(B, H, W, C)`` contiguous tensor of ``x``'s dtype and device to write the result into (a new one
+                for ``None``); it must not overlap ``x``.
 
         Returns:
             ``(B, C, H, W)``, channels-last in memory (``out`` seen as ``(B, C, H, W)`` when given).
 
         Raises:
-            ValueError: blended windows at this size, or not a 2D map.
+            ValueError: blended windows at this size, not a 2D map, or an unusable ``out``.
         """
         if x.dim() != 4:
             raise ValueError(f"row strips need a 2D map (B, C, H, W), got shape {tuple(x.shape)}.")
@@ -367,8 +363,11 @@ class ChannelAttention(nn.Module):
         squares = [[None] * len(col_tiles) for _ in row_tiles]
         if out is None:
             out = torch.empty((b, h, w, c), dtype=x.dtype, device=x.device)  # (B, H, W, C): channels-last (B, C, H, W)
-        elif out.shape != (b, h, w, c) or not out.is_contiguous():
-            raise ValueError(f"out must be a contiguous (B, H, W, C) = {(b, h, w, c)} tensor, got {tuple(out.shape)}.")
+        elif out.shape != (b, h, w, c) or not out.is_contiguous() or (out.dtype, out.device) != (x.dtype, x.device):
+            raise ValueError(
+                f"out must be a contiguous {x.dtype} tensor of shape (B, H, W, C) = {(b, h, w, c)} on {x.device}, "
+                f"got {out.dtype} {tuple(out.shape)} on {out.device} (contiguous: {out.is_contiguous()})."
+            )
         halo = self.qkv_dwconv.kernel_size // 2
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -25,7 +26,7 @@ def _zero_padded(t: torch.Tensor, pad: int, dim: int = 0) -> torch.Tensor:
 
 
 def _fold(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, *S)`` -> ``(1, B*C, *S)``, channels-last in memory (``(*S, B, C)``): the batch folded into the groups."""
+    """``(B, C, *S)`` -> ``(1, B*C, *S)``, channels-last in memory (``(*S, B, C)``): the batch in the groups."""
     d = x.dim() - 2
     folded = x.permute(*range(2, d + 2), 0, 1).reshape(*x.shape[2:], x.shape[0] * x.shape[1])  # (*S, B*C)
     return folded.permute(d, *range(d)).unsqueeze(0)
@@ -40,10 +41,10 @@ def _unfold(out: torch.Tensor, b: int) -> torch.Tensor:
 
 
 def _fused_pointwise_conv() -> Callable[..., torch.Tensor] | None:
-    """oneDNN's convolution with post-ops (``torch.ops.mkldnn._convolution_pointwise``), or ``None`` without it.
+    """oneDNN's convolution with a post-op (``torch.ops.mkldnn._convolution_pointwise``), or ``None`` without it.
 
     The op is what PyTorch's own compiler (inductor) calls to fuse a convolution with an elementwise epilogue on the
-    CPU; it is not part of the stable API, so its presence is checked and the plain ops are the fallback.
+    CPU; it is not part of the stable API, so its presence is checked here and the plain ops are the fallback.
     """
     if not torch.backends.mkldnn.is_available():
         return None
@@ -56,61 +57,71 @@ def _fused_pointwise_conv() -> Callable[..., torch.Tensor] | None:
 _FUSED = _fused_pointwise_conv()
 
 
-class _Epilogue:
-    """``gelu`` then ``* multiply`` after a convolution: fused into oneDNN's convolution where it can be, else the
-    plain ops (with a graph, under autocast, while exporting, off the CPU, not float32, not 2D, or no oneDNN)."""
+def _gelu_fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``gelu(conv(x))`` may run as oneDNN's convolution with a GELU post-op: no graph, float32 2D maps on
+    the CPU in a dense layout, oneDNN enabled, and not while tracing, scripting, compiling or exporting (the traced or
+    exported graph must hold the plain ops)."""
+    if _FUSED is None or not torch.backends.mkldnn.enabled:
+        return False
+    if x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if torch.is_grad_enabled() or x.requires_grad or weight.requires_grad:
+        return False
+    if torch.is_autocast_enabled("cpu") or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        return False
+    return x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
 
-    def __init__(self, gelu: bool, multiply: torch.Tensor | None) -> None:
-        self.gelu = gelu
-        self.multiply = multiply
 
-    def apply(self, out: torch.Tensor) -> torch.Tensor:
-        """The epilogue on ``out``, a convolution output of its own (written in place when there is no graph)."""
-        in_place = not (out.requires_grad or torch.is_grad_enabled())
-        if self.gelu:
-            out = torch.ops.aten.gelu_(out) if in_place else F.gelu(out)
-        if self.multiply is None:
-            return out
-        same = in_place and self.multiply.shape == out.shape and self.multiply.dtype == out.dtype
-        return out.mul_(self.multiply) if same else out * self.multiply
+def _conv(
+    conv: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: int,
+    groups: int,
+    gelu: bool,
+) -> torch.Tensor:
+    """``conv(x, weight, bias, padding=padding, groups=groups)``, then ``gelu`` (exact erf form) if asked.
 
-    def conv(
-        self,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        padding: int,
-        groups: int,
-        conv: Callable[..., torch.Tensor],
-    ) -> torch.Tensor:
-        """``conv(x, weight, bias, padding=padding, groups=groups)`` followed by the epilogue."""
-        if not (self.gelu or self.multiply is not None) or not self._fusable(x, weight):
-            return self.apply(conv(x, weight, bias, padding=padding, groups=groups))
+    Without a graph on the CPU the GELU runs inside oneDNN's convolution (one pass over the map instead of two; the
+    values equal ``F.gelu`` of the plain conv up to float rounding); if that op fails, the plain ops with a warning.
+
+    Args:
+        conv: ``F.conv1d`` / ``F.conv2d`` / ``F.conv3d``.
+        x: ``(B, C_in, *S)``.
+        weight: ``(C_out, C_in / groups, k, ..., k)``.
+        bias: ``(C_out,)`` or ``None``.
+        padding: zero padding on every side.
+        groups: convolution groups.
+        gelu: apply GELU to the result.
+
+    Returns:
+        ``(B, C_out, *S)`` in ``x``'s memory layout.
+    """
+    if gelu and _gelu_fusable(x, weight):
         pads, ones = [padding] * (x.dim() - 2), [1] * (x.dim() - 2)
-        out = x
-        if self.gelu:  # gelu with algorithm "none": the exact erf form, as F.gelu
-            out = _FUSED(x, weight, bias, pads, ones, ones, groups, "gelu", [], "none")  # type: ignore[misc]
-            if self.multiply is None:
-                return out
-            return out.mul_(self.multiply)
-        fused = _FUSED.binary  # type: ignore[union-attr]
-        return fused(x, self.multiply, weight, bias, pads, ones, ones, groups, "mul", None, None, [], None)
+        try:  # algorithm "none": the erf form, as F.gelu's default
+            return _FUSED(x, weight, bias, pads, ones, ones, groups, "gelu", [], "none")  # type: ignore[misc]
+        except (RuntimeError, TypeError) as e:
+            warnings.warn(f"oneDNN's fused convolution + GELU failed ({e}); using the plain ops.", stacklevel=2)
+    out = conv(x, weight, bias, padding=padding, groups=groups)
+    if not gelu:
+        return out
+    return F.gelu(out) if out.requires_grad or torch.is_grad_enabled() else torch.ops.aten.gelu_(out)
 
-    def _fusable(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
-        if _FUSED is None or x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32:
-            return False
-        if torch.is_grad_enabled() or x.requires_grad or weight.requires_grad:
-            return False
-        if torch.is_autocast_enabled("cpu") or torch.jit.is_scripting() or torch.jit.is_tracing():
-            return False
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
-            return False
-        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        if not x.is_contiguous(memory_format=layout):
-            return False
-        m = self.multiply  # oneDNN reads it in the output's layout: the input's, with the weight's channel count
-        expected = (x.shape[0], weight.shape[0], *x.shape[2:])
-        return m is None or (m.dtype == x.dtype and m.shape == expected and m.is_contiguous(memory_format=layout))
+
+def _multiplied(out: torch.Tensor, multiply: torch.Tensor | None) -> torch.Tensor:
+    """``out * multiply`` (``out`` itself for ``None``), into ``out`` when there is no graph to keep.
+
+    ``out`` is a convolution output of its own; ``multiply`` has its shape.
+    """
+    if multiply is None:
+        return out
+    if out.requires_grad or multiply.requires_grad or torch.is_grad_enabled() or multiply.dtype != out.dtype:
+        return out * multiply
+    return out.mul_(multiply)
 
 
 class DepthwiseConv(nn.Module):
@@ -201,45 +212,49 @@ class DepthwiseConv(nn.Module):
             pad: ``x`` has this many extra channels after those of ``part``, convolved with zero kernels (their
                 output is 0): the feed-forward pads its halves to a multiple of 16 channels, where the CPU
                 kernels are faster.
-            gelu: return ``gelu(conv(x))`` (exact erf form).
-            multiply: return ``conv(x) * multiply`` (same shape as the output; after ``gelu`` if both are given).
+            gelu: return ``gelu(conv(x))`` (exact erf form); without a graph on the CPU, fused into oneDNN's
+                convolution.
+            multiply: return ``conv(x) * multiply`` (after ``gelu`` when both are given), a tensor of the output's
+                shape; multiplied in place without a graph.
 
         Returns:
-            ``(B, C, *spatial)``. Without a graph, in float32 on a CPU with oneDNN, ``gelu`` and ``multiply`` run
-            inside the convolution (one pass over the map instead of three; equal up to float rounding).
+            ``(B, C, *spatial)``.
 
         Raises:
-            ValueError: a generated kernel given to a static conv, or of the wrong shape.
+            ValueError: a generated kernel given to a static conv, or of the wrong shape; ``multiply`` not of the
+                output's shape.
         """
         conv = _CONV[self.spatial_dims - 1]
         padding = self.kernel_size // 2
         part = slice(0, self.channels) if part is None else part
         weight = _zero_padded(self.weight[part], pad)
         channels = weight.shape[0]
-        epilogue = _Epilogue(gelu, multiply)
+        b = x.shape[0]
+        if multiply is not None and tuple(multiply.shape) != (b, channels, *x.shape[2:]):
+            raise ValueError(
+                f"multiply must have the output's shape {(b, channels, *x.shape[2:])}, got {tuple(multiply.shape)}."
+            )
         if generated is None:
             bias = None if self.bias is None else _zero_padded(self.bias[part], pad)
-            return epilogue.conv(x, weight, bias, padding, channels, conv)
+            return _multiplied(_conv(conv, x, weight, bias, padding, channels, gelu), multiply)
         if self.gate is None:
             raise ValueError("this depthwise conv is static: it takes no generated kernel.")
-        b = x.shape[0]
         expected = (b, self.channels) + (self.kernel_size,) * self.spatial_dims
         if tuple(generated.shape) != expected:
             raise ValueError(f"generated kernel must have shape {expected}, got {tuple(generated.shape)}.")
         generated = _zero_padded(generated[:, part], pad, 1)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
-            return epilogue.apply(self._shifted_taps(x, generated, part, pad))
+            out = self._shifted_taps(x, generated, part, pad)
+            return _multiplied(F.gelu(out) if gelu else out, multiply)
         gate = _zero_padded(self.gate[part], pad).reshape((1, -1) + (1,) * (self.spatial_dims + 1))
         kernel = weight.unsqueeze(0) + gate * generated.unsqueeze(2)  # (B, C, 1, k, ..., k)
         kernel = kernel.reshape(b * channels, 1, *kernel.shape[3:])
         if b == 1:  # one sample: a plain depthwise conv with its kernel, in the input's layout
-            return epilogue.conv(x, kernel, None, padding, channels, conv)
+            return _multiplied(_conv(conv, x, kernel, None, padding, channels, gelu), multiply)
         # Fold the batch into the channels, (B, C, *S) -> (1, B*C, *S), keeping the channels-last layout
         # (much faster depthwise kernels on CPU): channels-last memory is (B, *S, C) -> (*S, B, C).
-        if multiply is not None:
-            epilogue = _Epilogue(gelu, _fold(multiply))
-        out = epilogue.conv(_fold(x), kernel, None, padding, b * channels, conv)
-        return _unfold(out, b)
+        out = _conv(conv, _fold(x), kernel, None, padding, b * channels, gelu)
+        return _multiplied(_unfold(out, b), multiply)
 
     def _shifted_taps(
         self, x: torch.Tensor, generated: torch.Tensor, part: slice | None = None, pad: int = 0

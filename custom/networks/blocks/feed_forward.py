@@ -82,13 +82,14 @@ class GatedFeedForward(nn.Module):
     ) -> torch.Tensor:
         """``gelu(x1) * x2`` of ``x`` ``(B, C, *S)``: ``(B, hidden + pad, *S)``, the last ``pad`` channels 0.
 
-        The two halves are computed as separate tensors (1x1 conv rows and depthwise kernels split): each is then
-        contiguous, and the GELU and the product run vectorised over whole maps; a channel half of one
-        channels-last tensor is strided, and the GELU on it is several times slower on CPU. Each half is padded
-        with zero channels to a multiple of 16 (published widths are odd: 127, 255, ...), where the GEMM and
-        depthwise kernels are faster; the padded channels are exactly 0 and meet zero columns of project_out.
-        ``weights`` are those of :meth:`_half_weights` (computed here when ``None``).
+        The two halves are separate tensors (1x1 conv rows and depthwise kernels split), each contiguous: the GELU
+        runs with the first half's depthwise conv and the second half's result is multiplied into it (see
+        :class:`~custom.networks.blocks.DepthwiseConv`). Each half is padded with zero channels to a multiple of 16
+        (published widths are odd: 127, 255, ...); the padded channels are exactly 0 and meet zero columns of
+        project_out. ``weights`` are those of :meth:`_half_weights` (computed here when ``None``).
         """
+        # separate halves: a channel half of one channels-last tensor is strided, several times slower for the
+        # elementwise steps on CPU; multiples of 16 channels: faster GEMM and depthwise kernels
         (w1, b1), (w2, b2) = self._half_weights(hidden, pad) if weights is None else weights
         x1 = self.dwconv(pointwise_conv(x, w1, b1), kernel, slice(0, hidden), pad, gelu=True)
         return self.dwconv(pointwise_conv(x, w2, b2), kernel, slice(hidden, 2 * hidden), pad, multiply=x1)
@@ -186,7 +187,9 @@ GROUP_CHANNELS = 128
 """Hidden channels per group in the feed-forward's row strips (see :meth:`GatedFeedForward.residual_in_strips_`)."""
 
 STRIP_BYTES = 4 * 2**20
-"""Largest hidden map (one half, bytes) the feed-forward allocates without a graph; larger maps go in row strips."""
+"""Largest hidden map (one half of one channel group, bytes) the feed-forward allocates without a graph; larger maps
+go in row strips (per sample in :class:`~custom.networks.blocks.TransformerBlock`, for the whole batch in the
+feed-forward's own forward)."""
 
 
 def _strip_rows(x: torch.Tensor, channels: int) -> int | None:

@@ -5,7 +5,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from custom.networks.blocks import DepthwiseConv
+from custom.networks.blocks import DepthwiseConv, dynamic_conv
 from parameterized import parameterized
 
 
@@ -81,33 +81,33 @@ class TestDepthwiseConv(unittest.TestCase):
 
 
 class TestEpilogue(unittest.TestCase):
-    """``gelu`` and ``multiply`` after the conv: fused into oneDNN's convolution without a graph on the CPU, the
-    plain ops otherwise; the same values either way."""
+    """``gelu`` and ``multiply`` after the conv: the GELU fused into oneDNN's convolution without a graph on the CPU,
+    the plain ops otherwise; the same values either way."""
 
     @staticmethod
-    def _case(batch, dynamic, channels_last):
+    def _case(batch, dynamic, channels_last=True, spatial_dims=2):
         torch.manual_seed(batch + 2 * dynamic)
-        conv = DepthwiseConv(20, dynamic=dynamic, bias=not dynamic)
+        conv = DepthwiseConv(20, spatial_dims=spatial_dims, dynamic=dynamic, bias=not dynamic)
         with torch.no_grad():
             conv.weight.uniform_(-1, 1)
             if dynamic:
                 conv.gate.uniform_(-1, 1)
             else:
                 conv.bias.uniform_(-1, 1)
-        x = torch.randn(batch, 16, 9, 11)  # channels 4:16 of the conv (part) and 4 zero-kernel channels (pad)
-        other = torch.randn(batch, 16, 9, 11)
-        if channels_last:
+        spatial = (9, 11, 5)[:spatial_dims]
+        x = torch.randn(batch, 16, *spatial)  # channels 4:16 of the conv (part) and 4 zero-kernel channels (pad)
+        other = torch.randn(batch, 16, *spatial)
+        if channels_last and spatial_dims == 2:
             x, other = (t.contiguous(memory_format=torch.channels_last) for t in (x, other))
-        gen = torch.randn(batch, 20, 3, 3) if dynamic else None
+        gen = torch.randn(batch, 20, *(3,) * spatial_dims) if dynamic else None
         return conv, x, other, gen
 
+    @unittest.skipIf(dynamic_conv._FUSED is None, "this torch build has no oneDNN fused convolution")
     @parameterized.expand([(b, d, cl) for b in (1, 3) for d in (False, True) for cl in (True, False)])
     def test_fused_equals_plain_ops(self, batch, dynamic, channels_last):
-        from custom.networks.blocks import dynamic_conv
-
         conv, x, other, gen = self._case(batch, dynamic, channels_last)
         part = slice(4, 16)
-        plain = conv(x, gen, part, 4).detach()  # with a graph: no fusion
+        plain = conv(x, gen, part, 4).detach()  # with a graph: plain ops
         with torch.no_grad():
             for kwargs, expected in (
                 ({"gelu": True}, F.gelu(plain)),
@@ -116,30 +116,80 @@ class TestEpilogue(unittest.TestCase):
             ):
                 with mock.patch.object(dynamic_conv, "_FUSED", wraps=dynamic_conv._FUSED) as fused:
                     got = conv(x, gen, part, 4, **kwargs)
-                self.assertTrue(fused.called or fused.binary.called, kwargs)  # the fused op ran
+                self.assertEqual(fused.called, "gelu" in kwargs, kwargs)  # the GELU runs inside the conv
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-                self.assertEqual(got.stride(), plain.stride())  # the input's layout
+                self.assertEqual(got.stride(), plain.stride())  # the same layout
                 self.assertTrue(torch.all(got[:, 12:] == 0))  # zero-kernel channels stay 0 (no bias, gelu(0) = 0)
 
-    def test_plain_ops_with_a_graph_or_autocast(self):
-        from custom.networks.blocks import dynamic_conv
+    @parameterized.expand([(1, True), (3, True), (2, False)])
+    def test_gradients_equal_the_plain_definition(self, batch, dynamic):
+        conv, x, other, gen = self._case(batch, dynamic)
+        leaves = [t.requires_grad_() for t in (x, other) + ((gen,) if dynamic else ())]
+        params = list(conv.parameters())
+        grads = []
+        for fused_form in (True, False):
+            if fused_form:
+                out = conv(x, gen, slice(4, 16), 4, gelu=True, multiply=other)
+            else:
+                out = F.gelu(conv(x, gen, slice(4, 16), 4)) * other
+            grads.append(torch.autograd.grad(out.square().sum(), leaves + params))
+        for got, expected in zip(*grads):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
-        conv, x, other, gen = self._case(1, True, True)
-        fused = mock.MagicMock(side_effect=AssertionError("fused op called"))
-        with mock.patch.object(dynamic_conv, "_FUSED", fused):
-            out = conv(x, gen, slice(4, 16), 4, gelu=True, multiply=other)  # with a graph
-            self.assertTrue(out.requires_grad)
-            out.sum().backward()
-            self.assertGreater(conv.gate.grad.abs().sum().item(), 0)
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                self.assertEqual(conv(x, gen, slice(4, 16), 4, gelu=True).dtype, torch.bfloat16)
+    def test_plain_ops_where_the_fused_op_does_not_apply(self):
+        conv, x, other, gen = self._case(1, True)
+        expected = (F.gelu(conv(x, gen, slice(4, 16), 4)) * other).detach()
+        refuse = mock.MagicMock(side_effect=AssertionError("fused op called"))
+        with mock.patch.object(dynamic_conv, "_FUSED", refuse):
+            self.assertTrue(conv(x, gen, slice(4, 16), 4, gelu=True).requires_grad)  # with a graph
             with torch.no_grad():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    self.assertEqual(conv(x, gen, slice(4, 16), 4, gelu=True).dtype, torch.bfloat16)
                 conv(x.double(), gen.double(), slice(4, 16), 4, gelu=True)  # float64
                 conv(x[:, :, :, 1:], gen, slice(4, 16), 4, gelu=True)  # a strided view
-                conv(x, gen, slice(4, 16), 4, multiply=other[:1, :, :, :1])  # a broadcast operand
-        with torch.no_grad(), mock.patch.object(dynamic_conv, "_FUSED", None):  # no oneDNN
-            got = conv(x, gen, slice(4, 16), 4, gelu=True, multiply=other)
-        torch.testing.assert_close(got, out.detach(), rtol=1e-5, atol=1e-5)
+                with torch.backends.mkldnn.flags(enabled=False):
+                    got = conv(x, gen, slice(4, 16), 4, gelu=True, multiply=other)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        conv3d, x3, other3, gen3 = self._case(1, True, spatial_dims=3)
+        with torch.no_grad(), mock.patch.object(dynamic_conv, "_FUSED", refuse):  # 3D: plain ops
+            got = conv3d(x3, gen3, slice(4, 16), 4, gelu=True, multiply=other3)
+        torch.testing.assert_close(got, F.gelu(conv3d(x3, gen3, slice(4, 16), 4)).detach() * other3)
+        with torch.no_grad(), mock.patch.object(dynamic_conv, "_FUSED", None):  # no oneDNN in this build
+            torch.testing.assert_close(conv(x, gen, slice(4, 16), 4, gelu=True, multiply=other), expected)
+
+    def test_fused_op_failure_falls_back_with_a_warning(self):
+        conv, x, other, gen = self._case(1, True)
+        expected = F.gelu(conv(x, gen, slice(4, 16), 4)).detach()
+        broken = mock.MagicMock(side_effect=RuntimeError("no such overload"))
+        with torch.no_grad(), mock.patch.object(dynamic_conv, "_FUSED", broken), self.assertWarns(UserWarning):
+            got = conv(x, gen, slice(4, 16), 4, gelu=True)
+        torch.testing.assert_close(got, expected)
+
+    def test_traced_graph_holds_the_plain_ops(self):
+        conv, _, _, _ = self._case(1, False)
+        conv.requires_grad_(False)  # frozen weights: only the tracing check keeps the fused op out
+
+        class WithGelu(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = conv
+
+            def forward(self, t: torch.Tensor) -> torch.Tensor:
+                return self.conv(t, gelu=True)
+
+        x = torch.randn(1, 20, 9, 11).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():  # the export path traces without a graph
+            traced = torch.jit.trace(WithGelu(), (x,), check_trace=False)
+            self.assertIn("aten::gelu", str(traced.inlined_graph))
+            self.assertNotIn("mkldnn", str(traced.inlined_graph))
+            torch.testing.assert_close(traced(x), conv(x, gelu=True))
+
+    def test_multiply_of_another_shape_is_refused(self):
+        conv, x, other, gen = self._case(3, True)
+        with torch.no_grad():
+            for bad in (other[:1], other[:, :, :, :1], other[:, :8]):
+                with self.assertRaises(ValueError):
+                    conv(x, gen, slice(4, 16), 4, multiply=bad)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,14 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 from custom.networks import TAT
-from custom.networks.blocks import ChannelAttention, DepthwiseConv, GatedFeedForward, TransformerBlock, feed_forward
+from custom.networks.blocks import (
+    ChannelAttention,
+    DepthwiseConv,
+    GatedFeedForward,
+    TransformerBlock,
+    dynamic_conv,
+    feed_forward,
+)
 from custom.networks.blocks.attention import channel_attention
 from custom.networks.blocks.layer_norm import ChannelLayerNorm
 from custom.networks.blocks.pointwise import pointwise_conv
@@ -241,8 +248,11 @@ class TestRowStrips(unittest.TestCase):
         with torch.no_grad():
             expected = y + f(norm(y), kernel)
             work = y.clone()
-            with mock.patch.object(feed_forward, "GROUP_CHANNELS", group):
+            fused = mock.patch.object(dynamic_conv, "_FUSED", wraps=dynamic_conv._FUSED)
+            with mock.patch.object(feed_forward, "GROUP_CHANNELS", group), fused as spy:
                 got = f.residual_in_strips_(work, norm, kernel, rows)
+        if dynamic_conv._FUSED is not None:
+            self.assertTrue(spy.called)  # the GELU inside oneDNN's depthwise conv
         self.assertIs(got, work)  # in place
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         self.assertTrue(got.is_contiguous(memory_format=torch.channels_last))

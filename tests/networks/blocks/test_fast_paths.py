@@ -287,8 +287,14 @@ class TestRowStrips(unittest.TestCase):
                 torch.testing.assert_close(fast[s : s + 1], alone, rtol=0, atol=0)  # each sample as alone
         torch.testing.assert_close(fast, blk(x, kernels).detach(), rtol=1e-5, atol=1e-5)
         self.assertTrue(fast.is_contiguous(memory_format=torch.channels_last))
-        with torch.no_grad(), self.assertRaises(ValueError):
-            blk.attn.residual_in_strips(x, blk.norm1, kernels.attn, 5, out=torch.empty(3, 26, 19, 9))
+        with torch.no_grad():
+            for bad in (
+                torch.empty(3, 26, 19, 9),  # another shape
+                torch.empty(3, 26, 8, 19).transpose(2, 3),  # not contiguous
+                torch.empty(3, 26, 19, 8, dtype=torch.float64),  # another dtype
+            ):
+                with self.assertRaises(ValueError):
+                    blk.attn.residual_in_strips(x, blk.norm1, kernels.attn, 5, out=bad)
 
     def test_block_whole_map_when_strips_do_not_apply(self):
         x = torch.randn(1, 8, 26, 19)

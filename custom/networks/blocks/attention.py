@@ -349,6 +349,9 @@ class ChannelAttention(nn.Module):
 
         Raises:
             ValueError: blended windows at this size, not a 2D map, or an unusable ``out``.
+
+        Under autocast the convs and products run in the autocast dtype as on the whole-map path, while the Gram
+        matrices and norms are summed over strips, and the residual added, in ``x``'s dtype.
         """
         if x.dim() != 4:
             raise ValueError(f"row strips need a 2D map (B, C, H, W), got shape {tuple(x.shape)}.")
@@ -393,8 +396,9 @@ class ChannelAttention(nn.Module):
                     fq, fk = (z[:, lo - r0 : hi - r0, c0:c1].reshape(b, -1, c) for z in (q_all, k_all))
                     q = fq.unflatten(-1, (heads, dh)).transpose(1, 2)  # (B, h, P, C/h)
                     k = fk.unflatten(-1, (heads, dh)).transpose(1, 2)
-                    gram = q.transpose(-2, -1) @ k
-                    sq = _squared_norms(fq, fk)
+                    # sums over strips in x's dtype (under autocast the products come in the autocast dtype)
+                    gram = (q.transpose(-2, -1) @ k).to(x.dtype)
+                    sq = _squared_norms(fq, fk).to(x.dtype)
                     grams[i][j] = gram if grams[i][j] is None else grams[i][j].add_(gram)
                     squares[i][j] = sq if squares[i][j] is None else squares[i][j].add_(sq)
         grid = (len(row_tiles), len(col_tiles))
@@ -410,12 +414,33 @@ class ChannelAttention(nn.Module):
                     m = matrices[i * len(col_tiles) + j].transpose(-2, -1)  # (B, C, C_out)
                     if c1 - c0 == w:  # whole rows: (B, P, C) views, one product per sample
                         v = out[:, r0:r1]
-                        y = torch.baddbmm(residual[:, r0:r1].reshape(b, -1, c), v.reshape(b, -1, c), m)
-                        out[:, r0:r1] = (y if bias is None else y.add_(bias)).view(v.shape)
+                        _add_product(residual[:, r0:r1].reshape(b, -1, c), v.reshape(b, -1, c), m, bias, v)
                         continue
                     # a column sub-tile: one product per row of the tile, on strided views (no copies in)
                     for s in range(b):
                         v = out[s, r0:r1, c0:c1]  # (rows, columns, C)
-                        y = torch.baddbmm(residual[s, r0:r1, c0:c1], v, m[s].expand(r1 - r0, -1, -1))
-                        out[s, r0:r1, c0:c1] = y if bias is None else y.add_(bias)
+                        _add_product(residual[s, r0:r1, c0:c1], v, m[s].expand(r1 - r0, -1, -1), bias, v)
         return out.movedim(-1, 1)
+
+
+def _add_product(
+    residual: torch.Tensor, v: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
+) -> None:
+    """``out = residual + v @ m (+ bias)``, the sum in ``residual``'s dtype (under autocast the product comes in the
+    autocast dtype and is added to the float32 residual, which is not rounded).
+
+    Args:
+        residual: ``(N, P, C_out)``.
+        v: ``(N, P, C)``; it may be ``out`` itself (it is read before ``out`` is written).
+        m: ``(N, C, C_out)``.
+        bias: ``(C_out,)`` or ``None``.
+        out: ``(N, P, C_out)`` or a view of the same number of elements in that order.
+    """
+    if torch.is_autocast_enabled(v.device.type):
+        y = torch.bmm(v, m)
+        if bias is not None:
+            y = y + bias  # bf16 + float32 bias: float32, as on the whole-map path
+        torch.add(residual, y.view(residual.shape), out=out.view(residual.shape))
+        return
+    y = torch.baddbmm(residual, v, m)
+    out.copy_((y if bias is None else y.add_(bias)).view(out.shape))

@@ -8,7 +8,7 @@ from custom.networks.blocks.dynamic_conv import DepthwiseConv, _zero_padded
 from custom.networks.blocks.pointwise import pointwise_conv
 from monai.networks.layers.factories import Conv
 
-__all__ = ["GatedFeedForward", "ffn_hidden_channels"]
+__all__ = ["GatedFeedForward", "ffn_hidden_channels", "map_itemsize"]
 
 
 def ffn_hidden_channels(dim: int, expansion: float) -> int:
@@ -177,7 +177,10 @@ def _add_pointwise(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> 
         ``acc``.
     """
     flat_acc, flat_x = acc.movedim(1, -1), x.movedim(1, -1)
-    if flat_acc.is_contiguous() and flat_x.is_contiguous():  # one GEMM accumulating into acc
+    # one GEMM accumulating into acc; under autocast x comes in the autocast dtype: its product (autocast) is added
+    # into acc, which keeps its dtype
+    same = flat_x.dtype == flat_acc.dtype == weight.dtype
+    if same and flat_acc.is_contiguous() and flat_x.is_contiguous():
         flat_acc.view(-1, flat_acc.shape[-1]).addmm_(flat_x.reshape(-1, flat_x.shape[-1]), weight.t())
         return acc
     return acc.add_(pointwise_conv(x, weight))
@@ -192,12 +195,19 @@ go in row strips (per sample in :class:`~custom.networks.blocks.TransformerBlock
 feed-forward's own forward)."""
 
 
+def map_itemsize(x: torch.Tensor) -> int:
+    """Bytes per value of the maps computed from ``x``: the autocast dtype's under autocast, else ``x``'s."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type).itemsize
+    return x.element_size()
+
+
 def _strip_rows(x: torch.Tensor, channels: int) -> int | None:
     """Rows per strip for a no-graph forward of ``x`` with ``channels`` hidden channels, ``None`` for the whole map."""
     if x.requires_grad or torch.is_grad_enabled() or x.dim() < 3 or x.device.type != "cpu":
         return None
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None
-    row_bytes = x[:, :1, :1].numel() * channels * x.element_size()
+    row_bytes = x[:, :1, :1].numel() * channels * map_itemsize(x)
     rows = max(4, STRIP_BYTES // max(row_bytes, 1))
     return None if rows >= x.shape[2] else rows

@@ -62,36 +62,43 @@ class TransformerBlock(nn.Module):
         """
         attn_kernel = None if kernels is None else kernels.attn
         ffn_kernel = None if kernels is None else kernels.ffn
+        if not _no_graph_cpu_2d(x) or x.shape[0] == 1 and self._strip_rows(x) is None:
+            return self._whole_map(x, attn_kernel, ffn_kernel)
+        # no graph on the CPU: one sample at a time (a sample of a channels-last batch is contiguous: its strips and
+        # 1x1 convs are plain GEMMs, and its task-adaptive convs need no batch folded into the groups; strips sized
+        # for one sample keep their halo rows few), each sample's result as alone; a large map in row strips, the
+        # output the only map of the image allocated
         rows = self._strip_rows(x)
-        if rows is not None:
-            # no graph and a large map: both halves in row strips, the output the only map of the image allocated;
-            # one sample at a time (a sample of a channels-last batch is contiguous, and strips sized for one sample
-            # keep their halo rows few), each sample's result as alone
-            attn_rows, ffn_rows = rows
-            b, c, h, w = x.shape
-            out = torch.empty((b, h, w, c), dtype=x.dtype, device=x.device)  # channels-last (B, C, H, W)
-            for s in range(b):
-                one = slice(s, s + 1)
-                attn_k = None if attn_kernel is None else attn_kernel[one]
-                y = self.attn.residual_in_strips(x[one], self.norm1, attn_k, attn_rows, out[one])
-                self.ffn.residual_in_strips_(y, self.norm2, None if ffn_kernel is None else ffn_kernel[one], ffn_rows)
-            return out.movedim(-1, 1)
+        b, c, h, w = x.shape
+        out = torch.empty((b, h, w, c), dtype=x.dtype, device=x.device)  # channels-last (B, C, H, W)
+        for s in range(b):
+            one = slice(s, s + 1)
+            attn_k = None if attn_kernel is None else attn_kernel[one]
+            ffn_k = None if ffn_kernel is None else ffn_kernel[one]
+            if rows is None:
+                out[one] = self._whole_map(x[one], attn_k, ffn_k).movedim(1, -1)
+                continue
+            y = self.attn.residual_in_strips(x[one], self.norm1, attn_k, rows[0], out[one])
+            self.ffn.residual_in_strips_(y, self.norm2, ffn_k, rows[1])
+        return out.movedim(-1, 1)
+
+    def _whole_map(
+        self, x: torch.Tensor, attn_kernel: torch.Tensor | None, ffn_kernel: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The block on the whole ``(B, C, *spatial)`` map at once (the definition; the path with a graph)."""
         x = _residual(x, self.attn(self.norm1(x), attn_kernel))
         return _residual(x, self.ffn(self.norm2(x), ffn_kernel))
 
     def _strip_rows(self, x: torch.Tensor) -> tuple[int, int] | None:
         """Rows per strip of the attention and the feed-forward for a no-graph forward of ``x``; ``None`` for the
-        whole-map path (a graph, tracing or compiling, autocast, not 2D, blended windows, or a map of at most one
-        strip)."""
-        if x.requires_grad or torch.is_grad_enabled() or x.dim() != 4 or x.device.type != "cpu":
-            return None
-        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return None
-        if torch.is_autocast_enabled(x.device.type):  # the strips would add the residual in the autocast dtype
+        whole-map path (a graph, tracing or compiling, not 2D, blended windows, or a map of at most one strip).
+        Under autocast too the strips add the residual in ``x``'s dtype."""
+        if not _no_graph_cpu_2d(x):
             return None
         if self.attn.window_mode == "blended" and self.attn.local_window(x.shape[2:]) is not None:
             return None
-        row = x.shape[-1] * x.element_size()  # bytes per channel of one row of one sample (strips go sample by sample)
+        # bytes per channel of one row of one sample (strips go sample by sample) in the dtype of the branches' maps
+        row = x.shape[-1] * feed_forward.map_itemsize(x)
         # the attention's strips hold q, k and v as three maps of C channels each
         attn_rows = max(4, feed_forward.STRIP_BYTES // max(row * self.attn.project_out.in_channels, 1))
         hidden = self.ffn.project_out.in_channels  # the feed-forward's strips hold a group of hidden channels at a time
@@ -100,6 +107,14 @@ class TransformerBlock(nn.Module):
         if min(attn_rows, ffn_rows) >= x.shape[2]:
             return None
         return attn_rows, ffn_rows
+
+
+def _no_graph_cpu_2d(x: torch.Tensor) -> bool:
+    """Whether a forward of ``x`` may take the no-graph CPU paths: no gradients, a 2D map on the CPU, and not while
+    tracing, scripting or compiling (traced and compiled graphs hold the plain definition)."""
+    if x.requires_grad or torch.is_grad_enabled() or x.dim() != 4 or x.device.type != "cpu":
+        return False
+    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:

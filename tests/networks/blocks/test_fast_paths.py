@@ -312,11 +312,52 @@ class TestRowStrips(unittest.TestCase):
                 self.assertIsNotNone(feed_forward._strip_rows(x, 16))
         with torch.no_grad():
             self.assertIsNone(plain._strip_rows(x))  # a small map: one piece
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            with mock.patch.object(feed_forward, "STRIP_BYTES", 1):
-                self.assertIsNone(plain._strip_rows(x))  # autocast: residuals stay float32 on the whole-map path
-                out = plain(x)
-        self.assertEqual(out.dtype, torch.float32)
+
+    @parameterized.expand([("published", False), ("global", True)])
+    def test_block_strips_under_autocast_keep_float32_residual(self, mode, dynamic):
+        torch.manual_seed(6)
+        blk = TransformerBlock(8, 2, bias=True, dynamic=dynamic, train_size=8, window_mode=mode)
+        _randomise(blk)
+        # a large offset: a residual rounded to bf16 (8 significant bits, steps of 2 at 300) would be off by up to 1
+        x = (torch.randn(2, 8, 26, 19) + 300.0).contiguous(memory_format=torch.channels_last)
+        kernels = TaskKernels(torch.randn(2, 24, 3, 3), torch.randn(2, 42, 3, 3)) if dynamic else None
+        with torch.no_grad():
+            exact = blk(x, kernels)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                whole = blk(x[:1], None if kernels is None else TaskKernels(kernels.attn[:1], kernels.ffn[:1]))
+                with mock.patch.object(feed_forward, "STRIP_BYTES", 19 * 2 * 32 * 5):  # bf16 maps: 2 bytes a value
+                    self.assertEqual(blk._strip_rows(x), (20, 5))
+                    with mock.patch.object(
+                        ChannelAttention, "residual_in_strips", wraps=blk.attn.residual_in_strips
+                    ) as spy:
+                        strips = blk(x, kernels)
+                    self.assertEqual(spy.call_count, 2)  # the strips run under autocast, sample by sample
+        self.assertEqual(strips.dtype, torch.float32)
+        branch = (exact - x).abs().max().item()
+        self.assertGreater(branch, 0.5)  # the branches matter
+        # bf16 branches: errors of a few percent of the branch, not of the residual
+        torch.testing.assert_close(strips, exact, rtol=0, atol=0.05 * branch)
+        torch.testing.assert_close(strips[:1], whole, rtol=0, atol=0.05 * branch)
+        self.assertGreater((strips - exact).abs().max().item(), 0)  # the branches did run in bf16
+
+    @parameterized.expand([(False,), (True,)])
+    def test_block_batch_goes_sample_by_sample_on_the_whole_map(self, dynamic):
+        blk = TransformerBlock(8, 2, bias=True, dynamic=dynamic, train_size=8)
+        _randomise(blk)
+        x = torch.randn(3, 8, 12, 10).contiguous(memory_format=torch.channels_last)  # published windows, no strips
+        kernels = TaskKernels(torch.randn(3, 24, 3, 3), torch.randn(3, 42, 3, 3)) if dynamic else None
+        before = x.clone()
+        with torch.no_grad():
+            self.assertIsNone(blk._strip_rows(x))
+            with mock.patch.object(dynamic_conv, "_fold", wraps=dynamic_conv._fold) as fold:
+                fast = blk(x, kernels)
+            fold.assert_not_called()  # one sample at a time: no batch folded into the conv groups
+            for s in range(3):
+                one = None if kernels is None else TaskKernels(kernels.attn[s : s + 1], kernels.ffn[s : s + 1])
+                torch.testing.assert_close(fast[s : s + 1], blk(x[s : s + 1], one), rtol=0, atol=0)  # as alone
+        torch.testing.assert_close(x, before, rtol=0, atol=0)
+        torch.testing.assert_close(fast, blk(x, kernels).detach(), rtol=1e-5, atol=1e-5)  # the graph path, batched
+        self.assertTrue(fast.is_contiguous(memory_format=torch.channels_last))
 
 
 class TestReduceFinal(unittest.TestCase):

@@ -334,7 +334,9 @@ class ChannelAttention(nn.Module):
         of a strip with its halo rows, adds the strip's share to every tile's ``q k^T`` and squared norms, and
         stores v where the output goes; the second replaces v by ``x + (W blockdiag(A_tile)) v`` strip by strip. So
         the only map of the whole image allocated is the output: large maps are fresh pages from the OS on every
-        call (page faults), and strips stay in cache.
+        call (page faults), and strips stay in cache. Under autocast the convs and products run in the autocast dtype
+        as on the whole-map path, while the Gram matrices and norms are summed over strips, and the residual added,
+        in ``x``'s dtype.
 
         Args:
             x: ``(B, C, H, W)``, channels-last in memory (other layouts work, slower).
@@ -349,9 +351,6 @@ class ChannelAttention(nn.Module):
 
         Raises:
             ValueError: blended windows at this size, not a 2D map, or an unusable ``out``.
-
-        Under autocast the convs and products run in the autocast dtype as on the whole-map path, while the Gram
-        matrices and norms are summed over strips, and the residual added, in ``x``'s dtype.
         """
         if x.dim() != 4:
             raise ValueError(f"row strips need a 2D map (B, C, H, W), got shape {tuple(x.shape)}.")

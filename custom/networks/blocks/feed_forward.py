@@ -59,18 +59,25 @@ class GatedFeedForward(nn.Module):
         weights = self._half_weights(hidden, pad)
         if rows is None:
             return pointwise_conv(self._gated(x, kernel, hidden, pad, weights), w_out, self.project_out.bias)
-        # no graph and a large map: row strips (with the depthwise conv's halo rows), so that no hidden-size map of
-        # the whole image is allocated (large allocations are fresh pages from the OS each time: page faults cost
-        # about as much as the GEMMs at 256 x 256); the values are those of the whole-map path
+        # no graph and a large map: row strips (with the depthwise conv's halo rows) one sample at a time (a sample of
+        # a channels-last batch is contiguous), so that no hidden-size map of the whole image is allocated (large
+        # allocations are fresh pages from the OS each time: page faults cost about as much as the GEMMs at
+        # 256 x 256); the values are those of the whole-map path
         halo = self.dwconv.kernel_size // 2
         size = x.shape[2]
-        outs = []
-        for r0 in range(0, size, rows):
-            r1 = min(size, r0 + rows)
-            a0, a1 = max(0, r0 - halo), min(size, r1 + halo)
-            gated = self._gated(x[:, :, a0:a1], kernel, hidden, pad, weights)[:, :, r0 - a0 : r1 - a0]
-            outs.append(pointwise_conv(gated, w_out, self.project_out.bias))
-        return torch.cat(outs, 2)
+        out = None
+        for s in range(x.shape[0]):
+            one = slice(s, s + 1)
+            k = None if kernel is None else kernel[one]
+            for r0 in range(0, size, rows):
+                r1 = min(size, r0 + rows)
+                a0, a1 = max(0, r0 - halo), min(size, r1 + halo)
+                gated = self._gated(x[one, :, a0:a1], k, hidden, pad, weights)[:, :, r0 - a0 : r1 - a0]
+                piece = pointwise_conv(gated, w_out, self.project_out.bias)
+                if out is None:  # channels-last, in the dtype of the pieces (the autocast dtype under autocast)
+                    out = piece.new_empty((x.shape[0], *x.shape[2:], piece.shape[1])).movedim(-1, 1)
+                out[one, :, r0:r1] = piece
+        return out
 
     def _gated(
         self,
@@ -191,8 +198,7 @@ GROUP_CHANNELS = 128
 
 STRIP_BYTES = 4 * 2**20
 """Largest hidden map (one half of one channel group, bytes) the feed-forward allocates without a graph; larger maps
-go in row strips (per sample in :class:`~custom.networks.blocks.TransformerBlock`, for the whole batch in the
-feed-forward's own forward)."""
+go in row strips, sample by sample."""
 
 
 def map_itemsize(x: torch.Tensor) -> int:
@@ -203,11 +209,12 @@ def map_itemsize(x: torch.Tensor) -> int:
 
 
 def _strip_rows(x: torch.Tensor, channels: int) -> int | None:
-    """Rows per strip for a no-graph forward of ``x`` with ``channels`` hidden channels, ``None`` for the whole map."""
+    """Rows per strip of one sample for a no-graph forward of ``x`` with ``channels`` hidden channels, ``None`` for
+    the whole map (a graph, tracing or compiling, another device than the CPU, or one sample's map in one strip)."""
     if x.requires_grad or torch.is_grad_enabled() or x.dim() < 3 or x.device.type != "cpu":
         return None
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None
-    row_bytes = x[:, :1, :1].numel() * channels * map_itemsize(x)
+    row_bytes = x[0, :1, :1].numel() * channels * map_itemsize(x)  # one row (slab in 3D) of one sample
     rows = max(4, STRIP_BYTES // max(row_bytes, 1))
     return None if rows >= x.shape[2] else rows

@@ -62,13 +62,14 @@ class TransformerBlock(nn.Module):
         """
         attn_kernel = None if kernels is None else kernels.attn
         ffn_kernel = None if kernels is None else kernels.ffn
-        if not _no_graph_cpu_2d(x) or x.shape[0] == 1 and self._strip_rows(x) is None:
-            return self._whole_map(x, attn_kernel, ffn_kernel)
-        # no graph on the CPU: one sample at a time (a sample of a channels-last batch is contiguous: its strips and
-        # 1x1 convs are plain GEMMs, and its task-adaptive convs need no batch folded into the groups; strips sized
-        # for one sample keep their halo rows few), each sample's result as alone; a large map in row strips, the
-        # output the only map of the image allocated
         rows = self._strip_rows(x)
+        if rows is None and not (x.shape[0] > 1 and self._large(x)):
+            return self._whole_map(x, attn_kernel, ffn_kernel)
+        # no graph on the CPU and a large map: one sample at a time (a sample of a channels-last batch is contiguous:
+        # its strips and 1x1 convs are plain GEMMs, and its task-adaptive convs need no batch folded into the groups;
+        # strips sized for one sample keep their halo rows few), each sample's result as alone; in row strips where
+        # they apply, the output the only map of the image allocated. Small maps go as a batch (per-sample Python
+        # overhead would cost more than the batch's copies).
         b, c, h, w = x.shape
         out = torch.empty((b, h, w, c), dtype=x.dtype, device=x.device)  # channels-last (B, C, H, W)
         for s in range(b):
@@ -88,6 +89,13 @@ class TransformerBlock(nn.Module):
         """The block on the whole ``(B, C, *spatial)`` map at once (the definition; the path with a graph)."""
         x = _residual(x, self.attn(self.norm1(x), attn_kernel))
         return _residual(x, self.ffn(self.norm2(x), ffn_kernel))
+
+    def _large(self, x: torch.Tensor) -> bool:
+        """Whether one sample's hidden map of the feed-forward is at least
+        :data:`~custom.networks.blocks.feed_forward.STRIP_BYTES` (no graph, CPU)."""
+        hidden = self.ffn.project_out.in_channels
+        one = x[0, 0].numel() * (hidden + (-hidden) % 16) * feed_forward.map_itemsize(x)
+        return _no_graph_cpu_2d(x) and one >= feed_forward.STRIP_BYTES
 
     def _strip_rows(self, x: torch.Tensor) -> tuple[int, int] | None:
         """Rows per strip of the attention and the feed-forward for a no-graph forward of ``x``; ``None`` for the

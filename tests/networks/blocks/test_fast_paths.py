@@ -168,9 +168,15 @@ class TestInPlaceBranches(unittest.TestCase):
         whole = f(x, kernel).detach()  # with a graph: always the whole map
         with torch.no_grad():
             self.assertIsNone(feed_forward._strip_rows(x, 32))  # small map: one piece
-            with mock.patch.object(feed_forward, "STRIP_BYTES", batch * 11 * 32 * 4 * 5):
-                self.assertEqual(feed_forward._strip_rows(x, 32), 5)
-                strips = f(x, kernel)
+            with mock.patch.object(feed_forward, "STRIP_BYTES", 11 * 32 * 4 * 5):
+                self.assertEqual(feed_forward._strip_rows(x, 32), 5)  # rows of one sample: strips go sample by sample
+                with mock.patch.object(f, "_gated", wraps=f._gated) as gated:
+                    strips = f(x, kernel)
+                self.assertEqual(gated.call_count, 6 * batch)
+                self.assertTrue(all(call.args[0].shape[0] == 1 for call in gated.call_args_list))
+                for s in range(batch):  # each sample as alone
+                    alone = f(x[s : s + 1], None if kernel is None else kernel[s : s + 1])
+                    torch.testing.assert_close(strips[s : s + 1], alone, rtol=0, atol=0)
             with mock.patch.object(feed_forward, "STRIP_BYTES", 1):
                 self.assertEqual(feed_forward._strip_rows(x, 32), 4)  # at least 4 rows a strip
                 smallest = f(x, kernel)
@@ -341,22 +347,33 @@ class TestRowStrips(unittest.TestCase):
         self.assertGreater((strips - exact).abs().max().item(), 0)  # the branches did run in bf16
 
     @parameterized.expand([(False,), (True,)])
-    def test_block_batch_goes_sample_by_sample_on_the_whole_map(self, dynamic):
-        blk = TransformerBlock(8, 2, bias=True, dynamic=dynamic, train_size=8)
+    def test_block_batch_of_large_maps_goes_sample_by_sample(self, dynamic):
+        # blended windows at this size: no block strips, so the whole-map path, batched or one sample at a time
+        blk = TransformerBlock(8, 2, bias=True, dynamic=dynamic, train_size=8, window_mode="blended")
         _randomise(blk)
-        x = torch.randn(3, 8, 12, 10).contiguous(memory_format=torch.channels_last)  # published windows, no strips
+        x = torch.randn(3, 8, 26, 19).contiguous(memory_format=torch.channels_last)
         kernels = TaskKernels(torch.randn(3, 24, 3, 3), torch.randn(3, 42, 3, 3)) if dynamic else None
         before = x.clone()
         with torch.no_grad():
             self.assertIsNone(blk._strip_rows(x))
-            with mock.patch.object(dynamic_conv, "_fold", wraps=dynamic_conv._fold) as fold:
-                fast = blk(x, kernels)
-            fold.assert_not_called()  # one sample at a time: no batch folded into the conv groups
-            for s in range(3):
-                one = None if kernels is None else TaskKernels(kernels.attn[s : s + 1], kernels.ffn[s : s + 1])
-                torch.testing.assert_close(fast[s : s + 1], blk(x[s : s + 1], one), rtol=0, atol=0)  # as alone
+            with mock.patch.object(blk, "_whole_map", wraps=blk._whole_map) as whole:
+                batched = blk(x, kernels)
+            whole.assert_called_once()  # small maps go as a batch
+            self.assertEqual(whole.call_args.args[0].shape[0], 3)
+            with mock.patch.object(feed_forward, "STRIP_BYTES", 19 * 32 * 4 * 5):  # one sample's feed-forward: strips
+                self.assertIsNone(blk._strip_rows(x))
+                fold = mock.patch.object(dynamic_conv, "_fold", wraps=dynamic_conv._fold)
+                with fold as folded, mock.patch.object(blk, "_whole_map", wraps=blk._whole_map) as whole:
+                    fast = blk(x, kernels)
+                folded.assert_not_called()  # no batch folded into the conv groups
+                self.assertEqual([c.args[0].shape[0] for c in whole.call_args_list], [1, 1, 1])
+                for s in range(3):
+                    one = None if kernels is None else TaskKernels(kernels.attn[s : s + 1], kernels.ffn[s : s + 1])
+                    torch.testing.assert_close(fast[s : s + 1], blk(x[s : s + 1], one), rtol=0, atol=0)  # as alone
         torch.testing.assert_close(x, before, rtol=0, atol=0)
-        torch.testing.assert_close(fast, blk(x, kernels).detach(), rtol=1e-5, atol=1e-5)  # the graph path, batched
+        expected = blk(x, kernels).detach()  # the graph path, batched
+        torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batched, expected, rtol=1e-5, atol=1e-5)
         self.assertTrue(fast.is_contiguous(memory_format=torch.channels_last))
 
 

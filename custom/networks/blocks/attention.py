@@ -438,7 +438,7 @@ def _add_product(
     if torch.is_autocast_enabled(v.device.type):
         y = torch.bmm(v, m)
         if bias is not None:
-            y = y + bias  # bf16 + float32 bias: float32, as on the whole-map path
+            y = y + bias  # autocast dtype + float32 bias: float32 (not rounded), as on the whole-map path
         torch.add(residual, y.view(residual.shape), out=out.view(residual.shape))
         return
     y = torch.baddbmm(residual, v, m)

@@ -62,7 +62,7 @@ class GatedFeedForward(nn.Module):
         # no graph and a large map: row strips (with the depthwise conv's halo rows) one sample at a time (a sample of
         # a channels-last batch is contiguous), so that no hidden-size map of the whole image is allocated (large
         # allocations are fresh pages from the OS each time: page faults cost about as much as the GEMMs at
-        # 256 x 256); the values are those of the whole-map path
+        # 256 x 256); the values are those of the whole-map path up to float rounding
         halo = self.dwconv.kernel_size // 2
         size = x.shape[2]
         out = None
@@ -197,8 +197,9 @@ GROUP_CHANNELS = 128
 """Hidden channels per group in the feed-forward's row strips (see :meth:`GatedFeedForward.residual_in_strips_`)."""
 
 STRIP_BYTES = 4 * 2**20
-"""Largest hidden map (one half of one channel group, bytes) the feed-forward allocates without a graph; larger maps
-go in row strips, sample by sample."""
+"""Largest hidden map (bytes) the feed-forward allocates without a graph; larger maps go in row strips, sample by
+sample: in a block's strips a map holds one half of one channel group, in the feed-forward's own strips all the hidden
+channels of one half."""
 
 
 def map_itemsize(x: torch.Tensor) -> int:
@@ -213,7 +214,7 @@ def _strip_rows(x: torch.Tensor, channels: int) -> int | None:
     the whole map (a graph, tracing or compiling, another device than the CPU, or one sample's map in one strip)."""
     if x.requires_grad or torch.is_grad_enabled() or x.dim() < 3 or x.device.type != "cpu":
         return None
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling() or x.shape[0] == 0:
         return None
     row_bytes = x[0, :1, :1].numel() * channels * map_itemsize(x)  # one row (slab in 3D) of one sample
     rows = max(4, STRIP_BYTES // max(row_bytes, 1))

@@ -319,10 +319,10 @@ class TestRowStrips(unittest.TestCase):
         with torch.no_grad():
             self.assertIsNone(plain._strip_rows(x))  # a small map: one piece
 
-    @parameterized.expand([("published", False), ("global", True)])
-    def test_block_strips_under_autocast_keep_float32_residual(self, mode, dynamic):
+    @parameterized.expand([("published", False, True), ("global", True, True), ("published", True, False)])
+    def test_block_strips_under_autocast_keep_float32_residual(self, mode, dynamic, bias):
         torch.manual_seed(6)
-        blk = TransformerBlock(8, 2, bias=True, dynamic=dynamic, train_size=8, window_mode=mode)
+        blk = TransformerBlock(8, 2, bias=bias, dynamic=dynamic, train_size=8, window_mode=mode)
         _randomise(blk)
         # a large offset: a residual rounded to bf16 (8 significant bits, steps of 2 at 300) would be off by up to 1
         x = (torch.randn(2, 8, 26, 19) + 300.0).contiguous(memory_format=torch.channels_last)
@@ -345,6 +345,48 @@ class TestRowStrips(unittest.TestCase):
         torch.testing.assert_close(strips, exact, rtol=0, atol=0.05 * branch)
         torch.testing.assert_close(strips[:1], whole, rtol=0, atol=0.05 * branch)
         self.assertGreater((strips - exact).abs().max().item(), 0)  # the branches did run in bf16
+
+    def test_feed_forward_strips_under_autocast(self):
+        f = GatedFeedForward(8, 2.66)  # hidden 21 + 11 zero channels
+        _randomise(f)
+        x = torch.randn(2, 8, 30, 11).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            exact = f(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                whole = f(x)
+                with mock.patch.object(feed_forward, "STRIP_BYTES", 11 * 32 * 2 * 5):  # bf16 maps: 2 bytes a value
+                    self.assertEqual(feed_forward._strip_rows(x, 32), 5)
+                    strips = f(x)
+        self.assertEqual(whole.dtype, torch.bfloat16)
+        self.assertEqual(strips.dtype, whole.dtype)  # the strips give what the whole map gives under autocast
+        scale = exact.abs().max().item()
+        torch.testing.assert_close(strips.float(), exact, rtol=0, atol=0.03 * scale)
+        torch.testing.assert_close(strips, whole, rtol=0, atol=0.03 * scale)
+        self.assertTrue(strips.is_contiguous(memory_format=torch.channels_last))
+        with torch.no_grad():
+            self.assertIsNone(feed_forward._strip_rows(x[:0], 32))  # an empty batch: nothing to cut
+
+    def test_block_large_maps_threshold(self):
+        blk = TransformerBlock(8, 2)  # feed-forward hidden 21 + 11 zero channels
+        x = torch.randn(2, 8, 26, 19)
+        one = 26 * 19 * 32  # values of one sample's hidden map
+        with torch.no_grad():
+            with mock.patch.object(feed_forward, "STRIP_BYTES", one * 4):
+                self.assertTrue(blk._large(x))  # float32: exactly one strip's bytes
+            with mock.patch.object(feed_forward, "STRIP_BYTES", one * 4 + 1):
+                self.assertFalse(blk._large(x))
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 maps: 2 bytes a value
+                with mock.patch.object(feed_forward, "STRIP_BYTES", one * 2):
+                    self.assertTrue(blk._large(x))
+                with mock.patch.object(feed_forward, "STRIP_BYTES", one * 2 + 1):
+                    self.assertFalse(blk._large(x))
+        self.assertFalse(blk._large(x))  # a graph: never
+        x = torch.randn(2, 8, 12, 10).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), mock.patch.object(feed_forward, "STRIP_BYTES", 12 * 10 * 32 * 4):
+            self.assertIsNone(blk._strip_rows(x))  # one strip for the block at 12 x 10
+            with mock.patch.object(blk, "_whole_map", wraps=blk._whole_map) as whole:
+                blk(x)
+            self.assertEqual([c.args[0].shape[0] for c in whole.call_args_list], [1, 1])  # a batch of 2 goes 1 by 1
 
     @parameterized.expand([(False,), (True,)])
     def test_block_batch_of_large_maps_goes_sample_by_sample(self, dynamic):

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DepthwiseConv"]
+__all__ = ["DepthwiseConv", "no_graph_on_cpu"]
 
 _CONV = (F.conv1d, F.conv2d, F.conv3d)
 
@@ -57,19 +57,25 @@ def _fused_pointwise_conv() -> Callable[..., torch.Tensor] | None:
 _FUSED = _fused_pointwise_conv()
 
 
+def no_graph_on_cpu(x: torch.Tensor) -> bool:
+    """Whether a forward of ``x`` may take the no-graph CPU paths (row strips, the fused conv + GELU): no
+    gradients to keep, on the CPU, and not while tracing, scripting or compiling (those graphs hold the plain ops)."""
+    if x.requires_grad or torch.is_grad_enabled() or x.device.type != "cpu":
+        return False
+    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 def _gelu_fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``gelu(conv(x))`` may run as oneDNN's convolution with a GELU post-op: no graph, float32 2D maps on
     the CPU in a dense layout, oneDNN enabled, and not while tracing, scripting, compiling or exporting (the traced or
     exported graph must hold the plain ops)."""
     if _FUSED is None or not torch.backends.mkldnn.enabled:
         return False
-    if x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+    if not no_graph_on_cpu(x) or x.dim() != 4:
         return False
-    if torch.is_grad_enabled() or x.requires_grad or weight.requires_grad:
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return False
-    if torch.is_autocast_enabled("cpu") or torch.jit.is_scripting() or torch.jit.is_tracing():
-        return False
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
         return False
     return x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
 

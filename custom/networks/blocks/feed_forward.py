@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from custom.networks.blocks.dynamic_conv import DepthwiseConv, _zero_padded
+from custom.networks.blocks.dynamic_conv import DepthwiseConv, _zero_padded, no_graph_on_cpu
 from custom.networks.blocks.pointwise import pointwise_conv
 from monai.networks.layers.factories import Conv
 
@@ -44,6 +44,13 @@ class GatedFeedForward(nn.Module):
         )
         self.project_out = conv(hidden, dim, kernel_size=1, bias=bias)
 
+    @property
+    def padded_hidden(self) -> int:
+        """Hidden channels of each half as computed without a graph: ``hidden`` padded with zero channels to a
+        multiple of 16 (faster GEMM and depthwise kernels; published widths are odd: 127, 255, ...)."""
+        hidden = self.project_out.in_channels
+        return hidden + (-hidden) % 16
+
     def forward(self, x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
         """Args:
             x: ``(B, C, *spatial)``.
@@ -53,7 +60,7 @@ class GatedFeedForward(nn.Module):
             ``(B, C, *spatial)``.
         """
         hidden = self.project_out.in_channels
-        pad = (-hidden) % 16
+        pad = self.padded_hidden - hidden
         w_out = _zero_padded(self.project_out.weight.flatten(1), pad, 1)
         rows = _strip_rows(x, hidden + pad)
         weights = self._half_weights(hidden, pad)
@@ -133,7 +140,7 @@ class GatedFeedForward(nn.Module):
             ``y``.
         """
         hidden = self.project_out.in_channels
-        pad = (-hidden) % 16
+        pad = self.padded_hidden - hidden
         w_in = self.project_in.weight.flatten(1)
         b_in = self.project_in.bias
         w_out = self.project_out.weight.flatten(1)
@@ -212,9 +219,7 @@ def map_itemsize(x: torch.Tensor) -> int:
 def _strip_rows(x: torch.Tensor, channels: int) -> int | None:
     """Rows per strip of one sample for a no-graph forward of ``x`` with ``channels`` hidden channels, ``None`` for
     the whole map (a graph, tracing or compiling, another device than the CPU, or one sample's map in one strip)."""
-    if x.requires_grad or torch.is_grad_enabled() or x.dim() < 3 or x.device.type != "cpu":
-        return None
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling() or x.shape[0] == 0:
+    if not no_graph_on_cpu(x) or x.dim() < 3 or x.shape[0] == 0:
         return None
     row_bytes = x[0, :1, :1].numel() * channels * map_itemsize(x)  # one row (slab in 3D) of one sample
     rows = max(4, STRIP_BYTES // max(row_bytes, 1))

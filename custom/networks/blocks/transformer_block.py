@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from custom.networks.blocks import feed_forward
 from custom.networks.blocks.attention import ChannelAttention
+from custom.networks.blocks.dynamic_conv import no_graph_on_cpu
 from custom.networks.blocks.feed_forward import GatedFeedForward
 from custom.networks.blocks.layer_norm import ChannelLayerNorm
 from custom.networks.blocks.task_kernels import TaskKernels
@@ -93,9 +94,11 @@ class TransformerBlock(nn.Module):
     def _large(self, x: torch.Tensor) -> bool:
         """Whether one sample's hidden map of the feed-forward is at least
         :data:`~custom.networks.blocks.feed_forward.STRIP_BYTES` (no graph, CPU)."""
-        hidden = self.ffn.project_out.in_channels
-        one = x[0, 0].numel() * (hidden + (-hidden) % 16) * feed_forward.map_itemsize(x)
-        return _no_graph_cpu_2d(x) and one >= feed_forward.STRIP_BYTES
+        if not _no_graph_cpu_2d(x):
+            return False
+        return (
+            x.shape[2] * x.shape[3] * self.ffn.padded_hidden * feed_forward.map_itemsize(x) >= feed_forward.STRIP_BYTES
+        )
 
     def _strip_rows(self, x: torch.Tensor) -> tuple[int, int] | None:
         """Rows per strip of the attention and the feed-forward for a no-graph forward of ``x``; ``None`` for the
@@ -109,8 +112,8 @@ class TransformerBlock(nn.Module):
         row = x.shape[-1] * feed_forward.map_itemsize(x)
         # the attention's strips hold q, k and v as three maps of C channels each
         attn_rows = max(4, feed_forward.STRIP_BYTES // max(row * self.attn.project_out.in_channels, 1))
-        hidden = self.ffn.project_out.in_channels  # the feed-forward's strips hold a group of hidden channels at a time
-        group = min(hidden + (-hidden) % 16, feed_forward.GROUP_CHANNELS)
+        # the feed-forward's strips hold a group of hidden channels at a time
+        group = min(self.ffn.padded_hidden, feed_forward.GROUP_CHANNELS)
         ffn_rows = max(4, feed_forward.STRIP_BYTES // max(row * group, 1))
         if min(attn_rows, ffn_rows) >= x.shape[2]:
             return None
@@ -118,11 +121,8 @@ class TransformerBlock(nn.Module):
 
 
 def _no_graph_cpu_2d(x: torch.Tensor) -> bool:
-    """Whether a forward of ``x`` may take the no-graph CPU paths: no gradients, a 2D map on the CPU, and not while
-    tracing, scripting or compiling (traced and compiled graphs hold the plain definition)."""
-    if x.requires_grad or torch.is_grad_enabled() or x.dim() != 4 or x.device.type != "cpu":
-        return False
-    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+    """Whether a forward of ``x`` may take the no-graph CPU paths of the block: a 2D map and :func:`no_graph_on_cpu`."""
+    return x.dim() == 4 and no_graph_on_cpu(x)
 
 
 def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:

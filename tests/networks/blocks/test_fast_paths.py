@@ -17,7 +17,7 @@ from custom.networks.blocks import (
     dynamic_conv,
     feed_forward,
 )
-from custom.networks.blocks.attention import channel_attention
+from custom.networks.blocks.attention import _add_product, channel_attention
 from custom.networks.blocks.layer_norm import ChannelLayerNorm
 from custom.networks.blocks.pointwise import pointwise_conv
 from custom.networks.blocks.task_kernels import TaskKernels
@@ -417,6 +417,23 @@ class TestRowStrips(unittest.TestCase):
         torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(batched, expected, rtol=1e-5, atol=1e-5)
         self.assertTrue(fast.is_contiguous(memory_format=torch.channels_last))
+
+    def test_attention_output_under_autocast_adds_in_float32(self):
+        # residual + (v @ m) + bias: the product in bf16 as autocast computes it, the bias and the residual added in
+        # float32 (values bf16 cannot hold: 8 significant bits, steps of 2 at 300), exactly in that order
+        torch.manual_seed(0)
+        residual = torch.randn(2, 6, 4) + 300.0
+        v, m = torch.randn(2, 6, 3), torch.randn(2, 3, 4)
+        for bias in (None, torch.full((4,), 1.0 + 2.0**-12)):
+            out = torch.empty_like(residual)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                _add_product(residual, v, m, bias, out)
+                y = torch.bmm(v, m)
+            self.assertEqual(y.dtype, torch.bfloat16)
+            expected = residual + (y.float() if bias is None else y.float() + bias)
+            torch.testing.assert_close(out, expected, rtol=0, atol=0)
+            plain = torch.baddbmm(residual, v, m) + (0 if bias is None else bias)
+            self.assertGreater((out - plain).abs().max().item(), 0)  # the product did run in bf16
 
 
 class TestReduceFinal(unittest.TestCase):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import unittest
 from unittest import mock
 
@@ -38,6 +39,44 @@ class TestModeInferer(unittest.TestCase):
     def test_bad_values(self, kwargs, message):
         with self.assertRaisesRegex(ValueError, message):
             mode_inferer(**kwargs)
+
+    @parameterized.expand(
+        [
+            ({"roi_size": 8}, "roi_size", [8, 8]),
+            ({"roi_size": 4096}, "roi_size", [4096, 4096]),
+            ({"roi_size": (8, 4096)}, "roi_size", [8, 4096]),
+            ({"overlap": 0.0}, "overlap", 0.0),
+            ({"sw_batch_size": 1}, "sw_batch_size", 1),
+            ({"sigma_scale": 10.0}, "sigma_scale", 10.0),
+        ]
+    )
+    def test_limits_accepted(self, kwargs, attribute, expected):
+        inner = mode_inferer("sliding", **kwargs).inner
+        self.assertEqual(getattr(inner, attribute), expected)
+
+    @parameterized.expand(
+        [
+            ({"roi_size": 7}, "roi_size"),
+            ({"roi_size": 4097}, "roi_size"),
+            ({"roi_size": (128, 4)}, "roi_size"),  # every side checked
+            ({"roi_size": (4, 128)}, "roi_size"),
+            ({"sigma_scale": 10.5}, "sigma_scale"),
+        ]
+    )
+    def test_limits_rejected(self, kwargs, message):
+        with self.assertRaisesRegex(ValueError, message):
+            mode_inferer("sliding", **kwargs)
+
+    def test_defaults_are_the_bundle_settings(self):
+        with open(INFERENCE_CONFIG) as f:
+            config = json.load(f)
+        inferer = mode_inferer("sliding")
+        self.assertEqual(inferer.batch_size, config["slice_batch_size"])
+        self.assertEqual(SliceBatchInferer().batch_size, config["slice_batch_size"])
+        self.assertEqual(list(inferer.inner.roi_size), [config["network_def"]["train_patch_size"]] * 2)
+        self.assertEqual(inferer.inner.overlap, config["sliding_overlap"])
+        self.assertEqual(inferer.inner.sw_batch_size, config["sw_batch_size"])
+        self.assertIsNone(mode_inferer("global").inner)
 
     def test_network_window_mode_bad(self):
         with self.assertRaisesRegex(ValueError, "published, global, sliding, blended"):
@@ -81,6 +120,36 @@ class TestModeInferer(unittest.TestCase):
         self.assertGreater(diff, 0)
         self.assertLess(diff, 0.1)
 
+    @parameterized.expand([(m, dtype) for m in ("global", "sliding") for dtype in (None, "bfloat16", "float16")])
+    def test_autocast_dtype_reaches_the_network(self, mode, dtype):
+        seen = []
+
+        def net(x):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return x * 2
+
+        x = torch.rand(2, 1, 16, 16, 3)
+        inferer_module.warn_if_emulated.cache_clear()
+        self.addCleanup(inferer_module.warn_if_emulated.cache_clear)
+        with mock.patch.object(inferer_module, "cpu_has_fast", return_value=True):
+            out = mode_inferer(mode, slice_batch_size=4, roi_size=8, autocast_dtype=dtype)(x, net)
+        self.assertTrue(seen)
+        if dtype is None:
+            self.assertEqual({enabled for enabled, _ in seen}, {False})  # float32: no autocast
+        else:
+            self.assertEqual(set(seen), {(True, getattr(torch, dtype))})
+        self.assertEqual(out.dtype, x.dtype)
+        torch.testing.assert_close(out, x * 2)
+
+    @parameterized.expand([(m, shape) for m in ("global", "sliding") for shape in ((3, 1, 16, 16), (1, 1, 16, 16, 3))])
+    def test_extra_arguments_reach_the_network(self, mode, shape):
+        def net(x, scale, *, shift):
+            return x * scale + shift
+
+        x = torch.rand(shape)
+        out = mode_inferer(mode, slice_batch_size=2, roi_size=8)(x, net, 3.0, shift=0.5)
+        torch.testing.assert_close(out, x * 3.0 + 0.5)
+
     @parameterized.expand([("emulated", False, 1), ("native", True, 0)])
     def test_reduced_precision_on_a_cpu_without_kernels_is_warned_once(self, _, native, warnings):
         net = tiny_net()
@@ -111,6 +180,11 @@ class TestModeInferer(unittest.TestCase):
     def test_cpu_has_fast_reads_the_cpu_features(self, _, dtype, features, expected):
         with mock.patch.multiple(torch.cpu, **{k: mock.Mock(return_value=v) for k, v in features.items()}):
             self.assertEqual(inferer_module.cpu_has_fast(dtype), expected)
+
+    def test_cpu_has_fast_false_when_the_check_fails(self):
+        features = {"_is_avx512_bf16_supported": mock.Mock(side_effect=RuntimeError("no cpuinfo"))}
+        with mock.patch.multiple(torch.cpu, **features, create=True):
+            self.assertFalse(inferer_module.cpu_has_fast("bfloat16"))
 
 
 class TestConfigs(unittest.TestCase):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import math
 import unittest
 
+import numpy as np
 import torch
 from custom.networks import TAT
 from custom.networks.blocks.attention import WINDOW_MODES, ChannelAttention, channel_attention
@@ -12,6 +14,20 @@ from custom.networks.blocks.local_windows import blend_weights, window_starts
 from parameterized import parameterized
 
 from tests.utils import TINY, tiny_net
+
+
+def _definition_weights(size: int, window: int, sigma_scale: float) -> np.ndarray:
+    """The blend weights of the docstring, pixel by pixel in float64: ``g(p) = exp(-d^2 / (2 s^2)) - exp(-(k/2)^2 /
+    (2 s^2))`` with ``d`` the distance of pixel centre ``p + 1/2`` from the window centre ``k / 2``, over the sum."""
+    starts = window_starts(size, window)
+    k = min(size, window)
+    s = sigma_scale * k
+    floor = math.exp(-((k / 2) ** 2) / (2 * s**2))
+    g = np.array([[math.exp(-((p + 0.5 - k / 2) ** 2) / (2 * s**2)) - floor for p in range(k)] for _ in starts])
+    total = np.zeros(size)
+    for start, row in zip(starts, g):
+        total[start : start + k] += row
+    return np.stack([row / total[start : start + k] for start, row in zip(starts, g)])
 
 
 class TestBlendWeights(unittest.TestCase):
@@ -36,6 +52,20 @@ class TestBlendWeights(unittest.TestCase):
         full = torch.zeros(256)
         full[0:192] += w[0]
         self.assertLess((full[1:] - full[:-1]).abs().max().item(), 0.05)
+
+    @parameterized.expand(
+        [(256, 192, 0.125), (100, 40, 0.25), (37, 10, 0.125), (30, 50, 0.125), (1000, 300, 0.125), (64, 32, 10.0)]
+    )
+    def test_equals_definition(self, size, window, sigma_scale):
+        expected = _definition_weights(size, window, sigma_scale)
+        got = blend_weights(size, window, sigma_scale)
+        self.assertEqual(got.dtype, torch.float32)
+        # every weight within float32 rounding of its exact value, even the small ones at the window edges
+        torch.testing.assert_close(got, torch.from_numpy(expected).float(), rtol=1e-6, atol=0)
+
+    def test_on_the_device_asked(self):
+        w = blend_weights(100, 40, device=torch.device("meta"))  # made on the device asked ("meta", as a GPU would be)
+        self.assertEqual((w.device.type, w.dtype, tuple(w.shape)), ("meta", torch.float32, (3, 40)))
 
     def test_wider_sigma_is_flatter(self):
         narrow, wide = blend_weights(256, 192, 0.125), blend_weights(256, 192, 0.5)
@@ -93,6 +123,20 @@ class TestBlendedAttention(unittest.TestCase):
         torch.testing.assert_close(outs["global"], no_windows, rtol=0, atol=0)
         self.assertGreater((outs["published"] - outs["global"]).abs().max().item(), 1e-4)
         self.assertGreater((outs["blended"] - outs["published"]).abs().max().item(), 1e-4)
+
+    @parameterized.expand([(m,) for m in WINDOW_MODES])
+    def test_map_within_the_window_is_global(self, mode):
+        # window 12 (1.5 x 8) on a 12 x 10 map: global attention in every mode, whatever the channel count (24 > 12)
+        torch.manual_seed(5)
+        x = torch.randn(2, 24, 12, 10)
+        torch.manual_seed(6)
+        a = ChannelAttention(24, 2, bias=True, train_size=8, window_mode=mode).eval()
+        torch.manual_seed(6)
+        no_windows = ChannelAttention(24, 2, bias=True, train_size=None).eval()
+        self.assertIsNone(a.local_window(x.shape[2:]))
+        self.assertEqual(a.local_window((13, 10)), None if mode == "global" else [12, 12])
+        with torch.no_grad():
+            torch.testing.assert_close(a(x), no_windows(x), rtol=0, atol=0)
 
     def test_unknown_mode(self):
         with self.assertRaisesRegex(ValueError, "published, global, blended"):

@@ -237,6 +237,36 @@ class TestRowStrips(unittest.TestCase):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         self.assertTrue(got.is_contiguous(memory_format=torch.channels_last))
 
+    @parameterized.expand([(1,), (3,), (7,), (20,)])
+    def test_attention_strips_read_their_rows_and_halo_only(self, rows):
+        a = ChannelAttention(12, 3, train_size=8)
+        norm = ChannelLayerNorm(12)
+        _randomise(a)
+        x = torch.randn(1, 12, 20, 17).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            expected = x + a(norm(x))
+            with mock.patch.object(norm, "forward", wraps=norm.forward) as spy:
+                got = a.residual_in_strips(x, norm, None, rows)
+        # each strip of rows with one halo row above and below (the 3 x 3 depthwise conv), cut at the map's border
+        starts = range(0, 20, rows)
+        heights = [min(20, r0 + rows + 1) - max(0, r0 - 1) for r0 in starts]
+        self.assertEqual([call.args[0].shape[2] for call in spy.call_args_list], heights)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    @parameterized.expand([(False,), (True,)])
+    def test_attention_in_float64(self, dynamic):
+        torch.manual_seed(7)
+        a = ChannelAttention(12, 3, bias=not dynamic, dynamic=dynamic, train_size=8).double()
+        norm = ChannelLayerNorm(12).double()
+        _randomise(a)
+        x = torch.randn(1, 12, 20, 17, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        kernel = torch.randn(1, 36, 3, 3, dtype=torch.float64) if dynamic else None
+        with torch.no_grad():
+            expected = x + a(norm(x), kernel)
+            got = a.residual_in_strips(x, norm, kernel, 3)
+        self.assertEqual(got.dtype, torch.float64)  # the output in x's dtype, not float32
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
     def test_attention_refuses_blended_windows(self):
         a = ChannelAttention(12, 3, train_size=8, window_mode="blended")
         with torch.no_grad(), self.assertRaises(ValueError):

@@ -2,9 +2,14 @@ from __future__ import annotations
 
 import unittest
 from collections.abc import Sequence
+from unittest import mock
 
 import torch
+import torch.nn.functional as F
+from custom.networks.blocks import ChannelAttention
+from custom.networks.blocks import attention as attention_module
 from custom.networks.blocks import channel_attention, window_starts
+from custom.networks.blocks.layer_norm import ChannelLayerNorm
 from custom.networks.blocks.local_windows import window_tiles
 from parameterized import parameterized
 
@@ -123,6 +128,10 @@ class TestWindowStarts(unittest.TestCase):
         k = min(size, window)
         self.assertEqual(starts[-1] + k, size)  # last window ends at the border
 
+    @parameterized.expand([(1, 1, [0]), (1, 8, [0]), (5, 1, [0, 1, 2, 3, 4]), (3, 2, [0, 1])])
+    def test_smallest_sizes(self, size, window, expected):
+        self.assertEqual(window_starts(size, window), expected)
+
     def test_bad_arguments(self):
         with self.assertRaises(ValueError):
             window_starts(0, 4)
@@ -175,6 +184,9 @@ class TestWindowTiles(unittest.TestCase):
             self.assertEqual(sum(e - a for a, e in covered), k)
         for t in range(len(tiles)):
             self.assertGreaterEqual(sum(row[t] for row in coverage), 1)  # every tile is in some window
+        # and cut nowhere else: the interior tile boundaries are exactly the interior window edges
+        edges = {e for s in starts for e in (s, s + k)} - {0, size}
+        self.assertEqual([a for a, _ in tiles[1:]], sorted(edges))
 
 
 class TestFactoredWindowAttention(unittest.TestCase):
@@ -207,6 +219,50 @@ class TestFactoredWindowAttention(unittest.TestCase):
     def test_window_length_per_axis_required(self):
         with self.assertRaises(ValueError):
             channel_attention(torch.zeros(1, 6, 8, 8), 1, torch.ones(1, 1, 1), (4,))
+
+    def test_norms_clamped_as_f_normalize(self):
+        # q and k are L2-normalised as F.normalize does (norms clamped at 1e-12): a q channel whose norm is 1.5e-12
+        # is scaled to unit length, one of norm 0.7e-12 to length 0.7
+        g = torch.Generator().manual_seed(1)
+        qkv = torch.randn(2, 12, 6, 5, generator=g)
+        for channel, norm in ((0, 1.5e-12), (2, 0.7e-12)):
+            qkv[:, channel] *= norm / qkv[:, channel].flatten(1).norm(dim=1)[:, None, None]
+        qkv[:, 1] = 0.0  # and a zero one: no attention preference (uniform row)
+        temperature = torch.tensor([3.0, 2.0]).reshape(2, 1, 1)
+        q, k, v = (z.flatten(2).unflatten(1, (2, 2)) for z in qkv.chunk(3, 1))  # (B, h, C/h, P)
+        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * temperature).softmax(-1)
+        expected = (attn @ v).reshape(2, 4, 6, 5)
+        torch.testing.assert_close(channel_attention(qkv, 2, temperature), expected, rtol=1e-5, atol=1e-6)
+
+    def test_global_attention_sums_no_windows(self):
+        # one window is the whole map: the per-window sums and means would multiply by 1, and are not formed
+        g = torch.Generator().manual_seed(2)
+        qkv = torch.randn(1, 12, 10, 9, generator=g)
+        temperature = torch.ones(2, 1, 1)
+        a = ChannelAttention(4, 2, train_size=8).eval()
+        norm = ChannelLayerNorm(4)
+        x = torch.randn(1, 4, 10, 9)
+        with mock.patch.object(attention_module, "_over_axis", side_effect=AssertionError("a window sum")):
+            channel_attention(qkv, 2, temperature)
+            channel_attention(qkv, 2, temperature, (16, 16))  # a window larger than the map
+            channel_attention(qkv, 2, temperature, (16, 16), blend=True)
+            with torch.no_grad():
+                a(x)
+                a.residual_in_strips(x, norm, None, 3)
+        with mock.patch.object(attention_module, "_over_axis", wraps=attention_module._over_axis) as spy:
+            channel_attention(qkv, 2, temperature, (8, 8))
+        self.assertTrue(spy.called)  # a smaller window: window sums
+
+    @parameterized.expand([(None, False), ((10, 12), False), ((10, 12), True)])
+    def test_runs_on_the_device_of_its_input(self, window, blend):
+        # the window matrices and blend weights are made on the input's device (here "meta", as a GPU would be)
+        maps = [torch.empty(2, 6, 14, 20, device="meta") for _ in range(3)]
+        temperature = torch.ones(2, 1, 1, device="meta")
+        project, bias = torch.empty(5, 6, device="meta"), torch.empty(5, device="meta")
+        out = channel_attention(maps, 2, temperature, window, blend, project=project, project_bias=bias)
+        self.assertEqual((out.device.type, tuple(out.shape)), ("meta", (2, 5, 14, 20)))
+        out = channel_attention(torch.cat(maps, 1), 2, temperature, window, blend)
+        self.assertEqual((out.device.type, tuple(out.shape)), ("meta", (2, 6, 14, 20)))
 
 
 if __name__ == "__main__":

@@ -188,7 +188,9 @@ def channel_attention(
     if blend and window is not None:
         attn = _window_attention(gram, norms, axes, temperature)
         out = _blend_windows(maps[2], attn, spatial, window, num_heads, sigma_scale)
-        return out if project is None else pointwise_conv(out, project, project_bias)
+        if project is not None:
+            return pointwise_conv(out, project, project_bias)
+        return out if project_bias is None else out + project_bias.reshape(-1, *(1,) * len(spatial))
     attn, matrices = tile_matrices(gram, norms, axes, temperature, project)
     c_out = c if project is None else project.shape[0]
     outs = []

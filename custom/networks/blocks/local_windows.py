@@ -15,6 +15,8 @@ edge), used by the ``"blended"`` attention windows instead of the published equa
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["window_starts", "window_tiles", "blend_weights"]
@@ -105,7 +107,7 @@ def blend_weights(
     k = min(size, window)
     sigma = sigma_scale * k
     d = torch.arange(k, dtype=torch.float64, device=device) - (k - 1) / 2
-    g = torch.exp(-(d**2) / (2 * sigma**2)) - torch.exp(torch.tensor(-((k / 2) ** 2) / (2 * sigma**2)))
+    g = torch.exp(-(d**2) / (2 * sigma**2)) - math.exp(-((k / 2) ** 2) / (2 * sigma**2))  # float64 throughout
     total = torch.zeros(size, dtype=torch.float64, device=device)
     for s in starts:
         total[s : s + k] += g

@@ -60,8 +60,9 @@ class TestBlendWeights(unittest.TestCase):
         expected = _definition_weights(size, window, sigma_scale)
         got = blend_weights(size, window, sigma_scale)
         self.assertEqual(got.dtype, torch.float32)
-        # every weight within float32 rounding of its exact value, even the small ones at the window edges
-        torch.testing.assert_close(got, torch.from_numpy(expected).float(), rtol=1e-6, atol=0)
+        # computed in float64 and rounded once: every weight, even the small ones at the window edges, is its exact
+        # value rounded to float32
+        torch.testing.assert_close(got, torch.from_numpy(expected).float(), rtol=0, atol=0)
 
     def test_on_the_device_asked(self):
         w = blend_weights(100, 40, device=torch.device("meta"))  # made on the device asked ("meta", as a GPU would be)
@@ -103,6 +104,19 @@ class TestBlendedAttention(unittest.TestCase):
         torch.testing.assert_close(got, _literal_blend(qkv, heads, temperature, window), rtol=1e-5, atol=1e-5)
         published = channel_attention(qkv, heads, temperature, window)
         self.assertGreater((got - published).abs().max().item(), 1e-3)  # a different mixing than the mean
+
+    @parameterized.expand([(False,), (True,)])
+    def test_bias_with_or_without_projection(self, blend):
+        # the bias is added after the projection, or alone without one, in every window mode
+        torch.manual_seed(4)
+        qkv, t = torch.randn(2, 12, 20, 26), torch.rand(2, 1, 1) + 0.5
+        project, bias = torch.randn(5, 4), torch.randn(5)
+        plain = channel_attention(qkv, 2, t, (12, 12), blend)
+        got = channel_attention(qkv, 2, t, (12, 12), blend, project=project, project_bias=bias)
+        expected = torch.einsum("oc,bchw->bohw", project, plain) + bias[:, None, None]
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        alone = channel_attention(qkv, 2, t, (12, 12), blend, project_bias=bias[:4])
+        torch.testing.assert_close(alone, plain + bias[:4, None, None], rtol=1e-6, atol=1e-6)
 
     def test_window_covering_the_map_is_global(self):
         torch.manual_seed(1)

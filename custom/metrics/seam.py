@@ -45,13 +45,19 @@ def gradient_profiles(residual: np.ndarray | torch.Tensor) -> tuple[np.ndarray, 
 
 
 def _peak(profile: np.ndarray, edges: Sequence[int] | None) -> float:
+    """The profile's peak (at ``edges``, or anywhere for ``None``) over its median; 0 for no edge inside; for a zero
+    median, 1 if that peak is 0 too (no line) and infinity otherwise."""
+    if edges is None:
+        peak = float(profile.max())
+    else:
+        values = [profile[j] for e in edges for j in (e - 2, e - 1, e) if 0 <= j < len(profile)]
+        if not values:
+            return 0.0
+        peak = float(max(values))
     median = float(np.median(profile))
     if median <= 0:
-        return 1.0 if float(profile.max()) <= 0 else float("inf")
-    if edges is None:
-        return float(profile.max()) / median
-    values = [profile[j] for e in edges for j in (e - 2, e - 1, e) if 0 <= j < len(profile)]
-    return max(values) / median if values else 0.0
+        return 1.0 if peak <= 0 else float("inf")
+    return peak / median
 
 
 def seam_score(residual: np.ndarray | torch.Tensor, edges: tuple[Sequence[int], Sequence[int]] | None = None) -> float:

@@ -120,6 +120,9 @@ class TestSeamScore(unittest.TestCase):
         r[4:] = 0.5  # one line on an otherwise exact restoration: zero median, a nonzero peak
         self.assertEqual(seam_score(r), float("inf"))
         self.assertEqual(seam_score(r, ([4], [])), float("inf"))
+        self.assertEqual(seam_score(r, ([7], [])), 1.0)  # edges away from the line: nothing there (0 over 0)
+        self.assertEqual(seam_score(r, ([], [])), 0.0)  # no edge given: no seam, whatever the median
+        self.assertEqual(seam_score(r, ([40], [])), 0.0)  # edges outside the image
         self.assertEqual(seam_score(np.zeros((8, 8))), 1.0)
 
     def test_constant(self):

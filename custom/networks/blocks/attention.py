@@ -148,7 +148,8 @@ def channel_attention(
         blend: smooth blending of the windows (see above) instead of the published mean.
         sigma_scale: width of the blending weights as a fraction of the window length.
         project: ``(C_out, C)`` matrix applied at every voxel after the attention, or ``None``.
-        project_bias: ``(C_out,)`` added after ``project``, or ``None``.
+        project_bias: ``(C_out,)`` added after ``project`` (``(C,)`` added to the attention's output without one), or
+            ``None``.
 
     Returns:
         ``(B, C, *spatial)`` (``(B, C_out, *spatial)`` with ``project``), channels-last in memory.

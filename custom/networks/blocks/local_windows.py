@@ -106,9 +106,10 @@ def blend_weights(
     starts = window_starts(size, window)
     k = min(size, window)
     sigma = sigma_scale * k
-    d = torch.arange(k, dtype=torch.float64, device=device) - (k - 1) / 2
-    g = torch.exp(-(d**2) / (2 * sigma**2)) - math.exp(-((k / 2) ** 2) / (2 * sigma**2))  # float64 throughout
-    total = torch.zeros(size, dtype=torch.float64, device=device)
+    # float64 on the CPU (some devices have no float64), rounded once to float32 and moved to ``device``
+    d = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
+    g = torch.exp(-(d**2) / (2 * sigma**2)) - math.exp(-((k / 2) ** 2) / (2 * sigma**2))
+    total = torch.zeros(size, dtype=torch.float64)
     for s in starts:
         total[s : s + k] += g
-    return torch.stack([g / total[s : s + k] for s in starts]).float()
+    return torch.stack([g / total[s : s + k] for s in starts]).float().to(device)

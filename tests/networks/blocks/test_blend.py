@@ -54,15 +54,16 @@ class TestBlendWeights(unittest.TestCase):
         self.assertLess((full[1:] - full[:-1]).abs().max().item(), 0.05)
 
     @parameterized.expand(
-        [(256, 192, 0.125), (100, 40, 0.25), (37, 10, 0.125), (30, 50, 0.125), (1000, 300, 0.125), (64, 32, 10.0)]
+        [(256, 192, 0.125), (100, 40, 0.25), (37, 10, 0.125), (30, 50, 0.125), (1000, 300, 0.125), (100, 40, 10.0)]
     )
     def test_equals_definition(self, size, window, sigma_scale):
         expected = _definition_weights(size, window, sigma_scale)
         got = blend_weights(size, window, sigma_scale)
         self.assertEqual(got.dtype, torch.float32)
         # computed in float64 and rounded once: every weight, even the small ones at the window edges, is its exact
-        # value rounded to float32
-        torch.testing.assert_close(got, torch.from_numpy(expected).float(), rtol=0, atol=0)
+        # value rounded to float32 (1 float32 step allowed for another libm's exp; a float32 step in the computation
+        # is 2-5 steps off at sigma 0.125, 1e-4 at sigma 10)
+        torch.testing.assert_close(got, torch.from_numpy(expected).float(), rtol=1.2e-7, atol=0)
 
     def test_on_the_device_asked(self):
         w = blend_weights(100, 40, device=torch.device("meta"))  # made on the device asked ("meta", as a GPU would be)

@@ -254,8 +254,7 @@ class TestRowStrips(unittest.TestCase):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
     @parameterized.expand([(False,), (True,)])
-    def test_attention_in_float64(self, dynamic):
-        torch.manual_seed(7)
+    def test_attention_strips_in_float64(self, dynamic):
         a = ChannelAttention(12, 3, bias=not dynamic, dynamic=dynamic, train_size=8).double()
         norm = ChannelLayerNorm(12).double()
         _randomise(a)
@@ -461,7 +460,8 @@ class TestRowStrips(unittest.TestCase):
                 y = torch.bmm(v, m)
             self.assertEqual(y.dtype, torch.bfloat16)
             expected = residual + (y.float() if bias is None else y.float() + bias)
-            torch.testing.assert_close(out, expected, rtol=0, atol=0)
+            # a bias rounded to bf16 is 2.4e-4 off (1 + 2^-12 -> 1), a residual rounded to bf16 up to 1
+            torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
             plain = torch.baddbmm(residual, v, m) + (0 if bias is None else bias)
             self.assertGreater((out - plain).abs().max().item(), 0)  # the product did run in bf16
 

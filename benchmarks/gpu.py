@@ -1,7 +1,9 @@
 """TAT on one GPU in one short run (under 5 minutes on a current data-centre GPU): speed, memory, agreement with CPU.
 
 1. Inference: slices per second at 512 x 512 (batch ``--batch``) for every inference mode (``published``,
-   ``global``, ``blended``, ``sliding``) in float32, bfloat16 and float16 autocast (AMP), published network.
+   ``global``, ``blended``, ``sliding``) in float32, bfloat16 and float16 autocast (AMP), published network;
+   whether every output is finite and, per autocast dtype, its max absolute difference from the mode's float32
+   output (the run fails on a non-finite output).
 2. Training: ``--steps`` AdamW steps at the published batch (12 x 1 x 128 x 128), L1 loss, AMP (bfloat16, or
    float16 with a GradScaler, CUDA only) and channels-last input; seconds per step and peak memory.
 3. Agreement: the float32 outputs on the device against the same network on the CPU at 256 x 256 for every
@@ -43,9 +45,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
+def _timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, Any]:
+    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up, and the warm-up's result."""
+    first = fn()
     _sync(device)
     times = []
     for _ in range(repeats):
@@ -53,7 +55,7 @@ def _timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), first
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -73,19 +75,26 @@ def build(args: argparse.Namespace) -> TAT:
 
 
 def inference_speed(net: TAT, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    """Slices per second per mode and dtype at ``args.size``."""
+    """Slices per second per mode and dtype at ``args.size``, with the outputs' finiteness and distance to float32."""
     x = torch.rand(args.batch, 1, args.size, args.size, device=device)
     roi = net.encoder_level1[0].attn.window
     roi = 128 if roi is None else int(roi / 1.5)
     rows = []
     for mode in INFERENCE_MODES:
         net.set_window_mode(network_window_mode(mode))
+        reference = None  # the mode's float32 output
         for name, dtype in DTYPES.items():
             inferer = mode_inferer(mode, slice_batch_size=args.batch, roi_size=roi, autocast_dtype=dtype)
             try:
                 with torch.no_grad():
-                    seconds = _timed(lambda: inferer(x, net), args.repeats, device)
-                rows.append({"mode": mode, "dtype": name, "slices_per_s": args.batch / seconds})
+                    seconds, out = _timed(lambda: inferer(x, net), args.repeats, device)
+                row = {"mode": mode, "dtype": name, "slices_per_s": args.batch / seconds}
+                row["finite"] = bool(torch.isfinite(out).all())
+                if dtype is None:
+                    reference = out
+                elif reference is not None:  # on the [0, 1] input scale
+                    row["max_abs_diff_vs_float32"] = (out.float() - reference).abs().max().item()
+                rows.append(row)
             except RuntimeError as e:  # a dtype this device / build cannot autocast: reported, not hidden
                 rows.append({"mode": mode, "dtype": name, "error": str(e).splitlines()[0]})
             print(json.dumps(rows[-1]), flush=True)
@@ -118,7 +127,7 @@ def _train(net: TAT, name: str, args: argparse.Namespace, device: torch.device) 
         return float(loss.detach())
 
     losses = [step()]
-    seconds = _timed(lambda: losses.append(step()), max(args.steps - 1, 1), device)
+    seconds, _ = _timed(lambda: losses.append(step()), max(args.steps - 1, 1), device)
     return {
         "amp": name,
         "batch": list(x.shape),
@@ -213,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from custom.io import write_json_atomic
 
         write_json_atomic(args.output, results)
-    return 0 if all(r["ok"] for r in results["agreement"]) else 1
+    finite = all(r.get("finite", True) for r in results["inference"] + results["training"])
+    return 0 if finite and all(r["ok"] for r in results["agreement"]) else 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import math
 import os
 import tempfile
 import unittest
+from unittest import mock
 
 import torch
 
@@ -126,12 +127,37 @@ class TestGPUBenchmark(unittest.TestCase):
         self.assertEqual(len(inference), 12)  # 4 modes x 3 dtypes
         self.assertGreater(inference[("published", "float32")]["slices_per_s"], 0)
         self.assertGreater(inference[("blended", "bfloat16")]["slices_per_s"], 0)
+        self.assertTrue(all(r["finite"] for r in inference.values()))
+        for (mode, dtype), row in inference.items():  # autocast outputs beside float32: close, not equal
+            self.assertEqual("max_abs_diff_vs_float32" in row, dtype != "float32")
+            if dtype != "float32":
+                self.assertLess(row["max_abs_diff_vs_float32"], 0.05, (mode, dtype))
+        self.assertGreater(inference[("global", "bfloat16")]["max_abs_diff_vs_float32"], 0)
         train = {r["amp"]: r for r in results["training"]}
         self.assertTrue(train["bfloat16"]["finite"])
         self.assertEqual(train["bfloat16"]["batch"], [2, 1, 32, 32])
         self.assertIn("skipped", train["float16"])
         self.assertEqual([r["mode"] for r in results["agreement"]], ["published", "global", "sliding", "blended"])
         self.assertTrue(all(r["ok"] and r["max_abs_diff"] == 0.0 for r in results["agreement"]))
+
+    def test_non_finite_output_fails_the_run(self):
+        bench = _load("gpu")
+        threads = torch.get_num_threads()
+        real = bench.mode_inferer
+
+        def overflowing(mode, **kwargs):  # float16 outputs that overflowed (a float32 sum beyond 65504, say)
+            inner = real(mode, **kwargs)
+            if kwargs.get("autocast_dtype") != "float16":
+                return inner
+            return lambda x, net: inner(x, net) * float("inf")
+
+        try:
+            with mock.patch.object(bench, "mode_inferer", overflowing):
+                with mock.patch.object(bench, "INFERENCE_MODES", ("global",)):
+                    rc = bench.main(["--device", "cpu", "--quick"])
+        finally:
+            torch.set_num_threads(threads)
+        self.assertEqual(rc, 1)
 
     def test_no_cuda_message(self):
         bench = _load("gpu")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Sequence
 
@@ -37,15 +38,53 @@ def _over_axis(x: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor
     return torch.tensordot(x, matrix, dims=([axis], [0])).movedim(-1, axis)
 
 
-def _squared_norms(fq: torch.Tensor, fk: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norms over the voxel axis of every q and k channel: ``(B, P, C)`` twice -> ``(B, 2C)``."""
-    # a sum over the voxel axis with the channels contiguous: vectorised on CPU, unlike linalg.vector_norm over the
-    # strided voxel axis; x * x rather than x.square(), a pow kernel that is slower
-    return torch.cat([(fq * fq).sum(1), (fk * fk).sum(1)], -1)
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A context with autocast disabled on ``device_type`` (nothing to disable where it has no autocast: "meta")."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _tile_statistics(fq: torch.Tensor, fk: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head ``q^T k`` and the squared L2 norms of every q and k channel, summed over the voxels of a tile.
+
+    Under float16 autocast or for float16 maps (a half-precision model) the sums are computed in float32: sums over
+    thousands of voxels exceed float16's range (65504) where the normalised attention does not (the published code
+    normalises q and k first); bfloat16 has float32's range and stays as it is.
+
+    Args:
+        fq: ``(B, P, C)`` q of the tile's P voxels.
+        fk: ``(B, P, C)`` k.
+        num_heads: h; divides C.
+
+    Returns:
+        ``(gram, squares)``: ``(B, h, C/h, C/h)`` and ``(B, 2C)`` (q's channels, then k's); float32 in the float16
+        cases above.
+    """
+    device = fq.device.type
+    autocast16 = (
+        torch.amp.is_autocast_available(device)
+        and torch.is_autocast_enabled(device)
+        and torch.get_autocast_dtype(device) == torch.float16
+    )
+    if fq.dtype == torch.float16 or autocast16:
+        with _autocast_off(device):
+            wide = torch.promote_types(fq.dtype, torch.float32)
+            return _tile_statistics(fq.to(wide), fk.to(wide), num_heads)
+    dh = fq.shape[-1] // num_heads
+    q = fq.unflatten(-1, (num_heads, dh)).transpose(1, 2)  # (B, h, P, C/h), views
+    k = fk.unflatten(-1, (num_heads, dh)).transpose(1, 2)
+    # the squared norms as a sum over the voxel axis with the channels contiguous: vectorised on CPU, unlike
+    # linalg.vector_norm over the strided voxel axis; x * x rather than x.square(), a pow kernel that is slower
+    return q.transpose(-2, -1) @ k, torch.cat([(fq * fq).sum(1), (fk * fk).sum(1)], -1)
 
 
 def _window_attention(
-    gram: torch.Tensor, norms: torch.Tensor, axes: Sequence[tuple[list, list]], temperature: torch.Tensor
+    gram: torch.Tensor,
+    norms: torch.Tensor,
+    axes: Sequence[tuple[list, list]],
+    temperature: torch.Tensor,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Per-window attention matrices from per-tile statistics.
 
@@ -54,18 +93,25 @@ def _window_attention(
         norms: ``(*tile_grid, B, 2, h, C/h)`` per-tile squared norms of q (index 0) and k (index 1).
         axes: per spatial axis, ``(tiles, coverage)`` of :func:`~custom.networks.blocks.local_windows.window_tiles`.
         temperature: ``(h, 1, 1)``.
+        dtype: the maps' dtype; the attention comes in the dtype of ``temperature`` and the maps promoted (``None``:
+            float32 or wider, the dtype it is computed in).
 
     Returns:
         ``(*window_grid, B, h, C/h, C/h)`` softmax attention of each window.
     """
-    for axis, (_, coverage) in enumerate(axes):  # per-tile sums -> per-window sums
-        if len(coverage) == 1 and len(coverage[0]) == 1:
-            continue
-        cov = torch.tensor(coverage, dtype=gram.dtype, device=gram.device)  # (windows, tiles)
-        gram, norms = (_over_axis(z, cov.T, axis) for z in (gram, norms))
-    norms = norms.sqrt().clamp_min(1e-12)
-    q_norm, k_norm = norms.select(-3, 0), norms.select(-3, 1)
-    return (gram / (q_norm[..., :, None] * k_norm[..., None, :]) * temperature).softmax(dim=-1)
+    # in float32 or wider, autocast off: the window sums are GEMMs, which autocast would run (and round) in its dtype
+    work = torch.promote_types(gram.dtype, torch.float32)
+    gram, norms = gram.to(work), norms.to(work)
+    with _autocast_off(gram.device.type):
+        for axis, (_, coverage) in enumerate(axes):  # per-tile sums -> per-window sums
+            if len(coverage) == 1 and len(coverage[0]) == 1:
+                continue
+            cov = torch.tensor(coverage, dtype=work, device=gram.device)  # (windows, tiles)
+            gram, norms = (_over_axis(z, cov.T, axis) for z in (gram, norms))
+        norms = norms.sqrt().clamp_min(1e-12)
+        q_norm, k_norm = norms.select(-3, 0), norms.select(-3, 1)
+        attn = (gram / (q_norm[..., :, None] * k_norm[..., None, :]) * temperature).softmax(dim=-1)
+    return attn.to(torch.promote_types(gram.dtype if dtype is None else dtype, temperature.dtype))
 
 
 def tile_matrices(
@@ -74,6 +120,7 @@ def tile_matrices(
     axes: Sequence[tuple[list, list]],
     temperature: torch.Tensor,
     project: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The published mean of the covering windows' attention, per tile, optionally with the output conv folded in.
 
@@ -83,13 +130,14 @@ def tile_matrices(
         axes: per spatial axis, ``(tiles, coverage)`` of :func:`~custom.networks.blocks.local_windows.window_tiles`.
         temperature: ``(h, 1, 1)``.
         project: ``(C_out, C)`` output conv, or ``None``.
+        dtype: the maps' dtype (see :func:`_window_attention`).
 
     Returns:
         ``(attn, matrices)``: ``attn`` ``(tiles, B, h, C/h, C/h)`` (tiles in row-major order of the grid) and, with
         ``project``, ``matrices`` ``(tiles, B, C_out, C)`` = ``project @ blockdiag(attn)`` (else ``None``).
     """
     b, num_heads, dh = gram.shape[-4], gram.shape[-3], gram.shape[-1]
-    attn = _window_attention(gram, norms, axes, temperature)
+    attn = _window_attention(gram, norms, axes, temperature, dtype)
     for axis, (_, coverage) in enumerate(axes):  # per-window attention -> per-tile averaged attention
         if len(coverage) == 1 and len(coverage[0]) == 1:
             continue
@@ -178,21 +226,20 @@ def channel_attention(
         region = (slice(None), *(slice(*axes[i][0][j]) for i, j in enumerate(index)))
         tile_shape = maps[0][region].shape[1:-1]
         fq, fk, fv = (z[region].reshape(b, -1, c) for z in maps)  # (B, P, C): a copy only for a strict sub-tile
-        q = fq.unflatten(-1, (num_heads, dh)).transpose(1, 2)  # (B, h, P, C/h), views
-        k = fk.unflatten(-1, (num_heads, dh)).transpose(1, 2)
-        grams.append(q.transpose(-2, -1) @ k)  # (B, h, C/h, C/h)
-        squares.append(_squared_norms(fq, fk))  # (B, 2C)
+        gram, square = _tile_statistics(fq, fk, num_heads)
+        grams.append(gram)  # (B, h, C/h, C/h)
+        squares.append(square)  # (B, 2C)
         regions.append((region, tile_shape))
         values.append(fv)  # (B, P, C)
     gram = torch.stack(grams).reshape(*grid, b, num_heads, dh, dh)
     norms = torch.stack(squares).reshape(*grid, b, 2, num_heads, dh)
     if blend and window is not None:
-        attn = _window_attention(gram, norms, axes, temperature)
+        attn = _window_attention(gram, norms, axes, temperature, maps[2].dtype)
         out = _blend_windows(maps[2], attn, spatial, window, num_heads, sigma_scale)
         if project is not None:
             return pointwise_conv(out, project, project_bias)
         return out if project_bias is None else out + project_bias.reshape(-1, *(1,) * len(spatial))
-    attn, matrices = tile_matrices(gram, norms, axes, temperature, project)
+    attn, matrices = tile_matrices(gram, norms, axes, temperature, project, maps[2].dtype)
     c_out = c if project is None else project.shape[0]
     outs = []
     for i, v in enumerate(values):
@@ -396,17 +443,18 @@ class ChannelAttention(nn.Module):
                 for j, (c0, c1) in enumerate(col_tiles):
                     # (B, P, C): a copy only for a column sub-tile
                     fq, fk = (z[:, lo - r0 : hi - r0, c0:c1].reshape(b, -1, c) for z in (q_all, k_all))
-                    q = fq.unflatten(-1, (heads, dh)).transpose(1, 2)  # (B, h, P, C/h)
-                    k = fk.unflatten(-1, (heads, dh)).transpose(1, 2)
-                    # sums over strips in x's dtype (under autocast the products come in the autocast dtype)
-                    gram = (q.transpose(-2, -1) @ k).to(x.dtype)
-                    sq = _squared_norms(fq, fk).to(x.dtype)
+                    # sums over strips in x's dtype or wider (under autocast the products come in the autocast
+                    # dtype; float16 ones in float32)
+                    gram, sq = _tile_statistics(fq, fk, heads)
+                    acc = torch.promote_types(x.dtype, gram.dtype)
+                    gram, sq = gram.to(acc), sq.to(acc)
                     grams[i][j] = gram if grams[i][j] is None else grams[i][j].add_(gram)
                     squares[i][j] = sq if squares[i][j] is None else squares[i][j].add_(sq)
         grid = (len(row_tiles), len(col_tiles))
         gram = torch.stack([g for row in grams for g in row]).reshape(*grid, b, heads, dh, dh)
         norms = torch.stack([n for row in squares for n in row]).reshape(*grid, b, 2, heads, dh)
-        _, matrices = tile_matrices(gram, norms, axes, self.temperature, self.project_out.weight.flatten(1))
+        project = self.project_out.weight.flatten(1)
+        _, matrices = tile_matrices(gram, norms, axes, self.temperature, project, x.dtype)
         residual = x.movedim(1, -1)  # (B, H, W, C)
         bias = self.project_out.bias
         for i, (t0, t1) in enumerate(row_tiles):

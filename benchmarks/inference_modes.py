@@ -1,7 +1,7 @@
 """Inference modes side by side: accuracy, seams and speed for one checkpoint (a benchmark, not a test).
 
 For each inference mode (``published``, ``global``, ``sliding``, ``blended``; see ``custom/inference/modes.py``)
-and compute dtype (float32, and bfloat16 autocast with ``--bf16``):
+and compute dtype (float32, and bfloat16 / float16 autocast with ``--bf16`` / ``--fp16``):
 
 - the demo test split (``DEMO_DIR/data/datalist.json``, ``test``): PSNR / SSIM per task with the published
   protocol (physical units, evaluation window), the seam score (``custom/metrics/seam.py``: the residual's
@@ -280,6 +280,11 @@ def markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def compute_dtypes(args: argparse.Namespace) -> list[str | None]:
+    """The autocast dtypes to run: ``None`` (float32), then those asked for with ``--bf16`` / ``--fp16``."""
+    return [None] + ["bfloat16"] * args.bf16 + ["float16"] * args.fp16
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     settings = modality_settings()
@@ -291,7 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         test_items = load_test_split(os.path.join(args.demo_dir, "data"))
         big_items = ct_512(test_items) if args.large else []
     accuracy = args.network == "demo"
-    dtypes = [None, "bfloat16"] if args.bf16 else [None]
+    dtypes = compute_dtypes(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         vol_path = os.path.join(tmp, "volume.nii.gz")
@@ -331,6 +336,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--modes", nargs="+", default=list(INFERENCE_MODES), choices=INFERENCE_MODES)
     p.add_argument("--bf16", action="store_true", help="also bfloat16 autocast")
+    p.add_argument("--fp16", action="store_true", help="also float16 autocast")
     p.add_argument("--no_large", dest="large", action="store_false", help="skip the 512 x 512 CT slices and volume")
     p.add_argument("--depth", type=int, default=64, help="slices of the whole-volume run (0: none)")
     p.add_argument(

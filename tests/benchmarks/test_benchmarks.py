@@ -71,6 +71,10 @@ class TestInferenceModesBenchmark(unittest.TestCase):
         self.assertTrue(line.startswith("| global | float32 | - | - | - | - | - |"), line)
         self.assertTrue(line.endswith("| 0.50 |"), line)
         self.assertEqual(self.bench.parse_args(["--network", "published"]).network, "published")
+        dtypes = self.bench.compute_dtypes
+        self.assertEqual(dtypes(self.bench.parse_args([])), [None])
+        self.assertEqual(dtypes(self.bench.parse_args(["--fp16"])), [None, "float16"])
+        self.assertEqual(dtypes(self.bench.parse_args(["--fp16", "--bf16"])), [None, "bfloat16", "float16"])
         net, info = self.bench.published_network()
         self.assertEqual(sum(p.numel() for p in net.parameters()), 41_687_424)
         self.assertTrue(net.transpose_hw)  # the bundle's orientation

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import unittest
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from custom.networks.blocks import (
     ChannelAttention,
     ChannelLayerNorm,
@@ -15,6 +17,7 @@ from custom.networks.blocks import (
     TransformerBlock,
     Upsample,
 )
+from custom.networks.blocks.sampling import pixel_shuffle, pixel_unshuffle
 from monai.networks.utils import pixelshuffle, pixelunshuffle
 from parameterized import parameterized
 
@@ -31,6 +34,36 @@ def reference_layer_norm(x: torch.Tensor, weight, bias, eps=1e-5) -> torch.Tenso
     return y.transpose(1, 2).reshape(b, c, h, w)
 
 
+def _offsets(r: int, d: int) -> list[tuple[int, tuple[slice, ...]]]:
+    """Per sub-voxel offset ``(a_1, ..., a_d)``: its channel offset ``a_1 r^(d-1) + ... + a_d`` and the strided
+    index ``(:, :, a_1::r, ..., a_d::r)`` of the voxels it fills."""
+    out = []
+    for offset in itertools.product(range(r), repeat=d):
+        flat = 0
+        for a in offset:
+            flat = flat * r + a
+        out.append((flat, (slice(None), slice(None), *(slice(a, None, r) for a in offset))))
+    return out
+
+
+def reference_pixel_shuffle(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Pixel shuffle by its definition (PyTorch's in 2D): ``out[:, c, r i + a] = x[:, c r^d + flat(a), i]``."""
+    d = x.dim() - 2
+    out = x.new_empty(x.shape[0], x.shape[1] // r**d, *(s * r for s in x.shape[2:]))
+    for flat, index in _offsets(r, d):
+        out[index] = x[:, flat :: r**d]
+    return out
+
+
+def reference_pixel_unshuffle(x: torch.Tensor, r: int) -> torch.Tensor:
+    """The inverse of :func:`reference_pixel_shuffle`."""
+    d = x.dim() - 2
+    out = x.new_empty(x.shape[0], x.shape[1] * r**d, *(s // r for s in x.shape[2:]))
+    for flat, index in _offsets(r, d):
+        out[:, flat :: r**d] = x[index]
+    return out
+
+
 class TestLayerNorm(unittest.TestCase):
     @parameterized.expand([(True,), (False,)])
     def test_matches_reference(self, with_bias):
@@ -41,6 +74,19 @@ class TestLayerNorm(unittest.TestCase):
                 ln.bias.uniform_(-0.5, 0.5)
         x = torch.randn(2, 6, 5, 7) * 3 + 1
         torch.testing.assert_close(ln(x), reference_layer_norm(x, ln.weight, ln.bias), rtol=1e-5, atol=1e-5)
+
+    @parameterized.expand([(True,), (False,)])
+    def test_eps_is_used(self, with_bias: bool) -> None:
+        """A large ``eps`` on a map of small variance: the output follows the formula with that ``eps``."""
+        ln = ChannelLayerNorm(6, bias=with_bias, eps=0.3)
+        with torch.no_grad():
+            ln.weight.uniform_(0.5, 1.5)
+            if with_bias:
+                ln.bias.uniform_(-0.5, 0.5)
+        x = torch.randn(2, 6, 4, 5) * 0.5 + 1
+        expected = reference_layer_norm(x, ln.weight, ln.bias, eps=0.3)
+        torch.testing.assert_close(ln(x), expected, rtol=1e-5, atol=1e-5)
+        self.assertGreater((expected - reference_layer_norm(x, ln.weight, ln.bias)).abs().max().item(), 0.1)
 
     def test_3d(self):
         ln = ChannelLayerNorm(4)
@@ -96,6 +142,32 @@ class TestSampling(unittest.TestCase):
         y = torch.randn(2, 3, 8, 12)
         torch.testing.assert_close(pixelunshuffle(y, 2, 2), nn.PixelUnshuffle(2)(y))
 
+    @parameterized.expand([(1, (5,)), (2, (3, 4)), (3, (2, 3, 4))])
+    def test_pixel_shuffle_definition(self, spatial_dims: int, size: tuple[int, ...]) -> None:
+        """In every dimension: the definition, and the unshuffle its inverse."""
+        x = torch.randn(2, 3 * 2**spatial_dims, *size)
+        shuffled = pixel_shuffle(x, spatial_dims, 2)
+        torch.testing.assert_close(shuffled, reference_pixel_shuffle(x, 2), rtol=0, atol=0)
+        torch.testing.assert_close(pixel_unshuffle(shuffled, spatial_dims, 2), x, rtol=0, atol=0)
+        y = torch.randn(2, 3, *(2 * s for s in size))
+        torch.testing.assert_close(pixel_unshuffle(y, spatial_dims, 2), reference_pixel_unshuffle(y, 2), rtol=0, atol=0)
+
+    @parameterized.expand([(1, (6,)), (2, (4, 6)), (3, (2, 4, 6))])
+    def test_down_up_equal_conv_and_shuffle(self, spatial_dims: int, size: tuple[int, ...]) -> None:
+        """3x3 conv ``C -> C/2`` and unshuffle down, 3x3 conv ``C -> 2C`` and shuffle up, in every dimension."""
+        conv = (F.conv1d, F.conv2d, F.conv3d)[spatial_dims - 1]
+        x = torch.randn(1, 4, *size)
+        down, up = Downsample(4, spatial_dims), Upsample(4 * 2 ** (spatial_dims - 1), spatial_dims)
+        with torch.no_grad():
+            d = down(x)
+            torch.testing.assert_close(
+                d, reference_pixel_unshuffle(conv(x, down.conv.weight, padding=1), 2), rtol=1e-5, atol=1e-5
+            )
+            torch.testing.assert_close(
+                up(d), reference_pixel_shuffle(conv(d, up.conv.weight, padding=1), 2), rtol=1e-5, atol=1e-5
+            )
+        self.assertEqual(tuple(d.shape), (1, 2 ** (spatial_dims + 1), *(s // 2 for s in size)))
+
     def test_down_up_shapes(self):
         x = torch.randn(1, 8, 16, 12)
         d = Downsample(8)(x)
@@ -123,6 +195,17 @@ class TestTaskRepresentationNetwork(unittest.TestCase):
         batch = tren(x)["a"].attn
         for b in range(4):
             torch.testing.assert_close(tren(x[b : b + 1])["a"].attn, batch[b : b + 1], rtol=1e-5, atol=1e-6)
+
+    def test_published_widths_by_default(self) -> None:
+        """Defaults as published: shuffle by 4, a trunk of 64 channels, a 256-wide embedding, 3x3 kernels."""
+        tren = TaskRepresentationNetwork(32, {"a": (3, 4)})
+        convs = [m for m in tren.features.modules() if isinstance(m, nn.Conv2d)]
+        self.assertEqual(convs[0].in_channels, 2)  # 32 / 4**2
+        self.assertEqual({m.out_channels for m in convs[:-2]}, {64})
+        self.assertEqual((convs[-2].out_channels, convs[-1].out_channels), (128, 256))
+        self.assertEqual([tuple(m.weight.shape) for m in tren.mlp if isinstance(m, nn.Linear)], [(256, 256)] * 2)
+        kernels = tren(torch.randn(2, 32, 2, 2))["a"]
+        self.assertEqual((tuple(kernels.attn.shape), tuple(kernels.ffn.shape)), ((2, 3, 3, 3), (2, 4, 3, 3)))
 
     def test_errors(self):
         with self.assertRaises(ValueError):

@@ -13,6 +13,7 @@ from custom.networks.blocks.attention import _window_attention, channel_attentio
 from custom.networks.blocks.layer_norm import ChannelLayerNorm
 from custom.networks.blocks.local_windows import window_tiles
 from parameterized import parameterized
+from torch import nn
 
 # q and k of this scale on a 30 x 32 map: a window of 12 x 12 sums ~144 * 900 per Gram diagonal entry, the whole map
 # ~960 * 900, both beyond float16's 65504; single products (900) and the normalised attention fit easily
@@ -87,6 +88,30 @@ class TestFloat16Sums(unittest.TestCase):
         for got in (whole, strips):
             self.assertTrue(torch.isfinite(got).all())
             torch.testing.assert_close(got.float(), expected, rtol=0, atol=0.05)
+
+    def test_row_strips_sum_in_float32_under_bfloat16_autocast(self):
+        """The strips' Gram matrices come in bf16 under bf16 autocast and are summed over strips in float32 (x's
+        dtype): in bf16 the Gram entry of a first row of 16s (32 * 256 = 8192, a bf16 step of 64 there) absorbs every
+        later row's 32 * 0.9^2 (below half a step), so the attention drifts from float32's."""
+        torch.manual_seed(0)
+        a = ChannelAttention(2, 1)  # global attention; q = k = v = x (identity convs), no projection
+        with torch.no_grad():
+            a.qkv.weight.copy_(torch.eye(2).repeat(3, 1)[..., None, None])
+            a.qkv_dwconv.weight.zero_()
+            a.qkv_dwconv.weight[:, 0, 1, 1] = 1.0
+            a.project_out.weight.copy_(torch.eye(2)[..., None, None])
+            a.temperature.fill_(4.0)
+        x = torch.empty(1, 2, 64, 32)
+        x[:, 0] = 0.9
+        x[:, 0, 0] = 16.0
+        x[:, 1] = torch.rand(64, 32) + 0.5
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            expected = x + a(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = a.residual_in_strips(x, nn.Identity(), None, 1)  # strips of one row
+        self.assertEqual(got.dtype, torch.float32)
+        torch.testing.assert_close(got, expected, rtol=0.01, atol=0.02)
 
 
 class TestFloat16Training(unittest.TestCase):

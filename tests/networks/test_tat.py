@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import unittest
+from unittest import mock
 
+import custom.networks.tat as tat_module
 import torch
 from custom.networks import TAT, convert_reference_state_dict
 from parameterized import parameterized
@@ -92,6 +94,20 @@ class TestTAT(unittest.TestCase):
             torch.testing.assert_close(out, net(padded)[..., :97, :131])
             self.assertEqual(tuple(net(torch.rand(1, 1, 5, 3)).shape), (1, 1, 5, 3))
 
+    @parameterized.expand(
+        [((16, 13), "reflect"), ((13, 16), "reflect"), ((4, 13), "replicate"), ((13, 4), "replicate")]
+    )
+    def test_padding_per_side(self, size, mode):
+        """Each side is padded to a multiple of 8 on its own (reflect, or replicate where a padding is not smaller
+        than its side: 4 rows of padding for 4 rows), and the output is that of the padded image, cropped."""
+        torch.manual_seed(0)
+        net = tiny().eval()
+        x = torch.rand(1, 1, *size)
+        h, w = size
+        padded = torch.nn.functional.pad(x, (0, (-w) % 8, 0, (-h) % 8), mode=mode)
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), net(padded)[..., :h, :w])
+
     def test_blocks_run_on_channels_last_activations(self):
         # the depthwise convs are ~2.5x slower on CPU in the default layout; a 1-channel input is ambiguous,
         # so the layout must be set after the embedding and survive every block, sampler and concatenation.
@@ -123,6 +139,40 @@ class TestTAT(unittest.TestCase):
         for kwargs in [dict(spatial_dims=3), dict(num_blocks=(1, 1, 1)), dict(dim=7), dict(heads=(3, 2, 4, 8))]:
             with self.assertRaises(ValueError):
                 tiny(**kwargs)
+
+    def test_one_non_finite_pixel_is_refused(self):
+        """A single NaN or Inf pixel anywhere in the batch is refused, not only an all-NaN image."""
+        net = tiny()
+        for value in (float("nan"), float("inf"), float("-inf")):
+            x = torch.rand(2, 1, 16, 16)
+            x[1, 0, 7, 3] = value
+            with self.assertRaisesRegex(ValueError, "NaN"):
+                net(x)
+
+    def test_task_embedding_checks_its_input(self):
+        net = tiny()
+        for bad in (torch.full((1, 1, 16, 16), float("nan")), torch.rand(1, 2, 16, 16), torch.rand(1, 16, 16)):
+            with self.assertRaises(ValueError):
+                net.task_embedding(bad)
+
+    def test_reduce_final_is_the_plain_module_with_a_graph_or_exporting(self):
+        """The final conv runs on the concatenation (the plain module) with gradients enabled, while exporting, or
+        for a map that requires gradients; the split form only without any of them."""
+        torch.manual_seed(0)
+        net = tiny().requires_grad_(False)
+        maps = [torch.randn(1, c, 8, 8) for c in (8, 16, 16)]
+        expected = net.reduce_final(torch.cat(maps, 1))
+        leaf = [maps[0], maps[1].clone().requires_grad_(), maps[2]]
+        cases = [
+            (torch.enable_grad(), maps),  # gradients enabled (frozen weights, no input with a graph)
+            (mock.patch.object(tat_module, "_is_exporting", return_value=True), maps),
+            (torch.no_grad(), leaf),  # one map requires gradients
+        ]
+        for context, inputs in cases:
+            with torch.no_grad(), context, mock.patch.object(torch, "cat", wraps=torch.cat) as cat:
+                got = net._reduce_final(inputs)
+            cat.assert_called_once()
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
     def test_gates_start_at_zero_and_gradients_reach_generator(self):
         net = tiny()
@@ -170,6 +220,21 @@ class TestTAT(unittest.TestCase):
         for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
             if pa.grad is not None:
                 torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+    def test_checkpointing_only_when_asked_and_with_gradients(self):
+        """Blocks are checkpointed only with ``use_checkpoint`` and gradients enabled (one call per block: 3 encoder,
+        1 latent, 3 decoder and 1 refinement block here); otherwise they run plainly."""
+        torch.manual_seed(0)
+        x = torch.rand(1, 1, 16, 16)
+        with mock.patch.object(tat_module, "checkpoint", wraps=tat_module.checkpoint) as ckpt:
+            tiny()(x)
+            ckpt.assert_not_called()
+            net = tiny(use_checkpoint=True)
+            net(x)
+            self.assertEqual(ckpt.call_count, 8)
+            with torch.no_grad():
+                net(x)
+            self.assertEqual(ckpt.call_count, 8)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,224 @@
+"""The gated feed-forward's published configuration and the extents of its no-graph row strips: each strip reads
+its own rows and the depthwise conv's halo (no more: no hidden map of the whole image), and its hidden maps are
+padded to multiples of 16 channels."""
+
+from __future__ import annotations
+
+import unittest
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from custom.networks.blocks import GatedFeedForward, feed_forward, ffn_hidden_channels
+from custom.networks.blocks.feed_forward import _add_pointwise
+from custom.networks.blocks.layer_norm import ChannelLayerNorm
+from parameterized import parameterized
+
+
+def _randomised(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every parameter uniform in [-0.5, 0.5] (seeded)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.uniform_(-0.5, 0.5)
+    return module
+
+
+def _halo_extent(r0: int, rows: int, size: int, halo: int = 1) -> tuple[int, int]:
+    """Rows ``[a0, a1)`` a strip starting at ``r0`` reads: its own rows and ``halo`` rows each side, within the map."""
+    return max(0, r0 - halo), min(size, r0 + rows + halo)
+
+
+class TestPublishedConfiguration(unittest.TestCase):
+    def test_defaults_are_published(self):
+        """Expansion 2.66, no biases, a static depthwise conv with PyTorch's conv init (the published encoder)."""
+        f = GatedFeedForward(8)
+        hidden = ffn_hidden_channels(8, 2.66)
+        self.assertEqual(hidden, 21)  # int(8 * 2.66): rounded down
+        self.assertEqual(ffn_hidden_channels(48, 2.66), 127)  # the published level-1 width
+        self.assertEqual(tuple(f.project_in.weight.shape), (2 * hidden, 8, 1, 1))
+        self.assertEqual(tuple(f.project_out.weight.shape), (8, hidden, 1, 1))
+        self.assertEqual(tuple(f.dwconv.weight.shape), (2 * hidden, 1, 3, 3))
+        self.assertIsNone(f.project_in.bias)
+        self.assertIsNone(f.project_out.bias)
+        self.assertIsNone(f.dwconv.bias)
+        self.assertFalse(f.dwconv.dynamic)
+        self.assertIsNone(f.dwconv.gate)
+        self.assertEqual(f.dwconv.init, "conv")
+        self.assertEqual(f.padded_hidden, 32)  # 21 + 11 zero channels
+
+    @parameterized.expand([(False,), (True,)])
+    def test_bias_reaches_the_static_convs_only(self, dynamic):
+        """``bias`` adds the 1x1 convs' biases, and the depthwise conv's only when it is static (as published)."""
+        f = GatedFeedForward(8, 2.0, bias=True, dynamic=dynamic)
+        self.assertEqual(tuple(f.project_in.bias.shape), (32,))
+        self.assertEqual(tuple(f.project_out.bias.shape), (8,))
+        self.assertEqual(f.dwconv.bias is None, dynamic)
+        self.assertEqual(f.dwconv.gate is not None, dynamic)
+        self.assertEqual(f.dwconv.init, "kaiming" if dynamic else "conv")
+        self.assertEqual(f.padded_hidden, 16)  # already a multiple of 16
+
+
+class TestGated(unittest.TestCase):
+    @parameterized.expand([(False,), (True,)])
+    def test_gated_computes_its_weights_when_not_given(self, dynamic):
+        """``_gated`` without ``weights`` is ``gelu(x1) * x2`` of the plain convs, then the zero channels."""
+        f = _randomised(GatedFeedForward(8, 2.66, bias=not dynamic, dynamic=dynamic))
+        x = torch.randn(2, 8, 7, 6)
+        kernel = torch.randn(2, 42, 3, 3) if dynamic else None
+        hidden = 21
+        pad = f.padded_hidden - hidden
+        with torch.no_grad():
+            got = f._gated(x, kernel, hidden, pad)
+            given = f._gated(x, kernel, hidden, pad, f._half_weights(hidden, pad))
+            x1, x2 = f.dwconv(F.conv2d(x, f.project_in.weight, f.project_in.bias), kernel).chunk(2, 1)
+        self.assertEqual(tuple(got.shape), (2, 32, 7, 6))
+        torch.testing.assert_close(got[:, :hidden], F.gelu(x1) * x2, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[:, hidden:], torch.zeros(2, pad, 7, 6), rtol=0, atol=0)
+        torch.testing.assert_close(got, given, rtol=0, atol=0)
+
+
+class TestHiddenWidths(unittest.TestCase):
+    @parameterized.expand([(1.875, 15, 1), (2.0, 16, 0), (2.125, 17, 15)])
+    def test_any_hidden_width_equals_the_plain_definition(self, expansion, hidden, pad):
+        """Without a graph the halves are padded to a multiple of 16 channels (by 1, 0 or 15 zero channels here);
+        the result is ``project_out(gelu(x1) * x2)`` of the plain convs for every width."""
+        f = _randomised(GatedFeedForward(8, expansion, bias=True))
+        self.assertEqual(f.project_out.in_channels, hidden)
+        self.assertEqual(f.padded_hidden - hidden, pad)
+        x = torch.randn(2, 8, 7, 6).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            got = f(x)
+            x1, x2 = f.dwconv(F.conv2d(x, f.project_in.weight, f.project_in.bias)).chunk(2, 1)
+            plain = F.conv2d(F.gelu(x1) * x2, f.project_out.weight, f.project_out.bias)
+            gated = f._gated(x, None, hidden, pad)
+        self.assertEqual(tuple(gated.shape), (2, hidden + pad, 7, 6))
+        torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+
+
+class TestStripExtents(unittest.TestCase):
+    @parameterized.expand([(False,), (True,)])
+    def test_forward_strips_read_their_rows_and_one_halo_row(self, dynamic):
+        """Without a graph, each strip's hidden maps are computed from its rows and one halo row each side (3x3
+        depthwise conv) of one sample, in order; the result is that of the whole map."""
+        f = _randomised(GatedFeedForward(8, 2.66, dynamic=dynamic))  # hidden 21 + 11 zero channels
+        batch, size, rows = 2, 30, 14  # more rows a strip than channels (8) and columns (11): strips of the height
+        x = torch.randn(batch, 8, size, 11).contiguous(memory_format=torch.channels_last)
+        kernel = torch.randn(batch, 42, 3, 3) if dynamic else None
+        expected = f(x, kernel).detach()  # with a graph: the whole map
+        row_bytes = 11 * 32 * 4  # one row of one sample's hidden map (21 + 11 zero channels, float32)
+        with torch.no_grad():
+            with mock.patch.object(feed_forward, "STRIP_BYTES", row_bytes * size):
+                self.assertIsNone(feed_forward._strip_rows(x, 32))  # the whole height in one strip: the whole map
+            with mock.patch.object(feed_forward, "STRIP_BYTES", row_bytes * (size - 1)):
+                self.assertEqual(feed_forward._strip_rows(x, 32), size - 1)
+        with torch.no_grad(), mock.patch.object(feed_forward, "STRIP_BYTES", row_bytes * rows):
+            self.assertEqual(feed_forward._strip_rows(x, 32), rows)
+            with mock.patch.object(f, "_gated", wraps=f._gated) as gated:
+                got = f(x, kernel)
+        calls = gated.call_args_list
+        starts = range(0, size, rows)
+        self.assertEqual(len(calls), batch * len(starts))
+        for n, call in enumerate(calls):
+            s, r0 = divmod(n, len(starts))
+            a0, a1 = _halo_extent(r0 * rows, rows, size)
+            torch.testing.assert_close(call.args[0], x[s : s + 1, :, a0:a1], rtol=0, atol=0)
+            if dynamic:
+                torch.testing.assert_close(call.args[1], kernel[s : s + 1], rtol=0, atol=0)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    @parameterized.expand([(1, 30, 5), (3, 12, 4)])
+    def test_forward_strips_in_other_spatial_dims(self, spatial_dims, size, rows):
+        """1D maps go in strips along their length and 3D maps in slabs of their first spatial dim, as 2D maps in
+        rows: the same call pattern, the values of the whole map."""
+        f = _randomised(GatedFeedForward(8, 2.66, spatial_dims=spatial_dims))  # hidden 21 + 11 zero channels
+        x = torch.randn(2, 8, size, *(5, 4)[: spatial_dims - 1])
+        expected = f(x).detach()
+        row_values = x[0, 0, 0].numel()  # values of one channel of one row (slab)
+        with torch.no_grad(), mock.patch.object(feed_forward, "STRIP_BYTES", row_values * 32 * 4 * rows):
+            self.assertEqual(feed_forward._strip_rows(x, 32), rows)
+            with mock.patch.object(f, "_gated", wraps=f._gated) as gated:
+                got = f(x)
+        starts = range(0, size, rows)
+        self.assertEqual(gated.call_count, 2 * len(starts))
+        for call, r0 in zip(gated.call_args_list, starts):  # the first sample's strips
+            a0, a1 = _halo_extent(r0, rows, size)
+            torch.testing.assert_close(call.args[0], x[:1, :, a0:a1], rtol=0, atol=0)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    @parameterized.expand([(8, [8, 8, 16]), (128, [32])])
+    def test_block_strips_read_their_rows_and_pad_groups_to_16(self, group, widths):
+        """In ``residual_in_strips_`` each strip's layer norm reads its rows and one halo row each side (the input
+        values, before earlier strips are added in), and each channel group's maps are padded to a multiple of 16
+        channels in its last group only; the result is ``y + f(norm(y))``."""
+        f = _randomised(GatedFeedForward(8, 2.66, bias=True))  # hidden 21: groups of 8, 8 and 5 (+ 11 zeros)
+        norm = _randomised(ChannelLayerNorm(8))
+        size, rows = 23, 4
+        y = torch.randn(1, 8, size, 9).contiguous(memory_format=torch.channels_last)
+        read: list[torch.Tensor] = []
+
+        def recording_norm(t: torch.Tensor) -> torch.Tensor:
+            read.append(t.clone())
+            return norm(t)
+
+        with torch.no_grad():
+            expected = y + f(norm(y))
+            work = y.clone()
+            conv = mock.patch.object(f.dwconv, "forward", wraps=f.dwconv.forward)
+            with mock.patch.object(feed_forward, "GROUP_CHANNELS", group), conv as dwconv:
+                f.residual_in_strips_(work, recording_norm, None, rows)
+        spans = [_halo_extent(r0, rows, size) for r0 in range(0, size, rows)]
+        self.assertEqual(len(read), len(spans))
+        for (a0, a1), strip in zip(spans, read):
+            torch.testing.assert_close(strip, y[:, :, a0:a1], rtol=0, atol=0)
+        # per strip and channel group: the two halves' depthwise convs, on maps of the strip's rows and halo
+        calls = dwconv.call_args_list
+        self.assertEqual([c.args[0].shape[1] for c in calls], [w for _ in spans for w in widths for _ in range(2)])
+        self.assertEqual(
+            [c.args[0].shape[2] for c in calls], [a1 - a0 for a0, a1 in spans for _ in range(2 * len(widths))]
+        )
+        torch.testing.assert_close(work, expected, rtol=1e-5, atol=1e-5)
+
+
+class TestAddPointwise(unittest.TestCase):
+    def test_accumulates_into_a_row_strip_of_one_sample_as_one_gemm(self):
+        """A row strip of a channels-last sample gets ``acc += w @ x`` in place (one GEMM into its memory: no
+        separate product map), the other rows untouched."""
+        torch.manual_seed(0)
+        base = torch.randn(1, 6, 9, 5).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(1, 4, 4, 5).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(6, 4)
+        expected = base.clone()
+        expected[:, :, 2:6] += torch.einsum("oc,bchw->bohw", w, x)
+        acc = base[:, :, 2:6]
+        no_map = mock.patch.object(feed_forward, "pointwise_conv", side_effect=AssertionError("a product map"))
+        with torch.no_grad(), no_map:
+            self.assertIs(_add_pointwise(acc, x, w), acc)
+        torch.testing.assert_close(base, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(base[:, :, :2], expected[:, :, :2], rtol=0, atol=0)
+        torch.testing.assert_close(base[:, :, 6:], expected[:, :, 6:], rtol=0, atol=0)
+
+    def test_other_layouts_and_dtypes_add_a_product_map(self):
+        """A batch's strip (not one block of memory), the default layout and a bf16 ``x`` (autocast) add
+        ``pointwise_conv(x, w)`` into ``acc``, which keeps its dtype."""
+        torch.manual_seed(1)
+        w = torch.randn(6, 4)
+        cases = [
+            (torch.randn(2, 6, 9, 5).contiguous(memory_format=torch.channels_last)[:, :, 2:6], torch.randn(2, 4, 4, 5)),
+            (torch.randn(1, 6, 4, 5), torch.randn(1, 4, 4, 5)),
+            (torch.randn(1, 6, 4, 5).contiguous(memory_format=torch.channels_last), torch.randn(1, 4, 4, 5).bfloat16()),
+        ]
+        for acc, x in cases:
+            low = x.dtype == torch.bfloat16
+            expected = acc + torch.einsum("oc,bchw->bohw", w, x.float())
+            spy = mock.patch.object(feed_forward, "pointwise_conv", wraps=feed_forward.pointwise_conv)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=low), spy as product:
+                self.assertIs(_add_pointwise(acc, x, w), acc)
+            product.assert_called_once()
+            self.assertEqual(acc.dtype, torch.float32)
+            tol = 2e-2 if low else 1e-5
+            torch.testing.assert_close(acc, expected, rtol=tol, atol=tol)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -5,7 +5,8 @@
    whether every output is finite and, per autocast dtype, its max absolute difference from the mode's float32
    output (the run fails on a non-finite output).
 2. Training: ``--steps`` AdamW steps at the published batch (12 x 1 x 128 x 128), L1 loss, AMP (bfloat16, or
-   float16 with a GradScaler, CUDA only) and channels-last input; seconds per step and peak memory.
+   float16 with a GradScaler, CUDA only) and channels-last input; seconds per step and peak memory (the run fails on a
+   non-finite loss).
 3. Agreement: the float32 outputs on the device against the same network on the CPU at 256 x 256 for every
    mode (TF32 off for this check); max absolute difference on the [0, 1] scale against ``--tolerance``
    (default 1e-4, stated in the output; the CPU float32 golden tests hold 4e-5 against the authors' code).

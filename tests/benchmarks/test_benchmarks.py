@@ -163,6 +163,17 @@ class TestGPUBenchmark(unittest.TestCase):
             torch.set_num_threads(threads)
         self.assertEqual(rc, 1)
 
+    def test_non_finite_training_loss_fails_the_run(self):
+        bench = _load("gpu")
+        threads = torch.get_num_threads()
+        try:
+            with mock.patch.object(bench, "_train", return_value={"amp": "bfloat16", "finite": False}):
+                with mock.patch.object(bench, "INFERENCE_MODES", ("global",)):
+                    rc = bench.main(["--device", "cpu", "--quick"])
+        finally:
+            torch.set_num_threads(threads)
+        self.assertEqual(rc, 1)
+
     def test_no_cuda_message(self):
         bench = _load("gpu")
         if torch.cuda.is_available():

@@ -385,8 +385,8 @@ class ChannelAttention(nn.Module):
         stores v where the output goes; the second replaces v by ``x + (W blockdiag(A_tile)) v`` strip by strip. So
         the only map of the whole image allocated is the output: large maps are fresh pages from the OS on every
         call (page faults), and strips stay in cache. Under autocast the convs and products run in the autocast dtype
-        as on the whole-map path, while the Gram matrices and norms are summed over strips, and the residual added,
-        in ``x``'s dtype.
+        as on the whole-map path, while the Gram matrices and norms are summed over strips in float32 (or ``x``'s
+        dtype if wider, also for a half-precision model) and the residual is added in ``x``'s dtype.
 
         Args:
             x: ``(B, C, H, W)``, channels-last in memory (other layouts work, slower).
@@ -443,10 +443,10 @@ class ChannelAttention(nn.Module):
                 for j, (c0, c1) in enumerate(col_tiles):
                     # (B, P, C): a copy only for a column sub-tile
                     fq, fk = (z[:, lo - r0 : hi - r0, c0:c1].reshape(b, -1, c) for z in (q_all, k_all))
-                    # sums over strips in x's dtype or wider (under autocast the products come in the autocast
-                    # dtype; float16 ones in float32)
+                    # sums over strips in float32 or wider (under autocast the products come in the autocast
+                    # dtype, float16 ones in float32; a bf16 model's in bf16): small strip shares are not rounded away
                     gram, sq = _tile_statistics(fq, fk, heads)
-                    acc = torch.promote_types(x.dtype, gram.dtype)
+                    acc = torch.promote_types(torch.promote_types(x.dtype, gram.dtype), torch.float32)
                     gram, sq = gram.to(acc), sq.to(acc)
                     grams[i][j] = gram if grams[i][j] is None else grams[i][j].add_(gram)
                     squares[i][j] = sq if squares[i][j] is None else squares[i][j].add_(sq)

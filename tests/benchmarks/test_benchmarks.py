@@ -144,9 +144,18 @@ class TestGPUBenchmark(unittest.TestCase):
         self.assertEqual([r["mode"] for r in results["agreement"]], ["published", "global", "sliding", "blended"])
         self.assertTrue(all(r["ok"] and r["max_abs_diff"] == 0.0 for r in results["agreement"]))
 
+    @staticmethod
+    def _quick_global_run(bench, name: str, replacement) -> int:
+        """``bench.main`` on the CPU smoke path, ``global`` mode only, with ``bench.<name>`` replaced."""
+        threads = torch.get_num_threads()
+        try:
+            with mock.patch.object(bench, name, replacement), mock.patch.object(bench, "INFERENCE_MODES", ("global",)):
+                return bench.main(["--device", "cpu", "--quick"])
+        finally:
+            torch.set_num_threads(threads)
+
     def test_non_finite_output_fails_the_run(self):
         bench = _load("gpu")
-        threads = torch.get_num_threads()
         real = bench.mode_inferer
 
         def overflowing(mode, **kwargs):  # float16 outputs that overflowed (a float32 sum beyond 65504, say)
@@ -155,24 +164,13 @@ class TestGPUBenchmark(unittest.TestCase):
                 return inner
             return lambda x, net: inner(x, net) * float("inf")
 
-        try:
-            with mock.patch.object(bench, "mode_inferer", overflowing):
-                with mock.patch.object(bench, "INFERENCE_MODES", ("global",)):
-                    rc = bench.main(["--device", "cpu", "--quick"])
-        finally:
-            torch.set_num_threads(threads)
-        self.assertEqual(rc, 1)
+        self.assertEqual(self._quick_global_run(bench, "mode_inferer", overflowing), 1)
 
     def test_non_finite_training_loss_fails_the_run(self):
         bench = _load("gpu")
-        threads = torch.get_num_threads()
-        try:
-            with mock.patch.object(bench, "_train", return_value={"amp": "bfloat16", "finite": False}):
-                with mock.patch.object(bench, "INFERENCE_MODES", ("global",)):
-                    rc = bench.main(["--device", "cpu", "--quick"])
-        finally:
-            torch.set_num_threads(threads)
-        self.assertEqual(rc, 1)
+        loss = mock.Mock(return_value={"amp": "bfloat16", "finite": False})
+        self.assertEqual(self._quick_global_run(bench, "_train", loss), 1)
+        self.assertEqual(loss.call_count, 1)  # bf16 only: float16 AMP training is CUDA-only
 
     def test_no_cuda_message(self):
         bench = _load("gpu")

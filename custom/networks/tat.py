@@ -23,8 +23,6 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = ["TAT"]
 
-_LEVELS = ("latent", "level3", "level2", "level1")
-
 
 def _is_exporting() -> bool:
     """True while tracing, scripting, compiling or exporting, where data-dependent checks must not run."""
@@ -58,8 +56,8 @@ class TAT(nn.Module):
         in_channels: input channels.
         out_channels: output channels; the global residual is added when equal to ``in_channels``.
         dim: channels of level 1; levels 2-4 have ``2 * dim``, ``4 * dim``, ``8 * dim``.
-        num_blocks: transformer blocks at levels 1-4 (encoder 1-3, latent 4; decoders mirror 1-3).
-        num_refinement_blocks: refinement blocks after decoder level 1.
+        num_blocks: transformer blocks at levels 1-4 (encoder 1-3, latent 4; decoders mirror 1-3), each at least 1.
+        num_refinement_blocks: refinement blocks after decoder level 1 (0 or more).
         heads: attention heads at levels 1-4.
         ffn_expansion_factor: hidden width factor of the gated feed-forward.
         bias: bias in the convs of the transformer blocks.
@@ -84,8 +82,8 @@ class TAT(nn.Module):
             default (and the golden tests, which feed the published code's own arrays) leave it off.
 
     Raises:
-        ValueError: unsupported ``spatial_dims``, wrong number of levels, non-divisible widths, unknown
-            ``window_mode``.
+        ValueError: unsupported ``spatial_dims``, wrong number of levels, a level without blocks or a negative
+            ``num_refinement_blocks``, non-divisible widths, unknown ``window_mode``.
     """
 
     def __init__(
@@ -117,6 +115,11 @@ class TAT(nn.Module):
             raise ValueError(f"num_blocks and heads need 4 levels, got {tuple(num_blocks)} and {tuple(heads)}.")
         if dim < 2 or dim % 2:
             raise ValueError(f"dim must be even and >= 2, got {dim}.")
+        if min(num_blocks) < 1 or num_refinement_blocks < 0:
+            raise ValueError(
+                f"num_blocks needs at least one block per level and num_refinement_blocks at least 0, got "
+                f"{tuple(num_blocks)} and {num_refinement_blocks}."
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.use_checkpoint = use_checkpoint

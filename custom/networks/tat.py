@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -34,6 +35,21 @@ def _is_exporting() -> bool:
     )
 
 
+def _counts(name: str, values: Sequence[object], least: int) -> tuple[int, ...]:
+    """``values`` as ints (numpy integers too), each at least ``least``.
+
+    Raises:
+        ValueError: a value that is not an integer (``1.5``, ``"2"``, ``None``) or is below ``least``, naming ``name``.
+    """
+    try:
+        counts = tuple(operator.index(v) for v in values)
+    except TypeError:
+        raise ValueError(f"{name} must be integers, got {tuple(values)}.") from None
+    if min(counts) < least:
+        raise ValueError(f"{name} must each be at least {least}, got {counts}.")
+    return counts
+
+
 class TAT(nn.Module):
     """Task-Adaptive Transformer (TAT) for blind all-in-one medical image restoration.
 
@@ -58,7 +74,7 @@ class TAT(nn.Module):
         dim: channels of level 1; levels 2-4 have ``2 * dim``, ``4 * dim``, ``8 * dim``.
         num_blocks: transformer blocks at levels 1-4 (encoder 1-3, latent 4; decoders mirror 1-3), each at least 1.
         num_refinement_blocks: refinement blocks after decoder level 1 (0 or more).
-        heads: attention heads at levels 1-4.
+        heads: attention heads at levels 1-4 (each at least 1).
         ffn_expansion_factor: hidden width factor of the gated feed-forward.
         bias: bias in the convs of the transformer blocks.
         layer_norm_type: ``"WithBias"`` (published) or ``"BiasFree"``.
@@ -82,8 +98,9 @@ class TAT(nn.Module):
             default (and the golden tests, which feed the published code's own arrays) leave it off.
 
     Raises:
-        ValueError: unsupported ``spatial_dims``, wrong number of levels, a level without blocks or a negative
-            ``num_refinement_blocks``, non-divisible widths, unknown ``window_mode``.
+        ValueError: unsupported ``spatial_dims``, wrong number of levels, block or head counts that are not
+            integers, a level without blocks or heads, a negative ``num_refinement_blocks``, non-divisible widths,
+            unknown ``window_mode``.
     """
 
     def __init__(
@@ -115,11 +132,9 @@ class TAT(nn.Module):
             raise ValueError(f"num_blocks and heads need 4 levels, got {tuple(num_blocks)} and {tuple(heads)}.")
         if dim < 2 or dim % 2:
             raise ValueError(f"dim must be even and >= 2, got {dim}.")
-        if min(num_blocks) < 1 or num_refinement_blocks < 0:
-            raise ValueError(
-                f"num_blocks needs at least one block per level and num_refinement_blocks at least 0, got "
-                f"{tuple(num_blocks)} and {num_refinement_blocks}."
-            )
+        num_blocks = _counts("num_blocks", num_blocks, 1)
+        heads = _counts("heads", heads, 1)
+        (num_refinement_blocks,) = _counts("num_refinement_blocks", [num_refinement_blocks], 0)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.use_checkpoint = use_checkpoint

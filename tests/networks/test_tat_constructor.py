@@ -7,11 +7,12 @@ import unittest
 from unittest import mock
 
 import custom.networks.tat as tat_module
+import numpy as np
 import torch
 from custom.networks import TAT
 from parameterized import parameterized
 
-from tests.utils import TINY
+from tests.utils import TINY, tiny_net
 
 # (name, level index 0-3 of its width and heads, number of blocks from num_blocks / refinement, decoder side)
 LEVELS = [
@@ -110,7 +111,7 @@ class TestLevels(unittest.TestCase):
         """The generator makes, per decoder level of width w, 3w attention and 2 * int(w * ffn_expansion_factor)
         feed-forward depthwise kernels of 3x3 taps, from an embedding of ``tren_embed_dim`` computed by a trunk of
         ``tren_hidden_channels`` on the 4x pixel-shuffled bottleneck (8 dim / 16 channels)."""
-        dim, factor, hidden, embed = 8, 1.5, 12, 20
+        dim, factor, hidden, embed = 8, 2.66, 12, 20  # int(16 * 2.66) = 42, round() would give 43
         net = tiny(dim=dim, ffn_expansion_factor=factor, tren_hidden_channels=hidden, tren_embed_dim=embed)
         widths = {"latent": 8 * dim, "level3": 4 * dim, "level2": 2 * dim, "level1": 2 * dim}
         self.assertEqual(set(net.task_kernels.heads), set(widths))
@@ -147,22 +148,52 @@ class TestLevels(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "4 levels"):
             tiny(num_blocks=num_blocks, heads=heads)
 
-    @parameterized.expand([((0, 1, 1, 1), 1), ((1, 1, 1, 0), 1), ((1, -1, 1, 1), 1), ((1, 1, 1, 1), -1)])
-    def test_levels_without_blocks_refused(self, num_blocks, num_refinement):
-        with self.assertRaisesRegex(ValueError, "at least one block per level"):
-            tiny(num_blocks=num_blocks, num_refinement_blocks=num_refinement)
+    @parameterized.expand(
+        [
+            ("num_blocks", dict(num_blocks=(0, 1, 1, 1)), 1),
+            ("num_blocks", dict(num_blocks=(1, 1, 1, 0)), 1),
+            ("num_blocks", dict(num_blocks=(1, -1, 1, 1)), 1),
+            ("heads", dict(heads=(1, 2, 0, 8)), 1),
+            ("num_refinement_blocks", dict(num_refinement_blocks=-1), 0),
+        ]
+    )
+    def test_levels_without_blocks_or_heads_refused(self, name, kwargs, least):
+        with self.assertRaisesRegex(ValueError, f"{name} must each be at least {least}"):
+            tiny(**kwargs)
 
-    def test_no_refinement_blocks(self):
-        """Without refinement blocks the final fusion reads decoder level 1 twice (as the refinement's output)."""
-        net = tiny(num_refinement_blocks=0).eval()
-        self.assertEqual(len(net.refinement), 0)
-        inputs = []
-        net.reduce_final[0].register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
+    @parameterized.expand(
+        [
+            ("num_blocks", dict(num_blocks=(1, 1.5, 1, 1))),
+            ("num_blocks", dict(num_blocks=(1, 1, "2", 1))),
+            ("heads", dict(heads=(1, 2, 4, None))),
+            ("heads", dict(heads=(1, 2.0, 4, 8))),
+            ("num_refinement_blocks", dict(num_refinement_blocks=1.0)),
+        ]
+    )
+    def test_counts_that_are_not_integers_refused(self, name, kwargs):
+        with self.assertRaisesRegex(ValueError, f"{name} must be integers"):
+            tiny(**kwargs)
+
+    def test_numpy_integer_counts_accepted(self):
+        net = tiny(num_blocks=np.array([1, 2, 1, 1]), num_refinement_blocks=np.int64(0), heads=np.array([1, 2, 4, 8]))
+        self.assertEqual([len(net.encoder_level2), len(net.refinement), net.latent[0].attn.num_heads], [2, 0, 8])
+
+    @parameterized.expand([(0,), (2,)])
+    def test_final_fusion_reads_encoder_decoder_and_refinement(self, num_refinement):
+        """reduce_final sees the concatenation of encoder level 1, decoder level 1 and the refinement's output (decoder
+        level 1's again without refinement blocks)."""
+        net = tiny_net(num_refinement_blocks=num_refinement, transpose_hw=False)
+        self.assertEqual(len(net.refinement), num_refinement)
+        seen = {}
+        for name in ("encoder_level1", "decoder_level1", "refinement"):
+            for block in getattr(net, name)[-1:]:
+                block.register_forward_hook(lambda m, args, out, name=name: seen.update({name: out}))
+        net.reduce_final[0].register_forward_pre_hook(lambda m, args: seen.update(fused=args[0]))
         y = net(torch.rand(1, 1, 16, 16))  # with gradients: the plain module path, whose hooks fire
         self.assertEqual(tuple(y.shape), (1, 1, 16, 16))
-        fused = inputs[0]
-        dim = net.patch_embed.out_channels
-        torch.testing.assert_close(fused[:, dim : 3 * dim], fused[:, 3 * dim :])
+        refined = seen["refinement"] if num_refinement else seen["decoder_level1"]
+        expected = torch.cat([seen["encoder_level1"], seen["decoder_level1"], refined], 1)
+        torch.testing.assert_close(seen["fused"], expected, rtol=0, atol=0)
 
     def test_window_mode_validated_and_reported(self):
         with self.assertRaisesRegex(ValueError, "window mode"):
@@ -203,12 +234,7 @@ class TestRestore(unittest.TestCase):
         torch.testing.assert_close(y, expected)
 
     def test_transpose_hw_transposes_input_and_output(self):
-        torch.manual_seed(0)
-        net = tiny().eval()
-        with torch.no_grad():
-            for blk in net.modules():
-                if getattr(blk, "gate", None) is not None:
-                    blk.gate.uniform_(-0.5, 0.5)
+        net = tiny_net(transpose_hw=False)  # non-zero gates: the generated kernels matter
         transposed = tiny(transpose_hw=True).eval()
         transposed.load_state_dict(net.state_dict())
         x = torch.rand(2, 1, 16, 24)
@@ -229,7 +255,10 @@ class TestRestore(unittest.TestCase):
         net.task_kernels.register_forward_hook(lambda m, i, o: generated.update(o))
         for name, *_ in LEVELS:
             for k, block in enumerate(getattr(net, name)):
-                block.register_forward_pre_hook(lambda m, args, key=(name, k): received.update({key: args[1]}))
+                block.register_forward_pre_hook(
+                    lambda m, args, kwargs, key=(name, k): received.update({key: (args + (kwargs.get("kernels"),))[1]}),
+                    with_kwargs=True,
+                )
         with torch.no_grad():
             net(torch.rand(1, 1, 16, 16))
         expected = {"latent": "latent", "decoder_level3": "level3", "decoder_level2": "level2"}

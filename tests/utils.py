@@ -81,6 +81,14 @@ TINY_TRAINING = tiny_overrides(
 )
 
 
+def tiny_tat(**overrides: object) -> TAT:
+    """A TAT with the tests' tiny widths (``TINY``) in the class's own orientation (``transpose_hw`` off), updated by
+    ``overrides``; default initialisation (task-kernel gates at 0)."""
+    args = {k: v for k, v in TINY.items() if k != "transpose_hw"}
+    args.update(overrides)
+    return TAT(**args)
+
+
 def tiny_net(seed: int = 0, **overrides: object) -> TAT:
     """The tiny TAT (``TINY`` updated by ``overrides``) with random weights and non-zero task-kernel gates, so the
     generated kernels matter."""

@@ -9,13 +9,7 @@ from custom.networks import TAT, convert_reference_state_dict
 from parameterized import parameterized
 
 from tests.networks.golden import formula_weights, golden_image, golden_pair
-from tests.utils import TINY
-
-
-def tiny(**kwargs) -> TAT:
-    args = {k: v for k, v in TINY.items() if k != "transpose_hw"}  # the tests' tiny widths, TAT's orientation
-    args.update(kwargs)
-    return TAT(**args)
+from tests.utils import tiny_tat as tiny
 
 
 class TestGolden(unittest.TestCase):

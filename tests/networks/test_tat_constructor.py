@@ -12,7 +12,8 @@ import torch
 from custom.networks import TAT
 from parameterized import parameterized
 
-from tests.utils import TINY, tiny_net
+from tests.utils import tiny_net
+from tests.utils import tiny_tat as tiny
 
 # (name, level index 0-3 of its width and heads, number of blocks from num_blocks / refinement, decoder side)
 LEVELS = [
@@ -25,12 +26,6 @@ LEVELS = [
     ("decoder_level1", 0, 0, True),
     ("refinement", 0, None, True),
 ]
-
-
-def tiny(**kwargs) -> TAT:
-    args = {k: v for k, v in TINY.items() if k != "transpose_hw"}
-    args.update(kwargs)
-    return TAT(**args)
 
 
 def block_width(block) -> int:

@@ -134,7 +134,8 @@ class GatedFeedForward(nn.Module):
             y: ``(B, C, H, W)``, channels-last in memory; overwritten with the result.
             norm: the block's layer norm before the feed-forward.
             kernel: generated depthwise kernel ``(B, 2 * hidden, 3, 3)`` for a dynamic block, else ``None``.
-            rows: rows per strip (at least 1).
+            rows: rows per strip (at least 1; strips thinner than the depthwise conv's halo are widened to it, since
+                a later strip's halo would reach rows already written).
 
         Returns:
             ``y``.
@@ -154,6 +155,9 @@ class GatedFeedForward(nn.Module):
                 halves.append((part, _zero_padded(w_in[part], gpad), b))
             groups.append((halves, gpad, _zero_padded(w_out[:, g0:g1], gpad, 1)))
         halo = self.dwconv.kernel_size // 2
+        # the next strip's layer norm is read before this strip is written, the one after only once it is: its halo
+        # must not reach this strip's rows
+        rows = max(rows, halo)
         size = y.shape[2]
         starts = list(range(0, size, rows))
 

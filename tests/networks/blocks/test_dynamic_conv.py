@@ -313,7 +313,8 @@ class TestFusedOp(unittest.TestCase):
 
     def test_fused_only_for_float32_maps_and_kernels(self):
         """The fused op takes float32 maps and kernels only; a bf16 map with float32 weights outside autocast raises
-        without a graph as with one (the fused op would accept it and give bf16 values)."""
+        without a graph as with one (the fused op would accept it and give bf16 values), and so does a float32 map
+        with bf16 kernels (the fused op would give float32 values)."""
         x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
         w = torch.randn(4, 1, 3, 3)
         conv = DepthwiseConv(4)
@@ -322,6 +323,8 @@ class TestFusedOp(unittest.TestCase):
                 self.assertFalse(dynamic_conv._gelu_fusable(a, b), (a.dtype, b.dtype))
             with self.assertRaises(RuntimeError):
                 conv(x.bfloat16(), gelu=True)
+            with self.assertRaises(RuntimeError):  # the reverse: a float32 map, bf16 kernels
+                DepthwiseConv(4).bfloat16()(x, gelu=True)
         with self.assertRaises(RuntimeError):
             conv(x.bfloat16(), gelu=True)
 
@@ -345,6 +348,20 @@ class TestFusedOp(unittest.TestCase):
         lines, first = inspect.getsourcelines(DepthwiseConv.forward)
         self.assertEqual(w[0].filename, inspect.getsourcefile(DepthwiseConv))
         self.assertTrue(first <= w[0].lineno < first + len(lines), w[0].lineno)
+
+
+class TestNoGraphOnCpu(unittest.TestCase):
+    @parameterized.expand([("is_scripting", torch.jit), ("is_tracing", torch.jit), ("is_compiling", torch.compiler)])
+    def test_tracing_scripting_or_compiling_keeps_the_plain_ops(self, name, namespace):
+        """The no-graph CPU paths need no gradients, the CPU, and no tracing, scripting or compiling (any one)."""
+        x = torch.randn(1, 4, 5, 5)
+        with torch.no_grad():
+            self.assertTrue(dynamic_conv.no_graph_on_cpu(x))
+            with mock.patch.object(namespace, name, return_value=True):
+                self.assertFalse(dynamic_conv.no_graph_on_cpu(x))
+            self.assertFalse(dynamic_conv.no_graph_on_cpu(x.to("meta")))  # another device
+            self.assertFalse(dynamic_conv.no_graph_on_cpu(x.clone().requires_grad_()))  # an input needing gradients
+        self.assertFalse(dynamic_conv.no_graph_on_cpu(x))  # a graph
 
 
 class TestMultiplied(unittest.TestCase):

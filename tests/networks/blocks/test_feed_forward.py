@@ -9,7 +9,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from custom.networks.blocks import GatedFeedForward, feed_forward, ffn_hidden_channels
+from custom.networks.blocks import DepthwiseConv, GatedFeedForward, feed_forward, ffn_hidden_channels
 from custom.networks.blocks.feed_forward import _add_pointwise
 from custom.networks.blocks.layer_norm import ChannelLayerNorm
 from parameterized import parameterized
@@ -180,6 +180,82 @@ class TestStripExtents(unittest.TestCase):
         torch.testing.assert_close(work, expected, rtol=1e-5, atol=1e-5)
 
 
+class TestStripGeometry(unittest.TestCase):
+    def test_published_widths_go_in_groups_of_128(self):
+        """With the default group size (README: groups of 128) the published hidden widths 127 and 255 (C = 48, 96)
+        go in groups of 128 channels, the last one with its zero channels (no group of an odd width); the result is
+        ``y + f(norm(y))``."""
+        for dim, widths in ((48, [128]), (96, [128, 128])):
+            f = _randomised(GatedFeedForward(dim, 2.66, bias=True))
+            norm = _randomised(ChannelLayerNorm(dim))
+            y = torch.randn(1, dim, 7, 5).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                expected = y + f(norm(y))
+                work = y.clone()
+                with mock.patch.object(f.dwconv, "forward", wraps=f.dwconv.forward) as dwconv:
+                    f.residual_in_strips_(work, norm, None, 4)
+            calls = dwconv.call_args_list  # two strips, each group's two halves
+            self.assertEqual(
+                [c.args[0].shape[1] for c in calls], [w for _ in range(2) for w in widths for _ in range(2)]
+            )
+            torch.testing.assert_close(work, expected, rtol=1e-5, atol=1e-4)  # values up to about 13
+
+    def test_strips_take_the_halo_of_the_depthwise_kernel(self):
+        """The strips' halo is half the depthwise kernel: with a 5x5 kernel (in place of the published 3x3) each
+        strip reads two rows each side, and both strip paths equal the whole map."""
+        f = _randomised(GatedFeedForward(8, 2.0, bias=True))  # hidden 16: no zero channels
+        f.dwconv = _randomised(DepthwiseConv(32, 5, bias=True))
+        norm = _randomised(ChannelLayerNorm(8))
+        size, rows = 13, 4
+        x = torch.randn(2, 8, size, 6).contiguous(memory_format=torch.channels_last)
+        expected = f(x).detach()  # with a graph: the whole map
+        with torch.no_grad(), mock.patch.object(feed_forward, "STRIP_BYTES", 6 * 16 * 4 * rows):
+            self.assertEqual(feed_forward._strip_rows(x, 16), rows)
+            with mock.patch.object(f, "_gated", wraps=f._gated) as gated:
+                got = f(x)
+            work = x[:1].clone()
+            f.residual_in_strips_(work, norm, None, rows)
+        spans = [_halo_extent(r0, rows, size, 2) for r0 in range(0, size, rows)]
+        self.assertEqual([c.args[0].shape[2] for c in gated.call_args_list], [a1 - a0 for a0, a1 in spans] * 2)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(work, x[:1] + f(norm(x[:1])).detach(), rtol=1e-5, atol=1e-5)
+
+    def test_block_strips_thinner_than_the_halo(self):
+        """Strips of 1 row with a 5x5 depthwise kernel (halo 2): each strip's layer norm still reads input values
+        (a later strip's halo would reach rows already written), so the result is ``y + f(norm(y))``."""
+        f = _randomised(GatedFeedForward(8, 2.0, bias=True))
+        f.dwconv = _randomised(DepthwiseConv(32, 5, bias=True))
+        norm = _randomised(ChannelLayerNorm(8))
+        y = torch.randn(1, 8, 9, 6).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            expected = y + f(norm(y))
+            for rows in (1, 2, 3):
+                work = y.clone()
+                f.residual_in_strips_(work, norm, None, rows)
+                torch.testing.assert_close(work, expected, rtol=1e-5, atol=1e-5, msg=f"rows={rows}")
+
+    def test_no_strips_for_a_map_without_rows_or_columns(self):
+        """An empty map has nothing to cut: the whole map (no division by its zero row size)."""
+        with torch.no_grad():
+            for shape in ((1, 8, 0, 5), (1, 8, 5, 0), (1, 8, 0)):
+                self.assertIsNone(feed_forward._strip_rows(torch.empty(shape), 32), shape)
+
+    def test_block_strips_of_a_bf16_map_under_autocast(self):
+        """A bf16 map (a bf16 image under bf16 autocast) in the float32 feed-forward's block strips: the autocast
+        products are added into the bf16 rows (float32 project_out weights are no GEMM operand for them); the values of
+        ``y + f(norm(y))`` under autocast, in bf16."""
+        f = _randomised(GatedFeedForward(8, 2.66))
+        norm = _randomised(ChannelLayerNorm(8))
+        y = torch.randn(1, 8, 12, 5).bfloat16().contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = y + f(norm(y))
+            work = y.clone()
+            f.residual_in_strips_(work, norm, None, 4)
+        self.assertEqual(work.dtype, torch.bfloat16)
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(work, expected, rtol=0, atol=0.02 * scale)
+
+
 class TestAddPointwise(unittest.TestCase):
     def test_accumulates_into_a_row_strip_of_one_sample_as_one_gemm(self):
         """A row strip of a channels-last sample gets ``acc += w @ x`` in place (one GEMM into its memory: no
@@ -206,6 +282,7 @@ class TestAddPointwise(unittest.TestCase):
         cases = [
             (torch.randn(2, 6, 9, 5).contiguous(memory_format=torch.channels_last)[:, :, 2:6], torch.randn(2, 4, 4, 5)),
             (torch.randn(1, 6, 4, 5), torch.randn(1, 4, 4, 5)),
+            (torch.randn(1, 6, 4, 5), torch.randn(1, 4, 4, 5).contiguous(memory_format=torch.channels_last)),
             (torch.randn(1, 6, 4, 5).contiguous(memory_format=torch.channels_last), torch.randn(1, 4, 4, 5).bfloat16()),
         ]
         for acc, x in cases:

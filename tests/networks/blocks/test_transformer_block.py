@@ -118,6 +118,39 @@ class TestStripRows(unittest.TestCase):
                 self.assertIsNone(blk._strip_rows(x))  # both branches in one strip: the whole map
         torch.testing.assert_close(got, blk(x).detach(), rtol=1e-5, atol=1e-5)
 
+    def test_strip_rows_of_the_published_full_resolution_blocks(self):
+        """The strip budget as tuned (README: 4 MiB a strip, hidden channels in groups of 128): the published
+        full-resolution blocks (2 x 48 = 96 channels, hidden 255 + 1 zero channel) at 256 x 256 go in attention
+        strips of 42 rows (README: q, k and v of 96 channels) and feed-forward strips of 32 rows (a group of 128
+        hidden channels); the feed-forward alone in strips of 16 rows (a half's 256 hidden channels)."""
+        blk = TransformerBlock(96, 1)
+        x = torch.empty(1, 96, 256, 256).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            self.assertEqual(blk._strip_rows(x), (42, 32))
+            self.assertEqual(feed_forward._strip_rows(x, blk.ffn.padded_hidden), 16)
+
+    def test_no_strips_for_an_empty_map(self):
+        """A map without columns has nothing to cut: the whole map (no division by its zero row size)."""
+        blk = TransformerBlock(8, 2)
+        with torch.no_grad():
+            for shape in ((1, 8, 5, 0), (1, 8, 0, 5)):
+                self.assertIsNone(blk._strip_rows(torch.empty(shape)), shape)
+
+    def test_3d_maps_take_the_whole_map_path(self):
+        """The strips and the sample-by-sample path are 2D only: a batch of 3D maps goes through the whole-map path
+        as a batch whatever the strip budget, with the values of the graph path."""
+        torch.manual_seed(3)
+        blk = TransformerBlock(8, 2, bias=True, spatial_dims=3)
+        x = torch.randn(2, 8, 6, 5, 4)
+        expected = blk(x).detach()
+        with torch.no_grad(), mock.patch.object(feed_forward, "STRIP_BYTES", 1):
+            self.assertIsNone(blk._strip_rows(x))
+            self.assertFalse(blk._large(x))
+            with mock.patch.object(blk, "_whole_map", wraps=blk._whole_map) as whole:
+                got = blk(x)
+        whole.assert_called_once()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -56,10 +57,11 @@ class SliceBatchInferer(Inferer):
         batch_size: slices per forward pass.
         inner: an inferer run on each ``(N, C, H, W)`` batch instead of calling the network directly (e.g.
             MONAI's ``SlidingWindowInferer``), or ``None``.
-        autocast_dtype: ``None`` (float32), ``"bfloat16"`` or ``"float16"``: the forward pass runs under
-            ``torch.autocast`` of the input's device with that dtype and the output is cast back to the
-            input's dtype (faster on CPUs with AMX / AVX512-BF16 and on GPUs; changes the outputs slightly; on a
-            CPU without native kernels for it, slower, and a warning says so: :func:`warn_if_emulated`).
+        autocast_dtype: ``None`` (the caller's autocast state: float32 unless an ``amp`` switch of the caller
+            opened ``torch.autocast``), ``"bfloat16"`` or ``"float16"``: the forward pass runs under
+            ``torch.autocast`` of the input's device with that dtype; the output is cast back to the input's dtype
+            (faster on CPUs with AMX / AVX512-BF16 and on GPUs; changes the outputs slightly; on a CPU without
+            native kernels for it, slower, and a warning says so: :func:`warn_if_emulated`).
 
     Raises:
         ValueError: ``batch_size`` < 1, an unknown ``autocast_dtype``, or input that is not 4D/5D.
@@ -82,7 +84,9 @@ class SliceBatchInferer(Inferer):
         dtype = None if self.autocast_dtype is None else AUTOCAST_DTYPES[self.autocast_dtype]
         if dtype is not None and x.device.type == "cpu":
             warn_if_emulated(self.autocast_dtype)
-        with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype is not None):
+        # no dtype: no context, so that a caller's autocast (the evaluator's / restore()'s amp) stays in force
+        context = contextlib.nullcontext() if dtype is None else torch.autocast(device_type=x.device.type, dtype=dtype)
+        with context:
             out = network(x, *args, **kwargs) if self.inner is None else self.inner(x, network, *args, **kwargs)
         return out.to(x.dtype)
 

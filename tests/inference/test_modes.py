@@ -141,6 +141,28 @@ class TestModeInferer(unittest.TestCase):
         self.assertEqual(out.dtype, x.dtype)
         torch.testing.assert_close(out, x * 2)
 
+    @parameterized.expand([("global",), ("sliding",)])
+    def test_null_autocast_dtype_keeps_the_callers_autocast(self, mode):
+        """``autocast_dtype`` null leaves the caller's autocast (the ``amp`` switch of the evaluator and of
+        ``restore()``) in force, and an explicit dtype replaces it; the output comes back in the input's dtype."""
+        seen = []
+
+        def net(x):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return torch.mm(x.flatten(0, 2), torch.eye(x.shape[-1])).reshape(x.shape)  # an autocast op
+
+        x = torch.rand(2, 1, 16, 16)
+        with mock.patch.object(inferer_module, "cpu_has_fast", return_value=True):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = mode_inferer(mode, slice_batch_size=4, roi_size=8)(x, net)
+                self.assertEqual(set(seen), {(True, torch.bfloat16)})
+                seen.clear()
+                mode_inferer(mode, slice_batch_size=4, roi_size=8, autocast_dtype="float16")(x, net)
+                self.assertEqual(set(seen), {(True, torch.float16)})
+        self.assertEqual(out.dtype, torch.float32)
+        self.assertGreater((out - x).abs().max().item(), 0)  # bf16 products (blended in float32 by sliding)
+        torch.testing.assert_close(out, x, rtol=0, atol=1e-2)
+
     @parameterized.expand([(m, shape) for m in ("global", "sliding") for shape in ((3, 1, 16, 16), (1, 1, 16, 16, 3))])
     def test_extra_arguments_reach_the_network(self, mode, shape):
         def net(x, scale, *, shift):

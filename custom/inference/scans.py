@@ -182,9 +182,10 @@ def _scan_datalist(
             raw = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{datalist}: unreadable data list ({e}).") from e
-    entries = raw if isinstance(raw, list) else raw.get(split)
+    entries = raw if isinstance(raw, list) else raw.get(split) if isinstance(raw, dict) else None
     if not isinstance(entries, list):
-        raise ValueError(f"{datalist}: expected a list of items or a '{split}' split, got keys {sorted(raw)}.")
+        got = f"keys {sorted(raw)}" if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
+        raise ValueError(f"{datalist}: expected a list of items or a '{split}' split, got {got}.")
     base = dataset_dir or os.path.dirname(os.path.abspath(datalist))
     items: list[dict[str, Any]] = []
     for i, entry in enumerate(entries):
@@ -193,7 +194,12 @@ def _scan_datalist(
             raise ValueError(f"{datalist}: item {i} has no 'image'.")
         rel = os.path.normpath(entry["image"])
         path = rel if os.path.isabs(rel) else os.path.join(base, rel)
-        rel = os.path.basename(rel) if os.path.isabs(rel) else rel
+        # the output stays under output_dir: an absolute path, or one that is the base or climbs out of it
+        # ('..'), keeps only its own name there
+        if os.path.isabs(rel) or rel.split(os.sep)[0] in (os.curdir, os.pardir):
+            rel = os.path.basename(os.path.abspath(path))
+        if not rel:
+            raise ValueError(f"{datalist}: item {i} ({entry['image']!r}) has no file or folder name for its output.")
         kind = "nifti" if _is_nifti(path) else "dicom"
         item = {
             "image": path,
@@ -220,7 +226,8 @@ def find_scans(
 
     Args:
         dataset_dir: folder searched recursively (``output_dir`` is skipped if it lies inside); with a data list,
-            the base of its relative paths.
+            the base of its relative paths (an item's output mirrors its relative path under ``output_dir``; an
+            absolute path, or one that climbs out of the base, keeps only its own name there).
         output_dir: where the restored scans go; must not be ``dataset_dir``.
         datalist: optional json: a list of items (``{"image": path, "modality": ...}`` or plain paths) or a dict
             with a ``split`` list (the training data list format; only ``image`` is used).
@@ -233,7 +240,8 @@ def find_scans(
         ``{"image", "source", "kind": "other", "output": "", "name", "skip" or "error": reason}``.
 
     Raises:
-        ValueError: missing folder, ``output_dir`` equal to ``dataset_dir``, unreadable data list, or no scan found.
+        ValueError: missing folder, ``output_dir`` equal to ``dataset_dir``, unreadable data list, no scan found, an
+            output path that is an input, or two scans with one output path (a data list's items named alike).
     """
     dataset_dir, output_dir = os.fspath(dataset_dir or ""), os.fspath(output_dir)
     if datalist:
@@ -248,6 +256,15 @@ def find_scans(
     if not scans:
         others = f" ({len(items)} other entries found, e.g. {items[0]['image']})" if items else ""
         raise ValueError(f"{datalist or dataset_dir}: no NIfTI file or DICOM series found{others}.")
+    written: dict[str, str] = {}  # output -> its scan: two scans written to one path would lose one of them
+    for item in scans:
+        key = os.path.normcase(os.path.abspath(item["output"]))
+        if key in written:
+            raise ValueError(
+                f"{item['output']}: two scans would be written here ({written[key]} and {item['image']});"
+                " give them distinct names (paths under dataset_dir) in the data list."
+            )
+        written[key] = item["image"]
     inputs = {os.path.realpath(f) for item in scans for f in item.get("files", [item["image"]])}
     for item in scans:
         if os.path.realpath(item["output"]) in inputs or os.path.realpath(item["output"]) == os.path.realpath(

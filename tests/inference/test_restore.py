@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import json
 import os
+import re
 import tempfile
 import unittest
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
-from custom.inference import SliceBatchInferer
-from custom.inference.restore import Restorer, restore
+from custom.inference import SliceBatchInferer, load_nifti
+from custom.inference.restore import Restorer, denormalise, normalise, restore
 from custom.networks import TAT
 from custom.networks.checkpoint import load_checkpoint
 from custom.settings import load_modality_settings
+from monai.data import MetaTensor
 from parameterized import parameterized
 
 from tests.utils import BUNDLE, REPO, TINY, save_identity_checkpoint, tiny_net
@@ -60,6 +64,123 @@ class TestRestore(unittest.TestCase):
         torch.testing.assert_close(free, torch.full_like(image, -1024.0 + 1.5 * 4096.0))
         with self.assertRaisesRegex(ValueError, "modality"):
             restore(image, "XR", _Constant(0.5), SliceBatchInferer(1), SETTINGS)
+
+
+class _Shift(torch.nn.Module):
+    """``conv1x1(x) = x + 0.5`` then dropout: exact only in float32 and in eval mode (bfloat16 autocast rounds x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.fill_(0.5)
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.conv(x))
+
+
+def _forward(x: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
+    """The simplest inferer: the network on the whole ``(1, C, H, W)`` input, at the caller's precision."""
+    return network(x)
+
+
+def _ct_shifted(image: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    """What :class:`_Shift` gives for a CT image: normalise (clipped to [0, 1]), + 0.5, denormalise, clip."""
+    lo, hi = SETTINGS["CT"]["clip_range"]
+    out = lo + ((image.clamp(lo, hi) - lo) / (hi - lo) + 0.5) * (hi - lo)
+    return out.clamp(lo, hi) if clip else out
+
+
+class TestRestoreSteps(unittest.TestCase):
+    def test_eval_mode_float32_by_default(self):
+        image = torch.linspace(-1500.0, 3500.0, 8 * 6 * 3).reshape(1, 8, 6, 3)
+        net = _Shift().train()
+        out = restore(image, "CT", net, SliceBatchInferer(2), SETTINGS)
+        self.assertFalse(net.training)
+        self.assertEqual((out.dtype, out.device.type), (torch.float32, "cpu"))
+        torch.testing.assert_close(out, _ct_shifted(image), rtol=0, atol=0.01)
+        free = restore(image, "CT", net, SliceBatchInferer(2), SETTINGS, clip=False, device="cpu")
+        torch.testing.assert_close(free, _ct_shifted(image, clip=False), rtol=0, atol=0.01)
+        self.assertGreater(float(free.max()), SETTINGS["CT"]["clip_range"][1])
+        # an inferer that leaves the precision to restore(): float32, unless amp (bfloat16 autocast: close, not exact)
+        image2d = torch.linspace(-1000.0, 1000.0, 8 * 6).reshape(1, 8, 6)
+        plain = restore(image2d, "CT", net, _forward, SETTINGS)
+        torch.testing.assert_close(plain, _ct_shifted(image2d), rtol=0, atol=0.01)
+        amp = restore(image2d, "CT", net, _forward, SETTINGS, amp=True)
+        torch.testing.assert_close(amp, _ct_shifted(image2d), rtol=0, atol=20.0)
+        self.assertGreater(float((amp - _ct_shifted(image2d)).abs().max()), 0.1)
+
+    def test_network_without_parameters_runs_on_the_cpu(self):
+        image = torch.linspace(-1500.0, 3500.0, 6 * 5).reshape(1, 6, 5)
+        out, x = restore(image, "CT", torch.nn.Identity(), SliceBatchInferer(1), SETTINGS, return_normalised=True)
+        torch.testing.assert_close(out, image.clamp(*SETTINGS["CT"]["clip_range"]), rtol=0, atol=1e-3)
+        lo, hi = SETTINGS["CT"]["clip_range"]
+        torch.testing.assert_close(x, ((image - lo) / (hi - lo)).clamp(0, 1))
+
+    def test_denormalise_clips_by_default(self):
+        pred = torch.tensor([[[-0.5, 0.25], [1.0, 1.5]]])
+        lo, hi = SETTINGS["PET"]["clip_range"]
+        free = lo + pred * (hi - lo)
+        torch.testing.assert_close(denormalise(pred, "PET", SETTINGS), free.clamp(lo, hi))
+        torch.testing.assert_close(denormalise(pred, "PET", SETTINGS, clip=False), free)
+        torch.testing.assert_close(normalise(free, "PET", SETTINGS), pred.clamp(0, 1))
+
+
+class TestRestorerDirect(unittest.TestCase):
+    """A Restorer built from a network (not from a bundle): restore() only, no steps."""
+
+    def test_arrays_restored_and_clipped_by_default(self):
+        restorer = Restorer(_Shift().train(), SETTINGS, SliceBatchInferer(2))
+        self.assertEqual(
+            (restorer.clip, restorer.device, restorer.network.training), (True, torch.device("cpu"), False)
+        )
+        self.assertIs(restorer.settings, SETTINGS)
+        self.assertEqual(restorer.steps({"task_check": True}), [])
+        values = np.linspace(-1500.0, 3500.0, 8 * 6 * 3, dtype=np.float32).reshape(8, 6, 3)
+        before = values.copy()
+        out = restorer(values, "CT")
+        np.testing.assert_array_equal(values, before)
+        self.assertEqual((out.shape, out.dtype), (values.shape, np.float32))
+        expected = _ct_shifted(torch.from_numpy(values)[None])[0].numpy()
+        np.testing.assert_allclose(out, expected, rtol=0, atol=0.01)
+        np.testing.assert_allclose(restorer(values[..., 1], "CT"), expected[..., 1], rtol=0, atol=0.01)
+        np.testing.assert_allclose(
+            restorer(values.astype(np.int16), "CT"),
+            _ct_shifted(torch.from_numpy(values.astype(np.int16).astype(np.float32))[None])[0].numpy(),
+            rtol=0,
+            atol=0.01,
+        )
+        unclipped = Restorer(_Shift(), SETTINGS, SliceBatchInferer(2), clip=False)(values, "CT")
+        self.assertGreater(float(unclipped.max()), SETTINGS["CT"]["clip_range"][1])
+        for shape in ((5,), (1, 8, 6, 3)):
+            with self.assertRaisesRegex(
+                ValueError, rf"2D \(H, W\) or 3D \(H, W, D\) array, got shape {re.escape(str(shape))}"
+            ):
+                restorer(np.zeros(shape, np.float32), "CT")
+
+    def test_restore_item(self):
+        restorer = Restorer(_Shift(), SETTINGS, SliceBatchInferer(2))
+        image = torch.linspace(-1500.0, 3500.0, 8 * 6 * 2).reshape(1, 8, 6, 2)
+        warnings = ["from the reader"]
+        item = {"image": MetaTensor(image.double()), "modality": "CT", "warnings": warnings, "source": "a.nii"}
+        d = restorer.restore_item(item)
+        self.assertIs(item["warnings"], warnings)
+        self.assertEqual(d["warnings"], warnings)
+        self.assertIsNot(d["warnings"], warnings)  # a new list: the steps' notes do not reach the caller's item
+        self.assertEqual((type(d["input"]), d["input"].dtype), (torch.Tensor, torch.float32))
+        torch.testing.assert_close(d["input"], image)
+        torch.testing.assert_close(d["pred"], _ct_shifted(image), rtol=0, atol=0.01)
+        lo, hi = SETTINGS["CT"]["clip_range"]
+        torch.testing.assert_close(d["image"], ((image - lo) / (hi - lo)).clamp(0, 1))
+        self.assertEqual((d["source"], d["modality"]), ("a.nii", "CT"))
+        self.assertEqual(restorer.restore_item({"image": image[..., 0], "modality": "CT"})["warnings"], [])
+        for shape in ((2, 8, 6), (8, 6), (1, 8, 6, 2, 2)):
+            with self.assertRaisesRegex(
+                ValueError, rf"a.nii: expected \(1, H, W\[, D\]\), got shape {re.escape(str(shape))}"
+            ):
+                restorer.restore_item({"image": torch.zeros(shape), "modality": "CT", "source": "a.nii"})
 
 
 class TestLoadCheckpoint(unittest.TestCase):
@@ -171,6 +292,25 @@ class TestRestorerFromBundle(unittest.TestCase):
         np.testing.assert_allclose(restorer(values[..., 0], "CT"), out[..., 0], atol=1e-6)
         with self.assertRaisesRegex(ValueError, "2D"):
             restorer(values[None], "CT")
+
+    def test_clip_output_of_the_config_and_its_default(self):
+        overrides = {f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+        with open(os.path.join(BUNDLE, "configs", "inference.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        with tempfile.TemporaryDirectory() as d:
+            save_identity_checkpoint(os.path.join(d, "m.pt"))
+            for value, expected in (("absent", True), (False, False), (True, True)):
+                path = os.path.join(d, f"{value}.json")
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump(
+                        {k: v for k, v in config.items() if k != "clip_output"}
+                        | ({} if value == "absent" else {"clip_output": value}),
+                        f,
+                    )
+                restorer = Restorer.from_bundle(
+                    BUNDLE, checkpoint=os.path.join(d, "m.pt"), config_file=path, overrides=overrides, device="cpu"
+                )
+                self.assertIs(restorer.clip, expected, value)
 
     def test_missing_config_or_checkpoint(self):
         with tempfile.TemporaryDirectory() as d:
@@ -285,6 +425,69 @@ class TestRestorerOptions(unittest.TestCase):
                 overrides={**overrides, "task_check": "sometimes"},
                 device="cpu",
             )
+
+    def test_a_transform_refusing_a_config_value(self):
+        """The transform's ValueError under MONAI's RuntimeError wrappers (one or several) is raised; other errors
+        keep MONAI's wrapper."""
+        overrides = {f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+        checkpoint = os.path.join(self.tmp.name, "m.pt")
+        dc = "custom.transforms.data_consistency.DataConsistencyd"
+        broken = os.path.join(self.tmp.name, "broken.dcm")  # a ValueError with its own cause (pydicom's error)
+        with open(broken, "wb") as f:
+            f.write(b"not a dicom file")
+        refusal = r"inference options \{'task_check': True\}: DataConsistencyd: kspace_factor must be >= 1, got 0.5"
+        cases = [
+            ("#factor", 0.5, ValueError, refusal),
+            ("", f"$monai.utils.instantiate('{dc}', 'default', keys='pred', factor=0.5)", ValueError, refusal),
+            ("", f"$custom.data.readers.read_dicom_header({broken!r})", ValueError, "broken.dcm: unreadable DICOM"),
+            ("#unknown_argument", 2, RuntimeError, "Failed to instantiate component .*DataConsistencyd"),
+        ]
+        for key, value, error, words in cases:
+            extra = {f"postprocessing#transforms#0{key}": value}
+            restorer = Restorer.from_bundle(
+                BUNDLE, checkpoint=checkpoint, overrides={**overrides, **extra}, device="cpu"
+            )
+            with self.subTest(extra), self.assertRaisesRegex(error, words):
+                restorer.steps({"task_check": True})
+
+    def test_postprocessing_as_a_list_and_statistics_read_once_when_built(self):
+        overrides = {f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+        with open(os.path.join(BUNDLE, "configs", "inference.json"), encoding="utf-8") as f:
+            transforms = json.load(f)["postprocessing"]["transforms"]
+        restorer = Restorer.from_bundle(
+            BUNDLE,
+            checkpoint=os.path.join(self.tmp.name, "m.pt"),
+            overrides={**overrides, "postprocessing": transforms},
+            device="cpu",
+        )
+        with self.assertLogs("custom.inference.task_check", "WARNING") as logs:
+            steps = restorer.steps({})
+        self.assertIn("m.pt: no task statistics in the checkpoint", "\n".join(logs.output))
+        self.assertEqual([type(t).__name__ for t in steps], [t["_target_"].rsplit(".", 1)[-1] for t in transforms])
+        with self.assertNoLogs("custom.inference.task_check", "WARNING"):
+            other = restorer.steps({"kspace_factor": 2})
+        self.assertIs(other[1], steps[1])  # one task check for every option set
+
+    def test_restore_item_applies_the_steps_and_write_item_the_writers(self):
+        values = np.linspace(-1500.0, 3500.0, 12 * 10 * 2, dtype=np.float32).reshape(12, 10, 2)
+        with tempfile.TemporaryDirectory() as d:
+            source = os.path.join(d, "in.nii.gz")
+            nib.save(nib.Nifti1Image(values, np.eye(4)), source)
+            image, info = load_nifti(source)
+            item = {"image": torch.from_numpy(image)[None], "modality": "CT", "source": source, "kind": "nifti"}
+            item.update(scan_info=info, output=os.path.join(d, "out.nii.gz"))
+            options = {"difference_output": True, "task_check": True}
+            restored = self.restorer.restore_item(item, options)
+            self.assertEqual(os.listdir(d), ["in.nii.gz"])  # the writers wait for write_item
+            self.assertEqual((restored["predicted_task"], restored["task_distance"]), (None, None))  # no statistics
+            torch.testing.assert_close(restored["pred"][0].numpy(), np.clip(values, -1024, 3072), rtol=0, atol=1e-3)
+            written = self.restorer.write_item(restored, options)
+            self.assertEqual(
+                sorted(os.listdir(d)),
+                sorted(["in.nii.gz", "out.nii.gz", os.path.basename(written["difference_output"])]),
+            )
+            np.testing.assert_allclose(nib.load(item["output"]).get_fdata(), np.clip(values, -1024, 3072), atol=1e-2)
+            self.assertEqual(written["predicted_task"], None)  # the steps are not run again
 
     def test_steps_cache_is_bounded_and_keyed_by_converted_values(self):
         restorer = self.restorer

@@ -4,8 +4,9 @@ import os
 import stat
 import tempfile
 import unittest
+from unittest import mock
 
-from custom.io import atomic_output, atomic_output_dir, current_umask, default_mode, write_text_atomic
+from custom.io import atomic_output, atomic_output_dir, current_umask, default_mode, fsync_path, write_text_atomic
 from parameterized import parameterized
 
 
@@ -38,6 +39,20 @@ class TestAtomicOutput(unittest.TestCase):
                 self.assertFalse(os.path.exists(path))  # nothing under the final name until the block ends
             self.assertEqual(open(path).read(), "x")
             self.assertEqual(os.listdir(os.path.dirname(path)), ["scan.nii.gz"])
+
+    @parameterized.expand(
+        [("report.json", ".json"), ("scan.nii", ".nii"), ("SCAN.NII.GZ", ".nii.gz"), ("model.pt", ".pt")]
+    )
+    def test_temporary_file_beside_the_destination_with_its_extension(self, name, suffix):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "out", name)
+            with atomic_output(path) as tmp:
+                self.assertEqual(os.path.dirname(tmp), os.path.dirname(path))  # same folder: an atomic rename
+                self.assertTrue(os.path.basename(tmp).startswith(".tmp_"), tmp)
+                self.assertTrue(tmp.endswith(suffix), tmp)
+                with open(tmp, "w") as f:
+                    f.write("x")
+            self.assertEqual(os.listdir(os.path.dirname(path)), [name])
 
     def test_failure_leaves_previous_file_and_no_temp(self):
         with tempfile.TemporaryDirectory() as d:
@@ -104,6 +119,17 @@ class TestUmaskPermissions(unittest.TestCase):
             self.assertEqual(default_mode(), 0o666 & ~mask)
             self.assertEqual(default_mode(directory=True), 0o777 & ~mask)
 
+    def test_umask_read_from_proc_without_setting_it(self):
+        with _Umask(0o027), mock.patch("os.umask", side_effect=AssertionError("umask set")):
+            self.assertEqual(current_umask(), 0o027)
+
+    def test_umask_fallback_without_proc(self):
+        with _Umask(0o026), mock.patch("custom.io.open", side_effect=OSError("no /proc"), create=True):
+            self.assertEqual(current_umask(), 0o026)
+            self.assertEqual(current_umask(), 0o026)  # set back after reading
+        with _Umask(0o026), mock.patch("custom.io.open", side_effect=OSError("no /proc"), create=True):
+            self.assertEqual(default_mode(), 0o640)
+
     @parameterized.expand([(0o022, 0o644), (0o027, 0o640)])
     def test_atomic_file_mode_follows_umask(self, mask, expected):
         with tempfile.TemporaryDirectory() as d, _Umask(mask):
@@ -140,7 +166,71 @@ class TestUmaskPermissions(unittest.TestCase):
             self.assertEqual(_mode(os.path.join(d, "model.pt")), expected)
 
 
+class TestFsyncPath(unittest.TestCase):
+    def test_file_errors_raise_folder_errors_do_not(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "a.txt")
+            with self.assertRaises(FileNotFoundError):
+                fsync_path(path)  # a file that cannot be opened
+            fsync_path(os.path.join(d, "missing"), directory=True)  # best effort for folders
+            with open(path, "w") as f:
+                f.write("x")
+            with mock.patch("os.fsync", side_effect=OSError(5, "Input/output error")):
+                with self.assertRaises(OSError):
+                    fsync_path(path)
+                fsync_path(d, directory=True)
+
+    def test_descriptor_closed(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "a.txt")
+            with open(path, "w") as f:
+                f.write("x")
+            for target, directory in ((path, False), (d, True)):
+                with mock.patch("os.close", wraps=os.close) as closed:
+                    fsync_path(target, directory=directory)
+                self.assertEqual(closed.call_count, 1)
+
+
 class TestAtomicOutputDir(unittest.TestCase):
+    def test_files_and_folder_flushed_before_the_move(self):
+        """Every file and the new folder are fsync'ed under their temporary names, the parent after the move."""
+        events = []
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            events.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        with tempfile.TemporaryDirectory() as d, mock.patch("os.fsync", fsync):
+            out = os.path.join(d, "series")
+            with atomic_output_dir(out) as tmp:
+                self.assertEqual(os.path.dirname(tmp), d)  # beside the destination: an atomic rename
+                os.makedirs(os.path.join(tmp, "sub"))
+                for name in ("a.dcm", os.path.join("sub", "b.dcm")):
+                    with open(os.path.join(tmp, name), "wb") as f:
+                        f.write(b"x")
+            tmp = os.path.realpath(tmp)
+            expected = [os.path.join(tmp, "a.dcm"), os.path.join(tmp, "sub", "b.dcm"), tmp, os.path.realpath(d)]
+            self.assertEqual(events, expected)
+
+    def test_failed_move_puts_the_previous_output_back(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "series")
+            with atomic_output_dir(out) as tmp:
+                open(os.path.join(tmp, "old.dcm"), "w").close()
+            real = os.replace
+
+            def replace(src, dst):
+                if os.path.basename(src).startswith(".tmp_"):
+                    raise OSError(28, "No space left on device")
+                real(src, dst)
+
+            with mock.patch("os.replace", replace), self.assertRaises(OSError):
+                with atomic_output_dir(out, overwrite=True) as tmp:
+                    open(os.path.join(tmp, "new.dcm"), "w").close()
+            self.assertEqual(os.listdir(out), ["old.dcm"])
+            self.assertEqual(os.listdir(d), ["series"])
+
     def test_refuses_existing_without_overwrite(self):
         with tempfile.TemporaryDirectory() as d:
             out = os.path.join(d, "series")

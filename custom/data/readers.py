@@ -220,7 +220,7 @@ def nifti_image(path: str | os.PathLike, max_voxels: int = MAX_VOXELS, verify: b
         img = nib.load(path)
         shape = tuple(int(s) for s in img.shape)
         dtype = np.dtype(img.get_data_dtype())
-        offset = int(img.header.get("vox_offset", 0) or 0)
+        offset = int(getattr(img.dataobj, "offset", 0) or 0)  # the loaded header's vox_offset reads 0
     except Exception as e:  # nibabel raises several types for a corrupt header or a non-gzip .gz
         raise ValueError(
             f"{path}: unreadable NIfTI header, corrupt or not a NIfTI file ({type(e).__name__}: {e})."
@@ -511,6 +511,8 @@ def _suv(ds: Any, reference: tuple[_dt.datetime | None, list[str]] | None = None
             missing.extend(inj_missing)
         if not missing:
             factor_dose = dose * 2.0 ** (-elapsed / half_life)
+            if not factor_dose > 0:  # below the smallest float, a division by zero: half-life or times are wrong
+                missing.append(f"RadionuclideHalfLife (0018,1075) {half_life:g} s (dose decays to 0 in {elapsed:g} s)")
     if missing:
         return None, missing
     return weight * 1000.0 / factor_dose, []

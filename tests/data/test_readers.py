@@ -1,18 +1,30 @@
 from __future__ import annotations
 
+import gzip
 import os
+import pathlib
 import tempfile
 import unittest
+from unittest import mock
 
 import numpy as np
 import pydicom
 from custom.data import DicomReader, load_image
-from custom.data.readers import pet_suv_factor
+from custom.data import readers as readers_module
+from custom.data.readers import (
+    dicom_series,
+    is_dicom,
+    is_series_candidate,
+    pet_reference_time,
+    pet_suv_factor,
+    read_dicom_header,
+    verify_gzip,
+)
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from tests.utils import save_nifti
+from tests.utils import dicom_series_folder, dicom_slice, pet_tags, save_nifti
 
 CT_FILE = get_testdata_file("CT_small.dcm")
 MR_FILE = get_testdata_file("MR_small.dcm")
@@ -96,6 +108,160 @@ class TestReaders(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:  # NIfTI items in the same list fall back to MONAI's readers
             nii = save_nifti(os.path.join(d, "a.nii.gz"), np.ones((5, 6, 2)))
             self.assertEqual(tuple(LoadImaged("image", reader=DicomReader)({"image": nii})["image"].shape), (5, 6, 2))
+
+
+class TestSniffing(unittest.TestCase):
+    """Which files are DICOM: by suffix, else by the DICM preamble, never for other image suffixes; hidden files and
+    DICOMDIR indexes are not part of a series."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.d = self.tmp.name
+
+    def test_other_image_suffix_is_not_dicom_even_with_a_preamble(self):
+        for name in ("scan.png", "scan.json", "scan.nii", "scan.nii.gz"):
+            path = dicom_slice(os.path.join(self.d, name), np.zeros((4, 3), np.int16))
+            self.assertFalse(is_dicom(path), name)
+        with self.assertRaisesRegex(ValueError, "scan.png: unsupported file type"):
+            load_image(os.path.join(self.d, "scan.png"))
+        plain = dicom_slice(os.path.join(self.d, "IM0001"), np.zeros((4, 3), np.int16))  # no suffix: the preamble
+        self.assertTrue(is_dicom(plain))
+        self.assertTrue(is_dicom(pathlib.Path(plain)))  # path-like names too
+        self.assertTrue(is_dicom(pathlib.Path(self.d, "x.DCM")))  # a suffix decides, the file need not exist
+
+    def test_series_candidates_skip_hidden_files_index_and_folders(self):
+        vol = np.arange(4 * 3 * 2, dtype=np.int16).reshape(4, 3, 2)
+        folder = dicom_series_folder(os.path.join(self.d, "s"), vol)
+        dicom_slice(os.path.join(folder, "DICOMDIR"), None)  # a DICOM index: no pixels
+        dicom_slice(os.path.join(folder, ".hidden.dcm"), None)
+        os.makedirs(os.path.join(folder, "sub.dcm"))
+        for name in ("DICOMDIR", ".hidden.dcm", "sub.dcm"):
+            self.assertFalse(is_series_candidate(os.path.join(folder, name)), name)
+        self.assertTrue(is_series_candidate(os.path.join(folder, "slice000.dcm")))
+        self.assertEqual(len(dicom_series(folder).files), 2)
+        np.testing.assert_array_equal(load_image(folder, swap_ij=False).numpy(), vol.astype(np.float32))
+
+
+class TestGzipCheck(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.path = os.path.join(self.tmp.name, "v.nii.gz")
+
+    def test_corrupt_deflate_data_is_a_named_value_error(self):
+        body = gzip.compress(np.arange(4096, dtype=np.int16).tobytes(), mtime=0)
+        bad = bytearray(body)
+        bad[10] = 0x07  # the first deflate block: final, with the reserved (invalid) block type
+        with open(self.path, "wb") as f:
+            f.write(bytes(bad))
+        with self.assertRaisesRegex(ValueError, "v.nii.gz: corrupt compressed file"):
+            verify_gzip(self.path)
+
+    def test_read_error_is_a_named_value_error(self):
+        with open(self.path, "wb") as f:
+            f.write(gzip.compress(b"x" * 100))
+
+        class Failing:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *args):
+                return False
+
+            def read(self, n):
+                raise OSError(5, "Input/output error")
+
+        with mock.patch.object(readers_module.gzip, "open", return_value=Failing()):
+            with self.assertRaisesRegex(ValueError, "v.nii.gz: corrupt compressed file.*Input/output error"):
+                verify_gzip(self.path)
+
+
+class TestDicomHeaders(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.d = self.tmp.name
+
+    def test_header_read_once_whatever_the_series_key(self):
+        """A header is cached per file version, not only per series: the folder and a list of its files (another
+        series key, as scan discovery gives it) read each file once."""
+        folder = dicom_series_folder(os.path.join(self.d, "s"), np.zeros((4, 3, 3), np.int16))
+        files = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+        readers_module.clear_caches()
+        with mock.patch.object(readers_module.pydicom, "dcmread", wraps=pydicom.dcmread) as reads:
+            dicom_series(folder)
+            dicom_series(files, where="listed")
+            read_dicom_header(pathlib.Path(files[0]))
+        self.assertEqual(reads.call_count, 3)
+
+    def test_series_of_a_one_file_list(self):
+        path = dicom_slice(os.path.join(self.d, "one", "a.dcm"), np.arange(12, dtype=np.int16).reshape(4, 3))
+        series = dicom_series([path])
+        self.assertEqual((series.files, series.where, series.shape), ((path,), os.path.dirname(path), (4, 3)))
+        img = load_image([path], swap_ij=False)
+        np.testing.assert_array_equal(img.numpy(), np.arange(12, dtype=np.float32).reshape(4, 3))
+        self.assertEqual(img.meta["filename_or_obj"], os.path.dirname(path))
+
+    def test_reader_api(self):
+        """``verify_suffix`` accepts only all-DICOM lists; ``read_series`` of one index gives that slice's dataset."""
+        folder = dicom_series_folder(os.path.join(self.d, "s"), np.arange(24, dtype=np.int16).reshape(4, 3, 2))
+        nii = save_nifti(os.path.join(self.d, "a.nii.gz"), np.zeros((4, 3)))
+        reader = DicomReader()
+        self.assertTrue(reader.verify_suffix([folder, os.path.join(folder, "slice000.dcm")]))
+        self.assertFalse(reader.verify_suffix([os.path.join(folder, "slice000.dcm"), nii]))
+        ds = reader.read_series(dicom_series(folder), 1)
+        self.assertIsInstance(ds, pydicom.Dataset)
+        self.assertEqual(int(ds.InstanceNumber), 2)
+
+    def test_pet_reference_time_computed_once_per_series(self):
+        folder = dicom_series_folder(
+            os.path.join(self.d, "pet"), np.full((4, 3, 3), 100, np.uint16), modality="PT", **pet_tags()
+        )
+        with mock.patch.object(readers_module, "pet_reference_time", wraps=pet_reference_time) as computed:
+            img = load_image(folder)
+        self.assertEqual(computed.call_count, 1)
+        expected = 70.0 * 1000.0 / (3.5e8 * 2 ** (-3600.0 / 6586.2))
+        np.testing.assert_allclose(img.numpy(), 100 * np.float32(expected), rtol=1e-6)
+        np.testing.assert_allclose(img.meta["suv_factors"], [expected] * 3, rtol=1e-12)
+
+    def test_meta_names_the_source_and_pet_units(self):
+        folder = dicom_series_folder(
+            os.path.join(self.d, "pet"), np.full((4, 3, 2), 100, np.uint16), modality="PT", **pet_tags()
+        )
+        files = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+        self.assertEqual(load_image(folder).meta["pet_units"], "BQML")
+        self.assertEqual(load_image(folder, pet_units="SUV").meta["pet_units"], "SUV")
+        self.assertEqual(load_image(files[0]).meta["filename_or_obj"], files[0])
+        listed = load_image(files)
+        self.assertEqual(listed.meta["filename_or_obj"], folder)  # a list of one series' files: their folder
+        self.assertEqual(listed.meta["source_files"], files)
+        ct = load_image(dicom_slice(os.path.join(self.d, "ct.dcm"), np.zeros((4, 3), np.int16)))
+        self.assertNotIn("pet_units", ct.meta)
+
+    def test_unparseable_reference_time_is_named(self):
+        ds = _pet_dataset(series="996000")  # hour 99, the acquisition time as well: tags present, values unusable
+        ds.AcquisitionTime = "996000"
+        self.assertEqual(pet_reference_time([ds]), (None, [mock.ANY]))
+        with self.assertRaisesRegex(ValueError, r"pet.dcm: .*decay reference time: .*unparseable date / time values"):
+            pet_suv_factor(ds, "pet.dcm")
+
+    def test_acquisition_time_fallback_needs_every_slice(self):
+        """Without SeriesDate / SeriesTime the reference is the earliest AcquisitionTime of ALL slices; a slice
+        without one leaves the reference unknown (refused), not taken from the other slices."""
+        slices = []
+        for acq in ("110500", None, "110000"):
+            ds = _pet_dataset()
+            del ds.SeriesTime
+            ds.AcquisitionDate = "20200101"
+            ds.AcquisitionTime = acq
+            slices.append(ds)
+        ref, missing = pet_reference_time(slices)
+        self.assertIsNone(ref)
+        self.assertIn("decay reference time", missing[0])
+        slices[1].AcquisitionTime = "111000"
+        self.assertEqual(pet_reference_time(slices), (pet_reference_time([slices[2]])[0], []))
+        self.assertEqual(pet_reference_time(slices)[0].strftime("%Y%m%d%H%M%S"), "20200101110000")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ with a ``ValueError`` naming the file and the problem."""
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import os
 import tempfile
@@ -17,11 +18,14 @@ import pydicom
 from custom.data import load_image
 from custom.data import readers as readers_module
 from custom.data import validate_datalist
-from custom.data.readers import dicom_series, pet_suv_factor
+from custom.data.readers import NiftiReader, dicom_series, nifti_image, nifti_source_meta, pet_suv_factor
 from custom.data.slicing import LoadSliced, load_slice, num_slices
-from custom.inference.io import LoadScand
+from custom.inference.io import LoadScand, load_dicom_series, read_scan
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from parameterized import parameterized
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRBigEndian
 
 from tests.utils import dicom_series_folder, dicom_slice, pet_tags, save_scaled_nifti
@@ -181,6 +185,25 @@ class TestRescale(_Tmp):
         ds.save_as(path)
         self.assert_refused_everywhere(path, "Modality LUT (0028,3000)")
 
+    @parameterized.expand([("neither", None, None), ("no_slope", None, -1024.0), ("no_intercept", 2.0, None)])
+    def test_absent_rescale_tags_are_identity(self, _, slope, inter):
+        """MR and other images often carry no RescaleSlope / RescaleIntercept: slope 1 and intercept 0."""
+        pixels = RNG.integers(-1000, 1000, (6, 5)).astype(np.int16)
+        path = dicom_slice(os.path.join(self.d, "mr.dcm"), pixels, modality="MR", slope=slope, inter=inter)
+        expected = pixels.astype(np.float32) * np.float32(slope or 1.0) + np.float32(inter or 0.0)
+        img = load_image(path, swap_ij=False)
+        np.testing.assert_array_equal(img.numpy(), expected)
+        self.assertEqual((img.meta["rescale_slopes"], img.meta["rescale_intercepts"]), ([slope or 1.0], [inter or 0.0]))
+        out = LoadScand("image")({"image": path, "kind": "dicom"})
+        np.testing.assert_array_equal(out["image"][0].numpy(), expected)
+
+    @parameterized.expand([("unit_intercept", 1.0, 1.0), ("slope_only", 2.0, 0.0), ("negative_slope", -1.0, 0.0)])
+    def test_rescale_applied_whenever_not_identity(self, _, slope, inter):
+        pixels = RNG.integers(-1000, 1000, (6, 5)).astype(np.int16)
+        path = dicom_slice(os.path.join(self.d, "r.dcm"), pixels, slope=slope, inter=inter)
+        expected = pixels.astype(np.float32) * np.float32(slope) + np.float32(inter)
+        np.testing.assert_array_equal(load_image(path, swap_ij=False).numpy(), expected)
+
     def test_signed_unsigned_and_rescale_values(self):
         for dtype in (np.int16, np.uint16, np.uint8):
             info = np.iinfo(dtype)
@@ -244,6 +267,47 @@ class TestPixelFormat(_Tmp):
         ds.save_as(path)
         self.assert_refused_everywhere(path, "colour image (SamplesPerPixel 3, PhotometricInterpretation RGB)")
 
+    def test_no_pixel_data_refused(self):
+        """A DICOM file without an image (a report, a header-only file) is not a slice."""
+        path = dicom_slice(os.path.join(self.d, "sr.dcm"), None, modality="SR")
+        self.assert_refused_everywhere(path, "no pixel data in sr.dcm (Modality SR")
+
+    def test_palette_colour_refused(self):
+        """One sample per pixel, but palette indices, not grey levels."""
+        pixels = RNG.integers(0, 100, (6, 5)).astype(np.uint8)
+        path = dicom_slice(os.path.join(self.d, "pal.dcm"), pixels, PhotometricInterpretation="PALETTE COLOR")
+        self.assert_refused_everywhere(
+            path, "colour image (SamplesPerPixel 1, PhotometricInterpretation PALETTE COLOR)"
+        )
+
+    def test_multi_frame_refused_from_the_header(self):
+        vol = RNG.integers(0, 100, (6, 5, 2)).astype(np.int16)
+        path = dicom_slice(os.path.join(self.d, "mf.dcm"), vol[..., 0], NumberOfFrames=2)
+        ds = pydicom.dcmread(path)
+        ds.PixelData = np.moveaxis(vol, -1, 0).tobytes()
+        ds.save_as(path)
+        self.assert_refused_everywhere(path, "multi-frame DICOM (2 frames) is not supported")
+
+    def test_odd_length_pixel_data_padding_accepted(self):
+        """An odd number of 8-bit pixels is stored with one padding byte (DICOM values have an even length)."""
+        pixels = np.arange(9, dtype=np.uint8).reshape(3, 3)
+        path = dicom_slice(os.path.join(self.d, "odd.dcm"), pixels)
+        self.assertEqual(readers_module.read_dicom_header(path).get_item("PixelData").length, 10)
+        np.testing.assert_array_equal(load_image(path, swap_ij=False).numpy(), pixels.astype(np.float32))
+        np.testing.assert_array_equal(load_slice(path, 0).numpy(), pixels.T.astype(np.float32))
+
+    def test_one_bit_stored_reads(self):
+        pixels = np.array([[0, 1, 1], [1, 0, 1]], np.uint8)
+        path = dicom_slice(os.path.join(self.d, "b1.dcm"), pixels, bits_stored=1)
+        np.testing.assert_array_equal(load_image(path, swap_ij=False).numpy(), pixels.astype(np.float32))
+
+    def test_bits_stored_above_allocated_refused(self):
+        path = dicom_slice(os.path.join(self.d, "bs.dcm"), RNG.integers(0, 100, (6, 5)).astype(np.int16))
+        ds = pydicom.dcmread(path)
+        ds.BitsStored = 17
+        ds.save_as(path)
+        self.assert_refused_everywhere(path, "BitsStored 17 does not fit BitsAllocated 16")
+
     def test_big_endian_reads_back(self):
         vol = RNG.integers(-2000, 2000, (6, 5, 2)).astype(np.int16)
         folder = dicom_series_folder(os.path.join(self.d, "be"), vol, syntax=ExplicitVRBigEndian, inter=-1024.0)
@@ -254,9 +318,11 @@ class TestPet(_Tmp):
     @parameterized.expand(
         [
             ("counts", {"units": "CNTS"}, "Units CNTS"),
+            ("no_units", {"units": ""}, "Units (0054,1001)"),
             ("no_weight", {"weight": None}, "PatientWeight (0010,1030)"),
             ("no_dose", {"dose": None}, "RadionuclideTotalDose (0018,1074)"),
-            ("no_half_life", {"half_life": None}, "RadionuclideHalfLife (0018,1075)"),
+            ("no_half_life", {"half_life": None}, "unusable: RadionuclideHalfLife (0018,1075). If"),
+            ("zero_half_life", {"half_life": 0.0}, "unusable: RadionuclideHalfLife (0018,1075). If"),
             ("no_injection_time", {"start": None}, "RadiopharmaceuticalStartTime (0018,1072)"),
             ("no_reference_time", {"series_time": None}, "SeriesTime (0008,0031)"),
             ("not_decay_corrected", {"decay": "NONE"}, "DecayCorrection NONE"),
@@ -276,6 +342,17 @@ class TestPet(_Tmp):
         self.assertTrue(
             validate_datalist({"training": [{"image": path, "label": path, "modality": "PET"}]}, pet_units="SUV")
         )
+
+    def test_inference_readers_convert_to_suv_by_default(self):
+        pixels = RNG.integers(0, 2000, (6, 5)).astype(np.uint16)
+        path = dicom_slice(os.path.join(self.d, "pet.dcm"), pixels, modality="PT", **pet_tags())
+        factor = 70.0 * 1000.0 / (3.5e8 * 2 ** (-3600.0 / 6586.2))
+        img, info = read_scan({"image": path, "kind": "dicom"})
+        np.testing.assert_allclose(img.numpy(), pixels * np.float32(factor), rtol=1e-6)
+        array, info = load_dicom_series([path], path)
+        np.testing.assert_allclose(array, pixels * np.float32(factor), rtol=1e-6)
+        self.assertAlmostEqual(info["suv_factors"][0], factor, places=9)
+        np.testing.assert_array_equal(load_dicom_series([path], path, suv=False)[0], pixels.astype(np.float32))
 
     def _refusal(self, path):
         try:
@@ -353,6 +430,175 @@ class TestSeriesRule(_Tmp):
         vol = RNG.integers(0, 100, (6, 5, len(positions))).astype(np.int16)
         folder = dicom_series_folder(os.path.join(self.d, "s"), vol, positions)
         self.assert_refused_everywhere(folder, words)
+
+    def test_duplicate_tolerance_is_one_micrometre(self):
+        """Positions closer than 1e-3 mm are one position (a duplicate, not a 0.8 um slice step; the message names
+        the two files); exactly 1e-3 mm apart they are two slices."""
+        vol = RNG.integers(0, 100, (6, 5, 4)).astype(np.int16)
+        noisy = dicom_series_folder(os.path.join(self.d, "noisy"), vol, [0.0, 1.0, 1.0008, 2.0])
+        self.assert_refused_everywhere(noisy, "duplicate slice, slice001.dcm and slice002.dcm have the same")
+        thin = dicom_series_folder(os.path.join(self.d, "thin"), vol[..., :3], [0.0, 0.001, 0.002])
+        np.testing.assert_array_equal(load_image(thin, swap_ij=False).numpy(), vol[..., :3].astype(np.float32))
+
+    def test_gap_rule_bound(self):
+        """A step of exactly 1.5 x the smallest one is not a missing slice; a larger one is."""
+        vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
+        ok = dicom_series_folder(os.path.join(self.d, "ok"), vol, [0.0, 2.0, 5.0])
+        np.testing.assert_array_equal(load_image(ok, swap_ij=False).numpy(), vol.astype(np.float32))
+        gap = dicom_series_folder(os.path.join(self.d, "gap"), vol, [0.0, 2.0, 5.01])
+        self.assert_refused_everywhere(gap, "missing slice")
+
+    @parameterized.expand(
+        [("rows_along_z", (0.0, 0.0, -1.0, 0.0, 1.0, 0.0)), ("oblique_rows", (0.0, 0.6, 0.8, 0.0, 0.8, -0.6))]
+    )
+    def test_sorted_along_the_normal_of_any_orientation(self, _, iop):
+        """The normal is row x column with all three components of both vectors."""
+        vol = RNG.integers(-500, 500, (6, 5, 3)).astype(np.int16)
+        folder = os.path.join(self.d, "s")
+        series = pydicom.uid.generate_uid()
+        for k, z in enumerate([2, 0, 1]):
+            dicom_slice(os.path.join(folder, f"f{k}.dcm"), vol[..., z], z=1.5 * z, series=series, orientation=iop)
+        img = load_image(folder, swap_ij=False)
+        np.testing.assert_array_equal(img.numpy(), vol.astype(np.float32))
+        normal = np.cross(iop[:3], iop[3:])
+        np.testing.assert_allclose(np.asarray(img.affine)[:3, 2], np.diag([-1.0, -1.0, 1.0]) @ normal * 1.5, atol=1e-6)
+
+    def test_instance_number_order_without_geometry(self):
+        """Without ImagePositionPatient / ImageOrientationPatient the slices follow InstanceNumber, with the same
+        duplicate and gap rule; a slice without InstanceNumber leaves the order unknown."""
+        vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
+        no_geometry = {"ImagePositionPatient": None, "ImageOrientationPatient": None}
+
+        def write(name, instances):
+            folder = os.path.join(self.d, name)
+            series = pydicom.uid.generate_uid()
+            for k, (z, number) in enumerate(zip([2, 0, 1], instances)):
+                dicom_slice(
+                    os.path.join(folder, f"f{k}.dcm"), vol[..., z], series=series, InstanceNumber=number, **no_geometry
+                )
+            return folder
+
+        ordered = write("ordered", [7, 5, 6])
+        np.testing.assert_array_equal(load_image(ordered, swap_ij=False).numpy(), vol.astype(np.float32))
+        np.testing.assert_array_equal(load_slice(ordered, 2).numpy(), vol[..., 2].T.astype(np.float32))
+        self.assert_refused_everywhere(write("gap", [8, 5, 6]), "missing slice(s): InstanceNumber jumps by 2")
+        self.assert_refused_everywhere(write("dup", [6, 5, 6]), "duplicate slice")
+        self.assert_refused_everywhere(write("unnumbered", [7, None, 6]), "neither ImagePositionPatient nor")
+
+    @parameterized.expand(
+        [
+            ("orientation", "ImageOrientationPatient", "slice002.dcm"),
+            ("position", "ImagePositionPatient", "slice002.dcm"),
+            ("position_of_the_last", "ImagePositionPatient", "slice001.dcm"),
+        ]
+    )
+    def test_partial_geometry_falls_back_to_instance_number(self, _, tag, name):
+        vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
+        folder = dicom_series_folder(os.path.join(self.d, "s"), vol, positions=[0.0, 5.0, 1.0], instances=[1, 3, 2])
+        ds = pydicom.dcmread(os.path.join(folder, name))
+        delattr(ds, tag)
+        ds.save_as(os.path.join(folder, name))
+        np.testing.assert_array_equal(load_image(folder, swap_ij=False).numpy(), vol[..., [0, 2, 1]].astype(np.float32))
+
+    def test_orientation_agreement_between_slices(self):
+        """Slices of one series agree on ImageOrientationPatient to 1e-4 (plus numpy's relative 1e-5)."""
+        vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
+        for name, tilt, ok in (("close", 7e-5, True), ("apart", 1.5e-4, False)):
+            folder = dicom_series_folder(os.path.join(self.d, name), vol)
+            ds = pydicom.dcmread(os.path.join(folder, "slice001.dcm"))
+            ds.ImageOrientationPatient = [1.0, tilt, 0.0, 0.0, 1.0, 0.0]
+            ds.save_as(os.path.join(folder, "slice001.dcm"))
+            if ok:
+                np.testing.assert_array_equal(load_image(folder, swap_ij=False).numpy(), vol.astype(np.float32))
+            else:
+                self.assert_refused_everywhere(folder, "slices with different ImageOrientationPatient (slice001.dcm)")
+
+    def test_empty_file_in_a_series_named(self):
+        folder = dicom_series_folder(os.path.join(self.d, "s"), RNG.integers(0, 100, (6, 5, 2)).astype(np.int16))
+        open(os.path.join(folder, "slice002.dcm"), "wb").close()
+        self.assert_refused_everywhere(folder, "slice002.dcm: empty file (0 bytes)", where=folder)
+
+    def test_size_limit_is_inclusive(self):
+        folder = dicom_series_folder(os.path.join(self.d, "s"), np.zeros((6, 5, 2), np.int16))
+        with mock.patch.object(readers_module, "MAX_VOXELS", 60):
+            readers_module.clear_caches()
+            self.assertEqual(dicom_series(folder).shape, (6, 5, 2))
+        readers_module.clear_caches()
+
+    @parameterized.expand(
+        [("different", [0.7, 0.8]), ("missing", None), ("beyond_tolerance", [0.700105, 0.7])]  # 1.5e-4 relative
+    )
+    def test_mixed_pixel_spacing_refused(self, _, spacing):
+        vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
+        folder = dicom_series_folder(os.path.join(self.d, "s"), vol, spacing=(0.7, 0.7))
+        ds = pydicom.dcmread(os.path.join(folder, "slice001.dcm"))
+        if spacing is None:
+            del ds.PixelSpacing
+        else:
+            ds.PixelSpacing = spacing
+        ds.save_as(os.path.join(folder, "slice001.dcm"))
+        self.assert_refused_everywhere(folder, "slices with different PixelSpacing in one series")
+
+    def test_pixel_spacing_agreement_tolerance(self):
+        vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
+        folder = dicom_series_folder(os.path.join(self.d, "s"), vol, spacing=(0.7, 0.7))
+        ds = pydicom.dcmread(os.path.join(folder, "slice001.dcm"))
+        ds.PixelSpacing = [0.700049, 0.7]  # 7e-5 relative: within 1e-4
+        ds.save_as(os.path.join(folder, "slice001.dcm"))
+        np.testing.assert_array_equal(load_image(folder, swap_ij=False).numpy(), vol.astype(np.float32))
+
+    def test_series_without_pixel_spacing_has_unit_spacing(self):
+        vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
+        folder = dicom_series_folder(os.path.join(self.d, "s"), vol, [0.0, 2.0, 4.0], PixelSpacing=None)
+        img = load_image(folder, swap_ij=False)
+        np.testing.assert_array_equal(img.numpy(), vol.astype(np.float32))
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0), [1.0, 1.0, 2.0])
+
+    def test_two_series_in_one_folder_refused(self):
+        folder = dicom_series_folder(os.path.join(self.d, "s"), RNG.integers(0, 100, (6, 5, 2)).astype(np.int16))
+        dicom_slice(os.path.join(folder, "other.dcm"), np.zeros((6, 5), np.int16), z=2.0)  # its own series UID
+        self.assert_refused_everywhere(folder, "mixed series, 2 SeriesInstanceUIDs in one folder")
+
+    def test_slices_of_different_sizes_refused(self):
+        folder = dicom_series_folder(os.path.join(self.d, "s"), RNG.integers(0, 100, (6, 5, 2)).astype(np.int16))
+        dicom_slice(
+            os.path.join(folder, "slice002.dcm"),
+            np.zeros((6, 4), np.int16),
+            z=2.0,
+            series=pydicom.dcmread(os.path.join(folder, "slice000.dcm")).SeriesInstanceUID,
+        )
+        self.assert_refused_everywhere(folder, "slices of different sizes [(6, 4), (6, 5)] in one series")
+
+    def test_no_dicom_file_message_counts_the_other_files(self):
+        folder = os.path.join(self.d, "docs")
+        os.makedirs(folder)
+        for name in ("README.txt", "notes.json"):
+            with open(os.path.join(folder, name), "w") as f:
+                f.write("x")
+        with self.assertRaisesRegex(ValueError, r"docs: no DICOM file in the series folder \(2 other files\)"):
+            dicom_series(folder)
+        with self.assertRaisesRegex(ValueError, r"^series: no DICOM file in the series folder \(empty folder\)"):
+            dicom_series([])
+
+    def test_inference_scan_keeps_the_geometry(self):
+        vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
+        folder = dicom_series_folder(
+            os.path.join(self.d, "g"), vol, [0.0, 2.5, 5.0], spacing=(0.7, 0.8), origin=(-10.0, 20.0)
+        )
+        out = LoadScand("image")({"image": folder, "kind": "dicom", "modality": "CT"})["image"]
+        # (Rows, Columns, slices) axes: column direction y x 0.7, row direction x x 0.8, normal z x 2.5; LPS to RAS
+        expected = np.array([[0, -0.8, 0, 10.0], [-0.7, 0, 0, -20.0], [0, 0, 2.5, 0], [0, 0, 0, 1]])
+        np.testing.assert_allclose(np.asarray(out.affine), expected, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(load_image(folder, swap_ij=False).affine), expected, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(out.meta["original_affine"]), np.asarray(out.affine))
+        self.assertEqual(out.meta["modality"], "CT")
+
+    def test_inference_series_errors_name_the_scan(self):
+        vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
+        folder = dicom_series_folder(os.path.join(self.d, "s"), vol, [0.0, 1.0, 1.0])
+        files = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+        with self.assertRaisesRegex(ValueError, "^scan 7: duplicate slice"):
+            load_dicom_series(files, "scan 7")
 
     def test_mixed_orientation_refused(self):
         vol = RNG.integers(0, 100, (6, 5, 3)).astype(np.int16)
@@ -444,6 +690,80 @@ class TestPetTiming(_Tmp):
         expected = 70.0 * 1000.0 / (3.5e8 * 2 ** (-(11 * 3600.0 + 59 * 60) / 6586.2))
         self.assertAlmostEqual(pet_suv_factor(pydicom.dcmread(ok), "x"), expected, places=12)
 
+    def test_elapsed_time_bounds(self):
+        """0 h (injected at the reference time) and a date-time given to the hour (DT ``YYYYMMDDHH``) are read."""
+        same = dicom_slice(
+            os.path.join(self.d, "same.dcm"),
+            np.ones((6, 5), np.uint16),
+            modality="PT",
+            **self._pet("s", start="110000"),
+        )
+        self.assertAlmostEqual(pet_suv_factor(pydicom.dcmread(same), "x"), 70.0 * 1000.0 / 3.5e8, places=12)
+        tags = self._pet("h", SeriesDate="20240102")
+        tags["RadiopharmaceuticalInformationSequence"][0].RadiopharmaceuticalStartDateTime = "2024010210"
+        del tags["RadiopharmaceuticalInformationSequence"][0].RadiopharmaceuticalStartTime
+        hour = dicom_slice(os.path.join(self.d, "hour.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        expected = 70.0 * 1000.0 / (3.5e8 * 2 ** (-3600.0 / 6586.2))  # 10:00 to the 11:00 series time
+        self.assertAlmostEqual(pet_suv_factor(pydicom.dcmread(hour), "x"), expected, places=12)
+
+    def test_date_only_start_date_time_uses_the_start_time(self):
+        """A RadiopharmaceuticalStartDateTime with a date only (DT ``YYYYMMDD``) gives no time: the
+        RadiopharmaceuticalStartTime is used."""
+        tags = self._pet("d", SeriesDate="20240102")
+        tags["RadiopharmaceuticalInformationSequence"][0].RadiopharmaceuticalStartDateTime = "20240102"
+        path = dicom_slice(os.path.join(self.d, "d.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        expected = 70.0 * 1000.0 / (3.5e8 * 2 ** (-3600.0 / 6586.2))
+        self.assertAlmostEqual(pet_suv_factor(pydicom.dcmread(path), "x"), expected, places=12)
+
+    def test_elapsed_time_limits_are_inclusive(self):
+        """Undated: up to 12 h exactly (23:00 injection, 11:00 reference next day); dated: up to 24 h (13 h read)."""
+        tags = self._pet("u", start="230000", series_time="110000", SeriesDate="20240102")
+        undated = dicom_slice(os.path.join(self.d, "u.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        expected = 70.0 * 1000.0 / (3.5e8 * 2 ** (-12 * 3600.0 / 6586.2))
+        self.assertAlmostEqual(pet_suv_factor(pydicom.dcmread(undated), "x"), expected, places=9)
+        tags = self._pet("d", series_time="110000", SeriesDate="20240102")
+        tags["RadiopharmaceuticalInformationSequence"][0].RadiopharmaceuticalStartDateTime = "20240101220000"
+        dated = dicom_slice(os.path.join(self.d, "d.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        expected = 70.0 * 1000.0 / (3.5e8 * 2 ** (-13 * 3600.0 / 6586.2))
+        self.assertAlmostEqual(pet_suv_factor(pydicom.dcmread(dated), "x"), expected, places=9)
+
+    def test_dose_decayed_to_zero_is_refused_not_divided_by(self):
+        """A half-life so short that the decayed dose is 0.0 in floating point: a named refusal, no division by 0."""
+        tags = self._pet("z")
+        tags["RadiopharmaceuticalInformationSequence"][0].RadionuclideHalfLife = 1.0  # 1 h = 3600 half-lives
+        path = dicom_slice(os.path.join(self.d, "z.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        self.assert_refused_everywhere(path, "RadionuclideHalfLife (0018,1075) 1 s", {"modality": "PET"}, headers=False)
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(
+        weight=st.floats(0.01, 300.0).map(lambda v: round(v, 3)),
+        dose=st.floats(0.5, 1e10).map(lambda v: float(f"{v:.6g}")),
+        half_life=st.floats(100.0, 1e6).map(lambda v: round(v, 2)),  # at most 864 half-lives: no underflow to 0
+        elapsed=st.integers(0, 24 * 3600),
+        dated=st.booleans(),
+        decay=st.sampled_from(["START", "ADMIN"]),
+    )
+    def test_suv_factor_formula(self, weight, dose, half_life, elapsed, dated, decay):
+        """SUV factor = weight [kg] * 1000 / dose [Bq], the dose decayed to the reference time for START, for any
+        positive weight (a 25 g mouse too), dose and half-life and any injection within the accepted window."""
+        if not dated:
+            elapsed = min(elapsed, 12 * 3600)
+        ref = datetime.datetime(2024, 1, 2, 12, 0, 0)
+        start = ref - datetime.timedelta(seconds=elapsed)
+        info = Dataset()
+        info.RadionuclideTotalDose, info.RadionuclideHalfLife = dose, half_life
+        if dated:
+            info.RadiopharmaceuticalStartDateTime = start.strftime("%Y%m%d%H%M%S")
+        else:
+            info.RadiopharmaceuticalStartTime = start.strftime("%H%M%S")
+        ds = Dataset()
+        ds.Modality, ds.Units, ds.DecayCorrection, ds.PatientWeight = "PT", "BQML", decay, weight
+        ds.SeriesDate, ds.SeriesTime = "20240102", "120000"
+        ds.RadiopharmaceuticalInformationSequence = DicomSequence([info])
+        decayed = dose * 2.0 ** (-elapsed / half_life) if decay == "START" else dose
+        expected = weight * 1000.0 / decayed
+        self.assertAlmostEqual(pet_suv_factor(ds, "x") / expected, 1.0, places=12)
+
     def test_acquisition_time_is_the_fallback_for_all_slices(self):
         folder = os.path.join(self.d, "acq")
         series = pydicom.uid.generate_uid()
@@ -526,6 +846,54 @@ class TestGeometryTags(_Tmp):
             ds.save_as(name)
         self.assert_refused_everywhere(folder, words, where=folder if not geometry else None)
 
+    def test_orientation_tolerance_is_one_thousandth(self):
+        """Direction cosines within 1e-3 of unit length / orthogonality read (rounded scanner values); beyond, not."""
+        vol = RNG.integers(0, 100, (6, 5, 2)).astype(np.int16)
+        for k, iop in enumerate([(0.9993, 0.0, 0.0, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, 0.0007, 1.0, 0.0)]):
+            folder = dicom_series_folder(os.path.join(self.d, f"ok{k}"), vol, orientation=iop)
+            np.testing.assert_array_equal(load_image(folder, swap_ij=False).numpy(), vol.astype(np.float32))
+        for k, iop in enumerate([(0.9985, 0.0, 0.0, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, 0.0015, 1.0, 0.0)]):
+            folder = dicom_series_folder(os.path.join(self.d, f"bad{k}"), vol, orientation=iop)
+            self.assert_refused_everywhere(folder, "must be unit vectors and orthogonal", where=folder)
+
+    @parameterized.expand(
+        [
+            ("one_value", b"0.7 ", "PixelSpacing (0028,0030) [0.7]: expected 2 finite numbers"),
+            ("not_a_number", b"abc\\0.7 ", "unreadable PixelSpacing (0028,0030) ['abc', '0.7']"),
+        ]
+    )
+    def test_malformed_spacing_value_refused(self, _, value, words):
+        folder = dicom_series_folder(os.path.join(self.d, "s"), RNG.integers(0, 100, (6, 5, 2)).astype(np.int16))
+        name = os.path.join(folder, "slice001.dcm")
+        tag = b"\x28\x00\x30\x00DS"  # (0028,0030) PixelSpacing, explicit VR little endian
+        with open(name, "rb") as f:
+            raw = f.read()
+        old = tag + (8).to_bytes(2, "little") + b"1.0\\1.0 "
+        self.assertEqual(raw.count(old), 1)
+        with open(name, "wb") as f:
+            f.write(raw.replace(old, tag + len(value).to_bytes(2, "little") + value))
+        self.assert_refused_everywhere(folder, words, where=folder)
+
+    def test_overlong_spacing_value_keeps_its_spacing(self):
+        """A PixelSpacing value longer than the 16 characters DICOM allows (as some exporters write it) still gives
+        the affine its spacing, not MONAI's default of 1 mm."""
+        vol = RNG.integers(0, 100, (6, 5, 2)).astype(np.int16)
+        folder = dicom_series_folder(os.path.join(self.d, "s"), vol)
+        tag, value = b"\x28\x00\x30\x00DS", b"0.7000000000000001\\0.8"
+        for name in os.listdir(folder):
+            with open(os.path.join(folder, name), "rb") as f:
+                raw = f.read()
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(
+                    raw.replace(
+                        tag + (8).to_bytes(2, "little") + b"1.0\\1.0 ", tag + (22).to_bytes(2, "little") + value
+                    )
+                )
+        for path in (folder, os.path.join(folder, "slice001.dcm")):  # a series and a single slice
+            img = load_image(path, swap_ij=False)
+            np.testing.assert_array_equal(img.numpy(), np.squeeze(vol[..., 1:] if path != folder else vol))
+            np.testing.assert_allclose(np.linalg.norm(np.asarray(img.affine)[:3, :2], axis=0), [0.7, 0.8], rtol=1e-9)
+
     def test_near_unit_orientation_reads_with_its_spacing(self):
         c, s = np.cos(0.3), np.sin(0.3)
         iop = (round(c, 6), round(s, 6), 0.0, round(-s, 6), round(c, 6), 0.0)  # rounded cosines, well within 1e-3
@@ -567,6 +935,75 @@ class TestIntegersBeyondFloat32(_Tmp):
         pixels[2, 3] = -(2**30)
         ok = dicom_slice(os.path.join(self.d, "ok.dcm"), pixels)
         np.testing.assert_array_equal(load_image(ok, swap_ij=False).numpy(), pixels.astype(np.float32))
+
+
+class TestNiftiHeaderRules(_Tmp):
+    """The header rules of ``nifti_image`` at their bounds: they refuse before any voxel is read (the training
+    path's slice count reads the header only), so a weaker rule would let a damaged file through unnoticed."""
+
+    def _nii(self, shape=(4, 3, 2), dtype=np.int16, name="h.nii") -> str:
+        path = os.path.join(self.d, name)
+        data = np.arange(int(np.prod(shape))).reshape(shape).astype(dtype)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+        return path
+
+    def test_uncompressed_length_checked_from_the_header(self):
+        path = self._nii()
+        with open(path, "rb") as f:
+            data = f.read()
+        declared = 352 + 4 * 3 * 2 * 2  # NIfTI-1 single file: 348-byte header, 4 bytes of extension flag, voxels
+        self.assertEqual(len(data), declared)
+        self.assertEqual(num_slices(path), 2)  # exactly the declared length: accepted
+        with open(path, "wb") as f:
+            f.write(data[:-1])  # one byte short: refused from the header, no voxel read
+        with self.assertRaises(ValueError) as err:
+            num_slices(path)
+        self.assertIn(
+            f"truncated NIfTI file ({declared - 1} bytes, the header declares {declared})", str(err.exception)
+        )
+        self.assert_refused_everywhere(path, "truncated NIfTI file")
+
+    def test_voxel_limit_is_inclusive(self):
+        path = self._nii()  # 24 voxels
+        self.assertEqual(tuple(nifti_image(path, max_voxels=24).shape), (4, 3, 2))
+        with self.assertRaisesRegex(ValueError, "larger than the limit of 23"):
+            nifti_image(path, max_voxels=23)
+
+    def test_voxel_count_does_not_overflow(self):
+        """A hostile 5D header whose voxel count is 2**64 (0 in int64 arithmetic) is refused, not read as empty."""
+        header = nib.Nifti1Header()
+        header.set_data_dtype(np.int16)
+        header.set_data_shape((16384, 16384, 16384, 16384, 256))
+        header["vox_offset"] = 352
+        path = os.path.join(self.d, "overflow.nii")
+        with open(path, "wb") as f:
+            f.write(header.binaryblock + b"\0" * 4)
+        with self.assertRaisesRegex(ValueError, r"overflow.nii: header declares shape .* larger than the limit"):
+            nifti_image(path)
+
+    def test_zero_length_axis_refused(self):
+        path = self._nii(shape=(4, 0, 2))
+        with self.assertRaisesRegex(ValueError, r"invalid image dimensions \(4, 0, 2\)"):
+            nifti_image(path)
+        self.assert_refused_everywhere(path, "invalid image dimensions")
+
+    def test_empty_file_named_as_such(self):
+        path = os.path.join(self.d, "empty.nii")
+        open(path, "wb").close()
+        with self.assertRaisesRegex(ValueError, r"empty.nii: empty file \(0 bytes\), not a NIfTI image"):
+            nifti_image(path)
+
+    def test_source_meta_of_an_unscaled_image(self):
+        """An image without scaling (no array proxy: built in memory) reports slope 1 and intercept 0."""
+        img = nib.Nifti1Image(np.zeros((3, 2, 2), np.int16), np.eye(4))
+        meta = nifti_source_meta(img)
+        self.assertEqual((meta["source_scl_slope"], meta["source_scl_inter"]), (1.0, 0.0))
+        self.assertEqual((meta["source_format"], np.dtype(meta["source_dtype"])), ("nifti", np.dtype(np.int16)))
+
+    def test_reader_returns_one_image_for_one_file(self):
+        path = self._nii()
+        self.assertIsInstance(NiftiReader().read(path), nib.Nifti1Image)
+        self.assertEqual(len(NiftiReader().read([path, path])), 2)
 
 
 if __name__ == "__main__":

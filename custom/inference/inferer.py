@@ -39,7 +39,7 @@ def warn_if_emulated(dtype: str) -> None:
         logger.warning(
             "autocast_dtype %s on a CPU without native %s kernels (%s): torch emulates them, so inference runs "
             "several times SLOWER than float32 here (measured ~10x for the matrix products on an AVX2-only AMD "
-            "EPYC); use autocast_dtype null (float32) on this machine.",
+            "EPYC); use autocast_dtype null and amp false (float32) on this machine.",
             dtype,
             dtype,
             torch.backends.cpu.get_cpu_capability(),

@@ -70,7 +70,8 @@ def mode_inferer(
         overlap: ``"sliding"`` only: fraction of a tile shared with its neighbour, in [0, 1).
         sw_batch_size: ``"sliding"`` only: tiles per forward pass, >= 1.
         sigma_scale: ``"sliding"`` only: width of the Gaussian tile weights as a fraction of the tile, in (0, 10].
-        autocast_dtype: ``None`` (float32), ``"bfloat16"`` or ``"float16"``: see :class:`SliceBatchInferer`.
+        autocast_dtype: ``None`` (float32, or the caller's autocast), ``"bfloat16"`` or ``"float16"``: see
+            :class:`SliceBatchInferer`.
 
     Returns:
         A :class:`SliceBatchInferer` (with a ``SlidingWindowInferer`` inside for ``"sliding"``).

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from custom.inference.inferer import warn_if_emulated
 from custom.networks.checkpoint import load_checkpoint
 from custom.transforms import ModalityDenormalized, ModalityNormalized
 from custom.transforms.data_consistency import DC_MODES, as_flag
@@ -104,6 +105,8 @@ def restore(
         device = next((p.device for p in network.parameters()), torch.device("cpu"))
     x = normalise(image, modality, settings)
     network.eval()
+    if amp and torch.device(device).type == "cpu":
+        warn_if_emulated("bfloat16")  # CPU autocast's default dtype
     with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, enabled=amp):
         pred = inferer(torch.as_tensor(x)[None].to(device), network)
     out = denormalise(pred[0].float().cpu(), modality, settings, clip)

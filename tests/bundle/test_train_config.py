@@ -274,5 +274,24 @@ class TestConfigProperties(_WithData):
             self.assertTrue(key in new_ids or key in wf.parser or key.rsplit("#", 1)[0] in wf.parser, key)
 
 
+class TestEvaluationPrecision(unittest.TestCase):
+    def test_published_test_phase_is_float32_whatever_amp(self):
+        """evaluate.json's evaluator never autocasts (``amp`` false even with ``--amp True``, the training override
+        the docs suggest): the test phase's precision is ``autocast_dtype`` alone (null: float32); train.json's
+        validation follows ``amp``."""
+        from monai.bundle import ConfigParser
+
+        for amp in (True, False):
+            parser = ConfigParser()
+            parser.read_config([TRAIN_CONFIG, os.path.join(CONFIGS, "evaluate.json")])
+            parser["amp"] = amp
+            self.assertIs(parser.get_parsed_content("validate#evaluator#amp"), False)
+            self.assertIsNone(parser.get_parsed_content("validate#inferer#autocast_dtype"))
+            train = ConfigParser()
+            train.read_config(TRAIN_CONFIG)
+            train["amp"] = amp
+            self.assertIs(train.get_parsed_content("validate#evaluator#amp"), amp)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -11,11 +11,14 @@ import re
 import tempfile
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import nibabel as nib
 import numpy as np
 import torch
-from custom.inference import SliceBatchInferer, load_nifti
+from custom.inference import SliceBatchInferer
+from custom.inference import inferer as inferer_module
+from custom.inference import load_nifti
 from custom.inference.restore import Restorer, denormalise, normalise, restore
 from custom.networks import TAT
 from custom.networks.checkpoint import load_checkpoint
@@ -64,6 +67,29 @@ class TestRestore(unittest.TestCase):
         torch.testing.assert_close(free, torch.full_like(image, -1024.0 + 1.5 * 4096.0))
         with self.assertRaisesRegex(ValueError, "modality"):
             restore(image, "XR", _Constant(0.5), SliceBatchInferer(1), SETTINGS)
+
+
+class TestRestoreAmp(unittest.TestCase):
+    def test_amp_reaches_the_network_through_the_bundles_inferer_and_is_warned_when_emulated(self):
+        """``amp=True`` autocasts the forward pass through a ``SliceBatchInferer`` with ``autocast_dtype`` null (the
+        bundle's), so the output moves off the float32 one (bf16 products); on a CPU without native bf16 kernels
+        it says so (once per process); ``amp=False`` is float32 and warns nothing."""
+        torch.manual_seed(0)
+        net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        image = torch.linspace(-1000, 1000, 32 * 32).reshape(1, 32, 32)
+        inferer_module.warn_if_emulated.cache_clear()
+        self.addCleanup(inferer_module.warn_if_emulated.cache_clear)
+        with mock.patch.object(inferer_module, "cpu_has_fast", return_value=False):
+            with self.assertLogs(inferer_module.logger, "WARNING") as logs:
+                inferer_module.logger.warning("marker")
+                plain = restore(image, "CT", net, SliceBatchInferer(2), SETTINGS)
+                amp = restore(image, "CT", net, SliceBatchInferer(2), SETTINGS, amp=True)
+        self.assertEqual(len(logs.output), 2)
+        self.assertIn("bfloat16", logs.output[1])
+        self.assertEqual(amp.dtype, torch.float32)
+        diff = (amp - plain).abs().max().item()
+        self.assertGreater(diff, 0.1)  # HU
+        self.assertLess(diff, 50)
 
 
 class _Shift(torch.nn.Module):

@@ -90,6 +90,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _OTHER_IMAGE_SUFFIXES = (".mgz", ".nrrd", ".mha", ".mhd", ".bin", ".png", ".jpg", ".json", ".txt")
 _POSITION_TOL = 1e-3  # mm: two slices closer than this along the normal are duplicates
 _GAP_FACTOR = 1.5  # a step larger than this times the smallest step is a missing slice
+_MAX_HALF_LIVES = 64  # PET decay from injection to the reference time: more is a wrong half-life or time (1e-19 left)
 _NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 
 
@@ -510,12 +511,20 @@ def _suv(ds: Any, reference: tuple[_dt.datetime | None, list[str]] | None = None
             elapsed, inj_missing = _injection_elapsed(info, t_ref)
             missing.extend(inj_missing)
         if not missing:
-            factor_dose = dose * 2.0 ** (-elapsed / half_life)
-            if not factor_dose > 0:  # below the smallest float, a division by zero: half-life or times are wrong
-                missing.append(f"RadionuclideHalfLife (0018,1075) {half_life:g} s (dose decays to 0 in {elapsed:g} s)")
+            half_lives = elapsed / half_life
+            factor_dose = dose * 2.0 ** (-half_lives)
+            if half_lives > _MAX_HALF_LIVES:  # no activity left to image (and the factor overflows float32)
+                missing.append(
+                    f"RadionuclideHalfLife (0018,1075) {half_life:g} s: the reference time is {half_lives:.0f} "
+                    f"half-lives ({elapsed:g} s) after the injection, more than {_MAX_HALF_LIVES} (half-life or times "
+                    "wrong)"
+                )
+    factor = weight * 1000.0 / factor_dose if not missing else None
+    if factor is not None and not factor <= float(np.finfo(np.float32).max):  # e.g. a dose of 1e-300 Bq
+        missing.append(f"RadionuclideTotalDose (0018,1074) {dose:g} Bq (SUV factor {factor:g} out of float32 range)")
     if missing:
         return None, missing
-    return weight * 1000.0 / factor_dose, []
+    return factor, []
 
 
 def pet_suv_factor(

@@ -734,11 +734,41 @@ class TestPetTiming(_Tmp):
         path = dicom_slice(os.path.join(self.d, "z.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
         self.assert_refused_everywhere(path, "RadionuclideHalfLife (0018,1075) 1 s", {"modality": "PET"}, headers=False)
 
+    @parameterized.expand([("63", 3600 / 63.0, True), ("64", 3600 / 64.0, True), ("65", 3600 / 65.0, False)])
+    def test_decay_over_64_half_lives_is_refused(self, _, half_life, accepted):
+        """Up to 64 half-lives from the injection (1 h here) the factor is the decayed dose's; beyond, no activity
+        is left to image: the half-life or the times are wrong, refused naming the tag (the factor of 1e-300 Bq
+        left would overflow float32 SUV)."""
+        tags = self._pet("h")
+        tags["RadiopharmaceuticalInformationSequence"][0].RadionuclideHalfLife = half_life
+        path = dicom_slice(os.path.join(self.d, "h.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        if accepted:
+            ds = pydicom.dcmread(path)
+            info = ds.RadiopharmaceuticalInformationSequence[0]
+            expected = (
+                float(ds.PatientWeight) * 1000.0 / (float(info.RadionuclideTotalDose) * 2.0 ** (-3600 / half_life))
+            )
+            self.assertAlmostEqual(pet_suv_factor(ds, path) / expected, 1.0, places=9)
+        else:
+            self.assert_refused_everywhere(
+                path, "half-lives (3600 s) after the injection, more than 64", None, None, False
+            )
+
+    def test_dose_too_small_for_a_float32_factor_is_refused(self):
+        """A total dose so small that weight * 1000 / dose exceeds float32: refused naming the dose tag (SUV values
+        would be inf)."""
+        tags = self._pet("d")
+        tags["RadiopharmaceuticalInformationSequence"][0].RadionuclideTotalDose = 1e-300
+        path = dicom_slice(os.path.join(self.d, "d.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        self.assert_refused_everywhere(
+            path, "RadionuclideTotalDose (0018,1074) 1e-300 Bq", {"modality": "PET"}, None, False
+        )
+
     @settings(max_examples=60, deadline=None, derandomize=True)
     @given(
         weight=st.floats(0.01, 300.0).map(lambda v: round(v, 3)),
         dose=st.floats(0.5, 1e10).map(lambda v: float(f"{v:.6g}")),
-        half_life=st.floats(100.0, 1e6).map(lambda v: round(v, 2)),  # at most 864 half-lives: no underflow to 0
+        half_life=st.floats(100.0, 1e6).map(lambda v: round(v, 2)),  # up to 864 half-lives: more than 64 refused
         elapsed=st.integers(0, 24 * 3600),
         dated=st.booleans(),
         decay=st.sampled_from(["START", "ADMIN"]),
@@ -760,6 +790,10 @@ class TestPetTiming(_Tmp):
         ds.Modality, ds.Units, ds.DecayCorrection, ds.PatientWeight = "PT", "BQML", decay, weight
         ds.SeriesDate, ds.SeriesTime = "20240102", "120000"
         ds.RadiopharmaceuticalInformationSequence = DicomSequence([info])
+        if decay == "START" and elapsed / half_life > 64:  # no activity left: a wrong half-life or wrong times
+            with self.assertRaisesRegex(ValueError, r"x: .*RadionuclideHalfLife \(0018,1075\) .* half-lives"):
+                pet_suv_factor(ds, "x")
+            return
         decayed = dose * 2.0 ** (-elapsed / half_life) if decay == "START" else dose
         expected = weight * 1000.0 / decayed
         self.assertAlmostEqual(pet_suv_factor(ds, "x") / expected, 1.0, places=12)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tempfile
@@ -120,8 +121,13 @@ class TestUmaskPermissions(unittest.TestCase):
             self.assertEqual(default_mode(directory=True), 0o777 & ~mask)
 
     def test_umask_read_from_proc_without_setting_it(self):
-        with _Umask(0o027), mock.patch("os.umask", side_effect=AssertionError("umask set")):
-            self.assertEqual(current_umask(), 0o027)
+        """The ``Umask:`` line of ``/proc/self/status`` (given here, so that a kernel or sandbox without it does
+        not matter) is the umask, read without setting it."""
+        status = io.StringIO("Name:\tpython\nUmask:\t0027\nState:\tR (running)\n")
+        with _Umask(0o022), mock.patch("custom.io.open", return_value=status, create=True) as opened:
+            with mock.patch("os.umask", side_effect=AssertionError("umask set")):
+                self.assertEqual(current_umask(), 0o027)
+        self.assertEqual(opened.call_args.args[0], "/proc/self/status")
 
     def test_umask_fallback_without_proc(self):
         with _Umask(0o026), mock.patch("custom.io.open", side_effect=OSError("no /proc"), create=True):

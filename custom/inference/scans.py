@@ -194,9 +194,10 @@ def _scan_datalist(
             raise ValueError(f"{datalist}: item {i} has no 'image'.")
         rel = os.path.normpath(entry["image"])
         path = rel if os.path.isabs(rel) else os.path.join(base, rel)
-        # the output stays under output_dir: an absolute path, or one that is the base or climbs out of it
-        # ('..'), keeps only its own name there
-        if os.path.isabs(rel) or rel.split(os.sep)[0] in (os.curdir, os.pardir):
+        # the output mirrors the path relative to the base under output_dir (an absolute path inside the base too);
+        # a path that is the base or lies outside it keeps only its own name there
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(base))
+        if rel.split(os.sep)[0] in (os.curdir, os.pardir):
             rel = os.path.basename(os.path.abspath(path))
         if not rel:
             raise ValueError(f"{datalist}: item {i} ({entry['image']!r}) has no file or folder name for its output.")
@@ -226,8 +227,8 @@ def find_scans(
 
     Args:
         dataset_dir: folder searched recursively (``output_dir`` is skipped if it lies inside); with a data list,
-            the base of its relative paths (an item's output mirrors its relative path under ``output_dir``; an
-            absolute path, or one that climbs out of the base, keeps only its own name there).
+            the base of its relative paths (an item's output mirrors its path relative to the base under
+            ``output_dir``; a path outside the base, or the base itself, keeps only its own name there).
         output_dir: where the restored scans go; must not be ``dataset_dir``.
         datalist: optional json: a list of items (``{"image": path, "modality": ...}`` or plain paths) or a dict
             with a ``split`` list (the training data list format; only ``image`` is used).
@@ -262,7 +263,7 @@ def find_scans(
         if key in written:
             raise ValueError(
                 f"{item['output']}: two scans would be written here ({written[key]} and {item['image']});"
-                " give them distinct names (paths under dataset_dir) in the data list."
+                " give them distinct names (paths under dataset_dir)."
             )
         written[key] = item["image"]
     inputs = {os.path.realpath(f) for item in scans for f in item.get("files", [item["image"]])}

@@ -197,8 +197,9 @@ class TestDatalistScans(unittest.TestCase):
                 find_scans(self.data, self.out, datalist=datalist)
 
     def test_outputs_stay_under_output_dir(self):
-        """Items that climb out of the base ('..') or are the base itself keep only their own name under
-        ``output_dir``, as absolute paths do; no output is written outside it."""
+        """Items that climb out of the base ('..'), lie outside it or are the base itself keep only their own name
+        under ``output_dir``; an absolute path inside the base mirrors its relative path; nothing is written outside
+        ``output_dir``."""
         save_nifti(os.path.join(self.tmp.name, "other", "c.nii"), np.zeros((6, 5, 2)))
         entries = ["../other/c.nii", "sub/../../other/c.nii", os.path.join(self.data, "series", "..", "a.nii.gz")]
         for entry in entries:
@@ -209,13 +210,23 @@ class TestDatalistScans(unittest.TestCase):
                 self.assertTrue(os.path.exists(item["image"]), item["image"])
         (item,) = find_scans(os.path.join(self.data, "series"), self.out, datalist=self._datalist(["."]))
         self.assertEqual((item["kind"], item["output"]), ("dicom", os.path.join(self.out, "series")))
+        (item,) = find_scans(self.data, self.out, datalist=self._datalist([os.path.join(self.data, "sub", "b.nii")]))
+        self.assertEqual(
+            (item["name"], item["output"]), (os.path.join("sub", "b.nii"), os.path.join(self.out, "sub", "b.nii"))
+        )
 
     def test_two_scans_with_one_output_are_refused(self):
         """Two items whose outputs would be one path (an absolute and a relative path of one name, two '..' paths
         of one file name) are refused with both inputs named: one output would be lost."""
         save_nifti(os.path.join(self.tmp.name, "other", "a.nii.gz"), np.zeros((6, 5, 2)))
         other = os.path.join(self.tmp.name, "other", "a.nii.gz")
-        for entries in (["a.nii.gz", other], ["a.nii.gz", "../other/a.nii.gz"], ["sub/b.nii", "sub/./b.nii"]):
+        in_base = os.path.join(self.data, "a.nii.gz")
+        for entries in (
+            ["a.nii.gz", other],
+            ["a.nii.gz", "../other/a.nii.gz"],
+            ["sub/b.nii", "sub/./b.nii"],
+            ["a.nii.gz", in_base],
+        ):
             with self.subTest(entries), self.assertRaisesRegex(ValueError, "two scans would be written here"):
                 find_scans(self.data, self.out, datalist=self._datalist(entries))
 

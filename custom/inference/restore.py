@@ -128,6 +128,7 @@ class Restorer:
         inferer: the config's inferer.
         clip: clip outputs to ``clip_range``.
         device: where the network runs.
+        amp: autocast the forward pass (the bundle's ``amp``; see :func:`restore`).
     """
 
     #: config ids an app may set per call (the rest of the config is fixed when the restorer is built)
@@ -144,12 +145,14 @@ class Restorer:
         inferer: Any,
         clip: bool = True,
         device: torch.device | str = "cpu",
+        amp: bool = False,
     ) -> None:
         self.network = network.to(device).eval()
         self.settings = settings
         self.inferer = inferer
         self.clip = bool(clip)
         self.device = torch.device(device)
+        self.amp = bool(amp)
         self._parser: Any = None  # the bundle config (from_bundle), source of the postprocessing steps
         self._defaults: dict[str, Any] = {}
         self._steps: OrderedDict[str, list[Any]] = OrderedDict()
@@ -165,7 +168,7 @@ class Restorer:
         overrides: Mapping[str, Any] | None = None,
         device: torch.device | str | None = None,
     ) -> Restorer:
-        """Build from a bundle: ``network_def``, ``modality_settings``, ``inferer``, ``clip_output`` and
+        """Build from a bundle: ``network_def``, ``modality_settings``, ``inferer``, ``clip_output``, ``amp`` and
         ``postprocessing`` of its inference config, weights (and task statistics) from ``checkpoint``.
 
         Args:
@@ -204,6 +207,7 @@ class Restorer:
             parser.get_parsed_content("inferer"),
             clip=bool(parser.get("clip_output", True)),
             device=device,
+            amp=as_flag(parser.get_parsed_content("amp") if "amp" in parser else False, "amp"),
         )
         parser["network"], parser["checkpoint"] = restorer.network, ckpt  # the steps use this network's weights
         restorer._parser = parser
@@ -341,6 +345,7 @@ class Restorer:
             self.settings,
             self.clip,
             self.device,
+            amp=self.amp,
             return_normalised=True,
         )
         d["warnings"] = list(d.get("warnings") or [])
@@ -389,5 +394,5 @@ class Restorer:
         img = torch.as_tensor(np.asarray(values), dtype=torch.float32)
         if img.ndim not in (2, 3):
             raise ValueError(f"expected a 2D (H, W) or 3D (H, W, D) array, got shape {tuple(img.shape)}.")
-        out = restore(img[None], modality, self.network, self.inferer, self.settings, self.clip, self.device)
+        out = restore(img[None], modality, self.network, self.inferer, self.settings, self.clip, self.device, self.amp)
         return out[0].numpy()

@@ -338,6 +338,27 @@ class TestRestorerFromBundle(unittest.TestCase):
                 )
                 self.assertIs(restorer.clip, expected, value)
 
+    def test_amp_of_the_config_reaches_the_forward_pass(self):
+        """The apps' restorer honours inference.json's ``amp`` as the bundle does (false by default; "true" from a
+        command line too): the forward pass autocasts, so the output moves off the float32 one; restore_item too."""
+        overrides = {f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+        values = np.random.default_rng(0).uniform(-1000, 1000, (16, 16, 2)).astype(np.float32)
+        outputs = {}
+        with tempfile.TemporaryDirectory() as d, mock.patch.object(inferer_module, "cpu_has_fast", return_value=True):
+            torch.manual_seed(0)
+            torch.save(TAT(**TINY).state_dict(), os.path.join(d, "m.pt"))
+            for amp in (None, False, "true"):
+                extra = {} if amp is None else {"amp": amp}
+                restorer = Restorer.from_bundle(
+                    BUNDLE, checkpoint=os.path.join(d, "m.pt"), overrides=overrides | extra, device="cpu"
+                )
+                self.assertIs(restorer.amp, amp == "true", amp)
+                outputs[amp] = restorer(values, "CT")
+                item = {"image": torch.as_tensor(values)[None], "modality": "CT"}
+                np.testing.assert_array_equal(restorer.restore_item(item)["pred"][0].numpy(), outputs[amp])
+        np.testing.assert_array_equal(outputs[None], outputs[False])
+        self.assertGreater(np.abs(outputs["true"] - outputs[False]).max(), 0)
+
     def test_missing_config_or_checkpoint(self):
         with tempfile.TemporaryDirectory() as d:
             with self.assertRaisesRegex(ValueError, "inference config not found"):

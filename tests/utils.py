@@ -101,6 +101,21 @@ def tiny_net(seed: int = 0, **overrides: object) -> TAT:
     return net
 
 
+class ShiftNet(torch.nn.Module):
+    """``conv1x1(x) = x + 0.5`` then dropout: exact only in float32 and in eval mode (bfloat16 autocast rounds x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.fill_(0.5)
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.conv(x))
+
+
 def save_checkpoint(path: str, seed: int = 0) -> TAT:
     """Save ``{"model": state_dict}`` of :func:`tiny_net` like train.json's best-model saver; returns the network."""
     net = tiny_net(seed)

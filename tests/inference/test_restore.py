@@ -26,7 +26,7 @@ from custom.settings import load_modality_settings
 from monai.data import MetaTensor
 from parameterized import parameterized
 
-from tests.utils import BUNDLE, REPO, TINY, save_identity_checkpoint, tiny_net
+from tests.utils import BUNDLE, REPO, TINY, ShiftNet, save_identity_checkpoint, tiny_net
 
 SETTINGS = load_modality_settings(os.path.join(BUNDLE, "configs", "modality"))
 
@@ -92,28 +92,13 @@ class TestRestoreAmp(unittest.TestCase):
         self.assertLess(diff, 50)
 
 
-class _Shift(torch.nn.Module):
-    """``conv1x1(x) = x + 0.5`` then dropout: exact only in float32 and in eval mode (bfloat16 autocast rounds x)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 1, 1)
-        with torch.no_grad():
-            self.conv.weight.fill_(1.0)
-            self.conv.bias.fill_(0.5)
-        self.drop = torch.nn.Dropout(0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.conv(x))
-
-
 def _forward(x: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
     """The simplest inferer: the network on the whole ``(1, C, H, W)`` input, at the caller's precision."""
     return network(x)
 
 
 def _ct_shifted(image: torch.Tensor, clip: bool = True) -> torch.Tensor:
-    """What :class:`_Shift` gives for a CT image: normalise (clipped to [0, 1]), + 0.5, denormalise, clip."""
+    """What :class:`ShiftNet` gives for a CT image: normalise (clipped to [0, 1]), + 0.5, denormalise, clip."""
     lo, hi = SETTINGS["CT"]["clip_range"]
     out = lo + ((image.clamp(lo, hi) - lo) / (hi - lo) + 0.5) * (hi - lo)
     return out.clamp(lo, hi) if clip else out
@@ -122,7 +107,7 @@ def _ct_shifted(image: torch.Tensor, clip: bool = True) -> torch.Tensor:
 class TestRestoreSteps(unittest.TestCase):
     def test_eval_mode_float32_by_default(self):
         image = torch.linspace(-1500.0, 3500.0, 8 * 6 * 3).reshape(1, 8, 6, 3)
-        net = _Shift().train()
+        net = ShiftNet().train()
         out = restore(image, "CT", net, SliceBatchInferer(2), SETTINGS)
         self.assertFalse(net.training)
         self.assertEqual((out.dtype, out.device.type), (torch.float32, "cpu"))
@@ -158,7 +143,7 @@ class TestRestorerDirect(unittest.TestCase):
     """A Restorer built from a network (not from a bundle): restore() only, no steps."""
 
     def test_arrays_restored_and_clipped_by_default(self):
-        restorer = Restorer(_Shift().train(), SETTINGS, SliceBatchInferer(2))
+        restorer = Restorer(ShiftNet().train(), SETTINGS, SliceBatchInferer(2))
         self.assertEqual(
             (restorer.clip, restorer.device, restorer.network.training), (True, torch.device("cpu"), False)
         )
@@ -178,7 +163,7 @@ class TestRestorerDirect(unittest.TestCase):
             rtol=0,
             atol=0.01,
         )
-        unclipped = Restorer(_Shift(), SETTINGS, SliceBatchInferer(2), clip=False)(values, "CT")
+        unclipped = Restorer(ShiftNet(), SETTINGS, SliceBatchInferer(2), clip=False)(values, "CT")
         self.assertGreater(float(unclipped.max()), SETTINGS["CT"]["clip_range"][1])
         for shape in ((5,), (1, 8, 6, 3)):
             with self.assertRaisesRegex(
@@ -187,7 +172,7 @@ class TestRestorerDirect(unittest.TestCase):
                 restorer(np.zeros(shape, np.float32), "CT")
 
     def test_restore_item(self):
-        restorer = Restorer(_Shift(), SETTINGS, SliceBatchInferer(2))
+        restorer = Restorer(ShiftNet(), SETTINGS, SliceBatchInferer(2))
         image = torch.linspace(-1500.0, 3500.0, 8 * 6 * 2).reshape(1, 8, 6, 2)
         warnings = ["from the reader"]
         item = {"image": MetaTensor(image.double()), "modality": "CT", "warnings": warnings, "source": "a.nii"}

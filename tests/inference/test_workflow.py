@@ -27,7 +27,7 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose
 from parameterized import parameterized
 
-from tests.utils import BUNDLE, save_identity_checkpoint
+from tests.utils import BUNDLE, ShiftNet, save_identity_checkpoint
 
 SETTINGS = load_modality_settings(os.path.join(BUNDLE, "configs", "modality"))
 CT_LO, CT_HI = SETTINGS["CT"]["clip_range"]
@@ -171,23 +171,8 @@ class TestCatchFailures(unittest.TestCase):
                 first_item(batch)
 
 
-class _Shift(torch.nn.Module):
-    """``conv1x1(x) = x + 0.5`` then dropout: exact in float32 and eval mode only (bfloat16 autocast rounds x)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 1, 1)
-        with torch.no_grad():
-            self.conv.weight.fill_(1.0)
-            self.conv.bias.fill_(0.5)
-        self.drop = torch.nn.Dropout(0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.conv(x))
-
-
 def _restored(image: torch.Tensor) -> torch.Tensor:
-    """What :class:`_Shift` gives for a CT image in HU: normalise, + 0.5, denormalise, clip."""
+    """What :class:`ShiftNet` gives for a CT image in HU: normalise, + 0.5, denormalise, clip."""
     x = (image.clamp(CT_LO, CT_HI) - CT_LO) / (CT_HI - CT_LO)
     return (CT_LO + (x + 0.5) * (CT_HI - CT_LO)).clamp(CT_LO, CT_HI)
 
@@ -208,7 +193,7 @@ class TestRestorationEvaluatorSteps(unittest.TestCase):
         return {**item, "predicted_task": "CT", "task_distance": 0.5, "warnings": ["w"], "difference_output": "x"}
 
     def _run(self, items: list, loader=None, inferer=None, **kwargs) -> list[dict]:
-        net = _Shift().train()  # the evaluator puts it in eval mode
+        net = ShiftNet().train()  # the evaluator puts it in eval mode
         report = os.path.join(self.d, "report.json")
         engine = RestorationEvaluator(
             device="cpu",

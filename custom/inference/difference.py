@@ -69,7 +69,7 @@ class SaveDifferenced(MapTransform):
         super().__init__(keys)
         self.reference_key = reference_key
         self.enabled = as_flag(enabled, "difference_output")
-        self.overwrite = overwrite
+        self.overwrite = as_flag(overwrite, "overwrite")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

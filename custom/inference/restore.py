@@ -150,9 +150,9 @@ class Restorer:
         self.network = network.to(device).eval()
         self.settings = settings
         self.inferer = inferer
-        self.clip = bool(clip)
+        self.clip = as_flag(clip, "clip_output")
         self.device = torch.device(device)
-        self.amp = bool(amp)
+        self.amp = as_flag(amp, "amp")
         self._parser: Any = None  # the bundle config (from_bundle), source of the postprocessing steps
         self._defaults: dict[str, Any] = {}
         self._steps: OrderedDict[str, list[Any]] = OrderedDict()
@@ -205,9 +205,9 @@ class Restorer:
             network,
             parser.get_parsed_content("modality_settings"),
             parser.get_parsed_content("inferer"),
-            clip=bool(parser.get("clip_output", True)),
+            clip=parser.get_parsed_content("clip_output") if "clip_output" in parser else True,
             device=device,
-            amp=as_flag(parser.get_parsed_content("amp") if "amp" in parser else False, "amp"),
+            amp=parser.get_parsed_content("amp") if "amp" in parser else False,
         )
         parser["network"], parser["checkpoint"] = restorer.network, ckpt  # the steps use this network's weights
         restorer._parser = parser

@@ -17,6 +17,7 @@ import torch
 from custom.inference.inferer import warn_if_emulated
 from custom.inference.restore import restore
 from custom.io import write_json_atomic
+from custom.transforms.data_consistency import as_flag
 from monai.engines import SupervisedEvaluator
 from monai.transforms import Transform
 
@@ -118,15 +119,15 @@ class RestorationEvaluator(SupervisedEvaluator):
             inferer=inferer,
             postprocessing=None,
             val_handlers=val_handlers,
-            amp=amp,
+            amp=as_flag(amp, "amp"),  # switches from a command line arrive as text: "--amp false" is 'false'
             decollate=False,
             **kwargs,
         )
         self.restore_postprocessing = postprocessing
-        self.overwrite = overwrite
+        self.overwrite = as_flag(overwrite, "overwrite")
         self.report_path = report_path
         self.settings = settings
-        self.clip_output = bool(clip_output)
+        self.clip_output = as_flag(clip_output, "clip_output")
         self.results: list[dict[str, Any]] = []
 
     def _record(

@@ -36,6 +36,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from custom.io import atomic_output, atomic_output_dir
+from custom.transforms.data_consistency import as_flag
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from pydicom.dataelem import DataElement
@@ -79,6 +80,14 @@ _SWAP_WIDTH = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
 def _check_destination(path: str, overwrite: bool) -> None:
     if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path}: output exists; set overwrite=true to replace it.")
+
+
+def _core_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` without its trailing axes of size 1."""
+    out = tuple(int(n) for n in shape)
+    while out and out[-1] == 1:
+        out = out[:-1]
+    return out
 
 
 def nifti_scaling(reference: Any) -> tuple[float, float]:
@@ -132,7 +141,7 @@ def write_nifti(
     _check_destination(path, overwrite)
     shape = tuple(reference.shape)
     values = np.asarray(values)
-    if int(np.prod(values.shape)) != int(np.prod(shape)):
+    if _core_shape(values.shape) != _core_shape(shape):  # same size in another layout would scramble the voxels
         raise ValueError(f"{path}: restored shape {values.shape} does not match the input's {shape}.")
     if not np.isfinite(values).all():
         raise ValueError(f"{path}: non-finite restored values (NaN or inf); nothing written.")
@@ -348,7 +357,8 @@ def derived_dataset(
     frames = np.moveaxis(raw, -1, 0)  # (frames, rows, cols)
     out.PixelData = (frames[0] if n == 1 else frames).tobytes()
     out["PixelData"].VR = "OW"
-    image_type = [str(v) for v in (getattr(ds, "ImageType", None) or [])]
+    image_type = getattr(ds, "ImageType", None) or []
+    image_type = [image_type] if isinstance(image_type, str) else [str(v) for v in image_type]  # one value: a str
     out.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
     out.DerivationDescription = (description or DERIVATION_DESCRIPTION)[:1024]
     source = Dataset()
@@ -458,7 +468,7 @@ class SaveRestoredd(MapTransform):
 
     def __init__(self, keys: KeysCollection, overwrite: bool = False) -> None:
         super().__init__(keys)
-        self.overwrite = overwrite
+        self.overwrite = as_flag(overwrite, "overwrite")  # "--overwrite false" arrives as the text 'false'
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -177,6 +177,43 @@ def _restored(image: torch.Tensor) -> torch.Tensor:
     return (CT_LO + (x + 0.5) * (CT_HI - CT_LO)).clamp(CT_LO, CT_HI)
 
 
+class TestSwitchesFromTheCommandLine(unittest.TestCase):
+    """``--overwrite false`` / ``--amp false`` / ``--clip_output false`` reach the config as the text 'false' (fire
+    reads only Python literals): each component that takes such a switch reads the text as the user meant it."""
+
+    @parameterized.expand(
+        [("false", False), ("False", False), ("no", False), ("true", True), (1, True), (False, False)]
+    )
+    def test_switch_values(self, value, expected):
+        from custom.inference.difference import SaveDifferenced
+        from custom.inference.restore import Restorer
+
+        evaluator = RestorationEvaluator(
+            device="cpu",
+            val_data_loader=[],
+            network=ShiftNet(),
+            inferer=SliceBatchInferer(1),
+            overwrite=value,
+            amp=value,
+            clip_output=value,
+            epoch_length=1,
+        )
+        self.assertEqual((evaluator.overwrite, evaluator.amp, evaluator.clip_output), (expected,) * 3)
+        self.assertIs(SaveRestoredd(keys="pred", overwrite=value).overwrite, expected)
+        self.assertIs(SaveDifferenced(keys="pred", overwrite=value).overwrite, expected)
+        restorer = Restorer(ShiftNet(), SETTINGS, SliceBatchInferer(1), clip=value, amp=value)
+        self.assertEqual((restorer.clip, restorer.amp), (expected, expected))
+
+    def test_other_text_is_refused_naming_the_switch(self):
+        for kwargs, name in (({"overwrite": "maybe"}, "overwrite"), ({"amp": "fp16"}, "amp")):
+            with self.subTest(name), self.assertRaisesRegex(ValueError, f"{name} must be true or false"):
+                RestorationEvaluator(
+                    device="cpu", val_data_loader=[], network=ShiftNet(), inferer=SliceBatchInferer(1), **kwargs
+                )
+        with self.assertRaisesRegex(ValueError, "overwrite must be true or false"):
+            SaveRestoredd(keys="pred", overwrite="maybe")
+
+
 class TestRestorationEvaluatorSteps(unittest.TestCase):
     """Items straight from a list (no reading): what each step records and passes on."""
 

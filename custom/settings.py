@@ -25,7 +25,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = [
+    "as_flag",
     "packaged_bundle",
     "default_modality_dir",
     "MODALITIES",
@@ -177,3 +180,23 @@ def get_modality_setting(
             return value
     prefix = f"{where}: " if where else ""
     raise ValueError(f"{prefix}unknown modality {modality!r}, expected one of {sorted(settings)}.")
+
+
+def as_flag(value: Any, name: str = "option") -> bool:
+    """A config / command-line switch as a bool: ``True``/``False``, 1/0 or the strings true/false/yes/no/1/0.
+
+    ``--data_consistency false`` reaches the config as the string ``"false"``, which ``bool()`` reads as True.
+
+    Raises:
+        ValueError: any other value (names the option).
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off", "none", "null"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}.")

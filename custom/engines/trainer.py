@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from custom.settings import as_flag
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
@@ -227,6 +228,8 @@ class TaskAdaptiveTrainer(SupervisedTrainer):
         task_contrast_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        if "amp" in kwargs:  # "--amp false" on a command line arrives as the text 'false'
+            kwargs["amp"] = as_flag(kwargs["amp"], "amp")
         super().__init__(*args, **kwargs)
         self.loss_function = InputAwareLoss(
             self.loss_function, self, self.info_keys, task_contrast, task_contrast_weight, task_key="modality"

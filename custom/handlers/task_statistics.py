@@ -29,8 +29,7 @@ from custom.data.datalist import load_datalist
 from custom.data.slicing import LoadSliced, expand_slices
 from custom.io import atomic_output
 from custom.networks.checkpoint import is_state_dict, load_checkpoint, read_checkpoint
-from custom.settings import MODALITY_ALIASES
-from custom.transforms.data_consistency import as_flag
+from custom.settings import MODALITY_ALIASES, as_flag
 from custom.transforms.intensity import ModalityNormalized
 from ignite.engine import Engine, Events
 from monai.transforms import Compose, EnsureChannelFirstd

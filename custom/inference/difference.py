@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from custom.inference.writers import write_dicom_series, write_nifti
-from custom.transforms.data_consistency import as_flag
+from custom.settings import as_flag
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from custom.inference.inferer import warn_if_emulated
 from custom.networks.checkpoint import load_checkpoint
+from custom.settings import as_flag
 from custom.transforms import ModalityDenormalized, ModalityNormalized
-from custom.transforms.data_consistency import DC_MODES, as_flag
+from custom.transforms.data_consistency import DC_MODES
 
 __all__ = ["normalise", "denormalise", "restore", "Restorer"]
 

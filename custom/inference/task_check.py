@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from custom.handlers.task_statistics import load_task_statistics, task_distances, task_embeddings, task_name
-from custom.transforms.data_consistency import as_flag
+from custom.settings import as_flag
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 

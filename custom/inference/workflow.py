@@ -17,7 +17,7 @@ import torch
 from custom.inference.inferer import warn_if_emulated
 from custom.inference.restore import restore
 from custom.io import write_json_atomic
-from custom.transforms.data_consistency import as_flag
+from custom.settings import as_flag
 from monai.engines import SupervisedEvaluator
 from monai.transforms import Transform
 

@@ -36,7 +36,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from custom.io import atomic_output, atomic_output_dir
-from custom.transforms.data_consistency import as_flag
+from custom.settings import as_flag
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from pydicom.dataelem import DataElement

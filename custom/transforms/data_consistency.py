@@ -38,37 +38,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from custom.settings import as_flag
 from custom.transforms.mri_resolution import kspace_center_mask
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils.type_conversion import convert_to_dst_type, convert_to_tensor
 
-__all__ = ["DC_MODES", "DC_ITERATIONS", "as_flag", "kspace_data_consistency", "kspace_block_error", "DataConsistencyd"]
+__all__ = ["DC_MODES", "DC_ITERATIONS", "kspace_data_consistency", "kspace_block_error", "DataConsistencyd"]
 
 logger = logging.getLogger(__name__)
 
 DC_MODES = ("nonnegative", "magnitude", "real")
 DC_ITERATIONS = 20
-
-
-def as_flag(value: Any, name: str = "option") -> bool:
-    """A config / command-line switch as a bool: ``True``/``False``, 1/0 or the strings true/false/yes/no/1/0.
-
-    ``--data_consistency false`` reaches the config as the string ``"false"``, which ``bool()`` reads as True.
-
-    Raises:
-        ValueError: any other value (names the option).
-    """
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off", "none", "null"):
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def _spectrum(x: torch.Tensor) -> torch.Tensor:

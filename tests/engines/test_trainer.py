@@ -78,6 +78,15 @@ class RecordingLoss(torch.nn.Module):
 
 
 class TestTaskAdaptiveTrainer(unittest.TestCase):
+    def test_amp_given_as_text_is_read_as_meant(self):
+        """``--amp false`` on a command line reaches the trainer as the text 'false' (truthy): read as False; other
+        text is refused naming the switch."""
+        loss = torch.nn.L1Loss()
+        for value, expected in (("false", False), ("False", False), ("true", True), (False, False)):
+            self.assertIs(_trainer(loss, [], amp=value).amp, expected, value)
+        with self.assertRaisesRegex(ValueError, "amp must be true or false, got 'half'"):
+            _trainer(loss, [], amp="half")
+
     def test_run_updates_network_and_loss(self):
         loss = TaskAdaptiveBalancedLoss(return_details=True)
         trainer = _trainer(loss, _batches(3))

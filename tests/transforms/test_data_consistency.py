@@ -6,8 +6,9 @@ import logging
 import unittest
 
 import torch
+from custom.settings import as_flag
 from custom.transforms import kspace_center_mask, kspace_truncate
-from custom.transforms.data_consistency import DataConsistencyd, as_flag, kspace_block_error, kspace_data_consistency
+from custom.transforms.data_consistency import DataConsistencyd, kspace_block_error, kspace_data_consistency
 from parameterized import parameterized
 
 SHAPES = [[(1, 64, 64)], [(1, 37, 45)], [(1, 21, 20)], [(1, 40, 30, 3)], [(1, 33, 27, 2)]]

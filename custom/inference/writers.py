@@ -39,8 +39,9 @@ from custom.io import atomic_output, atomic_output_dir
 from custom.settings import as_flag
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
@@ -221,7 +222,15 @@ def clean_dataset(ds: Dataset, drop: Sequence[int] = (), big_endian: bool | None
         width = _SWAP_WIDTH.get(str(elem.VR))
         if swap and width and isinstance(value, (bytes, bytearray)) and len(value) % width == 0:
             value = np.frombuffer(value, dtype=f">u{width}").astype(f"<u{width}").tobytes()
-        out.add(DataElement(elem.tag, elem.VR, value))
+        try:
+            out.add(DataElement(elem.tag, elem.VR, value))
+        except (ValueError, TypeError, OverflowError):
+            # a value pydicom read with a warning but cannot encode again (e.g. DS 'x.y'): its text, written as is
+            text = "\\".join(map(str, value)) if isinstance(value, (list, tuple, MultiValue)) else str(value)
+            raw = text.encode("latin-1", "replace")
+            raw += b" " * (len(raw) % 2)
+            logger.warning("%s: invalid %s value %r kept as it was", elem.keyword or elem.tag, elem.VR, text)
+            out[elem.tag] = RawDataElement(elem.tag, elem.VR, len(raw), raw, 0, False, True)
     return out
 
 

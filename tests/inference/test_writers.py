@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import torch
+from custom.inference import writers as writers_module
 from custom.inference.writers import (
     DERIVATION_DESCRIPTION,
     SaveRestoredd,
@@ -395,6 +396,32 @@ def _multiframe(raw: np.ndarray, slopes: list[float]) -> Dataset:
 
 
 class TestWriteSeries(unittest.TestCase):
+    def test_invalid_number_strings_of_the_input_are_kept_as_they_were(self):
+        """A DS / IS value pydicom reads with a warning but cannot encode again ('x.y', '1\\ab', common in
+        clinical files) does not stop the writer: the derived file carries its bytes unchanged (logged), and the
+        pixels are the restored values."""
+        from pydicom.dataelem import RawDataElement
+        from pydicom.tag import Tag
+
+        with tempfile.TemporaryDirectory() as d:
+            src = dicom_slice(os.path.join(d, "in.dcm"), np.arange(20, dtype=np.uint16).reshape(4, 5), modality="CT")
+            ds = pydicom.dcmread(src)
+            ds[0x00181050] = RawDataElement(Tag(0x00181050), "DS", 4, b"x.y ", 0, False, True)
+            ds[0x00281050] = RawDataElement(Tag(0x00281050), "DS", 6, b"40\\abc", 0, False, True)  # WindowCenter
+            ds.save_as(src)
+            values = np.arange(20, dtype=np.float64).reshape(4, 5) - 1000
+            with warnings.catch_warnings(), self.assertLogs(writers_module.logger, "WARNING") as logs:
+                warnings.simplefilter("ignore")  # pydicom's own warnings about the values
+                write_dicom_series(values, [pydicom.dcmread(src)], [src], os.path.join(d, "out"))
+            back = pydicom.dcmread(os.path.join(d, "out", "in.dcm"))
+            self.assertEqual(back.get_item(0x00181050).value, b"x.y ")
+            self.assertEqual(back.get_item(0x00281050).value, b"40\\abc")
+            np.testing.assert_array_equal(
+                back.pixel_array * float(back.RescaleSlope) + float(back.RescaleIntercept), values
+            )
+        self.assertEqual(len(logs.output), 2)
+        self.assertIn("'x.y' kept as it was", logs.output[0])
+
     def test_multiframe_per_frame_rescale_exact(self):
         raw = np.random.default_rng(0).integers(0, 3000, (5, 4, 3)).astype(np.uint16)
         slopes = [1.0, 2.0, 0.5]

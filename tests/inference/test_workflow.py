@@ -340,7 +340,8 @@ class TestRestorationEvaluatorSteps(unittest.TestCase):
         self.assertEqual(entry["status"], "failed")
         self.assertIn("No space left on device", entry["message"])
         self.assertEqual({"read_seconds", "restore_seconds"} - set(entry), set())
-        self.assertTrue(entry["restore_seconds"] <= entry["seconds"] <= elapsed, entry)
+        # times are rounded to ms
+        self.assertTrue(entry["restore_seconds"] <= entry["seconds"] <= elapsed + 5e-4, entry)
 
     def test_stopped_run_names_items_by_image_without_source(self):
         items = [{"image": "a.nii", "skip": "hidden file"}, {"image": "b.nii", "output": "b"}, {"image": "c.nii"}]

@@ -292,6 +292,24 @@ class TestEvaluationPrecision(unittest.TestCase):
             train["amp"] = amp
             self.assertIs(train.get_parsed_content("validate#evaluator#amp"), amp)
 
+    def test_validation_amp_given_as_text_is_read_as_meant(self):
+        """``--amp false`` reaches the config as the text 'false' (fire parses Python literals only): MONAI's
+        evaluator would take it as truthy and autocast validation; train.json reads it as a switch."""
+        from monai.bundle import ConfigParser
+
+        for text, expected in (("false", False), ("False", False), ("true", True), ("0", False)):
+            train = ConfigParser()
+            train.read_config(TRAIN_CONFIG)
+            train["amp"] = text
+            self.assertIs(train.get_parsed_content("validate#evaluator#amp"), expected, text)
+        train = ConfigParser()
+        train.read_config(TRAIN_CONFIG)
+        train["amp"] = "half"
+        with self.assertRaises(RuntimeError) as raised:  # MONAI wraps a component's error, the cause says why
+            train.get_parsed_content("validate#evaluator#amp")
+        self.assertIsInstance(raised.exception.__cause__, ValueError)
+        self.assertIn("amp must be true or false, got 'half'", str(raised.exception.__cause__))
+
 
 if __name__ == "__main__":
     unittest.main()

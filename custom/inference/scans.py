@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from custom.data.readers import is_nifti, is_series_candidate, read_dicom_header
+from custom.inference.difference import difference_path
+from custom.settings import as_flag
 
 __all__ = ["NIFTI_SUFFIXES", "find_scans", "read_dicom_headers"]
 
@@ -222,6 +224,7 @@ def find_scans(
     datalist: str | os.PathLike | None = None,
     modality: str | None = None,
     split: str = "test",
+    difference_output: Any = False,
 ) -> list[dict[str, Any]]:
     """List the scans to restore, with their output paths.
 
@@ -234,6 +237,8 @@ def find_scans(
             with a ``split`` list (the training data list format; only ``image`` is used).
         modality: modality used when an item has none (``None``: the DICOM ``Modality`` tag decides).
         split: split read from a dict data list.
+        difference_output: the difference outputs will be written too (inference option ``difference_output``): their
+            paths (:func:`custom.inference.difference.difference_path`) may not meet another output or an input.
 
     Returns:
         items ``{"image", "source" (= image, kept after loading), "kind" ("nifti"/"dicom"), "output", "name",
@@ -242,8 +247,10 @@ def find_scans(
 
     Raises:
         ValueError: missing folder, ``output_dir`` equal to ``dataset_dir``, unreadable data list, no scan found, an
-            output path that is an input, or two scans with one output path (a data list's items named alike).
+            output path that is an input, or two outputs with one path (a data list's items named alike; with
+            ``difference_output``, a scan ``a_difference.nii.gz`` beside ``a.nii.gz``).
     """
+
     dataset_dir, output_dir = os.fspath(dataset_dir or ""), os.fspath(output_dir)
     if datalist:
         items = _scan_datalist(os.fspath(datalist), dataset_dir, output_dir, modality, split)
@@ -257,19 +264,20 @@ def find_scans(
     if not scans:
         others = f" ({len(items)} other entries found, e.g. {items[0]['image']})" if items else ""
         raise ValueError(f"{datalist or dataset_dir}: no NIfTI file or DICOM series found{others}.")
-    written: dict[str, str] = {}  # output -> its scan: two scans written to one path would lose one of them
-    for item in scans:
-        key = os.path.normcase(os.path.abspath(item["output"]))
+    outputs = [(item["output"], item) for item in scans]
+    if as_flag(difference_output, "difference_output"):
+        outputs += [(difference_path(item["output"]), item) for item in scans]
+    written: dict[str, str] = {}  # output -> its scan: two outputs written to one path would lose one of them
+    for output, item in outputs:
+        key = os.path.normcase(os.path.abspath(output))
         if key in written:
             raise ValueError(
-                f"{item['output']}: two scans would be written here ({written[key]} and {item['image']});"
-                " give them distinct names (paths under dataset_dir)."
+                f"{output}: two outputs would be written here (of {written[key]} and of {item['image']});"
+                " give the scans distinct names (paths under dataset_dir)."
             )
         written[key] = item["image"]
     inputs = {os.path.realpath(f) for item in scans for f in item.get("files", [item["image"]])}
-    for item in scans:
-        if os.path.realpath(item["output"]) in inputs or os.path.realpath(item["output"]) == os.path.realpath(
-            item["image"]
-        ):
-            raise ValueError(f"{item['output']}: output path is an input file; choose another output_dir.")
+    for output, item in outputs:
+        if os.path.realpath(output) in inputs or os.path.realpath(output) == os.path.realpath(item["image"]):
+            raise ValueError(f"{output}: output path is an input file; choose another output_dir.")
     return items

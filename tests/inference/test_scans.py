@@ -227,8 +227,31 @@ class TestDatalistScans(unittest.TestCase):
             ["sub/b.nii", "sub/./b.nii"],
             ["a.nii.gz", in_base],
         ):
-            with self.subTest(entries), self.assertRaisesRegex(ValueError, "two scans would be written here"):
+            with self.subTest(entries), self.assertRaisesRegex(ValueError, "two outputs would be written here"):
                 find_scans(self.data, self.out, datalist=self._datalist(entries))
+
+    def test_difference_output_meeting_another_output_is_refused(self):
+        """With difference outputs on, scan ``a``'s difference ``a_difference.nii.gz`` would replace the restored scan
+        of an input named so (and a series folder ``s``'s the one of ``s_difference``): refused before anything
+        runs, naming both inputs; without difference outputs both scans are restored."""
+        for first, second, make in (
+            ("c.nii.gz", "c_difference.nii.gz", lambda p: save_nifti(p, np.zeros((6, 5, 2)))),
+            ("s", "s_difference", lambda p: dicom_series_folder(p, _pixels(2))),
+        ):
+            with self.subTest(first), tempfile.TemporaryDirectory() as tmp:
+                data, out = os.path.join(tmp, "in"), os.path.join(tmp, "out")
+                make(os.path.join(data, first))
+                make(os.path.join(data, second))
+                for flag in (False, "false"):
+                    self.assertEqual(len(find_scans(data, out, modality="CT", difference_output=flag)), 2)
+                for flag in (True, "true"):
+                    with self.assertRaisesRegex(ValueError, "two outputs would be written here") as raised:
+                        find_scans(data, out, modality="CT", difference_output=flag)
+                    for name in (first, second):
+                        self.assertIn(os.path.join(data, name), str(raised.exception))
+        # difference outputs of distinct names meet nothing
+        items = find_scans(self.data, self.out, modality="CT", difference_output=True)
+        self.assertEqual(items, find_scans(self.data, self.out, modality="CT"))
 
     def test_output_that_is_an_input_is_refused(self):
         for entries in (["a.nii.gz"], ["series"], [self.single]):  # written over itself

@@ -274,7 +274,12 @@ def _rescale(holder: Dataset | None, where: str) -> tuple[float, float]:
 
 
 def _ds_str(x: float) -> str:
-    return f"{x:.10g}"[:16]
+    """``x`` as a DS value: 10 significant digits, fewer where a 3-digit exponent needs the room (16 characters)."""
+    for digits in range(10, 0, -1):
+        text = f"{x:.{digits}g}"
+        if len(text) <= 16:
+            break
+    return text
 
 
 def derived_dataset(

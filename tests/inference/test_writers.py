@@ -234,6 +234,17 @@ class TestDerivedDataset(unittest.TestCase):
         self.assertEqual((int(out.PixelRepresentation), int(out.pixel_array.max())), (0, 65535))
         np.testing.assert_allclose(_stored(out), values, atol=0.55)
 
+    def test_enlarged_rescale_with_three_digit_exponent_keeps_its_value(self):
+        """A 3-digit exponent makes ``.10g`` 17 characters: fewer digits, never a cut exponent (e-100 -> e-10)."""
+        ds = self._src(np.zeros((2, 2), np.uint16), slope=1, inter=0)
+        for low in (-1.2345678912e-100, -9.87654321e-200):
+            values = np.array([[low, 0.0], [100.0, 70000.0]])
+            with self.subTest(low), tempfile.TemporaryDirectory() as d:
+                with self.assertLogs("custom.inference.writers", "WARNING"):
+                    out = _read_back(derived_dataset(ds, values, generate_uid(), NOW), d)
+                self.assertLessEqual(len(str(out.RescaleIntercept)), 16)
+                self.assertAlmostEqual(float(out.RescaleIntercept) / low, 1.0, delta=1e-7)
+
     @parameterized.expand(
         [
             ("unsigned_limits", np.uint16, [[0.0, 1.0], [7.0, 65535.0]], 0),

@@ -57,16 +57,19 @@ def simulate_low_dose_ct(
             f"{pixel_spacing_mm}."
         )
     rng = rng if rng is not None else np.random.RandomState()
-    theta = _angles(num_angles, max(hu.shape))
-    mu = np.clip(mu_water * (1.0 + hu / 1000.0), 0.0, None)
+    size = max(hu.shape)
+    theta = _angles(num_angles, size)
+    # a non-square slice goes into the corner of a square of zero attenuation: radon would pad it centred, and the
+    # reconstruction (size x size) could then not be cropped back onto the slice's own pixels
+    mu = np.zeros((size, size))
+    mu[: hu.shape[0], : hu.shape[1]] = np.clip(mu_water * (1.0 + hu / 1000.0), 0.0, None)
     sino = radon(mu, theta=theta, circle=False) * pixel_spacing_mm  # (detector bins, angles)
     counts = rng.poisson(i0 * np.exp(-sino)).astype(np.float64)
     noisy_sino = -np.log(np.maximum(counts, 0.5) / i0)
-    size = max(hu.shape)
 
     def fbp(s: np.ndarray) -> np.ndarray:
         rec = iradon(s / pixel_spacing_mm, theta=theta, output_size=size, filter_name="ramp", circle=False)
-        rec = rec[: hu.shape[0], : hu.shape[1]] if rec.shape != hu.shape else rec
+        rec = rec[: hu.shape[0], : hu.shape[1]]
         return (1000.0 * (rec / mu_water - 1.0)).astype(np.float32)
 
     return fbp(noisy_sino), fbp(sino)

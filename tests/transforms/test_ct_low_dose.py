@@ -35,6 +35,18 @@ class TestLowDoseCT(unittest.TestCase):
         self.assertLess(abs(float(np.median(clean_a[28:36, 20:28])) - 40.0), 15.0)  # HU preserved
         np.testing.assert_array_equal(hu, original)
 
+    @parameterized.expand([((24, 40),), ((40, 24),)])
+    def test_non_square_slice_stays_on_its_pixels(self, shape):
+        """The pair of a non-square slice is registered to it (the reconstruction was shifted by half the difference)."""
+        hu = np.full(shape, -1000.0)
+        hu[6:14, 8:16] = 500.0
+        noisy, clean = simulate_low_dose_ct(hu, 1e6, np.random.RandomState(0))
+        self.assertEqual(clean.shape, shape)
+        self.assertEqual(noisy.shape, shape)
+        self.assertLess(abs(float(np.median(clean[8:12, 10:14])) - 500.0), 30.0)  # the insert, where it was
+        self.assertLess(abs(float(np.median(clean[16:, 18:])) + 1000.0), 30.0)  # air elsewhere
+        self.assertLess(float(np.abs(clean - hu).mean()), 60.0)
+
     @parameterized.expand(
         [
             ("3d", np.zeros((4, 4, 4)), 1e5, "2D"),

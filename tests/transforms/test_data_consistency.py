@@ -65,10 +65,50 @@ class TestKSpaceDataConsistency(unittest.TestCase):
         for mode in ("nonnegative", "magnitude", "real"):
             torch.testing.assert_close(kspace_data_consistency(low, low, 4, mode), low, rtol=1e-5, atol=1e-3)
 
+    def test_zero_background_is_a_fixed_point(self) -> None:
+        """An MR magnitude image with exact zeros (background) comes back unchanged: values are clamped at 0 only."""
+        g = torch.Generator().manual_seed(2)
+        measured = (torch.randn((1, 16, 16), generator=g) * 0.5).clamp_min(0)  # half the pixels are 0, many in (0, 1)
+        self.assertGreater(int((measured == 0).sum()), 50)
+        for mode in ("nonnegative", "magnitude", "real"):
+            torch.testing.assert_close(
+                kspace_data_consistency(measured, measured, 4, mode), measured, atol=1e-6, rtol=0
+            )
+
     def test_factor_sets_the_block(self) -> None:
         _, low2, restored = _pair((1, 48, 48), factor=2)
         self.assertLess(kspace_block_error(kspace_data_consistency(restored, low2, 2, "real"), low2, 2), 1e-6)
         self.assertGreater(kspace_block_error(kspace_data_consistency(restored, low2, 4, "real"), low2, 2), 1e-3)
+
+    def test_factor_one_measured_everything(self) -> None:
+        """kspace_factor 1 (all of k-space measured) is accepted and gives the input back; 1.5 is a valid factor."""
+        _, low, restored = _pair((1, 12, 10))
+        torch.testing.assert_close(kspace_data_consistency(restored, low, 1, "real"), low, rtol=1e-6, atol=1e-3)
+        self.assertEqual(kspace_block_error(low, low, 1), 0.0)
+        self.assertGreater(kspace_block_error(restored, low, 1), 1e-3)
+        out = kspace_data_consistency(restored, low, 1.5, "real")
+        self.assertLess(kspace_block_error(out, low, 1.5), 1e-6)
+        self.assertGreater(kspace_block_error(out, low, 1), 1e-3)  # only the central 2/3 per axis is the input's
+
+    def test_defaults_are_the_published_task(self) -> None:
+        """Defaults: the x4 task's block, 'nonnegative' with DC_ITERATIONS (20) projections, as documented."""
+        _, low, restored = _pair((1, 24, 24))
+        noisy = restored + 800 * torch.randn(restored.shape, generator=torch.Generator().manual_seed(1))
+        default = kspace_data_consistency(noisy, low)
+        torch.testing.assert_close(default, kspace_data_consistency(noisy, low, 4, "nonnegative", 20), rtol=0, atol=0)
+        self.assertFalse(torch.equal(default, kspace_data_consistency(noisy, low, 4, "nonnegative", 19)))
+        self.assertFalse(torch.equal(default, kspace_data_consistency(noisy, low, 4, "nonnegative", 21)))
+        self.assertEqual(kspace_block_error(noisy, low), kspace_block_error(noisy, low, 4))
+
+    @parameterized.expand([[(1, 16, 16)], [(1, 15, 18)], [(1, 16, 12, 2)]])
+    def test_block_error_is_over_the_simulator_mask(self, shape: tuple) -> None:
+        """The error is ||K_image - K_measured|| / ||K_measured|| over exactly the simulator's mask, every slice."""
+        _, low, restored = _pair(shape)
+        mask = torch.as_tensor(kspace_center_mask(shape[1:3], 4))
+        ka, kb = _spectrum(restored)[..., mask], _spectrum(low)[..., mask]
+        expected = float(torch.linalg.vector_norm(ka - kb) / torch.linalg.vector_norm(kb))
+        self.assertAlmostEqual(kspace_block_error(restored, low), expected, delta=1e-9 * expected)
+        self.assertAlmostEqual(kspace_block_error(restored.numpy(), low.numpy()), expected, delta=1e-9 * expected)
 
     def test_inputs_not_modified_and_shape_kept(self) -> None:
         _, low, restored = _pair((1, 24, 20, 2))
@@ -85,8 +125,10 @@ class TestKSpaceDataConsistency(unittest.TestCase):
             kspace_data_consistency(x, torch.rand(1, 8, 9))
         with self.assertRaisesRegex(ValueError, "mode"):
             kspace_data_consistency(x, x, mode="phase")
-        with self.assertRaisesRegex(ValueError, ">= 1"):
+        with self.assertRaisesRegex(ValueError, "kspace_factor must be >= 1, got 0.5"):
             kspace_data_consistency(x, x, factor=0.5)
+        with self.assertRaisesRegex(ValueError, "kspace_factor must be >= 1, got 0.5"):
+            kspace_block_error(x, x, factor=0.5)
         with self.assertRaisesRegex(ValueError, "iterations"):
             kspace_data_consistency(x, x, iterations=0)
         with self.assertRaisesRegex(ValueError, "slice"):

@@ -27,6 +27,15 @@ class TestKSpace(unittest.TestCase):
         self.assertTrue(mask[shape[0] // 2, shape[1] // 2])  # DC after fftshift
         self.assertEqual(rows.max() - rows.min() + 1, keep[0])
 
+    def test_at_least_the_dc_is_kept(self):
+        """A factor as large as the side keeps only the DC: the image's mean, never an empty mask (a zero image)."""
+        x = torch.as_tensor(image(8)[None])
+        out = kspace_truncate(x, 8)
+        torch.testing.assert_close(out, torch.full_like(x, float(x.mean())), rtol=1e-5, atol=1e-2)
+        self.assertEqual(int(kspace_center_mask((8, 8), 8).sum()), 1)
+        self.assertEqual(int(kspace_center_mask((8, 8), 20).sum()), 1)  # round(8 / 20) = 0 frequencies -> still the DC
+        self.assertEqual(int(kspace_center_mask((1, 8), 4).sum()), 2)
+
     def test_truncation_removes_only_high_frequencies(self):
         x = image()
         low_only = (1000 + 800 * np.cos(2 * np.pi * 2 * np.mgrid[:64, :64][1] / 64)).astype(np.float32)

@@ -110,6 +110,12 @@ class TestKSpaceDataConsistency(unittest.TestCase):
         self.assertAlmostEqual(kspace_block_error(restored, low), expected, delta=1e-9 * expected)
         self.assertAlmostEqual(kspace_block_error(restored.numpy(), low.numpy()), expected, delta=1e-9 * expected)
 
+    def test_block_error_of_an_empty_measurement(self) -> None:
+        """Both blocks zero: 0; a zero measured block with a non-zero image: a huge error, never 0."""
+        zeros = torch.zeros(1, 8, 8)
+        self.assertEqual(kspace_block_error(zeros, zeros), 0.0)
+        self.assertGreater(kspace_block_error(torch.ones(1, 8, 8), zeros), 1e6)
+
     def test_inputs_not_modified_and_shape_kept(self) -> None:
         _, low, restored = _pair((1, 24, 20, 2))
         a, b = low.clone(), restored.clone()
@@ -176,6 +182,9 @@ class TestDataConsistencyd(unittest.TestCase):
             DataConsistencyd("pred", mode="imag")
         with self.assertRaisesRegex(ValueError, "kspace_factor"):
             DataConsistencyd("pred", factor=0)
+        _, low, restored = _pair((1, 12, 12))
+        out = DataConsistencyd("pred", factor=1, mode="real")({"pred": restored, "input": low, "modality": "MRI"})
+        torch.testing.assert_close(out["pred"], low, rtol=1e-6, atol=1e-3)  # factor 1: all of k-space measured
         with self.assertRaisesRegex(ValueError, "data_consistency must be true or false"):
             DataConsistencyd("pred", enabled="maybe")
 

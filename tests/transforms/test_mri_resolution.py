@@ -36,6 +36,16 @@ class TestKSpace(unittest.TestCase):
         self.assertEqual(int(kspace_center_mask((8, 8), 20).sum()), 1)  # round(8 / 20) = 0 frequencies -> still the DC
         self.assertEqual(int(kspace_center_mask((1, 8), 4).sum()), 2)
 
+    def test_channels_are_independent_and_defaults(self):
+        """Leading axes are a batch: each (H, W) slice is truncated alone; defaults are x4 over the last 2 axes."""
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand((2, 3, 12, 16), generator=g) * 1000
+        out = kspace_truncate(x)
+        for i in range(2):
+            for c in range(3):
+                torch.testing.assert_close(out[i, c], kspace_truncate(x[i, c], 4.0, 2), rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(out, kspace_truncate(x.numpy(), 4.0, 2), rtol=0, atol=0)
+
     def test_truncation_removes_only_high_frequencies(self):
         x = image()
         low_only = (1000 + 800 * np.cos(2 * np.pi * 2 * np.mgrid[:64, :64][1] / 64)).astype(np.float32)

@@ -8,7 +8,7 @@ import unittest
 import torch
 from custom.settings import as_flag
 from custom.transforms import kspace_center_mask, kspace_truncate
-from custom.transforms.data_consistency import DataConsistencyd, kspace_block_error, kspace_data_consistency
+from custom.transforms.data_consistency import DC_MODES, DataConsistencyd, kspace_block_error, kspace_data_consistency
 from parameterized import parameterized
 
 SHAPES = [[(1, 64, 64)], [(1, 37, 45)], [(1, 21, 20)], [(1, 40, 30, 3)], [(1, 33, 27, 2)]]
@@ -185,6 +185,10 @@ class TestDataConsistencyd(unittest.TestCase):
         _, low, restored = _pair((1, 12, 12))
         out = DataConsistencyd("pred", factor=1, mode="real")({"pred": restored, "input": low, "modality": "MRI"})
         torch.testing.assert_close(out["pred"], low, rtol=1e-6, atol=1e-3)  # factor 1: all of k-space measured
+        noisy = restored + 800 * torch.randn(restored.shape, generator=torch.Generator().manual_seed(1))
+        for mode in DC_MODES:
+            out = DataConsistencyd("pred", mode=mode)({"pred": noisy, "input": low, "modality": "MRI"})
+            torch.testing.assert_close(out["pred"], kspace_data_consistency(noisy, low, 4, mode), rtol=0, atol=0)
         with self.assertRaisesRegex(ValueError, "data_consistency must be true or false"):
             DataConsistencyd("pred", enabled="maybe")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,12 @@ import tempfile
 import unittest
 
 import numpy as np
-from custom.data.reference_layout import build_reference_datalist, first_per_task, scan_reference_layout
+from custom.data.reference_layout import (
+    build_reference_datalist,
+    first_per_task,
+    scan_reference_layout,
+    validate_reference_datalist,
+)
 from custom.settings import load_modality_settings
 from custom.tools.datalist import main
 
@@ -115,6 +121,90 @@ class TestReferenceLayout(unittest.TestCase):
         self.assertRegex(errors[1], r"MRI/test/HQ: folder missing")
         with self.assertRaisesRegex(ValueError, "no task folder"):
             build_reference_datalist(os.path.join(self.root, "CT", "train"))
+
+    def test_folder_names_are_matched_case_insensitively(self):
+        os.rename(os.path.join(self.root, "CT", "train", "LQ"), os.path.join(self.root, "CT", "train", "lq"))
+        os.rename(os.path.join(self.root, "MRI", "test"), os.path.join(self.root, "MRI", "Test"))
+        out, errors = scan_reference_layout(self.root)
+        self.assertEqual(errors, [])
+        self.assertEqual({k: len(v) for k, v in out.items()}, {"training": 9, "validation": 6, "test": 6})
+        ct = [i for i in out["training"] if i["modality"] == "CT"]
+        self.assertEqual([os.path.basename(i["image"]) for i in ct], ["ct_000.bin", "ct_001.bin", "ct_002.bin"])
+        for item in ct:
+            self.assertTrue(os.path.isfile(item["image"]), item["image"])  # the folder's own spelling
+        mri = [i for i in out["test"] if i["modality"] == "MRI"]
+        self.assertEqual(len(mri), 2)
+        self.assertTrue(all(os.path.isfile(i["label"]) for i in mri))
+        shutil.rmtree(os.path.join(self.root, "PET", "validation", "HQ"))
+        open(os.path.join(self.root, "PET", "validation", "hq"), "w").close()  # a file, not the HQ folder
+        self.assertEqual(
+            [e.split(": ")[1] for e in scan_reference_layout(self.root)[1]], ["folder missing (HQ = targets)."]
+        )
+
+    def test_hidden_files_and_stray_root_files_are_ignored(self):
+        for name in (".DS_Store", "._ct_000.bin"):
+            open(os.path.join(self.root, "CT", "train", "LQ", name), "w").close()
+        os.makedirs(os.path.join(self.root, "MRI", "train", "HQ", ".ipynb_checkpoints"))
+        open(os.path.join(self.root, "ct"), "w").close()  # a file named like a task folder is not one
+        out, errors = scan_reference_layout(self.root)
+        self.assertEqual(errors, [])
+        self.assertEqual({k: len(v) for k, v in out.items()}, {"training": 9, "validation": 6, "test": 6})
+
+    def test_relative_root_gives_absolute_paths(self):
+        out, errors = scan_reference_layout(os.path.relpath(self.root))
+        self.assertEqual(errors, [])
+        paths = [i[k] for items in out.values() for i in items for k in ("image", "label")]
+        self.assertEqual(len(paths), 42)
+        self.assertTrue(all(os.path.isabs(p) and os.path.isfile(p) for p in paths))
+
+    def test_a_single_content_problem_is_one_line_under_the_title(self):
+        write_nii(os.path.join(self.root, "PET", "test", "HQ", "pet_test_000.nii"), np.zeros((8, 8), np.float32))
+        with self.assertRaises(ValueError) as ctx:
+            build_reference_datalist(self.root, settings=SETTINGS)
+        lines = str(ctx.exception).splitlines()
+        self.assertEqual(len(lines), 2, lines)  # the data set title, then the problem (no nested title)
+        self.assertTrue(lines[0].startswith("invalid data set "))
+        self.assertRegex(lines[1], r"PET/test/LQ/pet_test_000\.nii: shape mismatch")
+
+    def test_content_problems_are_reported_with_missing_splits(self):
+        for task in ("PET", "CT", "MRI"):
+            shutil.rmtree(os.path.join(self.root, task, "test"))  # no test pair at all
+        write_bin(os.path.join(self.root, "CT", "train", "HQ", "ct_001.bin"), np.zeros((24, 40), np.float32))
+        with self.assertRaises(ValueError) as ctx:
+            build_reference_datalist(self.root, settings=SETTINGS)
+        lines = str(ctx.exception).splitlines()[1:]
+        self.assertEqual(len(lines), 4, lines)
+        self.assertEqual(sum(bool(re.search(r"/test: folder missing", line)) for line in lines), 3)
+        self.assertRegex(lines[-1], r"CT/train/LQ/ct_001\.bin: shape mismatch")
+
+    def test_validate_false_reads_no_file(self):
+        with open(os.path.join(self.root, "CT", "train", "HQ", "ct_001.bin"), "wb") as f:
+            f.write(b"not a pickle")
+        out = build_reference_datalist(self.root, settings=SETTINGS, validate=False)
+        self.assertEqual(len(out["training"]), 9)
+        with self.assertRaisesRegex(ValueError, r"CT/train/HQ/ct_001\.bin: unreadable pickled tensor"):
+            build_reference_datalist(self.root, settings=SETTINGS)
+
+    def test_a_task_without_settings_is_refused(self):
+        settings = {m: SETTINGS[m] for m in ("CT", "MRI")}
+        with self.assertRaisesRegex(ValueError, r"PET/.*: unknown modality 'PET'"):
+            build_reference_datalist(self.root, settings=settings)
+
+    def test_validate_reference_datalist(self):
+        output = os.path.join(self.root, "datalist.json")
+        build_reference_datalist(self.root, output, SETTINGS)
+        self.assertEqual(validate_reference_datalist(output, settings=SETTINGS), 21)
+        with self.assertRaisesRegex(ValueError, r"PET/.*: unknown modality 'PET'"):
+            validate_reference_datalist(output, settings={m: SETTINGS[m] for m in ("CT", "MRI")})
+        broken = os.path.join(self.root, "MRI", "validation", "HQ", "mri_validation_001.nii")
+        with open(broken, "wb") as f:
+            f.write(b"garbage")
+        with self.assertRaises(ValueError) as ctx:
+            validate_reference_datalist(output)  # reads the files by default
+        lines = str(ctx.exception).splitlines()
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[1].startswith(broken + ":"), lines[1])
+        self.assertEqual(validate_reference_datalist(output, check_content=False), 21)  # headers only: present
 
 
 class TestFirstPerTask(unittest.TestCase):

@@ -120,6 +120,14 @@ class TestTaskUniformBatchSampler(unittest.TestCase):
         batch = next(iter(loader))
         self.assertEqual(sorted(batch["task"]), ["ct", "mri", "pet"])
 
+    def test_defaults_are_the_published_batch(self):
+        """Published: 4 samples of every task per step; the default seed is fixed (0), so runs repeat."""
+        batches = list(TaskUniformBatchSampler(TASKS))
+        self.assertEqual(len(batches), 7)
+        for b in batches:
+            self.assertEqual(Counter(TASKS[i] for i in b), {"ct": 4, "pet": 4, "mri": 4})
+        self.assertEqual(batches, list(TaskUniformBatchSampler(TASKS, samples_per_task=4, seed=0)))
+
     def test_errors(self):
         with self.assertRaises(ValueError):
             TaskUniformBatchSampler([])
@@ -131,6 +139,8 @@ class TestTaskUniformBatchSampler(unittest.TestCase):
             TaskUniformBatchSampler(TASKS, samples_per_task=5, world_size=2)
         with self.assertRaisesRegex(ValueError, "seed"):
             TaskUniformBatchSampler(TASKS, seed=-1)
+        with self.assertRaisesRegex(ValueError, "samples_per_task must be >= 1, got 0"):
+            TaskUniformBatchSampler(TASKS, samples_per_task=0)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
 import unittest
+from collections import OrderedDict
 from unittest import mock
 
 import numpy as np
@@ -112,6 +114,19 @@ class TestPickledTensorReader(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "out of range"):
             load_slice(self.path("p.bin"), 1)
 
+    def test_patch_pickled_from_a_gpu_tensor_reads_on_the_cpu(self):
+        """``pickle.dump`` of a CUDA tensor nests a storage saved with location ``cuda:0``: it is mapped to the CPU."""
+        t = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4) - 5
+        nested = io.BytesIO()
+        with mock.patch("torch.serialization.location_tag", return_value="cuda:0"):
+            torch.save(t.storage(), nested, _use_new_zipfile_serialization=False)
+        self.assertIn(b"cuda:0", nested.getvalue())
+        storage = _Reduce(torch.storage._load_from_bytes, (nested.getvalue(),))
+        tensor = _Reduce(torch._utils._rebuild_tensor_v2, (storage, 0, (1, 3, 4), (12, 4, 1), False, OrderedDict()))
+        with open(self.path("gpu.bin"), "wb") as f:
+            pickle.dump(tensor, f)
+        np.testing.assert_array_equal(load_pickled_array(self.path("gpu.bin")), t.numpy())
+
     def test_suffix(self):
         reader = PickledTensorReader()
         self.assertTrue(reader.verify_suffix("x/a.bin"))
@@ -151,6 +166,7 @@ class TestPickledTensorReader(unittest.TestCase):
             ("dict", {"a": 1}, "holds a dict, expected a tensor or an array"),
             ("object_array", np.array([1, "a"], dtype=object), "refused|dtype object"),
             ("bool_tensor", torch.zeros(2, dtype=torch.bool), "dtype torch.bool"),
+            ("complex_array", np.array([[1j, 2]], np.complex64), "refused dtype 'c8', expected real numbers"),
         ]
     )
     def test_refused_content(self, _, obj, message):
@@ -225,6 +241,33 @@ class TestPickledTensorReader(unittest.TestCase):
             pickle.dump(_Reduce(torch._utils._rebuild_tensor_v2, (storage, 2, (2, 2), (2, 1), False, {})), f)
         np.testing.assert_array_equal(load_pickled_array(self.path("o.bin")), [[2, 3], [4, 5]])
 
+    @parameterized.expand(
+        [
+            ("hooks", (0, (2,), (1,), False, OrderedDict([(0, 1)])), "not a plain tensor"),
+            ("attributes", (0, (2,), (1,), False, {}, {"name": 1}), "not a plain tensor"),
+            ("float_in_size", (0, (1, 2.0), (2, 1), False, {}), r"size \(1, 2\.0\) is not a tuple of integers"),
+            ("int_size", (0, 2, (1,), False, {}), "size 2 is not a tuple of integers"),
+            ("float_offset", (1.0, (2,), (1,), False, {}), r"invalid tensor layout \(offset 1\.0"),
+            ("negative_offset", (-1, (2,), (1,), False, {}), r"invalid tensor layout \(offset -1"),
+            ("rank_mismatch", (0, (2, 3), (3,), False, {}), "invalid tensor layout"),
+            ("negative_stride", (1, (2, 2), (2, -1), False, {}), "invalid tensor layout"),
+        ]
+    )
+    def test_refused_tensor_layouts_say_why(self, _, args, message):
+        storage = torch.arange(6, dtype=torch.float32).storage()
+        with open(self.path("l.bin"), "wb") as f:
+            pickle.dump(_Reduce(torch._utils._rebuild_tensor_v2, (storage, *args)), f)
+        with self.assertRaisesRegex(ValueError, r"l\.bin: unreadable pickled tensor \(UnpicklingError: " + message):
+            load_pickled_array(self.path("l.bin"))
+
+    def test_zero_dim_and_empty_tensors_are_read(self):
+        for name, tensor in (("scalar", torch.tensor(2.5)), ("empty", torch.zeros(1, 0, 4))):
+            with open(self.path(f"{name}.bin"), "wb") as f:
+                pickle.dump(tensor, f)
+            out = load_pickled_array(self.path(f"{name}.bin"))
+            self.assertEqual(out.shape, tuple(tensor.shape))
+            np.testing.assert_array_equal(out, tensor.numpy())
+
     def test_voxel_limit(self):
         with open(self.path("t.bin"), "wb") as f:
             pickle.dump(torch.zeros(1, 3, 4), f)
@@ -251,6 +294,13 @@ class TestPickledTensorReader(unittest.TestCase):
             ("long", (1, (1, 4, 4), np.dtype("f4"), False, b"\0" * 68), "needs 64 data bytes, got 68"),
             ("negative", (1, (-1, 4), np.dtype("f4"), False, b""), "negative size"),
             ("not_bytes", (1, (2,), np.dtype("f4"), False, [1.0, 2.0]), "got list"),
+            ("six_fields", (1, (2,), np.dtype("f4"), False, b"\0" * 8, None), "numpy array state of an unknown form"),
+            (
+                "float_shape",
+                (1, (2.0,), np.dtype("f4"), False, b"\0" * 8),
+                r"shape \(2\.0,\) is not a tuple of integers",
+            ),
+            ("four_fields", (1, (2,), np.dtype("f4"), b"\0" * 8), "numpy array state of an unknown form"),
         ]
     )
     def test_ndarray_state_must_match_its_data(self, _, state, message):
@@ -295,6 +345,8 @@ class TestPickledTensorReader(unittest.TestCase):
             ("int64_exact", np.array([[2**24, -(2**24), 2**30, -(2**63)]], np.int64)),
             ("uint64_exact", np.array([[2**63, 0]], np.uint64)),
             ("int16", np.array([[-32768, 32767]], np.int16)),
+            ("int8", np.array([[-128, 127]], np.int8)),  # one-byte dtypes pickle with byte order '|'
+            ("uint8", np.array([[0, 255]], np.uint8)),
             ("float64_max", np.array([[float(np.finfo(np.float32).max), 0.5]])),
             ("bfloat16", torch.tensor([[1.5, -3.0]], dtype=torch.bfloat16)),
         ]

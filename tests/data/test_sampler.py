@@ -128,6 +128,13 @@ class TestTaskUniformBatchSampler(unittest.TestCase):
             self.assertEqual(Counter(TASKS[i] for i in b), {"ct": 4, "pet": 4, "mri": 4})
         self.assertEqual(batches, list(TaskUniformBatchSampler(TASKS, samples_per_task=4, seed=0)))
 
+    def test_task_stream_of_no_batch_is_empty(self):
+        s = TaskUniformBatchSampler(TASKS, samples_per_task=4)
+        for count in (0, 3):
+            stream = s.task_stream("pet", 5, count)
+            self.assertEqual(stream.shape, (count, 4))
+            self.assertEqual(stream.dtype.kind, "i")  # dataset indices
+
     def test_errors(self):
         with self.assertRaises(ValueError):
             TaskUniformBatchSampler([])

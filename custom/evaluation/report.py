@@ -156,7 +156,8 @@ class RestorationReport:
         output_dir: report folder (created).
         prefix: file-name prefix. Defaults to ``"test"``.
         task_key: batch key of the modality. Defaults to ``"modality"``.
-        index_key: batch key of the slice index. Defaults to ``"slice_index"``.
+        index_key: batch key of the slice index (read from the evaluator output when the batch lacks it, as the
+            modality is). Defaults to ``"slice_index"``.
         panels: write the PNG panels. Defaults to True.
         log_table: log the per-task table at the end. Defaults to True.
         reference: published reference rows (:func:`load_reference_results` output or its file) to log beside
@@ -232,7 +233,7 @@ class RestorationReport:
             fn = self._metrics(setting)
             v_in, v_out = fn(image[None], label[None]), fn(pred[None], label[None])
             scan = _filename(item.get(Keys.LABEL, out.get(Keys.LABEL)), f"item{len(self.slices)}")
-            index = item.get(self.index_key, 0)
+            index = item.get(self.index_key, out.get(self.index_key, 0))
             row = {
                 "task": str(setting["task"]),
                 "modality": setting["modality"],

@@ -69,20 +69,37 @@ def load_reference_results(path: str | os.PathLike) -> dict[str, Any]:
     ``methods``: ``{method: {modality: [psnr, ssim, rmse], "mean_psnr": value}}``.
 
     Raises:
-        ValueError: unreadable file, or a method lacking a task's values (the message names the file).
+        ValueError: unreadable file, a metric this report does not compute, or a method lacking a task's values or
+            its number ``mean_psnr`` (the message names the file).
     """
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         tasks, metrics, methods = list(data["tasks"]), list(data["metrics"]), dict(data["methods"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path}: unreadable reference results ({type(e).__name__}: {e}).") from e
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"{path}: metrics {unknown} are not among the report's {list(METRIC_NAMES)}.")
     for name, row in methods.items():
-        bad = [t for t in tasks if len(row.get(t, ())) != len(metrics)]
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{path}: method {name!r} must map each task to its values, got {type(row).__name__}.")
+        bad = [t for t in tasks if not _numbers(row.get(t), len(metrics))]
         if bad:
             raise ValueError(f"{path}: method {name!r} needs {len(metrics)} values {metrics} for {bad}.")
+        if not _numbers([row.get("mean_psnr")], 1):
+            raise ValueError(f"{path}: method {name!r} needs a number 'mean_psnr', got {row.get('mean_psnr')!r}.")
     return data
+
+
+def _numbers(values: Any, count: int) -> bool:
+    """Whether ``values`` is a list of ``count`` real numbers (not booleans)."""
+    return (
+        isinstance(values, (list, tuple))
+        and len(values) == count
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    )
 
 
 def _task_means(summary: Mapping[str, Any], side: str, modalities: Mapping[str, str]) -> dict[str, dict[str, float]]:
@@ -108,7 +125,9 @@ def format_reference_table(
     Returns:
         the table.
     """
-    tasks, metrics = [str(t).upper() for t in reference["tasks"]], list(reference["metrics"])
+    # the reference rows are keyed by its own task names; this model's means by modality, matched case-insensitively
+    tasks, metrics = list(reference["tasks"]), list(reference["metrics"])
+    keys = [str(t).upper() for t in tasks]
     width = 30
 
     def cell(values: Sequence[float] | None) -> str:
@@ -116,7 +135,7 @@ def format_reference_table(
             return f"{'-':>{width}}"
         return f"{' / '.join(f'{v:.4f}' for v in values):>{width}}"
 
-    head = f"{'method':<28}" + "".join(f"{t + ' ' + '/'.join(m.upper() for m in metrics):>{width}}" for t in tasks)
+    head = f"{'method':<28}" + "".join(f"{k + ' ' + '/'.join(m.upper() for m in metrics):>{width}}" for k in keys)
     head += f"{'mean PSNR':>11}"
     lines = [head, "-" * len(head)]
     for method, row in reference["methods"].items():
@@ -124,8 +143,8 @@ def format_reference_table(
     lines.append("-" * len(head))
     for label, side in ((f"{name} (restored)", "output"), ("degraded input", "input")):
         means = _task_means(summary, side, modalities)
-        cells = [cell([means[t][m] for m in metrics]) if t in means else cell(None) for t in tasks]
-        psnrs = [means[t]["psnr"] for t in tasks if t in means]
+        cells = [cell([means[k][m] for m in metrics]) if k in means else cell(None) for k in keys]
+        psnrs = [means[k]["psnr"] for k in keys if k in means]
         mean = f"{sum(psnrs) / len(psnrs):>10.4f}" + (" " if len(psnrs) == len(tasks) else "*") if psnrs else "-"
         lines.append(f"{label:<28}" + "".join(cells) + f"{mean:>11}")
     return "\n".join(lines)

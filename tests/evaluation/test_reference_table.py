@@ -7,11 +7,13 @@ import os
 import tempfile
 import unittest
 
-from custom.evaluation import format_reference_table, load_reference_results
+from custom.evaluation import RestorationReport, format_reference_table, load_reference_results
+from custom.settings import load_modality_settings
 
-from tests.utils import CONFIGS
+from tests.utils import CONFIGS, SETTINGS_DIR
 
 REFERENCE = os.path.join(CONFIGS, "reference_results.json")
+SETTINGS = load_modality_settings(SETTINGS_DIR)
 MODALITIES = {"low_dose_ct": "CT", "low_count_pet": "PET", "mri_super_resolution": "MRI"}
 
 
@@ -79,6 +81,56 @@ class TestReferenceTable(unittest.TestCase):
                 f.write("{")
             with self.assertRaisesRegex(ValueError, r"ref\.json: unreadable reference results"):
                 load_reference_results(path)
+
+    def test_every_flaw_is_reported_when_the_file_is_read(self):
+        good = {"X": {"CT": [30.0, 0.9], "PET": [35.0, 0.95], "mean_psnr": 32.5}}
+        cases = [
+            ([], r"unreadable reference results \(TypeError"),  # not an object
+            ({"tasks": ["CT"], "metrics": ["psnr"]}, r"unreadable reference results \(KeyError: 'methods'"),
+            ({"tasks": ["CT"], "metrics": ["psnr"], "methods": "abc"}, r"unreadable reference results \(ValueError"),
+            ({"tasks": ["CT"], "metrics": ["psnr", "mae"], "methods": good}, r"metrics \['mae'\] are not among"),
+            (
+                {"tasks": ["CT", "PET"], "metrics": ["psnr", "ssim"], "methods": {"X": [1]}},
+                "method 'X' must map each task",
+            ),
+            (
+                {"tasks": ["CT", "PET", "MRI"], "metrics": ["psnr", "ssim"], "methods": good},
+                r"method 'X' needs 2 values \['psnr', 'ssim'\] for \['MRI'\]",
+            ),
+            (
+                {"tasks": ["CT"], "metrics": ["psnr", "ssim"], "methods": {"X": {"CT": ["30", 0.9], "mean_psnr": 30}}},
+                r"method 'X' needs 2 values \['psnr', 'ssim'\] for \['CT'\]",
+            ),
+            (
+                {"tasks": ["CT"], "metrics": ["psnr", "ssim"], "methods": {"X": {"CT": [30.0, 0.9]}}},
+                "method 'X' needs a number 'mean_psnr', got None",
+            ),
+        ]
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "ref.json")
+            for data, message in cases:
+                with open(path, "w") as f:
+                    json.dump(data, f)
+                with self.assertRaisesRegex(ValueError, r"ref\.json: " + message, msg=data):
+                    load_reference_results(path)
+                # the evaluation handler reads it when built, before any slice is scored
+                with self.assertRaisesRegex(ValueError, r"ref\.json: ", msg=data):
+                    RestorationReport(SETTINGS, d, reference=path)
+
+    def test_task_names_in_any_case(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "ref.json")
+            with open(path, "w") as f:
+                json.dump(
+                    {"tasks": ["ct"], "metrics": ["psnr"], "methods": {"X": {"ct": [30.5], "mean_psnr": 30.5}}}, f
+                )
+            table = format_reference_table(
+                _summary({"low_dose_ct": (33.0, 0.9, 8.0)}), load_reference_results(path), MODALITIES
+            )
+        lines = table.splitlines()
+        self.assertEqual(lines[0].split(), ["method", "CT", "PSNR", "mean", "PSNR"])
+        self.assertEqual(lines[2].split(), ["X", "30.5000", "30.5000"])
+        self.assertEqual(lines[4].split(), ["this", "model", "(restored)", "33.0000", "33.0000"])
 
 
 if __name__ == "__main__":

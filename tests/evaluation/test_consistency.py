@@ -7,14 +7,20 @@ import contextlib
 import io
 import json
 import os
+import runpy
 import shutil
+import sys
 import tempfile
 import unittest
+import warnings
+from unittest import mock
 
 import numpy as np
+import torch
 from custom.evaluation.consistency import DESCRIPTION, main, measure_scans, slice_metrics
+from custom.metrics import PhysicalUnitMetrics
 from custom.settings import get_modality_setting, load_modality_settings
-from custom.transforms.data_consistency import DC_MODES
+from custom.transforms.data_consistency import DC_MODES, kspace_data_consistency
 from custom.transforms.mri_resolution import kspace_truncate
 
 from tests.utils import SETTINGS_DIR, save_nifti
@@ -58,6 +64,45 @@ class TestConsistency(unittest.TestCase):
         source = ast.parse(open(measure_scans.__code__.co_filename, encoding="utf-8").read())
         imported = {a.name for n in ast.walk(source) if isinstance(n, ast.Import) for a in n.names}
         self.assertNotIn("nibabel", imported)
+
+    def test_slice_metrics_are_the_published_metrics_of_each_slice(self):
+        ct = get_modality_setting(load_modality_settings(SETTINGS_DIR), "CT")  # a clip range that does not start at 0
+        rng = np.random.default_rng(1)
+        target = rng.uniform(-300, 400, (16, 12, 3)).astype(np.float32)  # (H, W, D), H != W
+        image = target + rng.normal(0, 40, target.shape).astype(np.float32)
+        lo, hi = ct["clip_range"]
+        fn = PhysicalUnitMetrics(ct["clip_range"], ct["eval_window"])
+        got = slice_metrics(image, target, ct)
+        image64, target64 = image.astype(np.float64), target.astype(np.float64)
+        for z in range(3):  # computed in double precision
+            direct = fn(*(torch.from_numpy((a[None, None, ..., z] - lo) / (hi - lo)) for a in (image64, target64)))
+            one = slice_metrics(image[..., z], target[..., z], ct)  # a 2D slice is one slice
+            for m in ("psnr", "ssim", "rmse"):
+                self.assertEqual(len(got[m]), 3)
+                self.assertAlmostEqual(got[m][z], float(direct[m][0]), delta=1e-12 * abs(float(direct[m][0])))
+                self.assertEqual(one[m], [got[m][z]])
+
+    def test_each_mode_scores_the_data_consistent_restored_scan(self):
+        result = measure_scans([self.scan], MRI, 4.0)
+        x, r, y = (torch.from_numpy(self.arrays[k])[None] for k in ("image", "restored", "label"))
+        for mode in DC_MODES:
+            dc = kspace_data_consistency(r, x, 4.0, mode)[0].numpy()  # the input's k-space block in the restored scan
+            expected = slice_metrics(dc, self.arrays["label"], MRI)
+            self.assertEqual(result[f"dc_{mode}"]["slices"], 2)
+            for m in ("psnr", "ssim", "rmse"):
+                value = float(np.mean(expected[m]))
+                self.assertAlmostEqual(result[f"dc_{mode}"][m], value, delta=1e-9 * abs(value), msg=(mode, m))
+        self.assertEqual(len({round(result[f"dc_{mode}"]["rmse"], 6) for mode in DC_MODES}), len(DC_MODES))
+
+    def test_the_default_truncation_factor_is_4(self):
+        default, x2 = measure_scans([self.scan], MRI), measure_scans([self.scan], MRI, 2.0)
+        self.assertEqual(default, measure_scans([self.scan], MRI, 4.0))
+        self.assertNotEqual(default, x2)
+        self.assertNotEqual(default, measure_scans([self.scan], MRI, 8.0))
+        code, err = self.run_main("--factor", "2", "--output", os.path.join(self.d, "x2.json"))
+        self.assertEqual(code, 0, err)
+        with open(os.path.join(self.d, "x2.json"), encoding="utf-8") as f:
+            self.assertEqual(json.load(f), json.loads(json.dumps(x2)))
 
     def test_shape_mismatch_names_the_scan(self):
         self.scan["restored"] = save_nifti(os.path.join(self.d, "small.nii.gz"), self.arrays["restored"][:8])
@@ -132,12 +177,67 @@ class TestConsistency(unittest.TestCase):
             main(["--help"])
         self.assertIn(DESCRIPTION, " ".join(out.getvalue().split()))
         self.assertTrue(DESCRIPTION.endswith("."))
+        self.assertIn("inference_report.json of a run over the split", " ".join(out.getvalue().split()))
 
     def test_command_refuses_an_unrestored_scan(self):
         datalist, report = self._inputs()
         with open(report, "w") as f:
             json.dump({"scans": []}, f)
         self.assertEqual(main(["--report", report, "--datalist", datalist]), 1)
+
+    def test_command_picks_the_restored_mri_items(self):
+        datalist, report = self._inputs()
+        with open(datalist, encoding="utf-8") as f:
+            data = json.load(f)
+        data["test"][0]["modality"] = "mr"  # the MRI alias, any case
+        data["test"].append({"image": "ct.nii.gz", "label": "ct_label.nii.gz", "modality": "CT"})  # not restored
+        data["test"].append({"image": "other.nii.gz", "label": "other_label.nii.gz"})  # no modality: not MRI
+        with open(datalist, "w") as f:
+            json.dump(data, f)
+        out = os.path.join(self.d, "dc.json")
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            self.assertEqual(main(["--report", report, "--datalist", datalist, "--output", out]), 0)
+        with open(out, encoding="utf-8") as f:
+            written = json.load(f)
+        self.assertEqual(written, json.loads(json.dumps(measure_scans([self.scan], MRI, 4.0))))
+        self.assertIn(f"restored         PSNR {written['restored']['psnr']:7.3f} dB", printed.getvalue())
+        # a scan the report lists as not written is not restored
+        with open(report, "w") as f:
+            json.dump(
+                {"scans": [{"image": self.scan["image"], "output": self.scan["restored"], "status": "failed"}]}, f
+            )
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(main(["--report", report, "--datalist", datalist]), 1)
+        self.assertIn(f"image.nii.gz: not restored in {report}", err.getvalue())
+        # no MRI item at all
+        data["test"] = data["test"][1:]
+        with open(datalist, "w") as f:
+            json.dump(data, f)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(main(["--report", report, "--datalist", datalist]), 1)
+        self.assertIn(f"{datalist}: no MRI item with a restored output in split 'test'", err.getvalue())
+
+    def test_module_runs_as_the_documented_command(self):
+        datalist, report = self._inputs()
+        argv = ["python -m custom.evaluation.consistency", "--report", report, "--datalist", datalist]
+        with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(io.StringIO()) as printed:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is imported already
+                with self.assertRaises(SystemExit) as stop:
+                    runpy.run_module("custom.evaluation.consistency", run_name="__main__")
+        self.assertEqual(stop.exception.code, 0)
+        self.assertIn("input            PSNR", printed.getvalue())
+
+    def test_command_needs_its_report_and_data_list(self):
+        datalist, report = self._inputs()
+        for argv, option in ((["--datalist", datalist], "--report"), (["--report", report], "--datalist")):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as raised:
+                main(argv)
+            self.assertEqual(raised.exception.code, 2)
+            self.assertIn(f"the following arguments are required: {option}", err.getvalue())
 
 
 if __name__ == "__main__":

@@ -121,11 +121,11 @@ class TestEvaluationParts(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "a.csv")
             write_csv_atomic(path, [{"x": 1.0, "y": "a"}], ["x", "y"])
-            with open(path) as f:
+            with open(path, newline="") as f:  # line ends as written: "\n", not the csv module's "\r\n"
                 self.assertEqual(f.read(), "x,y\n1,a\n")
             with self.assertRaisesRegex(ValueError, "a.csv"):
                 write_csv_atomic(path, [{"x": 1.0}], ["x", "y"])
-            with open(path) as f:
+            with open(path, newline="") as f:
                 self.assertEqual(f.read(), "x,y\n1,a\n")  # the failed write left the old file
             write_json_atomic(os.path.join(d, "b.json"), {"v": float("nan")})
             with open(os.path.join(d, "b.json")) as f:

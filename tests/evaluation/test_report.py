@@ -250,6 +250,24 @@ class TestRestorationReport(unittest.TestCase):
             report.summary["files"]["panels"]["low_dose_ct"], os.path.join(self.out, "test_panel_low_dose_ct.png")
         )
 
+    def test_the_panel_slice_has_the_most_target_structure_inside_the_window(self):
+        yy, xx = np.mgrid[:H, :W]
+        pattern = np.sin(yy / 3.0) * np.cos(xx / 4.0)
+        bone = np.where((yy < 4) & (xx < 6), 3000.0, 0.0)  # far above the window: clipped to its top when shown
+        targets = [40 + 180 * pattern, 40 + 20 * pattern + bone, 40 + 180 * pattern]  # slice 2 equals slice 0
+        rng = np.random.default_rng(0)
+        samples = []
+        for index, target in enumerate(targets):
+            noise = 150.0 if index == 1 else 5.0  # slice 1's restored slice (not its target) has the most spread
+            pred = target + rng.normal(0, noise, target.shape)
+            label = MetaTensor(_normalised(target, "CT"), meta={"filename_or_obj": "/d/ct.nii.gz"})
+            samples.append({**_sample("CT", "/d/ct.nii.gz", index, index), "label": label})
+            samples[-1]["pred"] = _normalised(pred, "CT")
+        report = RestorationReport(SETTINGS, self.out, log_table=False)
+        with mock.patch("custom.evaluation.report.plot_task_panel", wraps=plot_task_panel) as plot:
+            _run(report, [samples])
+        self.assertEqual(plot.call_args.kwargs["title"], "low_dose_ct: ct.nii.gz slice 0 (window [-160, 240] HU)")
+
     def test_log_and_reference_rows(self):
         report = RestorationReport(SETTINGS, self.out, panels=False, reference=REFERENCE)
         with self.assertLogs("custom.evaluation.report", "INFO") as logs:

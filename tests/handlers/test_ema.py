@@ -23,6 +23,22 @@ class TestEMA(unittest.TestCase):
         self.assertAlmostEqual(ema_decay(n, 0.999, warmup), expected, places=5)
         self.assertLess(ema_decay(1000, 0.999, "power"), 0.999)
 
+    def test_power_warm_up_formula_and_its_step_scale(self):
+        for n in (1, 7, 1000):
+            self.assertAlmostEqual(ema_decay(n, 0.999), 1.0 - (1.0 + n) ** (-2.0 / 3.0), places=12)
+            self.assertAlmostEqual(ema_decay(n, 0.999, inv_gamma=4.0), 1.0 - (1.0 + n / 4.0) ** (-2.0 / 3.0), places=12)
+        ema = ModelEMA(torch.nn.Linear(1, 1), power=0.5, inv_gamma=4.0)
+        ema.num_updates = 12
+        self.assertAlmostEqual(ema.current_decay(), 1.0 - (1.0 + 12 / 4.0) ** -0.5, places=12)
+
+    def test_zero_decay_copies_the_weights(self):
+        net = torch.nn.Linear(2, 2)
+        ema = ModelEMA(net, decay=0.0, warmup="none")
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        ema.update()
+        torch.testing.assert_close(ema.ema_model.weight, net.weight.detach(), rtol=0, atol=0)
+
     def test_update_formula_and_state(self):
         net = torch.nn.Linear(2, 2)
         ema = ModelEMA(net, decay=0.9, warmup="none")
@@ -44,6 +60,16 @@ class TestEMA(unittest.TestCase):
         self.assertEqual(other.num_updates, 1)
         for a, b in zip(other.ema_model.parameters(), ema.ema_model.parameters()):
             torch.testing.assert_close(a, b)
+
+    def test_load_state_dict_is_strict_unless_told(self):
+        ema = ModelEMA(torch.nn.Linear(2, 2))
+        state = ema.state_dict()
+        del state["ema_model"]["bias"]  # e.g. weights of another architecture
+        with self.assertRaisesRegex(RuntimeError, "Missing key.*bias"):
+            ModelEMA(torch.nn.Linear(2, 2)).load_state_dict(state)
+        other = ModelEMA(torch.nn.Linear(2, 2))
+        other.load_state_dict(state, strict=False)
+        torch.testing.assert_close(other.ema_model.weight, ema.ema_model.weight)
 
     @parameterized.expand([["from_start", 0, 6], ["across_the_cap", 31619, 6]])
     def test_update_applies_the_warm_up_step_by_step(self, _, start, steps):

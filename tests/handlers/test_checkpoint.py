@@ -5,7 +5,7 @@ import tempfile
 import unittest
 
 import torch
-from custom.handlers import AtomicCheckpointSaver, GlobalRNGState, ResumeCheckpointLoader
+from custom.handlers import AtomicCheckpointSaver, AtomicDiskSaver, GlobalRNGState, ResumeCheckpointLoader
 from ignite.engine import Engine, Events
 
 
@@ -32,6 +32,32 @@ class TestCheckpointHandlers(unittest.TestCase):
             engine2.run([0, 1], max_epochs=4)
             self.assertEqual(engine2.state.iteration, 8)
             torch.testing.assert_close(net2.weight, net.weight)
+
+    def test_numbered_checkpoints_keep_n_saved_in_a_folder_it_creates(self):
+        """Without a fixed name, MONAI's numbered files are written (into a folder created on the way) and the
+        oldest removed beyond ``n_saved``."""
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "new", "ckpt")
+            engine = Engine(lambda e, b: None)
+            AtomicCheckpointSaver(
+                save_dir=out, save_dict={"net": torch.nn.Linear(2, 2)}, save_interval=1, n_saved=2, epoch_level=True
+            ).attach(engine)
+            engine.run([0], max_epochs=3)
+            self.assertEqual(sorted(os.listdir(out)), ["net_epoch=2.pt", "net_epoch=3.pt"])
+            AtomicDiskSaver(os.path.join(d, "other"), filename="latest.pt")({"w": torch.ones(1)}, "ignored.pt")
+            self.assertEqual(os.listdir(os.path.join(d, "other")), ["latest.pt"])
+
+    def test_resume_passes_the_loader_options_on(self):
+        """``strict=False`` (and ``map_location``) reach MONAI's loader: a checkpoint without the bias loads."""
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "latest.pt")
+            src = torch.nn.Linear(2, 2)
+            torch.save({"net": {"weight": src.weight.detach()}}, path)
+            net = torch.nn.Linear(2, 2)
+            engine = Engine(lambda e, b: None)
+            ResumeCheckpointLoader(path, {"net": net}, map_location="cpu", strict=False).attach(engine)
+            engine.run([0], max_epochs=1)
+            torch.testing.assert_close(net.weight, src.weight)
 
     def test_missing_checkpoint_starts_fresh(self):
         engine = Engine(lambda e, b: None)

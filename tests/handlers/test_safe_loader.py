@@ -29,6 +29,20 @@ class TestSafeCheckpointLoader(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "evil.pt: cannot be loaded safely"):
                 self._run(evil, torch.nn.Linear(2, 2))
             self.assertFalse(os.path.exists("/tmp/should_not_exist_tat_payload"))
+            saved = os.path.join(d, "saved.pt")
+            torch.save({"model": _Payload()}, saved)  # torch's own pickle protocol: refused at the global it needs
+            with self.assertRaisesRegex(ValueError, r"saved.pt: cannot be loaded safely .*\(.*GLOBAL .*makedirs"):
+                self._run(saved, torch.nn.Linear(2, 2))
+            self.assertFalse(os.path.exists("/tmp/should_not_exist_tat_payload"))
+            junk = os.path.join(d, "junk.pt")
+            with open(junk, "wb") as f:
+                f.write(b"not a checkpoint")
+            with self.assertRaises(ValueError) as ctx:
+                self._run(junk, torch.nn.Linear(2, 2))
+            first = str(ctx.exception.__cause__).strip().splitlines()[0]  # no GLOBAL line: torch's first line
+            self.assertEqual(
+                str(ctx.exception), f"{junk}: cannot be loaded safely as a weights-only checkpoint ({first})."
+            )
             other = os.path.join(d, "other.pt")
             torch.save({"model": torch.nn.Linear(3, 2).state_dict()}, other)
             with self.assertRaisesRegex(ValueError, "other.pt: does not match"):

@@ -9,15 +9,22 @@ import tempfile
 import threading
 import unittest
 
+import nibabel as nib
+import numpy as np
 import torch
 from custom.handlers import SafeCheckpointLoader
 from custom.handlers.task_statistics import (
     STATS_KEY,
+    STD_FLOOR,
     TaskStatisticsHandler,
+    calibrate_threshold,
     checkpoint_network,
     compute_task_statistics,
+    fit_task_statistics,
     load_task_statistics,
+    task_distances,
     task_embeddings,
+    task_name,
 )
 from custom.settings import load_modality_settings
 from custom.tools.task_statistics import main
@@ -101,6 +108,8 @@ class TestTaskStatistics(unittest.TestCase):
         TaskStatisticsHandler(self.best, self.ckpt, self.datalist, SETTINGS, enabled="false").attach(engine)
         engine.run([0], max_epochs=1)
         self.assertIsNone(load_task_statistics(self.ckpt))
+        with self.assertRaisesRegex(ValueError, "task_statistics must be true or false, got 'sometimes'"):
+            TaskStatisticsHandler(self.best, self.ckpt, self.datalist, SETTINGS, enabled="sometimes")
         missing = TaskStatisticsHandler(self.best, os.path.join(self.tmp, "missing.pt"), self.datalist, SETTINGS)
         with self.assertRaisesRegex(ValueError, "missing.pt: no checkpoint"):
             missing()
@@ -120,6 +129,20 @@ class TestTaskStatistics(unittest.TestCase):
             engine.run([0], max_epochs=1)
         self.assertIn("no validation data", logs.output[0])
         self.assertIsNone(load_task_statistics(self.ckpt))
+        empty = self._without_validation(True)
+        with self.assertLogs("custom.handlers.task_statistics", logging.WARNING) as logs:
+            TaskStatisticsHandler(self.best, self.ckpt, empty, SETTINGS).attach(Engine(lambda e, b: None))
+        self.assertIn("no_val_True.json: the 'validation' split is empty", logs.output[0])
+
+    def test_a_task_without_validation_data_is_named_with_the_data_list(self) -> None:
+        with open(self.datalist, encoding="utf-8") as f:
+            lists = json.load(f)
+        lists["validation"] = [it for it in lists["validation"] if it["modality"] != "MRI"]
+        path = os.path.join(self.tmp, "no_mri_val.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(lists, f)
+        with self.assertRaisesRegex(ValueError, r"no_mri_val.json: no validation data for task\(s\) \['MRI'\]"):
+            compute_task_statistics(self.best, path, SETTINGS)
 
     def test_no_validation_data_is_a_clear_error(self) -> None:
         for empty in (True, False):
@@ -127,6 +150,45 @@ class TestTaskStatistics(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "no validation data"):
                 compute_task_statistics(self.best, path, SETTINGS)
             self.assertIsNone(load_task_statistics(self.ckpt))
+
+    def test_volumes_give_the_statistics_of_their_axial_slices(self) -> None:
+        """A 3D volume counts one slice per index along axis 2, each embedded like the same slice in a 2D file."""
+        with open(self.datalist, encoding="utf-8") as f:
+            lists = json.load(f)
+        volumes: dict[str, list] = {}
+        for split, items in lists.items():
+            volumes[split] = []
+            for modality in ("CT", "PET", "MRI"):
+                paths = [it["image"] for it in items if it["modality"] == modality]
+                stack = np.stack([np.asarray(nib.load(os.path.join(self.tmp, p)).dataobj) for p in paths], axis=2)
+                # the first slice again, so that the validation volumes have 2 slices
+                stack = np.concatenate([stack, stack[:, :, :1]], axis=2)
+                rel = f"{modality}_{split}_volume.nii.gz"
+                nib.save(nib.Nifti1Image(stack.astype(np.float32), np.eye(4)), os.path.join(self.tmp, rel))
+                volumes[split].append({"image": rel, "label": rel, "modality": modality})
+                items.append({"image": paths[0], "label": paths[0], "modality": modality})  # the same, as a 2D file
+        flat = os.path.join(self.tmp, "flat.json")
+        with open(flat, "w", encoding="utf-8") as f:
+            json.dump(lists, f)
+        stacked = os.path.join(self.tmp, "volumes.json")
+        with open(stacked, "w", encoding="utf-8") as f:
+            json.dump(volumes, f)
+        got = compute_task_statistics(self.best, stacked, SETTINGS)
+        expected = compute_task_statistics(self.best, flat, SETTINGS)
+        self.assertEqual(got["count"], [4, 4, 4])
+        self.assertEqual(got["validation_count"], [2, 2, 2])
+        torch.testing.assert_close(got["mean"], expected["mean"])
+        torch.testing.assert_close(got["std"], expected["std"])
+        self.assertAlmostEqual(got["threshold"], expected["threshold"], places=5)
+
+    def test_modalities_keep_only_those_tasks(self) -> None:
+        every = compute_task_statistics(self.best, self.datalist, SETTINGS)
+        some = compute_task_statistics(self.best, self.datalist, SETTINGS, percentile=50.0, modalities=["pt", "CT"])
+        self.assertEqual(some["tasks"], ["CT", "PET"])
+        self.assertEqual(some["percentile"], 50.0)
+        self.assertEqual(some["count"], [3, 3])
+        self.assertEqual(some["validation_count"], [1, 1])
+        torch.testing.assert_close(some["mean"], every["mean"][[0, 2]])
 
     def test_command(self) -> None:
         overlay = os.path.join(self.tmp, "overlay.json")
@@ -185,10 +247,26 @@ class TestTaskEmbeddings(unittest.TestCase):
     def test_refuses_networks_without_task_representation_and_bad_input(self) -> None:
         with self.assertRaisesRegex(ValueError, "task_adaptive=False"):
             task_embeddings(tiny_net(task_adaptive=False), torch.rand(1, 1, 16, 16))
-        with self.assertRaisesRegex(ValueError, "non-empty"):
+        with self.assertRaisesRegex(ValueError, r"non-empty \(N, C, H, W\) batch of slices, got \(0, 1, 16, 16\)"):
             task_embeddings(tiny_net(), torch.rand(0, 1, 16, 16))
+        with self.assertRaisesRegex(ValueError, r"\(N, C, H, W\) batch of slices, got \(1, 16, 16\)"):
+            task_embeddings(tiny_net(), torch.rand(1, 16, 16))  # one slice without its batch axis
+        with self.assertRaisesRegex(ValueError, "Conv2d has no task_embedding"):
+            task_embeddings(torch.nn.Conv2d(1, 1, 3), torch.rand(1, 1, 16, 16))
+
+        class NoTaskKernels(torch.nn.Module):  # a network with the method but without the attribute
+            def task_embedding(self, x: torch.Tensor) -> torch.Tensor:
+                return x.flatten(1)
+
+        with self.assertRaisesRegex(ValueError, "task_adaptive=False"):
+            task_embeddings(NoTaskKernels(), torch.rand(1, 1, 16, 16))
         with self.assertRaisesRegex(ValueError, "batch_size"):
             task_embeddings(tiny_net(), torch.rand(1, 1, 16, 16), batch_size=0)
+
+    def test_double_precision_slices_give_the_float32_embedding(self) -> None:
+        net = tiny_net(seed=3)
+        x = torch.rand(2, 1, 16, 16)
+        torch.testing.assert_close(task_embeddings(net, x.double()), task_embeddings(net, x))
 
     def test_concurrent_forwards_on_the_shared_network_are_not_disturbed(self) -> None:
         net = tiny_net(seed=4)
@@ -224,3 +302,54 @@ class TestTaskEmbeddings(unittest.TestCase):
         self.assertEqual(errors, [])
         self.assertEqual(wrong, [])
         self.assertEqual(dict(net.task_kernels.mlp._forward_hooks), {})  # no hook left on the shared network
+
+
+class TestStatisticsArithmetic(unittest.TestCase):
+    """The statistics' edge cases: the fewest slices allowed, the standard deviation floor, input checks."""
+
+    def test_task_names(self) -> None:
+        self.assertEqual([task_name(m) for m in ("ct", "PT", "mr", "MRI")], ["CT", "PET", "MRI", "MRI"])
+        self.assertEqual(task_name("us"), "US")  # not an alias: kept, upper case
+
+    def test_two_slices_per_task_are_enough(self) -> None:
+        z = {"CT": torch.tensor([[0.0, 1.0], [2.0, 5.0]]), "PET": torch.tensor([[10.0, 1.0], [14.0, 3.0]])}
+        stats = fit_task_statistics(z)
+        self.assertEqual(stats["count"], [2, 2])
+        torch.testing.assert_close(stats["mean"], torch.tensor([[1.0, 3.0], [12.0, 2.0]]))
+        # pooled variance: squared deviations (1 + 1 + 4 + 4, 4 + 4 + 1 + 1) over 4 slices - 2 tasks
+        torch.testing.assert_close(stats["std"], torch.full((2, 2), 5.0**0.5))
+        one = fit_task_statistics({"CT": z["CT"]})  # one task of two slices: one degree of freedom
+        torch.testing.assert_close(one["std"], torch.tensor([[2.0**0.5, 8.0**0.5]]))
+        with self.assertRaisesRegex(ValueError, r"at least 2 training slices per task; \['PET'\]"):
+            fit_task_statistics({"CT": z["CT"], "PET": z["PET"][:1]})
+
+    def test_std_floor_is_a_tenth_of_the_mean_std(self) -> None:
+        z = torch.zeros(4, 3)
+        z[:, 0] = torch.tensor([0.0, 2.0, 4.0, 6.0])  # dims 1, 2 constant within each task
+        stats = fit_task_statistics({"CT": z, "PET": z + 10})
+        spread = float(((z[:, 0] - 3.0) ** 2).sum() * 2 / 6) ** 0.5  # pooled over 8 slices - 2 tasks
+        floor = STD_FLOOR * spread / 3  # a tenth of the mean over the 3 dims (spread, 0, 0)
+        torch.testing.assert_close(stats["std"], torch.tensor([[spread, floor, floor]] * 2))
+
+    def test_mixed_dimensions_are_refused(self) -> None:
+        with self.assertRaisesRegex(ValueError, r"must all be \(N, D\) with one D"):
+            fit_task_statistics({"CT": torch.zeros(3, 4), "PET": torch.zeros(3, 2, 4)})
+        stats = fit_task_statistics({"CT": torch.rand(3, 4), "PET": torch.rand(3, 4)})
+        with self.assertRaisesRegex(ValueError, r"embeddings \(4,\) do not match"):
+            task_distances(torch.zeros(4), stats)  # one embedding without its batch axis
+
+    def test_percentile_bounds_and_default(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        stats = fit_task_statistics({"CT": torch.randn(5, 3, generator=g), "PET": 4 + torch.randn(5, 3, generator=g)})
+        val = {"CT": torch.randn(30, 3, generator=g), "PET": 4 + torch.randn(30, 3, generator=g)}
+        own = torch.cat([task_distances(val[t], stats)[:, i] for i, t in enumerate(stats["tasks"])])
+        default = calibrate_threshold(stats, val)
+        self.assertEqual(default["percentile"], 99.0)
+        self.assertAlmostEqual(default["threshold"], float(torch.quantile(own.double(), 0.99)), places=5)
+        self.assertAlmostEqual(calibrate_threshold(stats, val, 100)["threshold"], float(own.max()), places=5)
+        self.assertAlmostEqual(
+            calibrate_threshold(stats, val, 0.5)["threshold"], float(torch.quantile(own.double(), 0.005)), places=5
+        )
+        for bad in (0, -1, 100.5):
+            with self.assertRaisesRegex(ValueError, rf"percentile must be in \(0, 100\], got {bad}"):
+                calibrate_threshold(stats, val, bad)

@@ -408,5 +408,5 @@ class TaskStatisticsHandler:
             )
         net = checkpoint_network(self.network, self.checkpoint, self.model_key)
         stats = compute_task_statistics(net, self.datalist, self.settings, self.percentile, self.modalities)
-        store_task_statistics(self.checkpoint, stats)
+        store_task_statistics(self.checkpoint, stats, self.model_key)
         logger.info("task statistics stored in %s", self.checkpoint)

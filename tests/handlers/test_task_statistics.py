@@ -144,6 +144,21 @@ class TestTaskStatistics(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, r"no_mri_val.json: no validation data for task\(s\) \['MRI'\]"):
             compute_task_statistics(self.best, path, SETTINGS)
 
+    def test_handler_keeps_the_weights_under_its_model_key(self) -> None:
+        """A bare state dict gets the statistics (of the handler's tasks and percentile) next to its weights under the
+        handler's ``model_key``, which the handler itself (a second run) and the bundle's loader then read."""
+        torch.save(self.best.state_dict(), self.ckpt)
+        handler = TaskStatisticsHandler(
+            tiny_net(seed=2), self.ckpt, self.datalist, SETTINGS, 90.0, ["mr", "CT"], model_key="weights"
+        )
+        handler()
+        self.assertEqual(set(torch.load(self.ckpt, weights_only=True)), {"weights", STATS_KEY})
+        handler()  # again, on the file it wrote
+        net = checkpoint_network(tiny_net(seed=3), self.ckpt, model_key="weights")
+        torch.testing.assert_close(net.state_dict(), self.best.state_dict())
+        stats = load_task_statistics(self.ckpt)
+        self.assertEqual((stats["tasks"], stats["count"], stats["percentile"]), (["CT", "MRI"], [3, 3], 90.0))
+
     def test_no_validation_data_is_a_clear_error(self) -> None:
         for empty in (True, False):
             path = self._without_validation(empty)

@@ -32,7 +32,7 @@ from custom.networks.checkpoint import is_state_dict, load_checkpoint, read_chec
 from custom.settings import MODALITY_ALIASES, as_flag
 from custom.transforms.intensity import ModalityNormalized
 from ignite.engine import Engine, Events
-from monai.transforms import Compose, EnsureChannelFirstd
+from monai.transforms import EnsureChannelFirstd
 
 __all__ = [
     "STATS_KEY",
@@ -235,16 +235,17 @@ def split_embeddings(
     """
     keep = None if modalities is None else {task_name(m) for m in modalities}
     items = [it for it in load_datalist(datalist, split) if keep is None or task_name(it.get("modality", "")) in keep]
-    load = Compose(
-        [
-            LoadSliced(keys="image", axis=2),
-            EnsureChannelFirstd(keys="image", channel_dim="no_channel"),
-            ModalityNormalized(keys="image", settings=settings),
-        ]
+    # called one by one, not through Compose: it re-raises their ValueErrors (which name the file) as RuntimeError
+    steps = (
+        LoadSliced(keys="image", axis=2),
+        EnsureChannelFirstd(keys="image", channel_dim="no_channel"),
+        ModalityNormalized(keys="image", settings=settings),
     )
     found: dict[str, list[torch.Tensor]] = {}
     for item in expand_slices(items, key="image", axis=2):
-        d = load(item)
+        d = item
+        for step in steps:
+            d = step(d)
         task = task_name(d["modality"])
         x = torch.as_tensor(d["image"].as_tensor() if hasattr(d["image"], "as_tensor") else d["image"])
         found.setdefault(task, []).append(task_embeddings(network, x[None].float(), 1))

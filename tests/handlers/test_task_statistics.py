@@ -144,6 +144,24 @@ class TestTaskStatistics(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, r"no_mri_val.json: no validation data for task\(s\) \['MRI'\]"):
             compute_task_statistics(self.best, path, SETTINGS)
 
+    def test_an_item_without_modality_is_a_clear_error(self) -> None:
+        """The transforms' own error (naming the file and the key), not MONAI's 'applying transform' RuntimeError;
+        at the end of training it is logged, the run does not crash."""
+        with open(self.datalist, encoding="utf-8") as f:
+            lists = json.load(f)
+        del lists["training"][1]["modality"]
+        path = os.path.join(self.tmp, "no_modality.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(lists, f)
+        with self.assertRaisesRegex(ValueError, r"training_1.nii.gz.*: no 'modality' entry in the item"):
+            compute_task_statistics(self.best, path, SETTINGS)
+        engine = Engine(lambda e, b: None)
+        TaskStatisticsHandler(self.best, self.ckpt, path, SETTINGS).attach(engine)
+        with self.assertLogs("custom.handlers.task_statistics", logging.ERROR) as logs:
+            engine.run([0], max_epochs=1)
+        self.assertIn("no 'modality' entry", logs.output[0])
+        self.assertIsNone(load_task_statistics(self.ckpt))
+
     def test_handler_keeps_the_weights_under_its_model_key(self) -> None:
         """A bare state dict gets the statistics (of the handler's tasks and percentile) next to its weights under the
         handler's ``model_key``, which the handler itself (a second run) and the bundle's loader then read."""

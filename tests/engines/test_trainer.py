@@ -189,10 +189,29 @@ class TestTaskAdaptiveTrainer(unittest.TestCase):
             fresh.run()
             self.assertEqual(fresh.scaler.get_scale(), 2.0**16)
 
+    def test_state_dict_with_scaler_state_outside_a_run(self):
+        """Loaded before ``run`` (no scaler built yet): a scaler state is refused with AMP on (it would be lost),
+        ignored with AMP off; the engine state (iteration, epoch) is restored either way."""
+        done = _trainer(PlainL1Loss(), _batches(2))
+        done.run()
+        state = dict(done.state_dict(), grad_scaler={"scale": 2.0**15, "_growth_tracker": 3})
+        plain = _trainer(torch.nn.L1Loss(), _batches(2))
+        plain.load_state_dict(state)
+        self.assertEqual((plain.state.iteration, plain.state.epoch), (2, 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            amp = _trainer(torch.nn.L1Loss(), _batches(2), amp=True)
+        with self.assertRaisesRegex(ValueError, "can only be restored while the trainer runs"):
+            amp.load_state_dict(state)
+        amp.load_state_dict({k: v for k, v in state.items() if k != "grad_scaler"})  # nothing to restore: fine
+        self.assertEqual(amp.state.iteration, 2)
+
     def test_batch_sources(self):
         self.assertEqual(len(batch_sources(_batches(1)[0])), 6)
         self.assertEqual(batch_sources({"image": torch.zeros(1)}), [])
         self.assertEqual(batch_sources([torch.zeros(1)]), [])
+        one = {"image": MetaTensor(torch.zeros(1, 1, 2, 2), meta={"filename_or_obj": "/data/a.nii.gz"})}
+        self.assertEqual(batch_sources(one), ["/data/a.nii.gz"])  # an uncollated item: one name, not its letters
 
 
 class TestInputAwareLoss(unittest.TestCase):
@@ -429,6 +448,19 @@ class TestGuards(unittest.TestCase):
             p.register_hook(lambda g: torch.full_like(g, 3e38))
         trainer.run()
         self.assertEqual(trainer.state.iteration, 1)
+
+    def test_gradient_guard_on_a_plain_monai_trainer_names_a_partly_nan_gradient(self):
+        """The guard works on MONAI's own trainer (a loss without a ``loss`` attribute) and finds a gradient with
+        one NaN entry among finite ones."""
+        net = torch.nn.Linear(2, 2)
+        engine = mock.Mock(amp=False, scaler=None, network=net, loss_function=torch.nn.L1Loss())
+        engine.optimizer.param_groups = [{"params": list(net.parameters())}]
+        net.weight.grad = torch.tensor([[1.0, float("nan")], [0.5, 0.25]])
+        net.bias.grad = torch.ones(2)
+        engine.state.batch, engine.state.iteration, engine.state.epoch = {}, 3, 1
+        engine.state.output = {Keys.LOSS: torch.tensor(0.5)}
+        with self.assertRaisesRegex(FloatingPointError, "non-finite gradient of 'network.weight'.*iteration 3"):
+            FiniteGradientGuard()(engine)
 
     def test_gradient_guard_leaves_amp_to_the_scaler(self):
         engine = mock.Mock(amp=True, scaler=object())

@@ -107,6 +107,14 @@ class TestLowCountPET(unittest.TestCase):
         np.testing.assert_array_equal(default[0], explicit[0])
         self.assertGreater(float(np.abs(fewer[1] - default[1]).max()), 1e-3)
 
+    def test_angles_span_half_a_turn(self):
+        """The views are spread evenly over 180 degrees: two views are orthogonal and locate a point source."""
+        act = np.zeros((16, 16))
+        act[4, 11] = 10.0
+        _, ref = simulate_low_count_pet(act, 1.0, np.random.RandomState(0), num_angles=2, iterations=20)
+        self.assertEqual(np.unravel_index(int(ref.argmax()), ref.shape), (4, 11))
+        self.assertGreater(float(ref[3:6, 10:13].sum() / ref.sum()), 0.9)  # two views at 0 and 180 degrees smear it
+
     def test_full_dose_noise_falls_with_total_counts(self):
         act = phantom(16)
         errors = []

@@ -38,7 +38,7 @@ def simulate_low_dose_ct(
         rng: numpy random state for the Poisson draw (a fresh one when None).
         mu_water: linear attenuation of water in 1/mm (0.0192 at about 70 keV).
         pixel_spacing_mm: in-plane pixel size in mm (scales the line integrals, so the noise level).
-        num_angles: projection angles over 180 degrees (default: one per image row).
+        num_angles: projection angles over 180 degrees (default: max(H, W), the rows of the padded square).
 
     Returns:
         ``(noisy_hu, clean_hu)``: two float32 (H, W) arrays, the low-dose FBP and the noise-free FBP.

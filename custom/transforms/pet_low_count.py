@@ -62,7 +62,7 @@ def simulate_low_count_pet(
         rng: numpy random state for the Poisson draw.
         total_counts: counts collected by the full-dose slice (sets the full-dose noise level).
         iterations: MLEM iterations for both reconstructions.
-        num_angles: projection angles over 180 degrees (default: one per image row).
+        num_angles: projection angles over 180 degrees (default: max(H, W), the rows of the padded square).
 
     Returns:
         ``(low_count, reference)``: float32 (H, W) reconstructions in the units of ``activity``; the first

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from custom.io import atomic_output
+from custom.networks.checkpoint import unsafe_checkpoint_reason
 from ignite.engine import Engine
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
@@ -102,10 +103,9 @@ class SafeCheckpointLoader(CheckpointLoader):
         try:
             super().__call__(engine)
         except pickle.UnpicklingError as e:
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(e).__name__)
             raise ValueError(
-                f"{self.load_path}: cannot be loaded safely as a weights-only checkpoint ({reason})."
+                f"{self.load_path}: cannot be loaded safely as a weights-only checkpoint "
+                f"({unsafe_checkpoint_reason(e)})."
             ) from e
         except RuntimeError as e:
             raise ValueError(f"{self.load_path}: does not match the network or training state ({e}).") from e

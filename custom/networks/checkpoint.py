@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from custom.networks.convert import convert_reference_state_dict, unwrap_reference_state
 
-__all__ = ["is_state_dict", "read_checkpoint", "checkpoint_weights", "load_checkpoint", "load_reference_checkpoint"]
+__all__ = [
+    "unsafe_checkpoint_reason",
+    "is_state_dict",
+    "read_checkpoint",
+    "checkpoint_weights",
+    "load_checkpoint",
+    "load_reference_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +51,28 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: cannot be loaded safely as a weights-only checkpoint ({e}).") from e
+        raise ValueError(
+            f"{path}: cannot be loaded safely as a weights-only checkpoint ({unsafe_checkpoint_reason(e)})."
+        ) from e
     except (OSError, RuntimeError, EOFError) as e:
         raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}).") from e
+
+
+def unsafe_checkpoint_reason(error: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only refusal that says why: the global it would import, else the unpickler's
+    error (``Unsupported operand 149``: another pickle protocol or not a checkpoint), else the first line.
+
+    Torch's first line suggests loading with ``weights_only=False``, which would run the file's code.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line:
+            return line
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            tail = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return tail or (lines[i + 1] if i + 1 < len(lines) else line)
+    return lines[0] if lines else type(error).__name__
 
 
 def checkpoint_weights(

@@ -343,6 +343,14 @@ class TestPet(_Tmp):
             validate_datalist({"training": [{"image": path, "label": path, "modality": "PET"}]}, pet_units="SUV")
         )
 
+    @parameterized.expand([("absent", None), ("empty", DicomSequence([]))])
+    def test_no_radiopharmaceutical_information_refused_naming_it(self, _, value):
+        """Without the radiopharmaceutical item there is no dose: a named refusal (never a division by 0)."""
+        tags = dict(pet_tags(), RadiopharmaceuticalInformationSequence=value)
+        path = dicom_slice(os.path.join(self.d, "pet.dcm"), np.ones((6, 5), np.uint16), modality="PT", **tags)
+        words = "unusable: RadiopharmaceuticalInformationSequence (0054,0016). If"
+        self.assert_refused_everywhere(path, words, item={"modality": "PET"}, headers=False)
+
     def test_inference_readers_convert_to_suv_by_default(self):
         pixels = RNG.integers(0, 2000, (6, 5)).astype(np.uint16)
         path = dicom_slice(os.path.join(self.d, "pet.dcm"), pixels, modality="PT", **pet_tags())
@@ -950,6 +958,7 @@ class TestIntegersBeyondFloat32(_Tmp):
         exact = np.zeros((4, 3, 2), dtype)
         exact[0, 0, 0], exact[1, 1, 1], exact[2, 2, 0] = 2**24, 2**30, 3 * 2**26  # big but float32 values
         exact[3, 0, 1] = 2**24 + 2 if dtype == np.uint32 else -(2**31)
+        exact[3, 2, 0] = (2**24 - 1) * 2  # 24 significant bits exactly: the widest float32 mantissa, still exact
         out = load_image(save_scaled_nifti(os.path.join(self.d, "ok.nii"), exact))
         np.testing.assert_array_equal(out.numpy().astype(np.float64), exact.astype(np.float64))
         ct = RNG.integers(-1024, 3000, (4, 3, 2)).astype(dtype if dtype != np.uint32 else np.int32)

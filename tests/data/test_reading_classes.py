@@ -18,7 +18,7 @@ import pydicom
 from custom.data import load_image
 from custom.data import readers as readers_module
 from custom.data import validate_datalist
-from custom.data.readers import NiftiReader, dicom_series, nifti_image, nifti_source_meta, pet_suv_factor
+from custom.data.readers import DicomReader, NiftiReader, dicom_series, nifti_image, nifti_source_meta, pet_suv_factor
 from custom.data.slicing import LoadSliced, load_slice, num_slices
 from custom.inference.io import LoadScand, load_dicom_series, read_scan
 from hypothesis import given, settings
@@ -80,6 +80,7 @@ class TestScaledNifti(_Tmp):
         expected = raw.astype(np.float64) * slope + inter
         img = load_image(path)
         np.testing.assert_array_equal(img.numpy(), expected.astype(np.float32))
+        self.assertEqual(img.numpy().dtype, np.float32)  # float32 whatever the stored type (uint16 unscaled too)
         self.assertEqual(np.dtype(img.meta["source_dtype"]), dtype)
         self.assertEqual(img.meta["source_scl_slope"], slope)
         self.assertEqual(img.meta["source_scl_inter"], inter)
@@ -218,7 +219,9 @@ class TestFunctionalGroups(_Tmp):
         """Enhanced images keep rescale and geometry in functional groups: read there, not taken as 1 / identity."""
         vol = RNG.integers(0, 3000, (6, 5, 3)).astype(np.int16)
         iop = (1.0, 0.0, 0.0, 0.0, 0.6, 0.8)
-        plain = dicom_series_folder(os.path.join(self.d, "plain"), vol, slope=2.0, inter=-1024.0, orientation=iop)
+        plain = dicom_series_folder(
+            os.path.join(self.d, "plain"), vol, slope=2.0, inter=-1024.0, orientation=iop, spacing=(0.7, 0.8)
+        )
         enhanced = os.path.join(self.d, "enhanced")
         os.makedirs(enhanced)
         for name in sorted(os.listdir(plain)):
@@ -242,6 +245,10 @@ class TestFunctionalGroups(_Tmp):
         np.testing.assert_allclose(np.asarray(b.affine), np.asarray(a.affine))
         self.assertAlmostEqual(float(np.linalg.norm(np.asarray(b.affine)[:3, 2])), 1.0, places=6)
         np.testing.assert_array_equal(load_slice(enhanced, 2).numpy(), load_image(plain)[..., 2].numpy())
+        for name in sorted(os.listdir(plain)):  # one slice alone: its affine from the functional groups too
+            one, ref = load_image(os.path.join(enhanced, name)), load_image(os.path.join(plain, name))
+            np.testing.assert_allclose(np.asarray(one.affine), np.asarray(ref.affine))
+            np.testing.assert_allclose(np.linalg.norm(np.asarray(one.affine)[:3, :2], axis=0), [0.8, 0.7], rtol=1e-9)
 
 
 class TestPixelFormat(_Tmp):
@@ -1046,6 +1053,8 @@ class TestNiftiHeaderRules(_Tmp):
     def test_reader_returns_one_image_for_one_file(self):
         path = self._nii()
         self.assertIsInstance(NiftiReader().read(path), nib.Nifti1Image)
+        dicom = dicom_slice(os.path.join(self.d, "one.dcm"), np.ones((6, 5), np.int16))
+        self.assertIsInstance(DicomReader().read(dicom), pydicom.Dataset)  # one file given alone, not in a list
         self.assertEqual(len(NiftiReader().read([path, path])), 2)
 
 

@@ -23,6 +23,7 @@ from custom.data.readers import (
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
 
 from tests.utils import dicom_series_folder, dicom_slice, pet_tags, save_nifti
 
@@ -236,6 +237,9 @@ class TestDicomHeaders(unittest.TestCase):
         listed = load_image(files)
         self.assertEqual(listed.meta["filename_or_obj"], folder)  # a list of one series' files: their folder
         self.assertEqual(listed.meta["source_files"], files)
+        self.assertEqual(
+            (listed.meta["source_format"], listed.meta["transfer_syntax"]), ("dicom", ExplicitVRLittleEndian)
+        )
         ct = load_image(dicom_slice(os.path.join(self.d, "ct.dcm"), np.zeros((4, 3), np.int16)))
         self.assertNotIn("pet_units", ct.meta)
 

@@ -1055,7 +1055,38 @@ class TestNiftiHeaderRules(_Tmp):
         self.assertIsInstance(NiftiReader().read(path), nib.Nifti1Image)
         dicom = dicom_slice(os.path.join(self.d, "one.dcm"), np.ones((6, 5), np.int16))
         self.assertIsInstance(DicomReader().read(dicom), pydicom.Dataset)  # one file given alone, not in a list
+        self.assertTrue(DicomReader().verify_suffix(dicom))
         self.assertEqual(len(NiftiReader().read([path, path])), 2)
+
+
+class TestCaches(_Tmp):
+    """The header / gzip / series caches: bounded (least recently used goes first) and emptied by clear_caches."""
+
+    def test_bounded_least_recently_used(self):
+        cache = readers_module._Cache(2)
+        cache.put("a", 1)
+        cache.put("b", 2)
+        self.assertEqual(cache.get("a"), 1)  # a used: b is now the oldest
+        cache.put("c", 3)
+        self.assertEqual((cache.get("b"), cache.get("a"), cache.get("c")), (None, 1, 3))
+        cache.put("a", 10)  # a stored again: c is now the oldest
+        cache.put("d", 4)
+        self.assertEqual((cache.get("c"), cache.get("a"), cache.get("d")), (None, 10, 4))
+        self.assertEqual(len(cache.data), 2)
+
+    def test_clear_caches_forgets_every_check(self):
+        nii = save_scaled_nifti(os.path.join(self.d, "s.nii.gz"), RNG.integers(0, 9, (4, 3, 2)).astype(np.uint8))
+        folder = dicom_series_folder(os.path.join(self.d, "s"), RNG.integers(0, 9, (6, 5, 3)).astype(np.int16))
+        for _ in range(2):  # the second round after the caches were filled
+            readers_module.clear_caches()
+            with (
+                mock.patch.object(nib, "load", wraps=nib.load) as headers,
+                mock.patch.object(readers_module.gzip, "open", wraps=gzip.open) as streams,
+                mock.patch.object(readers_module.pydicom, "dcmread", wraps=pydicom.dcmread) as slices,
+            ):
+                load_image(nii)
+                load_image(folder)
+            self.assertEqual((headers.call_count, streams.call_count, slices.call_count), (1, 1, 3))
 
 
 if __name__ == "__main__":

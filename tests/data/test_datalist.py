@@ -11,7 +11,7 @@ from custom.data import build_datalist, load_datalist, validate_datalist
 from custom.settings import load_modality_settings
 from custom.tools.datalist import main
 
-from tests.utils import SETTINGS_DIR, make_tree, save_nifti
+from tests.utils import SETTINGS_DIR, make_tree, save_nifti, write_ct_series
 
 
 class TestDatalist(unittest.TestCase):
@@ -32,6 +32,7 @@ class TestDatalist(unittest.TestCase):
         with open(out_path) as f:
             raw = json.load(f)
         self.assertFalse(os.path.isabs(raw["training"][0]["image"]))  # relative paths in the file
+        self.assertFalse(os.path.isabs(raw["training"][0]["label"]))
         items = load_datalist(out_path, "training")
         self.assertTrue(all(os.path.isfile(i["image"]) for i in items))
         self.assertEqual({i["modality"] for i in items}, {"CT", "MRI"})  # not turned into the CT/ folder path
@@ -82,6 +83,193 @@ class TestDatalist(unittest.TestCase):
         shutil.rmtree(os.path.join(self.root, "MR"))
         with self.assertRaisesRegex(ValueError, "file not found"):
             main(["validate", "--datalist", out_path, "--headers_only"])
+
+
+class TestBuildChoosesFiles(unittest.TestCase):
+    """Which files become which items and splits (a wrong pairing or split silently changes the training data)."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.root = self.tmp.name
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def test_case_names_pair_partners_and_stray_entries_are_ignored(self):
+        rng = np.random.default_rng(0)
+        ct = os.path.join(self.root, "CT")
+        cases = {"patient_0001": ".nii.gz", "patient_0002": ".nii.gz"}  # names longer than the suffix, same prefix
+        for case, suffix in cases.items():
+            for sub in ("image", "label"):
+                save_nifti(os.path.join(ct, sub, case + suffix), rng.uniform(size=(4, 4, 2)))
+        save_nifti(os.path.join(ct, "image", "patient_0003.nii"), rng.uniform(size=(4, 4, 2)))  # .nii vs .nii.gz
+        save_nifti(os.path.join(ct, "label", "patient_0003.nii.gz"), rng.uniform(size=(4, 4, 2)))
+        write_ct_series(os.path.join(ct, "image", "patient_0005"), n=2, rows=4, cols=4)  # a series folder ...
+        save_nifti(os.path.join(ct, "label", "patient_0005.nii.gz"), rng.uniform(size=(4, 4, 2)))  # ... and a file
+        for sub in ("image", "label"):  # DICOM series folders (no suffix)
+            write_ct_series(os.path.join(ct, sub, "patient_0004"), n=2, rows=4, cols=4)
+            for stray in (".DS_Store", "notes.txt"):
+                with open(os.path.join(ct, sub, stray), "w") as f:
+                    f.write("not an image")
+        with open(os.path.join(self.root, "README.md"), "w") as f:
+            f.write("stray file at the root")
+        os.makedirs(os.path.join(self.root, "docs"))  # a folder that is no modality
+        data = build_datalist(self.root, val_fraction=0.0, test_fraction=0.0)
+        pairs = sorted(
+            (os.path.basename(i["image"]), os.path.basename(i["label"]), i["source"]) for i in data["training"]
+        )
+        self.assertEqual(
+            pairs,
+            [
+                ("patient_0001.nii.gz", "patient_0001.nii.gz", "patient_0001.nii.gz"),
+                ("patient_0002.nii.gz", "patient_0002.nii.gz", "patient_0002.nii.gz"),
+                ("patient_0003.nii", "patient_0003.nii.gz", "patient_0003.nii.gz"),
+                ("patient_0004", "patient_0004", "patient_0004"),
+                ("patient_0005", "patient_0005.nii.gz", "patient_0005.nii.gz"),
+            ],
+        )
+        self.assertTrue(
+            all(os.path.dirname(i["image"]).endswith(os.path.join("CT", "image")) for i in data["training"])
+        )
+        self.assertEqual({(i["modality"], i["task"]) for i in data["training"]}, {("CT", "ct")})
+
+    def test_split_sizes_are_rounded_fractions_of_the_cases(self):
+        make_tree(self.root, {"CT": 10}, shape=(4, 4, 2))
+
+        def sizes(data: dict) -> list[int]:
+            return [len(data[s]) for s in ("training", "validation", "test")]
+
+        data = build_datalist(self.root, val_fraction=0.2, test_fraction=0.3, validate=False)
+        self.assertEqual(sizes(data), [5, 2, 3])
+        sources = [i["source"] for s in data.values() for i in s]
+        self.assertEqual(sorted(sources), [f"case{i:02d}.nii.gz" for i in range(10)])  # each case once
+        default = build_datalist(self.root, validate=False)
+        self.assertEqual(sizes(default), [8, 1, 1])  # 10 % validation, 10 % test
+        self.assertEqual(default, build_datalist(self.root, seed=0, validate=False))  # reproducible default seed
+        for items in default.values():
+            for item in items:
+                self.assertEqual(os.path.basename(item["image"]), item["source"])  # partners stay together
+
+    def test_clean_only_needs_the_flag(self):
+        make_tree(self.root, {"MR": 2}, shape=(4, 4, 2))
+        shutil.rmtree(os.path.join(self.root, "MR", "image"))
+        with self.assertRaisesRegex(ValueError, "image: no degraded inputs; pass allow_clean_only=True"):
+            build_datalist(self.root)
+        data = build_datalist(self.root, val_fraction=0.0, test_fraction=0.0, allow_clean_only=True)
+        self.assertEqual(len(data["training"]), 2)
+        self.assertTrue(all("image" not in i and os.path.isfile(i["label"]) for i in data["training"]))
+
+    def test_root_problems_and_default_validation(self):
+        with self.assertRaisesRegex(ValueError, "nowhere: data set root not found"):
+            build_datalist(os.path.join(self.root, "nowhere"))
+        os.makedirs(os.path.join(self.root, "docs"))
+        with self.assertRaisesRegex(ValueError, "no modality folder"):
+            build_datalist(self.root)
+        make_tree(self.root, {"CT": 2}, shape=(4, 4, 2))
+        with open(os.path.join(self.root, "CT", "label", "case01.nii.gz"), "wb") as f:
+            f.write(b"garbage")
+        self.assertEqual(len(build_datalist(self.root, validate=False)["training"]), 2)
+        with self.assertRaisesRegex(ValueError, "case01.nii.gz: unreadable"):  # validated by default
+            build_datalist(self.root)
+        save_nifti(os.path.join(self.root, "CT", "label", "case01.nii.gz"), np.ones((4, 4, 2)))
+        make_tree(self.root, {"MR": 1}, shape=(4, 4, 2))
+        settings = load_modality_settings(SETTINGS_DIR)
+        with self.assertRaisesRegex(ValueError, "unknown modality 'MRI'"):  # validated against the given settings
+            build_datalist(self.root, settings={"CT": settings["CT"]})
+        cwd = os.getcwd()
+        try:
+            os.chdir(self.root)
+            data = build_datalist(".", validate=False)
+        finally:
+            os.chdir(cwd)
+        self.assertTrue(all(os.path.isabs(i[k]) for i in data["training"] for k in ("image", "label")))
+
+    def test_load_datalist_split_paths_and_errors(self):
+        lists = {
+            "training": [{"image": "CT/image/a.nii.gz", "label": "CT/label/a.nii.gz", "modality": "CT"}],
+            "validation": [{"image": "CT/image/b.nii.gz", "label": "CT/label/b.nii.gz", "modality": "CT"}],
+        }
+        path = os.path.join(self.root, "lists", "dl.json")
+        os.makedirs(os.path.dirname(path))
+        with open(path, "w") as f:
+            json.dump(lists, f)
+        folder = os.path.dirname(path)
+        # the files need not exist yet: both paths are joined with the json's folder, or with base_dir
+        (val,) = load_datalist(path, "validation")
+        self.assertEqual(val["image"], os.path.join(folder, "CT", "image", "b.nii.gz"))
+        self.assertEqual(val["label"], os.path.join(folder, "CT", "label", "b.nii.gz"))
+        self.assertEqual(val["modality"], "CT")
+        (train,) = load_datalist(path, "training", base_dir=self.root)
+        self.assertEqual(train["label"], os.path.join(self.root, "CT", "label", "a.nii.gz"))
+        with self.assertRaisesRegex(ValueError, r"dl.json: no 'test' split \(has \['training', 'validation'\]\)"):
+            load_datalist(path, "test")
+        with open(path, "w") as f:
+            f.write("{not json")
+        with self.assertRaisesRegex(ValueError, "dl.json: unreadable data list"):
+            load_datalist(path)
+        with self.assertRaisesRegex(ValueError, "missing.json: unreadable data list"):
+            load_datalist(os.path.join(self.root, "missing.json"))
+
+    def test_validate_counts_items_and_resolves_relative_paths(self):
+        make_tree(self.root, {"CT": 2}, shape=(4, 4, 2))
+        lists = {
+            "training": [{"image": "CT/image/case00.nii.gz", "label": "CT/label/case00.nii.gz", "modality": "ct"}],
+            "validation": [{"label": "CT/label/case01.nii.gz", "modality": "MR"}],  # clean-only item
+            "numTraining": 1,  # not a list of items: skipped
+        }
+        path = os.path.join(self.root, "dl.json")
+        with open(path, "w") as f:
+            json.dump(lists, f)
+        self.assertEqual(validate_datalist(path), 2)  # against the json's folder
+        self.assertEqual(validate_datalist(lists, base_dir=self.root), 2)
+        cwd = os.getcwd()
+        try:
+            os.chdir(self.root)
+            self.assertEqual(validate_datalist(lists), 2)  # a dict without base_dir: the working directory
+        finally:
+            os.chdir(cwd)
+        with open(os.path.join(self.root, "CT", "label", "case01.nii.gz"), "wb") as f:
+            f.write(b"garbage")
+        self.assertEqual(validate_datalist(path, check_content=False), 2)  # presence only: the content is not read
+        with open(path, "w") as f:
+            f.write("{not json")
+        with self.assertRaisesRegex(ValueError, "dl.json: unreadable data list"):
+            validate_datalist(path)
+
+    def test_validate_gives_one_line_per_problem_naming_the_file(self):
+        make_tree(self.root, {"CT": 1}, shape=(4, 4, 2))
+        label = os.path.join(self.root, "CT", "label", "case00.nii.gz")
+        image = os.path.join(self.root, "CT", "image", "case00.nii.gz")
+        gone = os.path.join(self.root, "gone.nii.gz")
+        garbage = os.path.join(self.root, "garbage.nii.gz")
+        with open(garbage, "wb") as f:
+            f.write(b"garbage")
+        four_d = save_nifti(os.path.join(self.root, "four_d.nii.gz"), np.ones((4, 4, 2, 2)))
+        items = [
+            {"label": label},  # no modality
+            {"image": image},  # no modality, no label
+            {"image": gone, "label": label, "modality": "CT"},  # missing partner
+            {"label": gone, "modality": "CT"},  # clean-only item whose target is missing
+            {"image": garbage, "label": label, "modality": "CT"},  # unreadable input
+            {"image": four_d, "label": four_d, "modality": "CT"},  # not 2D / 3D
+        ]
+        with self.assertRaises(ValueError) as ctx:
+            validate_datalist({"training": items})
+        lines = str(ctx.exception).splitlines()
+        self.assertEqual(lines[0], "invalid data list:")
+        expected = [
+            f"{label}: no 'modality' in the item (training[0]",
+            f"{image}: no 'modality' in the item (training[1]",
+            "training[1]: no 'label' (clean target) in the item.",
+            f"{gone}: missing partner: file not found ('image' of training[2]).",
+            f"{gone}: file not found ('label' of training[3]).",
+            f"{garbage}: ",
+            f"{four_d}: expected a 2D or 3D image",
+            f"{four_d}: expected a 2D or 3D image",
+        ]
+        self.assertEqual(len(lines) - 1, len(expected), str(ctx.exception))
+        for line, start in zip(lines[1:], expected):
+            self.assertTrue(line.startswith(start), f"{line!r} does not start with {start!r}")
 
 
 if __name__ == "__main__":

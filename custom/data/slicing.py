@@ -12,7 +12,6 @@ import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from custom.data.limits import finite_values
@@ -58,26 +57,25 @@ def num_slices(path: str | os.PathLike, axis: int = 2) -> int:
         the slice count.
 
     Raises:
-        ValueError: unreadable file or missing path (the message names it); the same header checks as
-            :func:`custom.data.load_image` (one reading layer, headers cached).
+        ValueError: unreadable file, missing path, unsupported file type, or a DICOM series with ``axis`` other
+            than 2 (the message names it); the same header checks as :func:`custom.data.load_image` (one reading
+            layer, headers cached).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"{path}: file not found.")
     if os.path.isdir(path) or (is_dicom(path) and not is_nifti(path)):
         series = dicom_series(path)  # headers only, read once and cached; checks series, gaps, pixel format
+        if axis != 2 and len(series.files) > 1:  # as load_slice: a stack of 2D files is only sliced along it
+            raise ValueError(f"{path}: a DICOM series can only be sliced along axis 2.")
         return len(series.files) if axis == 2 else 1
     if is_nifti(path):
         spatial = list(spatial_shape(nifti_image(path).shape, path))  # header (+ gzip CRC): voxels stay on disk
-    elif path.endswith((".mgz", ".img", ".hdr")):
-        try:
-            shape = nib.load(path).shape  # header only: the voxel data stays on disk
-        except Exception as e:  # nibabel raises several types
-            raise ValueError(f"{path}: unreadable image ({e}).") from e
-        spatial = list(shape[:3])
-    else:
-        return 1  # a 2D image (e.g. a pickled patch)
-    return int(spatial[axis]) if len(spatial) > axis else 1
+        return int(spatial[axis]) if len(spatial) > axis else 1
+    if path.lower().endswith(".bin"):
+        return 1  # a pickled 2D training patch (custom/data/pickled.py)
+    # what load_image / load_slice cannot read is refused here, before training (not counted as one slice)
+    raise ValueError(f"{path}: unsupported file type (expected .nii, .nii.gz or DICOM).")
 
 
 def expand_slices(

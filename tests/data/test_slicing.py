@@ -5,6 +5,7 @@ import pathlib
 import tempfile
 import unittest
 
+import nibabel as nib
 import numpy as np
 from custom.data import LoadSliced, expand_slices, load_image, load_slice, num_slices
 from monai.data import Dataset
@@ -188,6 +189,33 @@ class TestSliceSelection(unittest.TestCase):
         out = LoadSliced(["image", "label"], allow_missing_keys=True)({"label": path, "slice_index": 1})
         self.assertNotIn("image", out)
         np.testing.assert_array_equal(out["label"].numpy(), self.vol[..., 1])
+
+    def test_files_the_loaders_refuse_are_refused_when_counting(self):
+        """num_slices (expand_slices) must not count a file that load_slice cannot read: it used to count a .mgz
+        volume's slices and any other file as one slice, and training then failed on the first item."""
+        mgz = self.path("v.mgz")
+        nib.save(nib.MGHImage(self.vol, np.eye(4)), mgz)
+        text = self.path("notes.txt")
+        with open(text, "w") as f:
+            f.write("not an image")
+        for path in (mgz, text):
+            name = os.path.basename(path)
+            for call in (
+                lambda: num_slices(path),
+                lambda: expand_slices([{"label": path}]),
+                lambda: load_slice(path, 0),
+            ):
+                with self.assertRaisesRegex(ValueError, f"{name}: unsupported file type"):
+                    call()
+        folder = self.path("series")
+        os.makedirs(folder)
+        write_ct_series(folder, n=3)
+        for axis in (0, 1):
+            for call in (lambda: num_slices(folder, axis), lambda: load_slice(folder, 0, axis)):
+                with self.assertRaisesRegex(ValueError, "series: a DICOM series can only be sliced along axis 2"):
+                    call()
+        single = dicom_slice(self.path("one.dcm"), np.arange(30, dtype=np.int16).reshape(6, 5))
+        self.assertEqual(num_slices(single, 0), 1)  # a single 2D file is one slice along any axis
 
 
 if __name__ == "__main__":

@@ -97,11 +97,16 @@ def expand_slices(
 
     Returns:
         a new list of new dicts (the input items are not modified).
+
+    Raises:
+        ValueError: ``stride`` not a positive integer (it used to be taken as 1), or a :func:`num_slices` error.
     """
+    if isinstance(stride, bool) or int(stride) != stride or stride < 1:
+        raise ValueError(f"expand_slices: stride must be a positive integer (every stride-th slice), got {stride!r}.")
     out: list[dict[str, Any]] = []
     for item in items:
         n = num_slices(item[key], axis)
-        out.extend({**item, index_key: i} for i in range(0, n, max(1, int(stride))))
+        out.extend({**item, index_key: i} for i in range(0, n, int(stride)))
     return out
 
 

@@ -217,6 +217,13 @@ class TestSliceSelection(unittest.TestCase):
         single = dicom_slice(self.path("one.dcm"), np.arange(30, dtype=np.int16).reshape(6, 5))
         self.assertEqual(num_slices(single, 0), 1)  # a single 2D file is one slice along any axis
 
+    def test_stride_must_be_a_positive_integer(self):
+        path = save_nifti(self.path("v.nii.gz"), self.vol)
+        self.assertEqual([it["slice_index"] for it in expand_slices([{"label": path}], stride=4)], [0, 4])
+        for stride in (0, -1, 1.5, True):
+            with self.assertRaisesRegex(ValueError, f"stride must be a positive integer.*got {stride!r}"):
+                expand_slices([{"label": path}], stride=stride)
+
 
 if __name__ == "__main__":
     unittest.main()

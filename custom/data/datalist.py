@@ -124,11 +124,19 @@ def build_datalist(
         ``{"training": [...], "validation": [...], "test": [...]}`` with absolute paths (relative ones in the file).
 
     Raises:
-        ValueError: no modality folder, missing partner, or a validation error (the message names the file).
+        ValueError: no modality folder, missing partner, or a validation error (the message names the file); a
+            fraction outside [0, 1] or fractions summing to more than 1.
     """
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
         raise ValueError(f"{root}: data set root not found.")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a fraction of the cases in [0, 1], got {value!r}.")
+    if val_fraction + test_fraction > 1.0:
+        raise ValueError(
+            f"val_fraction {val_fraction} + test_fraction {test_fraction} is more than all the cases (at most 1)."
+        )
     out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     rng = np.random.default_rng(seed)
     found = False

@@ -150,6 +150,21 @@ class TestBuildChoosesFiles(unittest.TestCase):
             for item in items:
                 self.assertEqual(os.path.basename(item["image"]), item["source"])  # partners stay together
 
+    def test_fractions_outside_the_cases_are_refused(self):
+        """Negative fractions or fractions summing to more than 1 used to empty the training split silently (3
+        cases with 0.5 / 0.5: no training case); all cases to one split (sum 1) stays allowed."""
+        make_tree(self.root, {"CT": 4}, shape=(4, 4, 2))
+        for val, test, message in (
+            (-0.1, 0.1, "val_fraction must be a fraction of the cases in \\[0, 1\\], got -0.1"),
+            (0.1, 1.5, "test_fraction must be a fraction of the cases in \\[0, 1\\], got 1.5"),
+            (float("nan"), 0.1, "val_fraction must be .* got nan"),
+            (0.6, 0.5, "val_fraction 0.6 \\+ test_fraction 0.5 is more than all the cases"),
+        ):
+            with self.subTest(val=val, test=test), self.assertRaisesRegex(ValueError, message):
+                build_datalist(self.root, val_fraction=val, test_fraction=test, validate=False)
+        data = build_datalist(self.root, val_fraction=0.5, test_fraction=0.5, validate=False)
+        self.assertEqual([len(data[s]) for s in ("training", "validation", "test")], [0, 2, 2])
+
     def test_clean_only_needs_the_flag(self):
         make_tree(self.root, {"MR": 2}, shape=(4, 4, 2))
         shutil.rmtree(os.path.join(self.root, "MR", "image"))

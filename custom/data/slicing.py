@@ -66,7 +66,7 @@ def num_slices(path: str | os.PathLike, axis: int = 2) -> int:
         raise ValueError(f"{path}: file not found.")
     if os.path.isdir(path) or (is_dicom(path) and not is_nifti(path)):
         series = dicom_series(path)  # headers only, read once and cached; checks series, gaps, pixel format
-        if axis != 2 and len(series.files) > 1:  # as load_slice: a stack of 2D files is only sliced along it
+        if axis != 2 and os.path.isdir(path):  # as load_slice: a series folder is only sliced along its stack
             raise ValueError(f"{path}: a DICOM series can only be sliced along axis 2.")
         return len(series.files) if axis == 2 else 1
     if is_nifti(path):
@@ -101,7 +101,11 @@ def expand_slices(
     Raises:
         ValueError: ``stride`` not a positive integer (it used to be taken as 1), or a :func:`num_slices` error.
     """
-    if isinstance(stride, bool) or int(stride) != stride or stride < 1:
+    try:
+        valid = not isinstance(stride, bool) and int(stride) == stride and stride >= 1
+    except (TypeError, ValueError, OverflowError):  # None, text, inf
+        valid = False
+    if not valid:
         raise ValueError(f"expand_slices: stride must be a positive integer (every stride-th slice), got {stride!r}.")
     out: list[dict[str, Any]] = []
     for item in items:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import tempfile
 import unittest
 
@@ -207,22 +208,27 @@ class TestSliceSelection(unittest.TestCase):
             ):
                 with self.assertRaisesRegex(ValueError, f"{name}: unsupported file type"):
                     call()
-        folder = self.path("series")
-        os.makedirs(folder)
-        write_ct_series(folder, n=2)  # the smallest stack
-        for axis in (0, 1):
-            for call in (lambda: num_slices(folder, axis), lambda: load_slice(folder, 0, axis)):
-                with self.assertRaisesRegex(ValueError, "series: a DICOM series can only be sliced along axis 2"):
-                    call()
+        for n in (1, 2):  # a series folder of any size, one file too (load_slice refuses the folder)
+            folder = self.path(f"series{n}")
+            os.makedirs(folder)
+            write_ct_series(folder, n=n)
+            for axis in (0, 1):
+                for call in (lambda: num_slices(folder, axis), lambda: load_slice(folder, 0, axis)):
+                    with self.assertRaisesRegex(ValueError, f"series{n}: a DICOM series can only be sliced along axis"):
+                        call()
         single = dicom_slice(self.path("one.dcm"), np.arange(30, dtype=np.int16).reshape(6, 5))
         self.assertEqual(num_slices(single, 0), 1)  # a single 2D file is one slice along any axis
 
     def test_stride_must_be_a_positive_integer(self):
         path = save_nifti(self.path("v.nii.gz"), self.vol)
         self.assertEqual([it["slice_index"] for it in expand_slices([{"label": path}], stride=4)], [0, 4])
-        for stride in (0, -1, 1.5, True):
-            with self.assertRaisesRegex(ValueError, f"stride must be a positive integer.*got {stride!r}"):
+        for stride in (0, -1, 1.5, True, None, "abc", "2", float("inf")):
+            with self.assertRaisesRegex(
+                ValueError, f"stride must be a positive integer.*got {re.escape(repr(stride))}"
+            ):
                 expand_slices([{"label": path}], stride=stride)
+        for stride in (np.int64(2), 2.0):  # a numpy integer (from a config) or an integral float is a stride
+            self.assertEqual([it["slice_index"] for it in expand_slices([{"label": path}], stride=stride)], [0, 2, 4])
 
 
 if __name__ == "__main__":

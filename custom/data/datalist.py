@@ -125,13 +125,14 @@ def build_datalist(
 
     Raises:
         ValueError: no modality folder, missing partner, or a validation error (the message names the file); a
-            fraction outside [0, 1] or fractions summing to more than 1.
+            fraction outside [0, 1], fractions summing to more than 1, or a modality whose rounded split sizes
+            leave it no training case although the fractions sum to less than 1.
     """
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
         raise ValueError(f"{root}: data set root not found.")
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= value <= 1.0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be a fraction of the cases in [0, 1], got {value!r}.")
     if val_fraction + test_fraction > 1.0:
         raise ValueError(
@@ -158,6 +159,12 @@ def build_datalist(
         order = rng.permutation(len(pairs))
         n_test = int(round(test_fraction * len(pairs)))
         n_val = int(round(val_fraction * len(pairs)))
+        if pairs and n_test + n_val >= len(pairs) and val_fraction + test_fraction < 1.0:
+            raise ValueError(
+                f"{path}: {len(pairs)} cases leave none for training with val_fraction {val_fraction} and "
+                f"test_fraction {test_fraction} ({n_val} validation, {n_test} test after rounding); lower them or add "
+                "cases."
+            )
         for rank, i in enumerate(order):
             split = "test" if rank < n_test else "validation" if rank < n_test + n_val else "training"
             out[split].append({**pairs[i], **extra, "source": os.path.basename(pairs[i]["label"])})

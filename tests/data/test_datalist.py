@@ -151,14 +151,18 @@ class TestBuildChoosesFiles(unittest.TestCase):
                 self.assertEqual(os.path.basename(item["image"]), item["source"])  # partners stay together
 
     def test_fractions_outside_the_cases_are_refused(self):
-        """Negative fractions or fractions summing to more than 1 used to empty the training split silently (3
-        cases with 0.5 / 0.5: no training case); all cases to one split (sum 1) stays allowed."""
+        """Negative fractions, fractions summing to more than 1, or a modality left without a training case by
+        rounding (2 cases at 0.3 / 0.3) used to empty its training split silently; all cases to validation and test
+        (sum 1) stays allowed."""
         make_tree(self.root, {"CT": 4}, shape=(4, 4, 2))
         for val, test, message in (
             (-0.1, 0.1, "val_fraction must be a fraction of the cases in \\[0, 1\\], got -0.1"),
             (0.1, 1.5, "test_fraction must be a fraction of the cases in \\[0, 1\\], got 1.5"),
             (float("nan"), 0.1, "val_fraction must be .* got nan"),
             (0.6, 0.5, "val_fraction 0.6 \\+ test_fraction 0.5 is more than all the cases"),
+            ("0.1", 0.1, "val_fraction must be a fraction of the cases in \\[0, 1\\], got '0.1'"),
+            (0.1, None, "test_fraction must be .* got None"),
+            (0.4, 0.4, "CT: 4 cases leave none for training with val_fraction 0.4 and test_fraction 0.4 \\(2 valid"),
         ):
             with self.subTest(val=val, test=test), self.assertRaisesRegex(ValueError, message):
                 build_datalist(self.root, val_fraction=val, test_fraction=test, validate=False)

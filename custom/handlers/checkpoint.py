@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -96,7 +97,8 @@ class SafeCheckpointLoader(CheckpointLoader):
     """:class:`monai.handlers.CheckpointLoader` (``weights_only=True``) whose errors name the checkpoint file.
 
     Raises:
-        ValueError: the file would need to run code to load (refused), or does not match the objects to restore.
+        ValueError: the file would need to run code to load (refused), is unreadable, or does not match the objects
+            to restore.
     """
 
     def __call__(self, engine: Engine) -> None:
@@ -109,6 +111,11 @@ class SafeCheckpointLoader(CheckpointLoader):
             ) from e
         except RuntimeError as e:
             raise ValueError(f"{self.load_path}: does not match the network or training state ({e}).") from e
+        except (KeyError, IndexError, EOFError, UnicodeDecodeError, AttributeError, struct.error, OSError) as e:
+            # what torch's unpickler raises on a file that is not a checkpoint at all
+            raise ValueError(
+                f"{self.load_path}: unreadable checkpoint, or not one of these objects ({type(e).__name__}: {e})."
+            ) from e
 
 
 class ResumeCheckpointLoader(SafeCheckpointLoader):

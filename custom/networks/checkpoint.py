@@ -54,7 +54,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise ValueError(
             f"{path}: cannot be loaded safely as a weights-only checkpoint ({unsafe_checkpoint_reason(e)})."
         ) from e
-    except (OSError, RuntimeError, EOFError) as e:
+    except Exception as e:  # torch's unpickler fails on junk with KeyError, IndexError, UnicodeDecodeError, ...
         raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}).") from e
 
 

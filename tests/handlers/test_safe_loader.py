@@ -61,6 +61,25 @@ class TestSafeCheckpointLoader(unittest.TestCase):
             self._run(good, dst)
             torch.testing.assert_close(dst.weight, src.weight)
 
+    def test_junk_files_are_named_not_tracebacks(self):
+        """Torch's weights-only unpickler fails on bytes that are no checkpoint with KeyError, IndexError,
+        UnicodeDecodeError, EOFError...: each is a ValueError naming the file, in both loaders."""
+        blobs = {  # found by feeding random bytes to torch.load(weights_only=True), torch 2.13
+            "key": b"hello world not a pickle",
+            "index": b".\xbd;\x12\x0bc^?\xf5k\x1f\x0b",
+            "unicode": b"U\x8cg\xb1\xe5-\xd4\xd1>)\xed\xa5",
+            "eof": b"\x8a)\x8ep\x02Ij\x01\xd6AJ\xf8",
+            "empty": b"",
+        }
+        with tempfile.TemporaryDirectory() as d:
+            for name, blob in blobs.items():
+                path = os.path.join(d, f"{name}.pt")
+                with open(path, "wb") as f:
+                    f.write(blob)
+                for load in (lambda: self._run(path, torch.nn.Linear(2, 2)), lambda: read_checkpoint(path)):
+                    with self.subTest(name), self.assertRaisesRegex(ValueError, f"{name}.pt: "):
+                        load()
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -397,9 +397,10 @@ class TaskStatisticsHandler:
         except ValueError as e:
             logger.error(
                 "task statistics NOT stored: %s Compute them later with python -m custom.tools.task_statistics "
-                "--checkpoint %s --datalist DATALIST.",
+                "--checkpoint %s --datalist DATALIST%s.",
                 e,
                 self.checkpoint,
+                "" if self.model_key == "model" else f" --model_key {self.model_key}",
             )
 
     def __call__(self, engine: Engine | None = None) -> None:

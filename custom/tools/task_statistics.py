@@ -2,7 +2,8 @@
 :mod:`custom.handlers.task_statistics`, which does the same at the end of training)::
 
     python -m custom.tools.task_statistics --checkpoint models/model.pt --datalist DATA/datalist.json \\
-        [--bundle_root BUNDLE] [--config_file "['configs/inference.json', 'overlay.json']"] [--percentile 99]
+        [--bundle_root BUNDLE] [--config_file "['configs/inference.json', 'overlay.json']"] [--percentile 99] \\
+        [--model_key model]
 
 ``--bundle_root`` defaults to the bundle shipped with the package (:func:`custom.settings.packaged_bundle`);
 ``--config_file`` (the config defining ``network_def``) and ``--modality_dir`` default to its
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 1 (message on stderr) when the checkpoint, data list, configs or settings are unusable.
     """
     parser = argparse.ArgumentParser(prog="python -m custom.tools.task_statistics", description=DESCRIPTION)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint with 'model' weights (updated in place)")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint with the network's weights (updated in place)")
     parser.add_argument("--datalist", required=True, help="data list with training and validation splits")
     parser.add_argument("--bundle_root", default=None, help="bundle folder (default: the one shipped with the package)")
     parser.add_argument(
@@ -53,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--modality_dir", default=None, help="default: BUNDLE_ROOT/configs/modality")
     parser.add_argument("--percentile", type=float, default=99.0)
+    parser.add_argument(
+        "--model_key", default="model", help="key of the weights in a dict checkpoint (as the handler's model_key)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -63,10 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = ConfigParser()
         config.read_config(_config_files(configs))
         network = config.get_parsed_content("network_def")
-        net = checkpoint_network(network, args.checkpoint)
+        net = checkpoint_network(network, args.checkpoint, args.model_key)
         settings = load_modality_settings(args.modality_dir or os.path.join(bundle, "configs", "modality"))
         stats = compute_task_statistics(net, args.datalist, settings, args.percentile)
-        store_task_statistics(args.checkpoint, stats)
+        store_task_statistics(args.checkpoint, stats, args.model_key)
     except (ValueError, OSError) as e:
         print(f"task statistics failed: {e}", file=sys.stderr)
         return 1

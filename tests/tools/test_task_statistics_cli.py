@@ -119,6 +119,21 @@ class TestTaskStatisticsSettings(unittest.TestCase):
         self.assertEqual(sorted(stats["tasks"]), ["CT", "MRI", "PET"])
         self.assertEqual((stats["count"], stats["validation_count"]), ([2, 2, 2], [1, 1, 1]))  # slices per task
 
+    def test_model_key_reads_and_stores_under_it(self):
+        """A checkpoint whose weights sit under another key (the handler's ``model_key``): read and stored there,
+        the weights left unchanged; without ``--model_key`` it is refused, not re-wrapped."""
+        weights = torch.load(self.ckpt, weights_only=True)["model"]
+        torch.save({"weights": weights}, self.ckpt)
+        code, err = self.run_main("--bundle_root", self.root)
+        self.assertEqual(code, 1)
+        self.assertEqual(list(torch.load(self.ckpt, weights_only=True)), ["weights"])  # untouched
+        code, err = self.run_main("--bundle_root", self.root, "--model_key", "weights")
+        self.assertEqual(code, 0, err)
+        saved = torch.load(self.ckpt, weights_only=True)
+        self.assertEqual(sorted(saved), sorted(["weights", STATS_KEY]))
+        for name, value in weights.items():
+            torch.testing.assert_close(saved["weights"][name], value)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -19,7 +19,13 @@ from monai.utils import CommonKeys as Keys
 from .panels import plot_task_panel
 from .writers import summarize_scans, write_csv_atomic
 
-__all__ = ["RestorationReport", "format_summary_table", "format_reference_table", "load_reference_results"]
+__all__ = [
+    "RestorationReport",
+    "format_summary_table",
+    "format_reference_table",
+    "load_reference_results",
+    "check_reference_results",
+]
 
 SCAN_COLUMNS = ("task", "modality", "scan", "degraded_file", "n_slices") + tuple(
     f"{side}_{m}" for side in ("input", "output") for m in METRIC_NAMES
@@ -76,8 +82,27 @@ def load_reference_results(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
+    except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: unreadable reference results ({type(e).__name__}: {e}).") from e
+    return check_reference_results(data, path)
+
+
+def check_reference_results(data: Any, path: str = "reference results") -> dict[str, Any]:
+    """Check reference rows (the layout of :func:`load_reference_results`) before any scan is scored.
+
+    Args:
+        data: the rows, as read from the file or given in a config.
+        path: the file (or what to call the rows) in messages.
+
+    Returns:
+        ``data``.
+
+    Raises:
+        ValueError: as :func:`load_reference_results`.
+    """
+    try:
         tasks, metrics, methods = list(data["tasks"]), list(data["metrics"]), dict(data["methods"])
-    except (OSError, ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+    except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: unreadable reference results ({type(e).__name__}: {e}).") from e
     unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown:
@@ -206,7 +231,10 @@ class RestorationReport:
         self.index_key = index_key
         self.panels = panels
         self.log_table = log_table
-        self.reference = load_reference_results(reference) if isinstance(reference, (str, os.PathLike)) else reference
+        if isinstance(reference, (str, os.PathLike)):
+            self.reference = load_reference_results(reference)
+        else:
+            self.reference = None if reference is None else check_reference_results(reference)
         self._fns: dict[str, PhysicalUnitMetrics] = {}
         self.slices: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}

@@ -116,6 +116,9 @@ class TestReferenceTable(unittest.TestCase):
                 # the evaluation handler reads it when built, before any slice is scored
                 with self.assertRaisesRegex(ValueError, r"ref\.json: ", msg=data):
                     RestorationReport(SETTINGS, d, reference=path)
+                # rows given as a dict (e.g. inline in a config) are checked the same way when the handler is built
+                with self.assertRaisesRegex(ValueError, "reference results: " + message, msg=data):
+                    RestorationReport(SETTINGS, d, reference=data)
 
     def test_task_names_in_any_case(self):
         with tempfile.TemporaryDirectory() as d:

@@ -250,7 +250,6 @@ def find_scans(
             output path that is an input, or two outputs with one path (a data list's items named alike; with
             ``difference_output``, a scan ``a_difference.nii.gz`` beside ``a.nii.gz``).
     """
-
     dataset_dir, output_dir = os.fspath(dataset_dir or ""), os.fspath(output_dir)
     if datalist:
         items = _scan_datalist(os.fspath(datalist), dataset_dir, output_dir, modality, split)

@@ -252,6 +252,12 @@ class TestDatalistScans(unittest.TestCase):
         # difference outputs of distinct names meet nothing
         items = find_scans(self.data, self.out, modality="CT", difference_output=True)
         self.assertEqual(items, find_scans(self.data, self.out, modality="CT"))
+        # the same through a data list
+        save_nifti(os.path.join(self.data, "a_difference.nii.gz"), np.zeros((6, 5, 2)))
+        datalist = self._datalist(["a.nii.gz", "a_difference.nii.gz"])
+        self.assertEqual(len(find_scans(self.data, self.out, datalist=datalist)), 2)
+        with self.assertRaisesRegex(ValueError, "a_difference.nii.gz: two outputs would be written here"):
+            find_scans(self.data, self.out, datalist=datalist, difference_output=True)
 
     def test_output_that_is_an_input_is_refused(self):
         for entries in (["a.nii.gz"], ["series"], [self.single]):  # written over itself

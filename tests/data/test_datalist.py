@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -83,6 +85,84 @@ class TestDatalist(unittest.TestCase):
         shutil.rmtree(os.path.join(self.root, "MR"))
         with self.assertRaisesRegex(ValueError, "file not found"):
             main(["validate", "--datalist", out_path, "--headers_only"])
+
+    def test_cli_build_options_reach_the_builder(self):
+        """The command's defaults are the builder's, and each option is passed on (values compared, file by file)."""
+        root = os.path.join(self.root, "many")
+        make_tree(root, {"CT": 20})
+        for argv, kwargs in [
+            ([], {}),
+            (
+                ["--val_fraction", "0.25", "--test_fraction", "0.15", "--seed", "3", "--no_validate"],
+                {"val_fraction": 0.25, "test_fraction": 0.15, "seed": 3, "validate": False},
+            ),
+        ]:
+            with self.subTest(argv=argv):
+                out_path = os.path.join(self.root, "cli.json")
+                self.assertEqual(main(["build", "--root", root, "--output", out_path, *argv]), 0)
+                with open(out_path) as f:
+                    got = json.load(f)
+                api_path = os.path.join(self.root, "api.json")
+                build_datalist(root, api_path, **kwargs)
+                with open(api_path) as f:
+                    self.assertEqual(got, json.load(f))
+        self.assertEqual([len(got[s]) for s in ("training", "validation", "test")], [12, 5, 3])
+
+    def test_cli_allow_clean_only_flag(self):
+        root = os.path.join(self.root, "clean")
+        for case in ("a", "b"):
+            save_nifti(os.path.join(root, "CT", "label", f"{case}.nii.gz"), np.ones((4, 4, 2)))
+        out_path = os.path.join(self.root, "clean.json")
+        with self.assertRaises(ValueError):
+            main(["build", "--root", root, "--output", out_path])
+        self.assertEqual(main(["build", "--root", root, "--output", out_path, "--allow_clean_only"]), 0)
+        with open(out_path) as f:
+            self.assertEqual(sum(len(v) for v in json.load(f).values()), 2)
+
+    def test_cli_validation_options(self):
+        """Build validates unless --no_validate; validate reads the content unless --headers_only, resolves the
+        entries against --base_dir, and each command reports what it did on stdout."""
+        bad = np.ones((16, 12, 3))
+        bad[0, 0, 0] = np.nan
+        save_nifti(os.path.join(self.root, "CT", "label", "case01.nii.gz"), bad)
+        out_path = os.path.join(self.root, "dl.json")
+        with self.assertRaisesRegex(ValueError, "case01.nii.gz: non-finite"):
+            main(["build", "--root", self.root, "--output", out_path])
+        self.assertFalse(os.path.exists(out_path))
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            self.assertEqual(main(["build", "--root", self.root, "--output", out_path, "--no_validate"]), 0)
+        with open(out_path) as f:
+            counts = {k: len(v) for k, v in json.load(f).items()}
+        self.assertEqual(
+            out.getvalue().strip(), f"wrote {out_path}: " + ", ".join(f"{k} {n}" for k, n in counts.items())
+        )
+        with self.assertRaisesRegex(ValueError, "case01.nii.gz: non-finite"):
+            main(["validate", "--datalist", out_path])
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            self.assertEqual(main(["validate", "--datalist", out_path, "--headers_only"]), 0)
+        self.assertEqual(out.getvalue().strip(), f"{out_path}: 8 items OK")
+        elsewhere = os.path.join(self.root, "lists", "dl.json")  # relative entries no longer next to the file
+        os.makedirs(os.path.dirname(elsewhere))
+        shutil.move(out_path, elsewhere)
+        with self.assertRaisesRegex(ValueError, "file not found"):
+            main(["validate", "--datalist", elsewhere, "--headers_only"])
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(main(["validate", "--datalist", elsewhere, "--headers_only", "--base_dir", self.root]), 0)
+
+    def test_cli_usage_errors(self):
+        out_path = os.path.join(self.root, "dl.json")
+        for argv in [
+            [],
+            ["build", "--output", out_path],
+            ["build", "--root", self.root],
+            ["build", "--root", self.root, "--output", out_path, "--layout", "other"],
+            ["validate"],
+            ["validate", "--datalist", out_path, "--layout", "other"],
+        ]:
+            with self.subTest(argv=argv), contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit) as e:
+                main(argv)
+            self.assertEqual(e.exception.code, 2)
+        self.assertFalse(os.path.exists(out_path))
 
 
 class TestBuildChoosesFiles(unittest.TestCase):

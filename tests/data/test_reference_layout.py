@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pickle
@@ -79,6 +81,30 @@ class TestReferenceLayout(unittest.TestCase):
         self.assertEqual(proc.returncode, 1)
         self.assertIn("mri_test_000.nii: missing partner", proc.stderr)
         self.assertNotIn("Traceback", proc.stderr)
+
+    def test_cli_validation_options(self):
+        """Build validates unless --no_validate; validate reads the content unless --headers_only and checks the
+        tree given by --root; each command reports what it did on stdout."""
+        bad = np.ones((40, 40), np.float32)
+        bad[0, 0] = np.nan
+        write_bin(os.path.join(self.root, "CT", "train", "LQ", "ct_001.bin"), bad)
+        output = os.path.join(self.root, "datalist.json")
+        with self.assertRaisesRegex(ValueError, "ct_001.bin: non-finite"):
+            main(["build", "--layout", "reference", "--root", self.root, "--output", output])
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            main(["build", "--layout", "reference", "--root", self.root, "--output", output, "--no_validate"])
+        self.assertEqual(out.getvalue().strip(), f"wrote {output}: training 9, validation 6, test 6")
+        with self.assertRaisesRegex(ValueError, "ct_001.bin: non-finite"):
+            main(["validate", "--layout", "reference", "--datalist", output])
+        argv = ["validate", "--layout", "reference", "--datalist", output, "--headers_only"]
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            self.assertEqual(main(argv), 0)
+        self.assertEqual(out.getvalue().strip(), f"{output}: 21 items OK")
+        other = os.path.join(self.dir.name, "other")  # --root: the tree re-checked instead of the datalist's folder
+        shutil.copytree(self.root, other)
+        os.remove(os.path.join(other, "MRI", "test", "HQ", "mri_test_000.nii"))
+        with self.assertRaisesRegex(ValueError, "mri_test_000.nii: missing partner"):
+            main([*argv, "--root", other])
 
     def test_every_problem_is_reported_at_once(self):
         marker = os.path.join(self.dir.name, "pwned")

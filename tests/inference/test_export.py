@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from custom.export import export_onnx, save_torchscript, serving_module
+from custom.export import export_onnx, export_program, save_torchscript, serving_module, trace_network
 from custom.inference import network_window_mode
 from parameterized import parameterized
 
@@ -296,6 +296,110 @@ class TestOnnx(unittest.TestCase):
             self.assertFalse(os.listdir(d))
             with self.assertRaisesRegex(ValueError, "input_shape"):
                 export_onnx(tiny_net(), os.path.join(d, "model.onnx"), (1, 8, 8))
+
+
+class _PadConvNet(torch.nn.Module):
+    """A network as small as it gets that pads as TAT does (bottom/right to multiples of 8; reflect, replicate where
+    the image is not larger than the padding) and crops back; its output depends on every padded value (a 7 x 7
+    conv plus the padded image's mean), so any other padding differs."""
+
+    size_multiple = 8
+    in_channels = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 1, 7, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % 8, (-w) % 8
+        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+        p = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        return (self.conv(p) + p.mean(dim=(2, 3), keepdim=True))[..., :h, :w]
+
+
+class TestOnnxPadding(unittest.TestCase):
+    """ONNX pads in a wrapper with constant indices: equal to the network's own padding at every kind of size."""
+
+    @parameterized.expand(
+        [
+            ("reflect", (1, 1, 12, 21)),
+            ("replicate_small_height", (1, 1, 3, 13)),
+            ("replicate_padding_equals_width", (1, 1, 10, 4)),
+            ("no_padding", (1, 1, 8, 16)),
+        ]
+    )
+    def test_onnx_equals_eager(self, _, shape: tuple) -> None:
+        net = _PadConvNet()
+        x = _images(3, *shape[1:])
+        with tempfile.TemporaryDirectory() as d:
+            path = export_onnx(net, os.path.join(d, "model.onnx"), shape)
+            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+            self.assertEqual(names, (["image"], ["pred"]))
+            self.assertEqual(session.get_inputs()[0].shape, ["batch", *shape[1:]])
+            self.assertEqual(session.get_outputs()[0].shape[0], "batch")
+        with torch.no_grad():
+            ref = net(x).numpy()
+        (out,) = session.run(None, {"image": x.numpy()})
+        self.assertEqual(out.shape, ref.shape)
+        self.assertLess(_max_diff(out, ref), TOL)
+
+
+class _DriftingNet(torch.nn.Module):
+    """Adds ``offset`` when run eagerly but not while traced or exported: the exported model differs from eager by
+    ``offset`` (what verification exists to catch)."""
+
+    in_channels = 1
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+        self.offset = offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        recording = torch.jit.is_tracing() or torch.compiler.is_exporting()
+        return self.conv(x) + (0.0 if recording else self.offset)
+
+
+class TestVerification(unittest.TestCase):
+    """A traced model that differs from eager by more than 1e-4 is refused; within 1e-4 it is accepted."""
+
+    def test_trace_refuses_a_model_that_differs(self) -> None:
+        with self.assertRaisesRegex(ValueError, r"traced at \(1, 1, 8, 8\) differs from eager by 0.001"):
+            trace_network(_DriftingNet(1e-3), (1, 1, 8, 8))
+        with self.assertRaisesRegex(ValueError, "differs from eager"):
+            serving_module(_DriftingNet(1e-3), [[8, 8]])
+        self.assertIsNotNone(trace_network(_DriftingNet(1e-3), (1, 1, 8, 8), verify=False))
+        self.assertIsNotNone(trace_network(_DriftingNet(4e-5), (1, 1, 8, 8)))
+
+    def test_exports_run_the_network_in_eval_mode(self) -> None:
+        """A network handed over in training mode (dropout active) is exported as its eval-mode self, by each
+        format, with a dynamic batch where asked."""
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Dropout(0.5))
+        x = _images(3, 1, 16, 24)
+        with torch.no_grad():
+            ref = net.eval()(x)
+            exported = export_program(net.train(), (1, 1, 16, 24))
+            ranges = sorted((int(r.lower), int(r.upper)) for r in exported.range_constraints.values())
+            # batch 1-1024; height and width 16-8192 (2-1024 blocks of 8)
+            self.assertEqual(ranges, [(1, 1024), (2, 1024), (2, 1024), (16, 8192), (16, 8192)])
+            program = exported.module()
+            self.assertLess(_max_diff(program(x), ref), TOL)
+            self.assertLess(_max_diff(program(x[..., :16]), net.eval()(x[..., :16])), TOL)  # another width
+            fixed = export_program(net.train(), (1, 1, 16, 24), dynamic_size=False).module()
+            self.assertLess(_max_diff(fixed(x), ref), TOL)
+            self.assertLess(_max_diff(trace_network(net.train(), (3, 1, 16, 24))(x), ref), TOL)
+            with tempfile.TemporaryDirectory() as d:
+                path = export_onnx(net.train(), os.path.join(d, "model.onnx"), (1, 1, 16, 24))
+                session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            self.assertLess(_max_diff(session.run(None, {"image": x.numpy()})[0], ref), TOL)
+
+    def test_export_program_refuses_a_program_that_differs(self) -> None:
+        with self.assertRaisesRegex(ValueError, r"ExportedProgram differs from eager by .* at \(2, 1, 16, 16\)"):
+            export_program(_DriftingNet(1e-3), (2, 1, 16, 16), dynamic_batch=False, dynamic_size=False)
+        export_program(_DriftingNet(1e-3), (2, 1, 16, 16), dynamic_batch=False, dynamic_size=False, verify=False)
 
 
 @pytest.mark.slow

@@ -104,6 +104,8 @@ class TestExportProgramLocalWindows(unittest.TestCase):
     def test_dynamic_size_refused_where_windows_fix_it(self):
         with self.assertRaisesRegex(ValueError, r"local windows.*24 x 24.*dynamic_size=False"):
             export_program(_net("published"), (1, 1, 32, 32))
+        with self.assertRaisesRegex(ValueError, r"at 16 x 32 the attention uses local windows"):
+            export_program(_net("published"), (1, 1, 16, 32))  # the larger side decides
 
     def test_bad_shapes(self):
         net = _net("global")

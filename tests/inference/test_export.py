@@ -363,6 +363,23 @@ class _DriftingNet(torch.nn.Module):
         return self.conv(x) + (0.0 if recording else self.offset)
 
 
+class _DriftsAtNet(torch.nn.Module):
+    """Differs from its export only at one batch size or one height (eager adds 1e-3 there): what verifying at
+    another batch size and another size than the example's exists to catch."""
+
+    in_channels = 1
+
+    def __init__(self, batch: int = 0, height: int = 0) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+        self.batch, self.height = batch, height
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        recording = torch.jit.is_tracing() or torch.compiler.is_exporting()
+        drifts = not recording and (x.shape[0] == self.batch or x.shape[2] == self.height)
+        return self.conv(x) + (1e-3 if drifts else 0.0)
+
+
 class TestVerification(unittest.TestCase):
     """A traced model that differs from eager by more than 1e-4 is refused; within 1e-4 it is accepted."""
 
@@ -400,6 +417,11 @@ class TestVerification(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, r"ExportedProgram differs from eager by .* at \(2, 1, 16, 16\)"):
             export_program(_DriftingNet(1e-3), (2, 1, 16, 16), dynamic_batch=False, dynamic_size=False)
         export_program(_DriftingNet(1e-3), (2, 1, 16, 16), dynamic_batch=False, dynamic_size=False, verify=False)
+        # dynamic axes are verified beyond the example: batch 3 (one more than the traced 2), height 16 + 8
+        with self.assertRaisesRegex(ValueError, r"differs from eager by .* at \(3, 1, 16, 16\)"):
+            export_program(_DriftsAtNet(batch=3), (1, 1, 16, 16), dynamic_size=False)
+        with self.assertRaisesRegex(ValueError, r"differs from eager by .* at \(1, 1, 24, 16\)"):
+            export_program(_DriftsAtNet(height=24), (1, 1, 16, 16), dynamic_batch=False)
 
 
 @pytest.mark.slow

@@ -69,6 +69,7 @@ class TestReferenceLayout(unittest.TestCase):
         )
         data = json.load(open(output))
         self.assertEqual(data["training"][0]["image"], os.path.join("CT", "train", "LQ", "ct_000.bin"))
+        self.assertEqual({i["task"] for i in data["training"]}, set(TASKS.values()))  # --settings_dir's task names
         self.assertEqual(data["test"][-1]["label"], os.path.join("PET", "test", "HQ", "pet_test_001.nii"))
         self.assertEqual(main(["validate", "--layout", "reference", "--datalist", output]), 0)
         os.remove(os.path.join(self.root, "MRI", "test", "HQ", "mri_test_000.nii"))

@@ -171,6 +171,8 @@ class TestServingModule(unittest.TestCase):
             module(torch.rand(1, 1, 48, 40))
         with self.assertRaisesRegex(Exception, "expects a non-empty"):
             module(torch.rand(1, 2, 40, 48))
+        with self.assertRaisesRegex(Exception, "expects a non-empty"):
+            module(torch.rand(0, 1, 40, 48))
         with self.assertRaisesRegex(ValueError, "serving size"):
             serving_module(tiny_net(2), [[40]])
 
@@ -348,8 +350,8 @@ class TestOnnxPadding(unittest.TestCase):
 
 
 class _DriftingNet(torch.nn.Module):
-    """Adds ``offset`` when run eagerly but not while traced or exported: the exported model differs from eager by
-    ``offset`` (what verification exists to catch)."""
+    """Adds ``offset`` to one pixel when run eagerly but not while traced or exported: the exported model differs
+    from eager by ``offset`` there (what verification exists to catch)."""
 
     in_channels = 1
 
@@ -360,7 +362,9 @@ class _DriftingNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         recording = torch.jit.is_tracing() or torch.compiler.is_exporting()
-        return self.conv(x) + (0.0 if recording else self.offset)
+        bump = torch.zeros_like(x)
+        bump[..., 0, 0] = 0.0 if recording else self.offset  # one pixel: the largest difference, not the smallest
+        return self.conv(x) + bump
 
 
 class _DriftsAtNet(torch.nn.Module):

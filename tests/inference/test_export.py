@@ -173,8 +173,13 @@ class TestServingModule(unittest.TestCase):
             module(torch.rand(1, 2, 40, 48))
         with self.assertRaisesRegex(Exception, "expects a non-empty"):
             module(torch.rand(0, 1, 40, 48))
-        with self.assertRaisesRegex(ValueError, "serving size"):
-            serving_module(tiny_net(2), [[40]])
+        x = torch.rand(1, 1, 40, 48)
+        x[0, 0, 3, 5] = float("nan")  # one pixel is enough
+        with self.assertRaisesRegex(Exception, "NaN or Inf"):
+            module(x)
+        for bad in ([[40]], [[0, 40]], [[40, -8]]):
+            with self.assertRaisesRegex(ValueError, r"serving size must be \[H, W\] with positive values"):
+                serving_module(tiny_net(2), bad)
 
     @pytest.mark.slow
     def test_ckpt_export_serving_sizes_loads_without_custom(self) -> None:

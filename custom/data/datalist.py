@@ -36,6 +36,7 @@ patches, 2D ``.nii`` slices) is read in place with ``--layout reference`` (:mod:
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -132,7 +133,7 @@ def build_datalist(
     if not os.path.isdir(root):
         raise ValueError(f"{root}: data set root not found.")
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be a fraction of the cases in [0, 1], got {value!r}.")
     if val_fraction + test_fraction > 1.0:
         raise ValueError(

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from .panels import plot_task_panel
-from .report import RestorationReport, format_reference_table, format_summary_table, load_reference_results
+from .report import (
+    RestorationReport,
+    check_reference_results,
+    format_reference_table,
+    format_summary_table,
+    load_reference_results,
+)
 from .writers import summarize_scans, write_csv_atomic
 
 __all__ = [
     "RestorationReport",
+    "check_reference_results",
     "format_reference_table",
     "format_summary_table",
     "load_reference_results",

@@ -111,8 +111,9 @@ class SafeCheckpointLoader(CheckpointLoader):
             ) from e
         except RuntimeError as e:
             raise ValueError(f"{self.load_path}: does not match the network or training state ({e}).") from e
-        except (KeyError, IndexError, EOFError, UnicodeDecodeError, AttributeError, struct.error, OSError) as e:
-            # what torch's unpickler raises on a file that is not a checkpoint at all
+        except (KeyError, IndexError, EOFError, ValueError, TypeError, AttributeError, struct.error, OSError) as e:
+            # torch's unpickler on a file that is no checkpoint at all; MONAI on one that holds another object (a
+            # list: TypeError) or lacks one of the objects to restore (ValueError)
             raise ValueError(
                 f"{self.load_path}: unreadable checkpoint, or not one of these objects ({type(e).__name__}: {e})."
             ) from e

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -399,8 +400,8 @@ class TaskStatisticsHandler:
                 "task statistics NOT stored: %s Compute them later with python -m custom.tools.task_statistics "
                 "--checkpoint %s --datalist DATALIST%s.",
                 e,
-                self.checkpoint,
-                "" if self.model_key == "model" else f" --model_key {self.model_key}",
+                shlex.quote(str(self.checkpoint)),
+                "" if self.model_key == "model" else f" --model_key {shlex.quote(str(self.model_key))}",
             )
 
     def __call__(self, engine: Engine | None = None) -> None:

@@ -246,6 +246,9 @@ class TestBuildChoosesFiles(unittest.TestCase):
         ):
             with self.subTest(val=val, test=test), self.assertRaisesRegex(ValueError, message):
                 build_datalist(self.root, val_fraction=val, test_fraction=test, validate=False)
+        # numpy fractions (np.float32 is no float subclass) are fractions too
+        data = build_datalist(self.root, val_fraction=np.float32(0.25), test_fraction=np.float64(0.25), validate=False)
+        self.assertEqual([len(data[s]) for s in ("training", "validation", "test")], [2, 1, 1])
         data = build_datalist(self.root, val_fraction=0.5, test_fraction=0.5, validate=False)
         self.assertEqual([len(data[s]) for s in ("training", "validation", "test")], [0, 2, 2])
 

@@ -79,6 +79,22 @@ class TestSafeCheckpointLoader(unittest.TestCase):
                 for load in (lambda: self._run(path, torch.nn.Linear(2, 2)), lambda: read_checkpoint(path)):
                     with self.subTest(name), self.assertRaisesRegex(ValueError, f"{name}.pt: "):
                         load()
+            # a readable file holding another object, or lacking one of the objects to restore
+            for name, content in (("list", [1, 2]), ("number", 3), ("text", "abc")):
+                path = os.path.join(d, f"{name}.pt")
+                torch.save(content, path)
+                with (
+                    self.subTest(name),
+                    self.assertRaisesRegex(ValueError, f"{name}.pt: unreadable checkpoint, or not"),
+                ):
+                    self._run(path, torch.nn.Linear(2, 2))
+            path = os.path.join(d, "model_only.pt")
+            torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, path)
+            engine = Engine(lambda e, b: None)
+            load_dict = {"model": torch.nn.Linear(2, 2), "opt": torch.optim.SGD(torch.nn.Linear(2, 2).parameters())}
+            SafeCheckpointLoader(load_path=path, load_dict=load_dict).attach(engine)
+            with self.assertRaisesRegex(ValueError, "model_only.pt: unreadable checkpoint, or not .*'opt'"):
+                engine.run([0], max_epochs=1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import tempfile
 import threading
 import unittest
@@ -119,6 +120,22 @@ class TestTaskStatistics(unittest.TestCase):
             engine.run([0], max_epochs=1)  # the training itself does not fail at its very end
         self.assertIn("task statistics NOT stored", logs.output[0])
         self.assertIn("python -m custom.tools.task_statistics", logs.output[0])
+        self.assertNotIn("--model_key", logs.output[0])  # the command's default key
+
+    def test_failure_log_gives_a_command_that_runs_as_written(self) -> None:
+        """The suggested command quotes a checkpoint path with a space and names a model_key other than 'model'."""
+        path = os.path.join(self.tmp, "my run", "model.pt")
+        handler = TaskStatisticsHandler(self.best, path, self.datalist, SETTINGS, model_key="weights")
+        engine = Engine(lambda e, b: None)
+        handler.attach(engine)
+        with self.assertLogs("custom.handlers.task_statistics", logging.ERROR) as logs:
+            engine.run([0], max_epochs=1)
+        command = logs.output[0].split("Compute them later with ", 1)[1].rstrip(".")
+        self.assertEqual(
+            shlex.split(command),
+            ["python", "-m", "custom.tools.task_statistics", "--checkpoint", path, "--datalist", "DATALIST"]
+            + ["--model_key", "weights"],
+        )
 
     def test_handler_without_validation_data_warns_early_and_logs_at_the_end(self) -> None:
         engine = Engine(lambda e, b: None)

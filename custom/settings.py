@@ -20,6 +20,7 @@ import glob
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -89,6 +90,8 @@ def default_modality_dir() -> Path:
 
 
 _REQUIRED = ("modality", "task", "units", "clip_range", "eval_window")
+# task names become file names (per-task CSVs, panels) and keys of the reports
+_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _check_range(value: Any, name: str, where: str) -> tuple[float, float]:
@@ -111,11 +114,20 @@ def validate_modality_settings(setting: Mapping[str, Any], where: str = "modalit
         a new dict whose ranges are tuples of floats and whose modality is upper case.
 
     Raises:
-        ValueError: a key is missing, the modality is unknown or a range is not a finite increasing pair.
+        ValueError: a key is missing, the modality is unknown, the task is not a name usable in a file name
+            (letters, digits, ``_ . -``), the units are not text, or a range is not a finite increasing pair.
     """
     missing = [k for k in _REQUIRED if k not in setting]
     if missing:
         raise ValueError(f"{where}: missing keys {missing}.")
+    task = setting["task"]
+    if not isinstance(task, str) or not _TASK_NAME.fullmatch(task):
+        raise ValueError(
+            f"{where}: 'task' must be a name of letters, digits, '_', '.' or '-' starting with a letter or digit "
+            f"(it names the report files), got {task!r}."
+        )
+    if not isinstance(setting["units"], str):
+        raise ValueError(f"{where}: 'units' must be text (e.g. \"HU\"; may be empty), got {setting['units']!r}.")
     out = dict(setting)
     out["modality"] = canonical_modality(setting["modality"]) or str(setting["modality"]).upper()
     if out["modality"] not in MODALITIES:
@@ -136,7 +148,7 @@ def load_modality_settings(directory: str | os.PathLike) -> dict[str, dict[str, 
 
     Raises:
         ValueError: the folder has no json file, a file is unreadable or invalid, or two files
-            describe the same modality.
+            describe the same modality or name the same task.
     """
     files = sorted(glob.glob(os.path.join(os.fspath(directory), "*.json")))
     if not files:
@@ -151,6 +163,12 @@ def load_modality_settings(directory: str | os.PathLike) -> dict[str, dict[str, 
         setting = validate_modality_settings(raw, where=path)
         if setting["modality"] in settings:
             raise ValueError(f"{path}: modality {setting['modality']} is described twice.")
+        for other in settings.values():
+            if other["task"] == setting["task"]:
+                raise ValueError(
+                    f"{path}: task {setting['task']!r} is also the task of {other['modality']} ({other['file']}); "
+                    "each modality needs its own task name (the reports are kept per task)."
+                )
         setting["file"] = path
         settings[setting["modality"]] = setting
     return settings

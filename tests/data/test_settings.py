@@ -8,7 +8,13 @@ from pathlib import Path
 from unittest import mock
 
 from custom import settings as settings_module
-from custom.settings import default_modality_dir, get_modality_setting, load_modality_settings, packaged_bundle
+from custom.settings import (
+    default_modality_dir,
+    get_modality_setting,
+    load_modality_settings,
+    packaged_bundle,
+    validate_modality_settings,
+)
 
 from tests.utils import BUNDLE, SETTINGS_DIR
 
@@ -57,6 +63,35 @@ class TestModalitySettings(unittest.TestCase):
             with open(path, "w") as f:
                 f.write("{not json")
             with self.assertRaisesRegex(ValueError, "ct.json: unreadable"):
+                load_modality_settings(d)
+
+    def test_task_names_and_units_are_checked(self):
+        good = {"modality": "CT", "task": "low_dose_ct", "units": "HU", "clip_range": [0, 1], "eval_window": [0, 1]}
+        self.assertEqual(validate_modality_settings(good)["task"], "low_dose_ct")
+        self.assertEqual(validate_modality_settings({**good, "task": "t-1.v2", "units": ""})["units"], "")
+        # task names become report file names: no paths, no blanks, no non-text
+        for task in ("../ct", "a/b", "", " ct", "_ct", None, 3, ["ct"]):
+            with self.assertRaisesRegex(ValueError, "ct.json: 'task' must be a name"):
+                validate_modality_settings({**good, "task": task}, where="ct.json")
+        for units in (None, 1, ["HU"]):
+            with self.assertRaisesRegex(ValueError, "ct.json: 'units' must be text"):
+                validate_modality_settings({**good, "units": units}, where="ct.json")
+
+    def test_two_modalities_with_one_task_are_refused(self):
+        with tempfile.TemporaryDirectory() as d:
+            for name, modality in (("ct.json", "CT"), ("mr.json", "MR")):
+                with open(os.path.join(d, name), "w") as f:
+                    json.dump(
+                        {
+                            "modality": modality,
+                            "task": "same",
+                            "units": "",
+                            "clip_range": [0, 1],
+                            "eval_window": [0, 1],
+                        },
+                        f,
+                    )
+            with self.assertRaisesRegex(ValueError, r"mr.json: task 'same' is also the task of CT \(.*ct.json\)"):
                 load_modality_settings(d)
 
 

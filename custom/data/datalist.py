@@ -287,18 +287,10 @@ def validate_datalist(
                     continue
                 if not check_content:
                     continue
-                try:
-                    img = load_image(f, pet_units=pet_units)
+                try:  # load_image refuses NaN / inf and values beyond float32 (custom.data.limits.finite_values)
+                    shapes[k] = spatial_shape(load_image(f, pet_units=pet_units).shape, f)
                 except ValueError as e:
                     errors.append(str(e))
-                    continue
-                try:
-                    shapes[k] = spatial_shape(img.shape, f)
-                except ValueError as e:
-                    errors.append(str(e))
-                    continue
-                if not bool(np.isfinite(img.numpy()).all()):
-                    errors.append(f"{f}: non-finite values (NaN or inf).")
             if len(set(shapes.values())) > 1:
                 errors.append(
                     f"{files.get('image')}: shape mismatch between input {shapes.get('image')} and "

@@ -869,10 +869,8 @@ class DicomReader(PydicomReader):
     def _combine_dicom_series(self, data: Sequence[Any], filenames: Sequence[Any]) -> tuple[np.ndarray, dict]:
         arrays = [self._get_array_data(ds, f) for ds, f in zip(data, filenames)]
         meta = self._get_meta_dict(data[0])
-        spacing = [float(v) for v in _image_tag(data[0], "PixelSpacing", [1.0, 1.0])]
-        if self.series is not None and len(self.series.positions) > 1:
-            spacing.append(float(np.mean(np.diff(self.series.positions))))
-        meta["spacing"] = np.asarray(spacing)
+        # no "spacing" here: MONAI's affine reads PixelSpacing (00280030, set above) and the slice step from the first
+        # and last positions, then sets "spacing" from the affine
         if _image_tag(data[-1], "ImagePositionPatient", None) is not None:
             meta["lastImagePositionPatient"] = np.asarray(_image_tag(data[-1], "ImagePositionPatient"), dtype=float)
         meta["spatial_shape"] = arrays[0].shape + (len(arrays),)

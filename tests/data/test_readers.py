@@ -71,6 +71,16 @@ class TestReaders(unittest.TestCase):
             self.assertEqual(tuple(img.shape), (128, 128, 3))
             self.assertEqual(img.meta["modality"], "CT")
 
+    def test_series_spacing_is_pixel_spacing_and_slice_step(self):
+        vol = np.arange(4 * 5 * 3, dtype=np.int16).reshape(4, 5, 3)
+        with tempfile.TemporaryDirectory() as d:
+            dicom_series_folder(d, vol, positions=[10.0, 12.5, 15.0], spacing=(0.7, 0.9))
+            img = load_image(d)
+        self.assertEqual(tuple(img.shape), (5, 4, 3))  # MONAI's order: columns (x), rows (y), slices
+        # PixelSpacing is (row step, column step) = (0.7, 0.9): x steps 0.9, y 0.7, the slices 2.5
+        np.testing.assert_allclose(np.asarray(img.meta["spacing"], dtype=float), [0.9, 0.7, 2.5], rtol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0), [0.9, 0.7, 2.5], rtol=1e-6)
+
     def test_pet_suv_from_tags(self):
         ds = _pet_dataset()
         decayed = 3.7e8 * 2 ** (-3600.0 / 6586.2)

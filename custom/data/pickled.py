@@ -9,8 +9,8 @@ A plain pickle of a CPU tensor (any torch since 1.x) calls ``torch._utils._rebui
 size, stride, requires_grad, OrderedDict())`` with ``storage = torch.storage._load_from_bytes(data)``, where
 ``data`` is a nested legacy ``torch.save`` of the storage. torch's own ``_load_from_bytes`` would unpickle
 ``data`` without restriction; here it is replaced by ``torch.load(data, weights_only=True, map_location="cpu")``,
-which is restricted too. A numpy array pickles as ``numpy._core.multiarray._reconstruct`` (``numpy.core`` before
-numpy 2) with ``numpy.ndarray`` and ``numpy.dtype``.
+which is restricted too, and must return a storage. A numpy array pickles as
+``numpy._core.multiarray._reconstruct`` (``numpy.core`` before numpy 2) with ``numpy.ndarray`` and ``numpy.dtype``.
 
 :class:`PickledTensorReader` is a MONAI ``ImageReader`` for these files (``LoadImage(reader=PickledTensorReader())``).
 """
@@ -37,11 +37,18 @@ __all__ = ["PICKLE_SUFFIX", "RestrictedUnpickler", "load_pickled_array", "Pickle
 PICKLE_SUFFIX = ".bin"
 
 
-def _storage_from_bytes(data: bytes) -> Any:
-    """Safe replacement of ``torch.storage._load_from_bytes``: the nested storage pickle, weights-only."""
+def _storage_from_bytes(data: bytes) -> torch.storage.TypedStorage:
+    """Safe replacement of ``torch.storage._load_from_bytes``: the nested storage pickle, weights-only.
+
+    Only a storage is returned: a nested tensor (a view of any size and stride, rebuilt by ``torch.load``) would
+    bypass :func:`_rebuild_tensor`'s layout checks and the voxel limit (e.g. one zero broadcast to 10^10 voxels).
+    """
     if not isinstance(data, bytes):
         raise pickle.UnpicklingError(f"storage data of type {type(data).__name__}, expected bytes")
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise pickle.UnpicklingError(f"nested torch.save data holds a {type(storage).__name__}, expected a storage")
+    return storage
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
@@ -163,7 +170,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     """``pickle.Unpickler`` whose ``find_class`` admits only what rebuilds a tensor or an array.
 
     Admitted globals: ``torch._utils._rebuild_tensor_v2`` (a plain tensor inside its storage, no hooks or
-    attributes), ``torch.storage._load_from_bytes`` (replaced by a weights-only ``torch.load``),
+    attributes), ``torch.storage._load_from_bytes`` (replaced by a weights-only ``torch.load`` of a storage),
     ``collections.OrderedDict``, numpy's ``_reconstruct`` (of an empty array only), ``numpy.ndarray`` (as a
     token for ``_reconstruct``, not callable) and ``numpy.dtype`` (numeric, always a fresh copy). The ``BUILD``
     opcode (``__setstate__`` / attribute assignment) is admitted only on the numpy array or dtype being

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import tempfile
 import unittest
 from collections import OrderedDict
@@ -358,6 +359,28 @@ class TestPickledTensorReader(unittest.TestCase):
         ref = obj.float().numpy() if isinstance(obj, torch.Tensor) else obj
         self.assertEqual(out.dtype, np.float32)
         self.assertTrue(all(float(a) == float(b) for a, b in zip(out.ravel(), ref.ravel())))
+
+    def _nested_torch_save(self, name: str, obj: object) -> str:
+        """A ``.bin`` whose pickle is ``torch.storage._load_from_bytes(legacy torch.save of obj)``."""
+        buf = io.BytesIO()
+        torch.save(obj, buf, _use_new_zipfile_serialization=False)
+        with open(self.path(name), "wb") as f:
+            pickle.dump(_Reduce(torch.storage._load_from_bytes, (buf.getvalue(),)), f)
+        return self.path(name)
+
+    def test_nested_torch_save_must_hold_a_storage(self):
+        """A tensor nested in the torch.save data would skip the layout and voxel checks: one stored zero broadcast
+        to 90000 voxels (with a limit of 1000 here; 10^10 voxels would need 40 GB) must not be read."""
+        for name, obj in (
+            ("broadcast.bin", torch.zeros(1).expand(1, 300, 300)),
+            ("grad.bin", torch.arange(6.0).reshape(1, 2, 3).requires_grad_()),
+        ):
+            path = self._nested_torch_save(name, obj)
+            with mock.patch("custom.data.pickled.MAX_VOXELS", 1000):
+                with self.assertRaisesRegex(
+                    ValueError, re.escape(path) + r": unreadable .*holds a Tensor, expected a storage"
+                ):
+                    load_pickled_array(path)
 
     def test_unpickler_refuses_before_import(self):
         with open(self.path("g.bin"), "wb") as f:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import pathlib
 import pickle
 import re
 import tempfile
 import unittest
+import warnings
 from collections import OrderedDict
 from unittest import mock
 
@@ -21,6 +23,7 @@ from custom.data.pickled import (
     load_pickled_array,
     load_pickled_image,
 )
+from monai.utils import MetaKeys
 from parameterized import parameterized
 
 from tests.utils import write_bin, write_nii
@@ -338,8 +341,10 @@ class TestPickledTensorReader(unittest.TestCase):
     def test_values_float32_cannot_hold_are_refused(self, _, obj, message):
         with open(self.path("v.bin"), "wb") as f:
             pickle.dump(obj, f)
-        with self.assertRaisesRegex(ValueError, r"v\.bin: .*" + message):
-            load_pickled_array(self.path("v.bin"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no out-of-range integer cast while checking (e.g. 2**63)
+            with self.assertRaisesRegex(ValueError, r"v\.bin: .*" + message):
+                load_pickled_array(self.path("v.bin"))
 
     @parameterized.expand(
         [
@@ -381,6 +386,81 @@ class TestPickledTensorReader(unittest.TestCase):
                     ValueError, re.escape(path) + r": unreadable .*holds a Tensor, expected a storage"
                 ):
                     load_pickled_array(path)
+
+    @parameterized.expand(
+        [
+            ("metadata", (4, "<", None, None, None, -1, -1, 0, {"k": 1})),
+            ("seven_fields", (3, "<", None, None, None, -1, -1)),
+            ("unknown_byte_order", (3, "x", None, None, None, -1, -1, 0)),
+        ]
+    )
+    def test_dtype_state_of_another_form_is_refused(self, _, state):
+        """numpy itself would accept each of these states (metadata, an old layout, a byte order it ignores)."""
+        data = np.array([[1.5, -2.0]], "<f4").tobytes()
+        dtype = _Reduce(np.dtype, ("f4", False, False), state)
+        with open(self.path("d.bin"), "wb") as f:
+            pickle.dump(_Reduce(_NP_RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, (1, 2), dtype, False, data)), f)
+        with self.assertRaisesRegex(ValueError, r"d\.bin: .*numpy dtype state of an unknown form"):
+            load_pickled_array(self.path("d.bin"))
+
+    def test_native_byte_order_dtype_state_is_read(self):
+        data = np.array([[1.5, -2.0]], "=f4").tobytes()
+        dtype = _Reduce(np.dtype, ("f4", False, False), (3, "=", None, None, None, -1, -1, 0))
+        with open(self.path("d.bin"), "wb") as f:
+            pickle.dump(_Reduce(_NP_RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, (1, 2), dtype, False, data)), f)
+        np.testing.assert_array_equal(load_pickled_array(self.path("d.bin")), [[1.5, -2.0]])
+
+    def test_error_messages_name_the_file_once(self):
+        """Refusals keep their own message (no second wrapping); other ValueErrors (here pickle's own, for a
+        protocol it does not know) are wrapped with the file name; a ``pathlib.Path`` works the same."""
+        with open(self.path("evil.bin"), "wb") as f:
+            pickle.dump(_RunsCode(self.path("pwned")), f)
+        with open(self.path("p9.bin"), "wb") as f:
+            f.write(b"\x80\x09N.")
+        for as_path in (str, pathlib.Path):
+            with self.assertRaisesRegex(ValueError, "^" + re.escape(self.path("evil.bin")) + ": refused to unpickle"):
+                load_pickled_array(as_path(self.path("evil.bin")))
+            with self.assertRaisesRegex(
+                ValueError,
+                "^"
+                + re.escape(self.path("p9.bin"))
+                + r": unreadable pickled tensor \(unsupported pickle protocol: 9\)",
+            ):
+                load_pickled_array(as_path(self.path("p9.bin")))
+
+    def test_reader_interface(self):
+        """Defaults, one file or several (stacked as channels), geometry and shapes."""
+        a, b = self.rng.normal(size=(3, 4)).astype(np.float32), self.rng.normal(size=(3, 4)).astype(np.float32)
+        write_bin(self.path("a.bin"), a)
+        write_bin(self.path("b.bin"), b)
+        reader = PickledTensorReader()
+        one = reader.read(self.path("a.bin"), unused_option=1)  # ImageReader.read takes reader options
+        self.assertIsInstance(one, np.ndarray)
+        arr, meta = reader.get_data(one)
+        np.testing.assert_array_equal(arr, a.T)  # reverse_indexing by default
+        self.assertTrue(np.isnan(meta[MetaKeys.ORIGINAL_CHANNEL_DIM]))
+        for key in (MetaKeys.AFFINE, MetaKeys.ORIGINAL_AFFINE):
+            np.testing.assert_array_equal(meta[key], np.eye(4))
+        np.testing.assert_array_equal(meta[MetaKeys.SPATIAL_SHAPE], (4, 3))
+        arr, meta = reader.get_data(reader.read([self.path("a.bin"), self.path("b.bin")]))
+        np.testing.assert_array_equal(arr, np.stack([a.T, b.T]))
+        self.assertEqual(meta[MetaKeys.ORIGINAL_CHANNEL_DIM], 0)
+        write_bin(self.path("c.bin"), np.zeros((3, 5), np.float32))
+        with self.assertRaisesRegex(ValueError, "pickled images of different shapes"):
+            reader.get_data(reader.read([self.path("a.bin"), self.path("c.bin")]))
+        img = load_pickled_image(pathlib.Path(self.path("a.bin")))
+        self.assertEqual(img.meta["filename_or_obj"], self.path("a.bin"))
+        torch.testing.assert_close(img.affine, torch.eye(4, dtype=torch.float64), rtol=0, atol=0)
+
+    def test_one_pixel_wide_is_read_and_empty_is_refused(self):
+        with open(self.path("line.bin"), "wb") as f:
+            pickle.dump(torch.arange(5.0).reshape(1, 1, 5), f)
+        np.testing.assert_array_equal(load_image(self.path("line.bin")).numpy(), [[0], [1], [2], [3], [4]])
+        for name, shape in (("empty.bin", (1, 0, 4)), ("empty_width.bin", (1, 4, 0))):
+            with open(self.path(name), "wb") as f:
+                pickle.dump(torch.zeros(shape), f)
+            with self.assertRaisesRegex(ValueError, re.escape(name) + r": pickled tensor of shape \(\d, \d\)"):
+                load_image(self.path(name))
 
     def test_unpickler_refuses_before_import(self):
         with open(self.path("g.bin"), "wb") as f:

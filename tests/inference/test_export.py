@@ -10,19 +10,29 @@ Every comparison uses a batch of different images where the batch is larger than
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import unittest
+import warnings
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from custom.export import export_onnx, export_program, save_torchscript, serving_module, trace_network
+from custom.export import (
+    export_onnx,
+    export_program,
+    fix_negative_transpose_perms,
+    save_torchscript,
+    serving_module,
+    trace_network,
+)
 from custom.inference import network_window_mode
 from parameterized import parameterized
 
@@ -352,6 +362,113 @@ class TestOnnxPadding(unittest.TestCase):
         (out,) = session.run(None, {"image": x.numpy()})
         self.assertEqual(out.shape, ref.shape)
         self.assertLess(_max_diff(out, ref), TOL)
+
+
+class _MoveNet(torch.nn.Module):
+    """No parameters (a buffer only) and no ``size_multiple``: ``movedim`` with negative and multi-axis arguments,
+    an axis moved onto position 0, a scale per channel and a cumulative sum over the flattened image, so any other
+    axis order, any padding and any batch mixing change the output. Its shapes are read back while tracing, which
+    torch's own ``movedim`` export (negative ``Transpose`` perms) declares wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor([1.0, 2.0, -3.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.movedim(1, -1) * self.scale  # (B, H, W, C)
+        y = y.movedim((-1, 0), (0, -1))  # (C, H, W, B)
+        z = y.reshape(y.shape[0], -1, y.shape[-1]).cumsum(1)
+        return z.reshape(y.shape).movedim((0, -1), (1, 0))  # (B, C, H, W)
+
+
+def _plain_onnx_perms(net: torch.nn.Module, shape: tuple) -> list[list[int]]:
+    """``Transpose`` perms of ``torch.onnx.export`` as torch does it (no ``custom`` wrapper or fix)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(*shape),), buf, dynamo=False, opset_version=17)
+    model = onnx.load_from_string(buf.getvalue())
+    return [list(a.ints) for n in model.graph.node if n.op_type == "Transpose" for a in n.attribute]
+
+
+class TestOnnxMovedim(unittest.TestCase):
+    """``export_onnx`` of ``movedim``: non-negative perms, the right declared output shape, eager's values; and
+    torch's exporter is left as it was found."""
+
+    def test_movedim_network(self) -> None:
+        net = _MoveNet()
+        x = _images(3, 3, 4, 5)
+        plain_before = _plain_onnx_perms(net, (1, 3, 4, 5))
+        with tempfile.TemporaryDirectory() as d:
+            path = export_onnx(net, os.path.join(d, "model.onnx"), (1, 3, 4, 5))  # odd width, no size_multiple
+            model = onnx.load(path)
+            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        perms = [list(a.ints) for n in model.graph.node if n.op_type == "Transpose" for a in n.attribute]
+        self.assertEqual(perms, [[0, 2, 3, 1], [3, 1, 2, 0], [3, 0, 1, 2]])
+        self.assertEqual([o.version for o in model.opset_import if o.domain in ("", "ai.onnx")], [17])  # default
+        self.assertEqual(session.get_outputs()[0].shape, ["batch", 3, 4, 5])
+        with torch.no_grad():
+            ref = net(x).numpy()
+        (out,) = session.run(None, {"image": x.numpy()})
+        self.assertEqual(out.shape, ref.shape)
+        self.assertLess(_max_diff(out, ref), TOL)
+        self.assertEqual(_plain_onnx_perms(net, (1, 3, 4, 5)), plain_before)  # torch's own symbolic is back
+
+    def test_bad_input_shape(self) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            for bad in [(1, 3, 4), (1, 3, 4, 5, 1), (0, 3, 4, 5), (1, 3, 0, 5), (1, 3, 4, -5)]:
+                with (
+                    self.subTest(bad=bad),
+                    self.assertRaisesRegex(
+                        ValueError,
+                        r"input_shape must be \(B, C, H, W\) with positive sizes, got " + re.escape(str(bad)),
+                    ),
+                ):
+                    export_onnx(_MoveNet(), os.path.join(d, "model.onnx"), bad)
+            self.assertFalse(os.listdir(d))
+            export_onnx(_MoveNet(), os.path.join(d, "model.onnx"), (1, 3, 1, 1))  # 1 is a positive size
+
+
+def _transpose_chain(perms: list[list[int] | None]) -> onnx.ModelProto:
+    """A hand-built graph: ``Transpose`` nodes in a row (``None``: no perm, which reverses the axes) on a
+    (2, 3, 4, 5) input ``x``, then an ``Identity`` to ``y``."""
+    from onnx import TensorProto, helper
+
+    nodes, name, out = [], "x", np.zeros((2, 3, 4, 5))
+    for i, perm in enumerate(perms):
+        out = np.transpose(out, perm)  # numpy takes negative axes
+        nodes.append(helper.make_node("Transpose", [name], [f"t{i}"], **({} if perm is None else {"perm": perm})))
+        name = f"t{i}"
+    nodes.append(helper.make_node("Identity", [name], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "transposes",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out.shape))],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+class TestFixNegativeTransposePerms(unittest.TestCase):
+    def test_negative_perms_rewritten_others_untouched(self) -> None:
+        perms = [[0, -1, 1, -2], [3, 2, 1, 0], None, [-4, -3, -2, -1], [1, 0, 2, 3], [2, -1, 0, 1]]
+        model = _transpose_chain(perms)
+        self.assertEqual(fix_negative_transpose_perms(model), 3)  # the nodes with a negative entry
+        got = [[list(a.ints) for a in n.attribute if a.name == "perm"] for n in model.graph.node]
+        self.assertEqual(got, [[[0, 3, 1, 2]], [[3, 2, 1, 0]], [], [[0, 1, 2, 3]], [[1, 0, 2, 3]], [[2, 3, 0, 1]], []])
+        onnx.checker.check_model(model)
+        x = np.random.default_rng(0).random((2, 3, 4, 5), dtype=np.float32)
+        ref = x
+        for perm in [[0, 3, 1, 2], [3, 2, 1, 0], None, [0, 1, 2, 3], [1, 0, 2, 3], [2, 3, 0, 1]]:
+            ref = np.transpose(ref, perm)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], ref)
+        self.assertEqual(fix_negative_transpose_perms(model), 0)  # nothing left to fix
+
+    def test_no_transpose(self) -> None:
+        model = _transpose_chain([])
+        self.assertEqual(fix_negative_transpose_perms(model), 0)
+        self.assertEqual([n.op_type for n in model.graph.node], ["Identity"])
 
 
 class _DriftingNet(torch.nn.Module):

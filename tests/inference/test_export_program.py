@@ -17,8 +17,10 @@ import unittest
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from custom.export import ServingNetwork, export_program, global_attention_limit, save_exported_program
 from custom.networks import TAT
+from custom.networks.blocks.attention import ChannelAttention
 from parameterized import parameterized
 
 from tests.utils import BUNDLE, ENV, REPO, TINY, make_dataset, tiny_net
@@ -124,6 +126,46 @@ class TestExportProgramLocalWindows(unittest.TestCase):
             self.assertLess(_diff(program.module()(x), net(x)), 1e-4)
         with self.assertRaisesRegex(AssertionError, "Guard failed"):
             program.module()(torch.rand(1, 1, 40, 32))
+
+
+class _AttentionPyramid(torch.nn.Module):
+    """Attention blocks at three scales, as TAT's levels (16 x 16 probe: 16, 8 and 4 pixels): windows of 105 at
+    scale 1, 45 at scale 2 and 15 at scale 4 switch on above 104, 88 and 56 (rounded down to multiples of 8), so
+    the limit is 56. A global-mode block (window 3: 8 were it counted) and a block without windows do not count.
+    Two input channels; halving rounds up (an odd probe would give other scales)."""
+
+    in_channels = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.level1 = ChannelAttention(2, 1, train_size=70)
+        self.level2 = ChannelAttention(2, 1, train_size=30)
+        self.level3 = ChannelAttention(2, 1, train_size=10, window_mode="blended")
+        self.global_mode = ChannelAttention(2, 1, train_size=2, window_mode="global")
+        self.no_window = ChannelAttention(2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.level2(F.avg_pool2d(self.level1(x), 2, ceil_mode=True))
+        x = F.avg_pool2d(x, 2, ceil_mode=True)
+        return self.no_window(self.global_mode(self.level3(x)))
+
+
+class TestGlobalAttentionLimit(unittest.TestCase):
+    """Fast: stand-in networks instead of TAT."""
+
+    def test_smallest_window_times_its_scale(self):
+        net = _AttentionPyramid()
+        limit = global_attention_limit(net)
+        self.assertEqual(limit, 56)
+        self.assertIs(type(limit), int)  # a Dim bound in export_program
+        self.assertFalse([m for m in net.modules() if m._forward_pre_hooks])  # no probe hook left behind
+        self.assertEqual(global_attention_limit(net), 56)
+        # no in_channels attribute: probed with 1 channel
+        self.assertEqual(global_attention_limit(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), net)), 56)
+
+    def test_no_windows(self):
+        self.assertIsNone(global_attention_limit(torch.nn.Sequential(ChannelAttention(1, 1), torch.nn.Identity())))
+        self.assertIsNone(global_attention_limit(torch.nn.AvgPool2d(2)))  # no parameters, no attention
 
 
 def _readme_commands() -> dict[str, str]:

@@ -8,11 +8,12 @@ import unittest
 
 import nibabel as nib
 import numpy as np
+import torch
 from custom.data import LoadSliced, expand_slices, load_image, load_slice, num_slices
 from monai.data import Dataset
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from tests.utils import dicom_slice, save_nifti, write_bin, write_ct_series
+from tests.utils import dicom_slice, save_nifti, save_scaled_nifti, write_bin, write_ct_series
 
 
 class TestSlicing(unittest.TestCase):
@@ -97,6 +98,22 @@ class TestSliceSelection(unittest.TestCase):
 
     def path(self, name: str) -> str:
         return os.path.join(self.d, name)
+
+    def test_slab_is_float32_and_checked_like_a_full_load(self):
+        """A scaled int16 volume is read as float32 with the scaling applied; a NaN in the slab read is refused."""
+        raw = np.arange(8 * 6 * 5, dtype=np.int16).reshape(8, 6, 5) - 100
+        path = save_scaled_nifti(self.path("scaled.nii.gz"), raw, slope=0.5, inter=-3.0)
+        for z in (0, 4):
+            sl = load_slice(path, z)
+            self.assertEqual(sl.dtype, torch.float32)
+            np.testing.assert_array_equal(sl.numpy(), raw[..., z] * 0.5 - 3.0)
+            np.testing.assert_array_equal(sl.numpy(), load_image(path)[..., z].numpy())
+        vol = self.vol.copy()
+        vol[2, 3, 1] = np.nan
+        path = save_nifti(self.path("nan.nii.gz"), vol)
+        np.testing.assert_array_equal(load_slice(path, 2).numpy(), vol[..., 2])  # other slices are fine
+        with self.assertRaisesRegex(ValueError, r"nan\.nii\.gz: non-finite values"):
+            load_slice(path, 1)
 
     def test_trailing_singleton_axes_are_dropped(self):
         for name, arr in (("v4.nii.gz", self.vol[..., None]), ("v5.nii.gz", self.vol[..., None, None])):

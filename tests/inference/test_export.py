@@ -344,6 +344,7 @@ class TestOnnxPadding(unittest.TestCase):
             ("reflect", (1, 1, 12, 21)),
             ("replicate_small_height", (1, 1, 3, 13)),
             ("replicate_padding_equals_width", (1, 1, 10, 4)),
+            ("replicate_padding_equals_height", (1, 1, 4, 10)),
             ("no_padding", (1, 1, 8, 16)),
         ]
     )
@@ -398,6 +399,9 @@ class TestOnnxMovedim(unittest.TestCase):
     def test_movedim_network(self) -> None:
         net = _MoveNet()
         x = _images(3, 3, 4, 5)
+        with warnings.catch_warnings():  # torch's own symbolic, even if an earlier export left another registered
+            warnings.simplefilter("ignore")  # (warns when there is none to remove)
+            torch.onnx.unregister_custom_op_symbolic("aten::movedim", 17)
         plain_before = _plain_onnx_perms(net, (1, 3, 4, 5))
         with tempfile.TemporaryDirectory() as d:
             path = export_onnx(net, os.path.join(d, "model.onnx"), (1, 3, 4, 5))  # odd width, no size_multiple

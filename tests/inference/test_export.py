@@ -418,6 +418,25 @@ class TestOnnxMovedim(unittest.TestCase):
         self.assertLess(_max_diff(out, ref), TOL)
         self.assertEqual(_plain_onnx_perms(net, (1, 3, 4, 5)), plain_before)  # torch's own symbolic is back
 
+    def test_negative_permute_fixed_in_the_written_file(self) -> None:
+        """torch's exporter keeps ``permute``'s negative dims in the ``Transpose`` perm, which onnxruntime refuses:
+        the written file holds the rewritten perm. The exporter's warnings are not shown."""
+
+        class _Permute(torch.nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return x.permute(0, -1, -3, -2) * 2.0
+
+        x = _images(2, 3, 4, 5)
+        with tempfile.TemporaryDirectory() as d, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            path = export_onnx(_Permute(), os.path.join(d, "model.onnx"), (1, 3, 4, 5))
+            perms = [list(a.ints) for n in onnx.load(path).graph.node if n.op_type == "Transpose" for a in n.attribute]
+            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.assertEqual([str(w.message) for w in caught], [])
+        self.assertEqual(perms, [[0, 3, 1, 2]])
+        (out,) = session.run(None, {"image": x.numpy()})
+        np.testing.assert_array_equal(out, (x.permute(0, 3, 1, 2) * 2.0).numpy())
+
     def test_bad_input_shape(self) -> None:
         with tempfile.TemporaryDirectory() as d:
             for bad in [(1, 3, 4), (1, 3, 4, 5, 1), (0, 3, 4, 5), (1, 3, 0, 5), (1, 3, 4, -5)]:
@@ -540,6 +559,7 @@ class TestVerification(unittest.TestCase):
             self.assertLess(_max_diff(trace_network(net.train(), (3, 1, 16, 24))(x), ref), TOL)
             with tempfile.TemporaryDirectory() as d:
                 path = export_onnx(net.train(), os.path.join(d, "model.onnx"), (1, 1, 16, 24))
+                self.assertFalse(net.training)  # documented: put in eval mode
                 session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             self.assertLess(_max_diff(session.run(None, {"image": x.numpy()})[0], ref), TOL)
 

@@ -170,13 +170,9 @@ def load_slice(path: str | os.PathLike, index: int, axis: int = 2, pet_units: st
             meta = {"filename_or_obj": path, "pixdim": np.asarray(nii.header["pixdim"]).copy()}
             meta.update(nifti_source_meta(nii))
             img = MetaTensor(torch.as_tensor(arr), affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
-    else:
+    else:  # one DICOM file (multi-frame ones are refused) or one .bin patch: a 2D image, one slice
         img = load_image(path, pet_units=pet_units)
-        if img.ndim > 2:
-            sl = [slice(None)] * img.ndim
-            sl[axis] = index
-            img = img[tuple(sl)]
-        elif index != 0:
+        if index != 0:
             raise ValueError(f"{path}: slice index {index} out of range for 1 slice.")
     img.meta["slice_index"] = int(index)
     return img

@@ -74,6 +74,31 @@ class TestConvert(unittest.TestCase):
         self.assertIn("extra.weight", msg)
         self.assertIn("latent.0.attn.temperature", msg)
 
+    def test_misshaped_keys_are_not_also_reported_missing(self):
+        ref = zeros_state()
+        ref["output.weight"] = ref["output.weight"].reshape(48, 1, 3, 3)
+        with self.assertRaises(ValueError) as ctx:
+            convert_reference_state_dict(ref)
+        msg = str(ctx.exception)
+        self.assertIn("1 key(s) with a different shape: output.weight (48, 1, 3, 3) -> output.weight expects", msg)
+        self.assertNotIn("missing", msg)
+        self.assertNotIn("unexpected", msg)
+
+    def test_long_key_lists_are_cut_at_ten(self):
+        ref = zeros_state()
+        extra = [f"extra{i:02d}.weight" for i in range(12)]
+        ref.update({k: torch.zeros(1) for k in extra})
+        with self.assertRaisesRegex(ValueError, "12 unexpected key") as ctx:
+            convert_reference_state_dict(ref)
+        self.assertIn(", ".join(extra[:10]) + " ... and 2 more", str(ctx.exception))
+        self.assertNotIn(extra[10], str(ctx.exception))
+        for k in extra[2:]:  # exactly ten: all named, nothing more
+            del ref[k]
+        ref.update({f"other{i}.bias": torch.zeros(1) for i in range(8)})
+        with self.assertRaises(ValueError) as ctx:
+            convert_reference_state_dict(ref)
+        self.assertRegex(str(ctx.exception), r"10 unexpected key\(s\): extra00.weight, [^;]*other7.bias$")
+
     def test_wrong_hyper_parameters(self):
         with self.assertRaisesRegex(ValueError, "different shape"):
             convert_reference_state_dict(zeros_state(), TAT(dim=8, num_blocks=(4, 6, 6, 8)))
@@ -95,6 +120,32 @@ class TestConvert(unittest.TestCase):
                 path = os.path.join(d, f"ckpt{i}.pth")
                 torch.save(obj, path)
                 self.assertEqual(len(load_reference_checkpoint(path)), 575)
+
+    def test_loader_unwraps_three_levels(self):
+        ref = zeros_state()
+        wrappers = [{"state_dict": {"model": {"params_ema": ref}}, "epoch": 3}]  # three levels deep
+        with tempfile.TemporaryDirectory() as d:
+            for i, obj in enumerate(wrappers):
+                path = os.path.join(d, f"ckpt{i}.pth")
+                torch.save(obj, path)
+                self.assertEqual(len(load_reference_checkpoint(path)), 575)
+
+    def test_loader_names_what_it_found_instead_of_weights(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "ckpt.pth")
+            torch.save({"optimizer": {"lr": 1.0}, "epoch": 3}, path)
+            with self.assertRaisesRegex(
+                ValueError, r"ckpt.pth: .*no tensors found \(top-level keys: epoch, optimizer\)"
+            ):
+                load_reference_checkpoint(path)
+            torch.save([torch.zeros(1)], path)
+            with self.assertRaisesRegex(ValueError, "ckpt.pth: .*expected a state dict .*got list"):
+                load_reference_checkpoint(path)
+            # a stray key beside module.-prefixed weights: keys are named as they are in the file, never half-stripped
+            torch.save({"step": torch.zeros(1), **{f"module.{k}": v for k, v in zeros_state().items()}}, path)
+            with self.assertRaisesRegex(ValueError, r"576 unexpected key\(s\): step, module\.") as ctx:
+                load_reference_checkpoint(path)
+            self.assertIn("575 missing key(s)", str(ctx.exception))
 
     def test_loader_refuses_code_and_names_file(self):
         with tempfile.TemporaryDirectory() as d:

@@ -115,8 +115,14 @@ def convert_reference_state_dict(
 
 
 def unwrap_reference_state(obj: object, path: str) -> dict[str, torch.Tensor]:
+    """The published-name state dict inside a loaded checkpoint: up to three wrapper levels (``_WRAPPER_KEYS``, also
+    beside counters such as ``{"params_ema": ..., "iter": tensor}``), EMA wrappers' ``ema_model.*`` and prefixes.
+
+    Raises:
+        ValueError: naming ``path``, when no mapping of tensors is found.
+    """
     for _ in range(3):
-        if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
             inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
             if inner is None:
                 break

@@ -121,9 +121,12 @@ class TestConvert(unittest.TestCase):
                 torch.save(obj, path)
                 self.assertEqual(len(load_reference_checkpoint(path)), 575)
 
-    def test_loader_unwraps_three_levels(self):
+    def test_loader_unwraps_three_levels_and_mixed_wrappers(self):
         ref = zeros_state()
-        wrappers = [{"state_dict": {"model": {"params_ema": ref}}, "epoch": 3}]  # three levels deep
+        wrappers = [
+            {"state_dict": {"model": {"params_ema": ref}}, "epoch": 3},  # three levels deep
+            {"params_ema": ref, "iter": torch.tensor(1000)},  # a counter tensor beside the wrapped weights
+        ]
         with tempfile.TemporaryDirectory() as d:
             for i, obj in enumerate(wrappers):
                 path = os.path.join(d, f"ckpt{i}.pth")

@@ -37,6 +37,91 @@ class TestInterference(unittest.TestCase):
         self.assertEqual(group_name("output.weight"), "output")
         self.assertEqual(group_name("encoder_level1.0.attn.qkv.weight", depth=1), "encoder_level1")
 
+    def test_group_name_edges(self):
+        self.assertEqual(group_name("gamma"), "gamma")  # a parameter of the network itself
+        self.assertEqual(group_name("encoder_level1.0.attn.qkv.weight", depth=0), "encoder_level1")  # at least one
+        self.assertEqual(group_name("a.b.c.weight", depth=3), "a.b.c")
+        self.assertEqual(group_name("a.b.weight", depth=5), "a.b")  # never the parameter's own name
+
+    def test_task_gradients_accumulate_per_task(self):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1), torch.nn.Linear(1, 1))
+        net[2].requires_grad_(False)  # frozen: not probed
+        bx = [(torch.rand(4, 3), torch.rand(4, 1)), (torch.rand(2, 3), torch.rand(2, 1))]
+        by = [(torch.rand(3, 3), torch.rand(3, 1))]
+
+        def by_hand(batches):
+            net.zero_grad()
+            for x, y in batches:  # the gradients of the batches' L1 losses, summed
+                (net(x) - y).abs().mean().backward()
+            return {"0": torch.cat([net[0].weight.grad.flatten(), net[0].bias.grad]).double(), "1": None}
+
+        grads = task_gradients(net, {"X": bx, "Y": by}, depth=1)
+        self.assertEqual(set(grads), {"X", "Y"})
+        self.assertEqual(list(grads["X"]), ["0", "1"])
+        self.assertTrue(all(p.grad is None for p in net.parameters()))  # left cleared
+        for task, batches in (("X", bx), ("Y", by)):  # Y's gradient holds nothing of X's
+            torch.testing.assert_close(grads[task]["0"], by_hand(batches)["0"])
+            self.assertEqual(grads[task]["0"].dtype, torch.float64)
+        with self.assertRaisesRegex(ValueError, "task Z: no batch to probe"):
+            task_gradients(net, {"X": bx, "Z": []})
+
+    def test_unused_layer_gives_zeros(self):
+        class Skip(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.used, self.unused = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+            def forward(self, x):
+                return self.used(x)
+
+        batch = [(torch.rand(2, 2), torch.rand(2, 2))]
+        grads = task_gradients(Skip(), {"A": batch, "B": batch}, depth=1)
+        torch.testing.assert_close(grads["A"]["unused"], torch.zeros(6, dtype=torch.float64))
+        layers, _, m = pairwise_cosine(grads)
+        self.assertTrue(np.isnan(m[layers.index("unused"), 0]))
+        self.assertAlmostEqual(m[layers.index("used"), 0], 1.0)
+
+    def test_task_batches_from_the_config(self):
+        """Items grouped by upper-cased modality, ``batches`` stacks of ``samples_per_task`` transformed items each,
+        drawn without replacement when there are enough, reproducibly for a seed."""
+        items = [{"modality": "ct", "i": i} for i in range(4)] + [{"modality": "PET", "i": 10}]
+
+        class Transform:
+            def set_random_state(self, seed):
+                self.seed = seed
+
+            def __call__(self, item):
+                return {
+                    "image": torch.full((1, 2, 3), float(item["i"])),
+                    "label": torch.full((1, 2, 3), -float(item["i"])),
+                }
+
+        transform = Transform()
+        parser = mock.Mock()
+        parser.get_parsed_content.side_effect = {"train#datalist": items, "train#preprocessing": transform}.get
+        out = interference._task_batches(parser, 2, 2, seed=5)
+        self.assertEqual(transform.seed, 5)
+        self.assertEqual(list(out), ["CT", "PET"])
+        for task in out:
+            self.assertEqual(len(out[task]), 2)
+            for x, y in out[task]:
+                self.assertEqual(tuple(x.shape), (2, 1, 2, 3))
+                torch.testing.assert_close(y, -x)
+        ct = sorted(float(x[k, 0, 0, 0]) for x, _ in out["CT"] for k in range(2))
+        self.assertEqual(ct, [0.0, 1.0, 2.0, 3.0])  # four items for four samples: each once
+        self.assertTrue(all(float(v) == 10.0 for x, _ in out["PET"] for v in x.flatten()))  # one item, repeated
+        again = interference._task_batches(parser, 2, 2, seed=5)
+        other = interference._task_batches(parser, 2, 2, seed=6)
+        order = [[float(x[k, 0, 0, 0]) for x, _ in o["CT"] for k in range(2)] for o in (out, again, other)]
+        self.assertEqual(order[0], order[1])
+        self.assertNotEqual(order[0], order[2])
+
+    def test_bad_counts_refused(self):
+        for flag in ("--batches", "--samples_per_task"):
+            with self.assertRaisesRegex(ValueError, "--batches and --samples_per_task must be >= 1"):
+                main(["--checkpoint", "m.pt", "--datalist", "d.json", "--output_dir", "o", flag, "0"])
+
     def test_pairwise_cosine_by_hand(self):
         grads = {
             "A": {"l1": torch.tensor([1.0, 0.0]), "l2": torch.tensor([1.0, 1.0])},
@@ -90,6 +175,13 @@ class TestInterference(unittest.TestCase):
                 rows = list(csv.reader(f))
             self.assertEqual(rows[0], ["layer", "num_params", "CT-MRI", "CT-PET", "MRI-PET"])
             self.assertEqual(rows[-1][0], "mean")
+            layers = {r[0]: int(r[1]) for r in rows[1:-1]}
+            expected: dict[str, int] = {}
+            for name, p in net.named_parameters():
+                expected[group_name(name)] = expected.get(group_name(name), 0) + p.numel()
+            self.assertEqual(layers, expected)  # every layer once, with its parameter count
+            self.assertEqual(int(rows[-1][1]), sum(p.numel() for p in net.parameters()))
+            self.assertIn("encoder_level1.0", layers)
             self.assertTrue(all(math.isfinite(float(v)) for v in rows[-1][2:]))
             self.assertGreater(os.path.getsize(os.path.join(d, "out", "task_interference.png")), 1000)
 
@@ -156,6 +248,18 @@ class TestInterferenceOutputs(unittest.TestCase):
             with open(path, encoding="utf-8") as f:
                 self.assertEqual(f.read(), good)
             self.assertEqual(os.listdir(d), ["t.csv"])
+
+    def test_csv_mean_skips_unused_layers(self):
+        """NaN (a layer a task does not use) is written as nan and left out of the mean and its weights."""
+        matrix = np.array([[0.5, np.nan, 0.25], [np.nan, np.nan, -1.0]])
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "t.csv")
+            write_csv(path, ["a", "b"], ["A-B", "A-C", "B-C"], matrix, {"a": 3, "b": 1})
+            with open(path, encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+        self.assertEqual(rows[1], ["a", "3", "0.500000", "nan", "0.250000"])
+        self.assertEqual(rows[2], ["b", "1", "nan", "nan", "-1.000000"])
+        self.assertEqual(rows[3], ["mean", "4", "0.500000", "nan", "-0.062500"])
 
     def test_png_is_written_atomically(self):
         import matplotlib.figure

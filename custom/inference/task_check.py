@@ -128,7 +128,8 @@ class TaskCheckd(MapTransform):
         if stats is None:
             d["predicted_task"], d["task_distance"] = None, None
             return d
-        name = str(d.get("source", d.get("image", "?")))
+        image = d.get("image")  # a file name before loading; a tensor (never a name for the log) after
+        name = str(d.get("source", image if isinstance(image, (str, os.PathLike)) else "?"))
         for key in self.key_iterator(d):
             x = torch.as_tensor(d[key].as_tensor() if hasattr(d[key], "as_tensor") else d[key])
             slices = x[None] if x.dim() == 3 else x.permute(3, 0, 1, 2)  # (S, C, H, W)

@@ -101,6 +101,39 @@ class TestStatistics(unittest.TestCase):
         self.assertIn("exceeds the calibrated threshold", warnings[-1])
         self.assertEqual(check_scan(ok, stats, None)[2], [])
 
+    def test_threshold_warning_names_the_calibrated_percentile(self) -> None:
+        stats = calibrate_threshold(fit_task_statistics(_clusters()), _clusters(seed=3), 90.0)
+        far = _clusters(seed=4)["PET"][:3] + 50.0
+        _, dist, warnings = check_scan(far, stats, None)
+        self.assertEqual(len(warnings), 1)
+        self.assertIn(
+            f"task distance {dist:.2f} exceeds the calibrated threshold {stats['threshold']:.2f} (90th", warnings[0]
+        )
+        legacy = {k: v for k, v in stats.items() if k != "percentile"}  # statistics stored without it: the default
+        self.assertIn("(99th percentile", check_scan(far, legacy, None)[2][0])
+
+    def test_distance_at_the_threshold_is_not_warned(self) -> None:
+        stats = fit_task_statistics(_clusters())
+        z = _clusters(seed=4)["CT"][:1]
+        dist = check_scan(z, {**stats, "threshold": 1e9}, None)[1]
+        self.assertEqual(check_scan(z, {**stats, "threshold": dist}, None)[2], [])
+        self.assertEqual(len(check_scan(z, {**stats, "threshold": dist * 0.999}, None)[2]), 1)
+
+    def test_summary_lines(self) -> None:
+        items = [
+            {"image": "a.nii", "predicted_task": "CT", "task_distance": 1.23456, "warnings": []},
+            {"image": "b.nii", "predicted_task": "PET", "task_distance": 0.5, "warnings": ["w1", "w2"]},
+            {"image": "c.nii", "predicted_task": None, "task_distance": None, "warnings": None},
+            {},
+        ]
+        self.assertEqual(
+            TaskCheckd.summary(items),
+            "a.nii: CT (distance 1.23) no warning\n"
+            "b.nii: PET (distance 0.50) w1; w2\n"
+            "c.nii: None (distance n/a) no warning\n"
+            "?: None (distance n/a) no warning",
+        )
+
     def test_scan_distance_is_the_slice_median(self) -> None:
         stats = calibrate_threshold(fit_task_statistics(_clusters()), _clusters(seed=3), 99.0)
         slices = _clusters(seed=5)["CT"][:5]
@@ -212,6 +245,28 @@ class TestOnTinyData(unittest.TestCase):
         self.assertIn("b.nii", logs.output[0])
         self.assertEqual(item["warnings"], ["earlier note"])  # the input item is not modified
         self.assertNotIn("predicted_task", TaskCheckd("image", self.net, ckpt, enabled=False)(item))
+
+    def test_volume_is_scored_by_its_slices(self) -> None:
+        """A (1, H, W, D) scan is D slices of (1, H, W): the check scores their embeddings (median distance)."""
+        ckpt = os.path.join(self.tmp.name, "volume.pt")
+        torch.save({"model": self.net.state_dict()}, ckpt)
+        store_task_statistics(ckpt, self.stats)
+        rng = np.random.default_rng(11)
+        norm = ModalityNormalized("image", SETTINGS)
+        slices = [
+            norm({"image": torch.as_tensor(task_slice("MRI", rng)[:, :24])[None], "modality": "MRI"})["image"]
+            for _ in range(3)
+        ]  # (1, 32, 24) each: H != W, so a transposed slice would give another embedding
+        volume = torch.stack([s.as_tensor() if hasattr(s, "as_tensor") else s for s in slices], dim=-1)
+        self.assertEqual(tuple(volume.shape), (1, 32, 24, 3))
+        expected = check_scan(task_embeddings(self.net, volume.permute(3, 0, 1, 2)), self.stats, "CT")
+        item = {"image": volume, "declared": "CT", "image_path": "v.nii"}
+        with self.assertLogs("custom.inference.task_check", logging.WARNING) as logs:
+            out = TaskCheckd("image", self.net, ckpt, batch_size=2, modality_key="declared")(item)
+        self.assertEqual((out["predicted_task"], out["task_distance"]), (expected[0], round(expected[1], 4)))
+        self.assertEqual(out["warnings"], expected[2])
+        self.assertTrue(any("declared CT" in w for w in out["warnings"]))
+        self.assertTrue(all(line.startswith("WARNING:custom.inference.task_check:?: ") for line in logs.output))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import tempfile
 import unittest
 
 import torch
-from custom.networks.checkpoint import read_checkpoint, unsafe_checkpoint_reason
+from custom.networks.checkpoint import load_checkpoint, read_checkpoint, unsafe_checkpoint_reason
 
 
 class TestReadCheckpoint(unittest.TestCase):
@@ -22,6 +22,24 @@ class TestReadCheckpoint(unittest.TestCase):
             torch.save({"model": {"w": torch.ones(2)}}, path)
             self.assertEqual(read_checkpoint(path)["model"]["w"].device.type, "cpu")
             self.assertEqual(read_checkpoint(path, map_location="meta")["model"]["w"].device.type, "meta")
+
+    def test_load_checkpoint_passes_map_location_and_model_key(self):
+        src = torch.nn.Linear(2, 2)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "b.pt")
+            torch.save({"weights": src.state_dict(), "model": {"other": torch.zeros(1)}}, path)
+            seen = []
+
+            def to_cpu(storage: torch.UntypedStorage, location: str) -> torch.UntypedStorage:
+                seen.append(location)
+                return storage
+
+            net = load_checkpoint(torch.nn.Linear(2, 2), path, map_location=to_cpu, model_key="weights")
+            self.assertEqual(seen, ["cpu"] * len(seen))
+            self.assertGreater(len(seen), 0)
+            torch.testing.assert_close(net.weight, src.weight, rtol=0, atol=0)
+            with self.assertRaisesRegex(ValueError, "b.pt: does not match the network"):
+                load_checkpoint(torch.nn.Linear(2, 2), path)  # the default key: 'model'
 
 
 class TestUnsafeCheckpointReason(unittest.TestCase):

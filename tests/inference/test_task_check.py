@@ -246,6 +246,20 @@ class TestOnTinyData(unittest.TestCase):
         self.assertEqual(item["warnings"], ["earlier note"])  # the input item is not modified
         self.assertNotIn("predicted_task", TaskCheckd("image", self.net, ckpt, enabled=False)(item))
 
+    def test_enabled_is_a_flag_naming_the_option(self) -> None:
+        self.assertFalse(TaskCheckd("image", self.net, None, enabled="false").enabled)
+        self.assertTrue(TaskCheckd("image", self.net, None, enabled="yes").enabled)
+        with self.assertRaisesRegex(ValueError, "task_check must be true or false, got 'maybe'"):
+            TaskCheckd("image", self.net, None, enabled="maybe")
+
+    def test_no_checkpoint_restores_without_the_check(self) -> None:
+        check = TaskCheckd("image", self.net, None)
+        with self.assertLogs("custom.inference.task_check", logging.WARNING) as logs:
+            out = check({"image": torch.rand(1, 32, 32), "modality": "CT"})
+        self.assertIn("None: no task statistics", logs.output[0])
+        self.assertEqual((out["predicted_task"], out["task_distance"], out["warnings"]), (None, None, []))
+        self.assertIsNone(check.statistics())
+
     def test_volume_is_scored_by_its_slices(self) -> None:
         """A (1, H, W, D) scan is D slices of (1, H, W): the check scores their embeddings (median distance)."""
         ckpt = os.path.join(self.tmp.name, "volume.pt")

@@ -66,6 +66,14 @@ class TestInterference(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "task Z: no batch to probe"):
             task_gradients(net, {"X": bx, "Z": []})
 
+    def test_task_gradients_group_by_two_components_by_default(self):
+        seq = torch.nn.Sequential
+        net = seq(seq(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)), seq(torch.nn.Linear(1, 1)))
+        batch = [(torch.rand(3, 2), torch.rand(3, 1))]
+        grads = task_gradients(net, {"X": batch})["X"]
+        self.assertEqual({k: v.numel() for k, v in grads.items()}, {"0.0": 6, "0.1": 3, "1.0": 2})
+        self.assertEqual(list(task_gradients(net, {"X": batch}, depth=1)["X"]), ["0", "1"])
+
     def test_unused_layer_gives_zeros(self):
         class Skip(torch.nn.Module):
             def __init__(self):
@@ -117,6 +125,39 @@ class TestInterference(unittest.TestCase):
         self.assertEqual(order[0], order[1])
         self.assertNotEqual(order[0], order[2])
 
+    def test_cli_defaults_and_types(self):
+        """The documented defaults (EMA weights, 4 batches of 4 crops, seed 0, depth 2) and numbers read as ints."""
+
+        class StopProbeError(Exception):
+            pass
+
+        calls = {}
+
+        def gradients(network, batches, depth):
+            calls["depth"] = depth
+            raise StopProbeError
+
+        base = ["--checkpoint", "m.pt", "--datalist", "d.json", "--output_dir", "o"]
+        base += ["--config_file", TRAIN_CONFIG, "--override", json.dumps(TINY)]
+        with (
+            mock.patch.object(
+                interference, "load_checkpoint", lambda net, path, weights: calls.update(weights=weights)
+            ),
+            mock.patch.object(interference, "_task_batches", lambda p, b, s, seed: calls.update(args=(b, s, seed))),
+            mock.patch.object(interference, "task_gradients", gradients),
+        ):
+            with self.assertRaises(StopProbeError):
+                main(base)
+            self.assertEqual(calls, {"weights": "ema", "args": (4, 4, 0), "depth": 2})
+            with self.assertRaises(StopProbeError):
+                main([*base, "--batches", "1", "--samples_per_task", "1", "--seed", "3", "--depth", "1"])
+            self.assertEqual(calls, {"weights": "ema", "args": (1, 1, 3), "depth": 1})
+            err = io.StringIO()
+            for args in (base[2:], base[:2] + base[4:], base[:4], [*base, "--weights", "online"]):
+                with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as stop:
+                    main(args)  # a required option missing, or weights other than ema / network
+                self.assertEqual(stop.exception.code, 2)
+
     def test_bad_counts_refused(self):
         for flag in ("--batches", "--samples_per_task"):
             with self.assertRaisesRegex(ValueError, "--batches and --samples_per_task must be >= 1"):
@@ -145,13 +186,15 @@ class TestInterference(unittest.TestCase):
         from custom.networks import TAT
 
         with tempfile.TemporaryDirectory() as d:
-            datalist = make_dataset(os.path.join(d, "data"), n_train=1, n_val=0)
+            datalist = os.path.join(d, "data", "probe_list.json")  # any name: not the config's datalist.json
+            os.rename(make_dataset(os.path.join(d, "data"), n_train=1, n_val=0), datalist)
             net = TAT(**TINY_NET, **TINY_TREN)
             torch.save(net.state_dict(), os.path.join(d, "model.pt"))
+            os.makedirs(os.path.join(d, "out"))  # an existing output folder is written into
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                main(
+                code = main(
                     [
                         "--checkpoint",
                         os.path.join(d, "model.pt"),
@@ -171,6 +214,7 @@ class TestInterference(unittest.TestCase):
                 )
             finally:
                 torch.set_num_threads(threads)
+            self.assertEqual(code, 0)
             with open(os.path.join(d, "out", "task_interference.csv")) as f:
                 rows = list(csv.reader(f))
             self.assertEqual(rows[0], ["layer", "num_params", "CT-MRI", "CT-PET", "MRI-PET"])
@@ -260,6 +304,35 @@ class TestInterferenceOutputs(unittest.TestCase):
         self.assertEqual(rows[1], ["a", "3", "0.500000", "nan", "0.250000"])
         self.assertEqual(rows[2], ["b", "1", "nan", "nan", "-1.000000"])
         self.assertEqual(rows[3], ["mean", "4", "0.500000", "nan", "-0.062500"])
+
+    def test_heatmap_labels_and_fixed_colour_scale(self):
+        """Rows are the layers, columns the pairs, colours on the fixed [-1, 1] diverging scale (comparable between
+        checkpoints), with a title and a colour bar."""
+        import matplotlib.figure
+
+        figures = []
+        save = matplotlib.figure.Figure.savefig
+
+        def keep(fig, *args, **kwargs):
+            figures.append(fig)
+            return save(fig, *args, **kwargs)
+
+        layers, pairs, matrix = ["a", "b", "c"], ["CT-MRI", "CT-PET"], np.array([[0.5, 0.1], [-0.25, 0.0], [0.2, 0.3]])
+        import matplotlib.pyplot as plt
+
+        open_figures = plt.get_fignums()
+        with tempfile.TemporaryDirectory() as d, mock.patch.object(matplotlib.figure.Figure, "savefig", keep):
+            plot_heatmap(os.path.join(d, "t.png"), layers, pairs, matrix)
+        self.assertEqual(plt.get_fignums(), open_figures)  # closed: no figure piles up over repeated probes
+        ax, bar = figures[0].axes  # the heat map and its colour bar
+        image = ax.images[0]
+        self.assertEqual(image.get_clim(), (-1, 1))
+        self.assertEqual(image.get_cmap().name, "RdBu")
+        np.testing.assert_array_equal(image.get_array(), matrix)
+        self.assertEqual([t.get_text() for t in ax.get_xticklabels()], pairs)
+        self.assertEqual([t.get_text() for t in ax.get_yticklabels()], layers)
+        self.assertEqual(ax.get_title(), "Task gradient cosine similarity")
+        self.assertIs(bar, image.colorbar.ax)
 
     def test_png_is_written_atomically(self):
         import matplotlib.figure

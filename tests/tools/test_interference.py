@@ -68,7 +68,7 @@ class TestInterference(unittest.TestCase):
 
     def test_task_gradients_group_by_two_components_by_default(self):
         seq = torch.nn.Sequential
-        net = seq(seq(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)), seq(torch.nn.Linear(1, 1)))
+        net = seq(seq(seq(torch.nn.Linear(2, 2)), torch.nn.Linear(2, 1)), seq(torch.nn.Linear(1, 1)))
         batch = [(torch.rand(3, 2), torch.rand(3, 1))]
         grads = task_gradients(net, {"X": batch})["X"]
         self.assertEqual({k: v.numel() for k, v in grads.items()}, {"0.0": 6, "0.1": 3, "1.0": 2})

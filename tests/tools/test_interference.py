@@ -152,6 +152,12 @@ class TestInterference(unittest.TestCase):
             with self.assertRaises(StopProbeError):
                 main([*base, "--batches", "1", "--samples_per_task", "1", "--seed", "3", "--depth", "1"])
             self.assertEqual(calls, {"weights": "ema", "args": (1, 1, 3), "depth": 1})
+            with tempfile.TemporaryDirectory() as d:  # no --override: the config as it is
+                config = os.path.join(d, "train.json")
+                with open(config, "w", encoding="utf-8") as f:
+                    json.dump({"network_def": {"_target_": "torch.nn.Linear", "in_features": 1, "out_features": 1}}, f)
+                with self.assertRaises(StopProbeError):
+                    main([*base[:6], "--config_file", config])
             err = io.StringIO()
             for args in (base[2:], base[:2] + base[4:], base[:4], [*base, "--weights", "online"]):
                 with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as stop:

@@ -48,11 +48,36 @@ from custom.io import write_json_atomic
 from custom.settings import MODALITIES, canonical_modality
 from monai.data import load_decathlon_datalist
 
-__all__ = ["SPLITS", "PATH_KEYS", "build_datalist", "load_datalist", "validate_datalist"]
+__all__ = ["SPLITS", "PATH_KEYS", "build_datalist", "item_name", "load_datalist", "validate_datalist"]
 
 SPLITS = ("training", "validation", "test")
 PATH_KEYS = ("image", "label")
 _SUFFIXES = (".nii.gz", ".nii", ".dcm")
+
+
+def item_name(item: Mapping[Any, Any], keys: Sequence[str] = ("image",)) -> str:
+    """The file an item comes from, for messages and logs (never the text of an image's values).
+
+    Args:
+        item: a data-list or inference item, before or after loading.
+        keys: keys to look at, in order, when the item has no ``"source"``.
+
+    Returns:
+        ``item["source"]``; else the first of ``keys`` holding a path (str or path-like), a list of paths (a DICOM
+        series: its first file) or a loaded image whose metadata names its file (``filename_or_obj``); else ``"?"``.
+    """
+    if item.get("source") is not None:
+        return str(item["source"])
+    for key in keys:
+        value = item.get(key)
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (str, os.PathLike)):
+            value = value[0]
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+        name = getattr(value, "meta", {}).get("filename_or_obj") if hasattr(value, "meta") else None
+        if isinstance(name, (str, os.PathLike)) and os.fspath(name):
+            return os.fspath(name)
+    return "?"
 
 
 def _case_name(name: str) -> str | None:

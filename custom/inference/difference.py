@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from custom.data.datalist import item_name
 from custom.inference.writers import write_dicom_series, write_nifti
 from custom.settings import as_flag
 from monai.config import KeysCollection
@@ -75,7 +76,7 @@ class SaveDifferenced(MapTransform):
         d = dict(data)
         if not self.enabled:
             return d
-        name = str(d.get("source", d.get("image", "?")))
+        name = item_name(d)
         if self.reference_key not in d:
             raise ValueError(f"{name}: the difference output needs the input scan under '{self.reference_key}'.")
         info = d["scan_info"]

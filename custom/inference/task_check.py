@@ -27,6 +27,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
+from custom.data.datalist import item_name
 from custom.handlers.task_statistics import load_task_statistics, task_distances, task_embeddings, task_name
 from custom.settings import as_flag
 from monai.config import KeysCollection
@@ -128,8 +129,7 @@ class TaskCheckd(MapTransform):
         if stats is None:
             d["predicted_task"], d["task_distance"] = None, None
             return d
-        image = d.get("image")  # a file name before loading; a tensor (never a name for the log) after
-        name = str(d.get("source", image if isinstance(image, (str, os.PathLike)) else "?"))
+        name = item_name(d)
         for key in self.key_iterator(d):
             x = torch.as_tensor(d[key].as_tensor() if hasattr(d[key], "as_tensor") else d[key])
             slices = x[None] if x.dim() == 3 else x.permute(3, 0, 1, 2)  # (S, C, H, W)

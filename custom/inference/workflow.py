@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
+from custom.data.datalist import item_name
 from custom.inference.inferer import warn_if_emulated
 from custom.inference.restore import restore
 from custom.io import write_json_atomic
@@ -138,8 +139,7 @@ class RestorationEvaluator(SupervisedEvaluator):
         seconds: float = 0.0,
         timings: Mapping[str, float] | None = None,
     ) -> None:
-        image = item.get("image", "?")
-        source = str(item.get("source", image if isinstance(image, str) else "?"))
+        source = item_name(item)
         if status == "failed" and source not in message:
             message = f"{source}: {message}"
         entry = {
@@ -240,8 +240,7 @@ class RestorationEvaluator(SupervisedEvaluator):
         for item in items:
             if not isinstance(item, Mapping):
                 continue
-            image = item.get("image", "?")
-            source = str(item.get("source", image if isinstance(image, str) else "?"))
+            source = item_name(item)
             if (source, str(item.get("output", ""))) in seen:
                 continue
             if item.get("skip"):

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from custom.data.datalist import item_name
 from custom.settings import as_flag
 from custom.transforms.mri_resolution import kspace_center_mask
 from monai.config import KeysCollection
@@ -203,7 +204,7 @@ class DataConsistencyd(MapTransform):
         self.modality_key = modality_key
 
     def _name(self, d: Mapping[Hashable, Any]) -> str:
-        return str(d.get("source", d.get(self.reference_key + "_path", d.get("image", "?"))))
+        return item_name(d, (self.reference_key + "_path", "image"))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -9,7 +9,7 @@ import tempfile
 import unittest
 
 import numpy as np
-from custom.data import build_datalist, load_datalist, validate_datalist
+from custom.data import build_datalist, item_name, load_datalist, validate_datalist
 from custom.settings import load_modality_settings
 from custom.tools.datalist import main
 
@@ -163,6 +163,31 @@ class TestDatalist(unittest.TestCase):
                 main(argv)
             self.assertEqual(e.exception.code, 2)
         self.assertFalse(os.path.exists(out_path))
+
+
+class TestItemName(unittest.TestCase):
+    def test_the_file_an_item_comes_from(self):
+        import pathlib
+
+        import torch
+        from monai.data import MetaTensor
+
+        loaded = MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": "/d/loaded.nii.gz"})
+        self.assertEqual(item_name({"source": "/d/s", "image": "/d/i.nii"}), "/d/s")  # source first
+        self.assertEqual(item_name({"image": "/d/i.nii"}), "/d/i.nii")
+        self.assertEqual(item_name({"image": pathlib.Path("/d/p.nii")}), "/d/p.nii")
+        self.assertEqual(item_name({"image": ["/d/s/1.dcm", "/d/s/2.dcm"]}), "/d/s/1.dcm")  # a series: its first file
+        self.assertEqual(item_name({"image": loaded}), "/d/loaded.nii.gz")
+        # a tensor without a file name is never written out as its values
+        self.assertEqual(item_name({"image": torch.zeros(1, 2, 2)}), "?")
+        self.assertEqual(item_name({"image": MetaTensor(torch.zeros(1, 2, 2))}), "?")
+        self.assertEqual(item_name({}), "?")
+        self.assertEqual(item_name({"source": None, "image": "/d/i.nii"}), "/d/i.nii")
+        # the keys in order: the first that names a file
+        item = {"input_path": "/d/in.nii", "image": loaded}
+        self.assertEqual(item_name(item, ("input_path", "image")), "/d/in.nii")
+        self.assertEqual(item_name(item, ("missing", "image")), "/d/loaded.nii.gz")
+        self.assertEqual(item_name(item), "/d/loaded.nii.gz")  # default: "image"
 
 
 class TestBuildChoosesFiles(unittest.TestCase):

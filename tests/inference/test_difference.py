@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from custom.inference.difference import SaveDifferenced, difference_path
+from monai.data import MetaTensor
 from parameterized import parameterized
 
 
@@ -62,6 +63,11 @@ class TestDifference(unittest.TestCase):
                 SaveDifferenced("pred")({k: v for k, v in item.items() if k != "input"})
             with self.assertRaisesRegex(ValueError, "differ in shape"):
                 SaveDifferenced("pred")({**item, "pred": torch.zeros(1, 4, 5)})
+            # no "source" and a loaded image: the message names the image's file, not its values
+            loaded = MetaTensor(torch.full((1, 4, 6), 7.0), meta={"filename_or_obj": "/scans/b.nii.gz"})
+            bare = {k: v for k, v in item.items() if k not in ("input", "source")}
+            with self.assertRaisesRegex(ValueError, r"^/scans/b.nii.gz: the difference output"):
+                SaveDifferenced("pred")({**bare, "image": loaded})
 
     def test_overwrite_rules(self) -> None:
         with tempfile.TemporaryDirectory() as d:

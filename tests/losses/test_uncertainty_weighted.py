@@ -4,7 +4,7 @@ import math
 import unittest
 
 import torch
-from custom.losses import PlainL1Loss, TaskAdaptiveBalancedLoss
+from custom.losses import PlainL1Loss, TaskAdaptiveBalancedLoss, UncertaintyEstimator
 from parameterized import parameterized
 
 
@@ -132,6 +132,57 @@ class TestTaskAdaptiveBalancedLoss(unittest.TestCase):
         loss = TaskAdaptiveBalancedLoss()(*torch.rand(3, 2, 1, 4, 4, 4).unbind(0))
         self.assertEqual(loss.shape, ())
 
+    def test_published_estimator_layout(self):
+        """Linear 3 -> 16, residual block 16 -> 256 -> 16, linear 16 -> 1 (the published checkpoint's shapes)."""
+        for estimator in (UncertaintyEstimator(), TaskAdaptiveBalancedLoss().estimator):
+            shapes = {k: tuple(v.shape) for k, v in estimator.state_dict().items()}
+            self.assertEqual(
+                shapes,
+                {
+                    "embed.weight": (16, 3),
+                    "embed.bias": (16,),
+                    "norm.weight": (16,),
+                    "norm.bias": (16,),
+                    "fc1.weight": (256, 16),
+                    "fc1.bias": (256,),
+                    "fc2.weight": (16, 256),
+                    "fc2.bias": (16,),
+                    "head.weight": (1, 16),
+                    "head.bias": (1,),
+                },
+            )
+        small = TaskAdaptiveBalancedLoss(hidden=4, mlp_dim=6).estimator  # the widths reach the estimator
+        self.assertEqual(tuple(small.fc1.weight.shape), (6, 4))
+        self.assertEqual(tuple(small.head.weight.shape), (1, 4))
+
+    def test_zero_uncertainty_gives_the_published_eps(self):
+        """With s_b = 0 the weight is 0.5 / 1e-8 (the published eps) and the loss 0.5 * l_rest / 1e-8."""
+        loss_fn = TaskAdaptiveBalancedLoss(return_details=True)
+        with torch.no_grad():
+            loss_fn.estimator.head.bias.zero_()  # head weight is 0: s_b = 0 for every sample
+        x, y = torch.zeros(2, 2, 1, 2, 2).unbind(0)
+        y_hat = torch.tensor([0.0, 0.25]).reshape(2, 1, 1, 1).expand(2, 1, 2, 2)  # l_rest = 0 and 0.25
+        loss, details = loss_fn(x, y_hat, y)
+        torch.testing.assert_close(details["weight"], torch.full((2,), 5e7))
+        torch.testing.assert_close(loss, torch.tensor(0.5 * 0.125 / 1e-8))
+        _, with_zero_eps = TaskAdaptiveBalancedLoss(eps=0.0, return_details=True)(x, y_hat, y)  # eps 0 is allowed
+        torch.testing.assert_close(with_zero_eps["weight"], torch.full((2,), 0.5))
+
+    def test_bad_sizes_are_named(self):
+        with self.assertRaisesRegex(ValueError, "eps"):
+            TaskAdaptiveBalancedLoss(eps=-1e-8)
+        for name in ("in_features", "hidden", "mlp_dim"):
+            with self.assertRaisesRegex(ValueError, name):
+                UncertaintyEstimator(**{name: 0})
+        tiny = UncertaintyEstimator(in_features=1, hidden=1, mlp_dim=1)  # 1 is a valid width
+        self.assertEqual(tuple(tiny(torch.rand(3, 1)).shape), (3,))
+
+    def test_batch_of_flat_samples(self):
+        """(B, N) inputs are B samples of N values: the same loss as (B, 1, N)."""
+        x, y_hat, y = torch.rand(3, 4, 6).unbind(0)
+        loss_fn = TaskAdaptiveBalancedLoss()
+        torch.testing.assert_close(loss_fn(x, y_hat, y), loss_fn(x[:, None], y_hat[:, None], y[:, None]))
+
 
 class TestPlainL1Loss(unittest.TestCase):
     def test_l1(self):
@@ -140,6 +191,13 @@ class TestPlainL1Loss(unittest.TestCase):
         loss, details = PlainL1Loss(return_details=True)(x, y_hat, y)
         torch.testing.assert_close(details["weight"], torch.ones(4))
         self.assertEqual(list(PlainL1Loss().parameters()), [])
+
+    def test_shapes(self):
+        x = torch.rand(4, 6)
+        torch.testing.assert_close(PlainL1Loss()(x, x, x + 0.5), torch.tensor(0.5))  # (B, N) is a batch
+        for a, b in (((2, 1, 8, 8), (2, 1, 8, 4)), ((2, 8), (2, 8, 1)), ((8,), (8,))):
+            with self.assertRaisesRegex(ValueError, "shape"):
+                PlainL1Loss()(torch.rand(a), torch.rand(a), torch.rand(b))
 
 
 if __name__ == "__main__":

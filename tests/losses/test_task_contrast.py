@@ -83,6 +83,18 @@ class TestSupervisedContrastiveLoss(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "empty"):
             task_labels([])
 
+    def test_task_labels_are_long_on_the_given_device(self):
+        given = task_labels(torch.tensor([[2, 0], [0, 1]], dtype=torch.int32))  # integer labels: flattened, int64
+        self.assertEqual(given.dtype, torch.long)
+        self.assertEqual(given.tolist(), [2, 0, 0, 1])
+        named = task_labels(["CT", "PET", "ct"], device=torch.device("meta"))  # a device the data never is on
+        self.assertEqual((named.device.type, named.dtype, tuple(named.shape)), ("meta", torch.long, (3,)))
+
+    def test_default_temperature_is_the_papers(self):
+        z = torch.randn(6, 5, generator=torch.Generator().manual_seed(6))
+        labels = [0, 1, 2, 0, 0, 1]
+        self.assertAlmostEqual(float(SupervisedContrastiveLoss()(z, labels)), _reference(z, labels, 0.1), places=5)
+
     @parameterized.expand([("zero", 0.0), ("negative", -1.0)])
     def test_bad_temperature(self, _, t):
         with self.assertRaisesRegex(ValueError, "temperature"):

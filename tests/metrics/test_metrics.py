@@ -6,6 +6,7 @@ import unittest
 import numpy as np
 import torch
 from custom.metrics import PhysicalUnitMetrics, TaskwiseImageQuality, to_physical
+from custom.metrics.physical import gaussian_window, ssim_zero_padded
 from ignite.engine import Engine
 from parameterized import parameterized
 from scipy.signal import correlate2d
@@ -92,6 +93,32 @@ class TestPhysical(unittest.TestCase):
         with self.assertRaises(ValueError):
             to_physical(x, (1, 0), (0, 1))
 
+    def test_to_physical_dtypes_and_ranges(self):
+        """Half precision is mapped in float32 (no float16 rounding of the physical values); numpy input is read;
+        an empty range (equal ends) is refused like a decreasing one."""
+        half = torch.tensor([0.3, 0.7], dtype=torch.float16)
+        out = to_physical(half, (-1024, 3072), (-1024, 3072))
+        self.assertEqual(out.dtype, torch.float32)
+        torch.testing.assert_close(out, half.float() * 4096 - 1024, rtol=0, atol=1e-4)  # 204.5, not 204 / 205
+        torch.testing.assert_close(
+            to_physical(np.array([0.0, 0.5, 1.0]), (0, 20), (0, 20)), torch.tensor([0.0, 10, 20]).double()
+        )
+        for clip_range, window in (((1, 1), (0, 1)), ((0, 1), (0.5, 0.5))):
+            with self.assertRaisesRegex(ValueError, "increasing"):
+                to_physical(half, clip_range, window)
+
+    def test_gaussian_window(self):
+        """Defaults: the published 11 taps, sigma 1.5, normalised; a 1-tap window and sigma 1 are valid."""
+        i = np.arange(11) - 5.0
+        g = np.exp(-(i**2) / 4.5)
+        np.testing.assert_allclose(gaussian_window().numpy(), g / g.sum(), rtol=1e-12)
+        torch.testing.assert_close(gaussian_window(1, 1.5), torch.ones(1, dtype=torch.float64))
+        g3 = np.exp(-np.array([1.0, 0.0, 1.0]) / 2.0)
+        np.testing.assert_allclose(gaussian_window(3, 1.0).numpy(), g3 / g3.sum(), rtol=1e-12)
+        for win_size, sigma in ((0, 1.5), (4, 1.5), (3.5, 1.5), (3, 0.0), (3, -1.0)):
+            with self.assertRaisesRegex(ValueError, "win_size"):
+                gaussian_window(win_size, sigma)
+
     @parameterized.expand([["CT"], ["PET"], ["MRI"]])
     def test_published_formula_on_released_slice_sizes(self, modality):
         s = SETTINGS[modality]
@@ -131,6 +158,62 @@ class TestPhysical(unittest.TestCase):
         for m in metrics:
             self.assertGreater(abs(float(out[m][0]) - wrong[m]), 1e-4, msg=m)
 
+    def test_ssim_defaults_are_published(self):
+        """``ssim_zero_padded`` called with its defaults (11 taps, sigma 1.5, k1 0.01, k2 0.03) is the published SSIM."""
+        t = torch.rand(1, 1, 20, 18, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        p = (t + 0.1 * torch.rand(t.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)).clamp(0, 1)
+        data_range = (t.max() - t.min()).reshape(1)
+        ref = reference_metrics(p[0, 0].numpy(), t[0, 0].numpy(), (0, 1), (0, 1))["ssim"]
+        self.assertAlmostEqual(float(ssim_zero_padded(p, t, data_range)), ref, places=10)
+
+    def test_non_default_ssim_parameters_are_used(self):
+        """kernel_sigma, k1 and k2 given to PhysicalUnitMetrics reach the SSIM (the result is that variant's formula)."""
+        s = SETTINGS["CT"]
+        p, t = phantom_pair("CT", 0)
+        p, t = p[:64, :64], t[:64, :64]
+        out = PhysicalUnitMetrics(s["clip_range"], s["eval_window"], kernel_sigma=3.0, k1=0.05, k2=0.01)(
+            torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None]
+        )
+        ref = reference_metrics(p, t, s["clip_range"], s["eval_window"], sigma=3.0, k1=0.05, k2=0.01)["ssim"]
+        self.assertAlmostEqual(float(out["ssim"][0]), ref, places=8)
+
+    def test_each_sample_uses_its_own_range(self):
+        """In a batch, each slice's L (and so C1, C2 and PSNR) is its own: the same values as one slice at a time."""
+        g = torch.Generator().manual_seed(9)
+        t = torch.rand(3, 1, 16, 16, generator=g) * torch.tensor([1.0, 0.3, 0.6]).reshape(3, 1, 1, 1)
+        p = (t + 0.05 * torch.rand(t.shape, generator=g)).clamp(0, 1)
+        fn = PhysicalUnitMetrics((0, 20), (0, 20))
+        batch = fn(p, t)
+        for b in range(3):
+            single = fn(p[b : b + 1], t[b : b + 1])
+            ref = reference_metrics(p[b, 0].numpy(), t[b, 0].numpy(), (0, 20), (0, 20))
+            for m in ("psnr", "ssim", "rmse"):
+                self.assertAlmostEqual(float(batch[m][b]), float(single[m][0]), places=10, msg=m)
+                self.assertAlmostEqual(float(batch[m][b]), ref[m], delta=1e-6 * max(1.0, abs(ref[m])), msg=m)
+
+    def test_constant_target_slice(self):
+        """A constant target has L = 0: L is raised to eps = 1e-6, so an error of 0.1 gives 10 log10(1e-12 / 0.01)."""
+        t = torch.full((1, 1, 12, 12), 0.5, dtype=torch.float64)
+        out = PhysicalUnitMetrics((0, 1), (0, 1))(t + 0.1, t)
+        self.assertAlmostEqual(float(out["psnr"][0]), -100.0, places=6)
+        self.assertAlmostEqual(float(out["rmse"][0]), 0.1, places=12)
+        self.assertTrue(bool(torch.isfinite(out["ssim"]).all()))
+
+    def test_numpy_input_and_one_spatial_axis(self):
+        """numpy arrays are read like tensors; 1D signals (spatial_dims=1) use the same formula."""
+        p, t = phantom_pair("PET", 0)
+        p, t = p[None, None, :32, :32], t[None, None, :32, :32]
+        fn = PhysicalUnitMetrics((0, 20), (0, 20))
+        from_numpy, from_torch = fn(p, t), fn(torch.from_numpy(p), torch.from_numpy(t))
+        for m in ("psnr", "ssim", "rmse"):
+            torch.testing.assert_close(from_numpy[m], from_torch[m])
+        line = PhysicalUnitMetrics((0, 20), (0, 20), spatial_dims=1)(
+            torch.from_numpy(p[:, :, 0]), torch.from_numpy(t[:, :, 0])
+        )
+        mse = float(np.mean((np.clip(p[0, 0, 0] * 20.0, 0, 20) - t[0, 0, 0] * 20.0) ** 2))  # row 0: clipped
+        self.assertAlmostEqual(float(line["rmse"][0]), math.sqrt(mse), places=4)
+        self.assertTrue(0 < float(line["ssim"][0]) < 1)
+
     def test_border_pixels_count(self):
         """An error confined to the outer 3 rows counts fully (a valid-mode map weighs those rows less)."""
         t = torch.full((1, 1, 40, 40), 0.3) + 0.05 * torch.rand(1, 1, 40, 40)
@@ -164,9 +247,11 @@ class TestPhysical(unittest.TestCase):
         for a, b in (((1, 1, 8, 8), (1, 1, 8, 4)), ((1, 8, 8), (1, 8, 8)), ((1, 1, 4, 4, 4), (1, 1, 4, 4, 4))):
             with self.assertRaises(ValueError):
                 fn(torch.rand(a), torch.rand(b))
-        for kwargs in ({"win_size": 10}, {"kernel_sigma": 0.0}, {"spatial_dims": 4}):
+        for kwargs in ({"win_size": 10}, {"kernel_sigma": 0.0}, {"spatial_dims": 4}, {"spatial_dims": 0}):
             with self.assertRaises(ValueError):
                 PhysicalUnitMetrics((0, 1), (0, 1), **kwargs)
+        with self.assertRaisesRegex(ValueError, "increasing"):  # refused when built, not at the first call
+            PhysicalUnitMetrics((0, 1), (1, 0))
 
 
 class TestTaskwise(unittest.TestCase):

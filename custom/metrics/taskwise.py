@@ -18,14 +18,18 @@ from .physical import METRIC_NAMES, PhysicalUnitMetrics
 __all__ = ["TaskwiseImageQuality"]
 
 
+def _per_sample(value: Any, size: int) -> bool:
+    """Whether a collated entry holds one element per sample (a 0-d tensor, e.g. a scalar loss, does not)."""
+    if isinstance(value, torch.Tensor):
+        return value.ndim > 0 and len(value) == size
+    return isinstance(value, (list, tuple)) and len(value) == size
+
+
 def _as_items(data: Any) -> list[Mapping]:
     """Decollated list of per-sample dicts from a (possibly collated) batch/output."""
     if isinstance(data, Mapping):
         size = len(data[Keys.PRED]) if Keys.PRED in data else len(data[Keys.LABEL])
-        return [
-            {k: (v[i] if isinstance(v, (torch.Tensor, list, tuple)) and len(v) == size else v) for k, v in data.items()}
-            for i in range(size)
-        ]
+        return [{k: (v[i] if _per_sample(v, size) else v) for k, v in data.items()} for i in range(size)]
     return list(data)
 
 

@@ -297,6 +297,26 @@ class TestTaskwise(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "modality"):
             metric.update(([{"pred": torch.rand(1, 8, 8), "label": torch.rand(1, 8, 8)}], [{}]))
 
+    def test_collated_batch_and_output(self):
+        """A collated batch and output (an engine with decollate=False): split per sample, entries that are not
+        per sample (a scalar loss) left alone; each task's mean is the plain float64 mean of its slices."""
+        g = torch.Generator().manual_seed(10)
+        label = torch.rand(3, 1, 12, 12, generator=g) * 0.05 + 0.25
+        pred = label + 0.02 * torch.rand(label.shape, generator=g)
+        meta = {"filename_or_obj": ["a.nii", "b.nii", "c.nii"], "spatial_shape": torch.tensor([[12, 12]] * 3), "x": 0}
+        batch = {"image": pred, "label": label, "modality": ["CT", "PET", "ct"], "label_meta_dict": meta}  # no "pred"
+        engine = Engine(lambda e, b: {"pred": pred, "label": b["label"], "loss": torch.tensor(0.5)})
+        TaskwiseImageQuality(SETTINGS).attach(engine, "key")
+        engine.run([batch], max_epochs=1)
+        m = engine.state.metrics
+        ct = PhysicalUnitMetrics(SETTINGS["CT"]["clip_range"], SETTINGS["CT"]["eval_window"])(pred[0::2], label[0::2])
+        pet = PhysicalUnitMetrics(SETTINGS["PET"]["clip_range"], SETTINGS["PET"]["eval_window"])(pred[1:2], label[1:2])
+        for metric in ("psnr", "ssim", "rmse"):
+            self.assertAlmostEqual(m[f"val_ct_{metric}"], float(ct[metric].mean()), places=9, msg=metric)
+            self.assertAlmostEqual(m[f"val_pet_{metric}"], float(pet[metric][0]), places=9, msg=metric)
+        self.assertNotIn("val_mri_psnr", m)  # a task without samples has no entry
+        self.assertAlmostEqual(m["key"], (float(ct["psnr"].mean()) + float(pet["psnr"][0])) / 2, places=9)
+
 
 def _ddp_worker(rank: int, world: int, port: int, samples: list, queue) -> None:
     import torch.distributed as dist

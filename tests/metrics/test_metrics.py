@@ -296,6 +296,8 @@ class TestTaskwise(unittest.TestCase):
         metric = TaskwiseImageQuality(SETTINGS)
         with self.assertRaisesRegex(ValueError, "modality"):
             metric.update(([{"pred": torch.rand(1, 8, 8), "label": torch.rand(1, 8, 8)}], [{}]))
+        with self.assertRaisesRegex(ValueError, "key_average"):
+            TaskwiseImageQuality(SETTINGS, key_average="volumes")
 
     def test_collated_batch_and_output(self):
         """A collated batch and output (an engine with decollate=False): split per sample, entries that are not
@@ -317,6 +319,72 @@ class TestTaskwise(unittest.TestCase):
         self.assertNotIn("val_mri_psnr", m)  # a task without samples has no entry
         self.assertAlmostEqual(m["key"], (float(ct["psnr"].mean()) + float(pet["psnr"][0])) / 2, places=9)
 
+    def test_key_average_slices(self):
+        """``key_average="slices"`` (the published model selection): the key is the plain mean over every slice
+        (PET's two slices count twice), reported also as ``<prefix>slice_mean_<key metric>``."""
+        data = self._data()  # CT, PET, MRI, PET
+
+        def step(engine, batch):
+            return [{"pred": batch["pred"][0], "label": batch["label"][0]}]
+
+        slices, tasks = Engine(step), Engine(step)
+        TaskwiseImageQuality(SETTINGS, key_metric="ssim", key_average="slices").attach(slices, "key")
+        TaskwiseImageQuality(SETTINGS, key_metric="ssim").attach(tasks, "key")
+        slices.run(data, max_epochs=1)
+        tasks.run(data, max_epochs=1)
+        refs = [
+            reference_metrics(
+                d["pred"][0, 0].numpy(),
+                d["label"][0, 0].numpy(),
+                SETTINGS[d["modality"][0]]["clip_range"],
+                SETTINGS[d["modality"][0]]["eval_window"],
+            )["ssim"]
+            for d in data
+        ]
+        m = slices.state.metrics
+        self.assertAlmostEqual(m["key"], float(np.mean(refs)), places=6)
+        self.assertEqual(m["val_slice_mean_ssim"], m["key"])
+        self.assertGreater(abs(m["key"] - m["val_mean_ssim"]), 1e-4)  # not the mean of the task means
+        self.assertEqual(m["val_mean_ssim"], tasks.state.metrics["val_mean_ssim"])
+        self.assertEqual(tasks.state.metrics["key"], tasks.state.metrics["val_mean_ssim"])
+        for metrics in (slices.state.metrics, tasks.state.metrics):  # only the key metric, only when asked for
+            self.assertEqual([k for k in metrics if "slice_mean" in k], ["val_slice_mean_ssim"] if metrics is m else [])
+
+    def test_each_evaluation_starts_afresh(self):
+        """A second evaluation reports only its own samples (the first one's are dropped)."""
+        data = self._data()
+
+        def step(engine, batch):
+            return [{"pred": batch["pred"][0], "label": batch["label"][0]}]
+
+        engine, fresh = Engine(step), Engine(step)
+        metric = TaskwiseImageQuality(SETTINGS)
+        metric.attach(engine, "key")
+        TaskwiseImageQuality(SETTINGS).attach(fresh, "key")
+        engine.run(data[:2], max_epochs=1)  # CT, PET
+        engine.run(data[2:], max_epochs=1)  # MRI, PET
+        fresh.run(data[2:], max_epochs=1)
+        self.assertEqual(metric.compute(), {k[len("val_") :]: v for k, v in fresh.state.metrics.items() if k != "key"})
+        self.assertEqual(engine.state.metrics["key"], fresh.state.metrics["key"])
+
+    def test_task_from_the_output_options_and_empty(self):
+        """With no batch the task is read from the output (``task_key``); ``prefix`` and ``kernel_sigma`` are used;
+        an evaluation without samples reports NaN means and no task entries."""
+        metric = TaskwiseImageQuality(SETTINGS, task_key="task", prefix="test_", kernel_sigma=3.0)
+        empty = metric.compute()
+        self.assertEqual(sorted(empty), ["mean_psnr", "mean_rmse", "mean_ssim"])
+        self.assertTrue(all(math.isnan(v) for v in empty.values()))
+        p, t = phantom_pair("PET", 0)
+        p, t = torch.from_numpy(p[:32, :32])[None], torch.from_numpy(t[:32, :32])[None]
+        engine = Engine(lambda e, b: None)
+        engine.state.output, engine.state.batch = [{"pred": p, "label": t, "task": "pet"}], None
+        metric.iteration_completed(engine)
+        metric.completed(engine, "key")
+        ref = reference_metrics(p[0].numpy(), t[0].numpy(), (0, 20), (0, 20), sigma=3.0)
+        self.assertAlmostEqual(engine.state.metrics["test_pet_ssim"], ref["ssim"], places=8)
+        self.assertAlmostEqual(engine.state.metrics["key"], ref["psnr"], places=6)
+        self.assertEqual(engine.state.metrics["test_mean_rmse"], engine.state.metrics["test_pet_rmse"])
+
 
 def _ddp_worker(rank: int, world: int, port: int, samples: list, queue) -> None:
     import torch.distributed as dist
@@ -325,7 +393,7 @@ def _ddp_worker(rank: int, world: int, port: int, samples: list, queue) -> None:
     try:
         metric = TaskwiseImageQuality(SETTINGS)
         metric.reset()
-        mine = samples[rank::world]  # uneven split: 5 samples on 2 ranks
+        mine = samples[rank::2] if rank < 2 else []  # uneven split: 3 and 2 samples, and a rank with none
         metric.update(([{"pred": p, "label": t} for p, t, _ in mine], [{"modality": m} for _, _, m in mine]))
         queue.put((rank, metric.compute()))
     finally:
@@ -351,14 +419,18 @@ class TestTaskwiseDistributed(unittest.TestCase):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         ctx = mp.get_context("spawn")
-        queue = ctx.SimpleQueue()
-        procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, samples, queue)) for r in range(2)]
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_ddp_worker, args=(r, 3, port, samples, queue), daemon=True) for r in range(3)]
         for p in procs:
             p.start()
-        results = dict(queue.get() for _ in procs)
-        for p in procs:
-            p.join(60)
-        for rank in (0, 1):
+        try:
+            results = dict(queue.get(timeout=90) for _ in procs)  # a worker that fails puts nothing: no endless wait
+        finally:
+            for p in procs:
+                p.join(30)
+                if p.is_alive():
+                    p.terminate()
+        for rank in (0, 1, 2):
             self.assertEqual(sorted(results[rank]), sorted(expected))
             for key, value in expected.items():
                 self.assertAlmostEqual(results[rank][key], value, places=5, msg=key)

@@ -141,8 +141,12 @@ class TaskwiseImageQuality(Metric):
         return result
 
     def completed(self, engine: Engine, name: str) -> None:
-        """Write the key metric under ``name`` and every per-task / mean value under its prefixed name."""
+        """Write the key metric under ``name`` and every per-task / mean value under its prefixed name; a task
+        without samples this time has no entry (not the one of an earlier evaluation)."""
         result = self.compute()
+        for task in self.tasks:
+            for metric in METRIC_NAMES:
+                engine.state.metrics.pop(f"{self.prefix}{task.lower()}_{metric}", None)
         for key, value in result.items():
             engine.state.metrics[f"{self.prefix}{key}"] = value
         engine.state.metrics[name] = result[f"{'slice_' if self.key_average == 'slices' else ''}mean_{self.key_metric}"]

@@ -366,6 +366,9 @@ class TestTaskwise(unittest.TestCase):
         fresh.run(data[2:], max_epochs=1)
         self.assertEqual(metric.compute(), {k[len("val_") :]: v for k, v in fresh.state.metrics.items() if k != "key"})
         self.assertEqual(engine.state.metrics["key"], fresh.state.metrics["key"])
+        # no CT sample the second time: no CT entry left over from the first evaluation either
+        self.assertEqual(engine.state.metrics, fresh.state.metrics)
+        self.assertNotIn("val_ct_psnr", engine.state.metrics)
 
     def test_task_from_the_output_options_and_empty(self):
         """With no batch the task is read from the output (``task_key``); ``prefix`` and ``kernel_sigma`` are used;

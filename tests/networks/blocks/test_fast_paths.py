@@ -237,6 +237,22 @@ class TestRowStrips(unittest.TestCase):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         self.assertTrue(got.is_contiguous(memory_format=torch.channels_last))
 
+    @parameterized.expand([("published", 2), ("global", 1)])
+    def test_attention_strips_of_a_channels_first_map(self, mode, batch):
+        # "other layouts work": residual rows that are not contiguous are read, not viewed
+        torch.manual_seed(5)
+        a = ChannelAttention(12, 3, bias=True, train_size=8, window_mode=mode)
+        norm = ChannelLayerNorm(12)
+        _randomise(a)
+        _randomise(norm)
+        x = torch.randn(batch, 12, 20, 17)
+        before = x.clone()
+        with torch.no_grad():
+            expected = x + a(norm(x))
+            got = a.residual_in_strips(x, norm, None, 3)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(x, before, rtol=0, atol=0)  # the input is not written
+
     @parameterized.expand([(1,), (3,), (7,), (20,)])
     def test_attention_strips_read_their_rows_and_halo_only(self, rows):
         a = ChannelAttention(12, 3, train_size=8)

@@ -12,6 +12,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import unittest
 from collections.abc import Sequence
 
@@ -302,9 +303,47 @@ def dicom_dataset(
                 delattr(ds, name)
         else:
             setattr(ds, name, value)
+    if pixels is not None and syntax in GDCM_ENCODED:
+        return _gdcm_transcode(ds, syntax)
     if pixels is not None and syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian):
         ds.compress(syntax)
     return ds
+
+
+# transfer syntaxes pydicom cannot encode, written by GDCM (python-gdcm, the decoder the package installs for them)
+# (JPEG 2000 too: OpenJPEG through pydicom refuses slices as small as the tests')
+GDCM_ENCODED = ("1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90")
+
+
+def _gdcm_transcode(ds: Dataset, syntax: str) -> Dataset:
+    """``ds`` re-encoded by GDCM in ``syntax`` (JPEG Lossless SV1 / Process 14, JPEG-LS or JPEG 2000 lossless)."""
+    import gdcm
+
+    target = {
+        "1.2.840.10008.1.2.4.70": gdcm.TransferSyntax.JPEGLosslessProcess14_1,
+        "1.2.840.10008.1.2.4.57": gdcm.TransferSyntax.JPEGLosslessProcess14,
+        "1.2.840.10008.1.2.4.80": gdcm.TransferSyntax.JPEGLSLossless,
+        "1.2.840.10008.1.2.4.90": gdcm.TransferSyntax.JPEG2000Lossless,
+    }[syntax]
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = os.path.join(d, "in.dcm"), os.path.join(d, "out.dcm")
+        ds.save_as(src, enforce_file_format=True)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(src)
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(target))
+        if not reader.Read():
+            raise RuntimeError("GDCM cannot read the uncompressed test slice")
+        change.SetInput(reader.GetImage())
+        if not change.Change():
+            raise RuntimeError(f"GDCM cannot encode the test slice in {syntax}")
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(dst)
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        if not writer.Write():
+            raise RuntimeError("GDCM cannot write the test slice")
+        return pydicom.dcmread(dst)
 
 
 def dicom_slice(path: str, pixels: np.ndarray | None, **kw: object) -> str:

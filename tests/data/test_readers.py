@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import os
 import pathlib
+import re
 import tempfile
 import unittest
 from unittest import mock
@@ -20,12 +21,20 @@ from custom.data.readers import (
     read_dicom_header,
     verify_gzip,
 )
+from parameterized import parameterized
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 
-from tests.utils import dicom_series_folder, dicom_slice, pet_tags, save_nifti
+from tests.utils import dicom_dataset, dicom_series_folder, dicom_slice, pet_tags, save_nifti
 
 CT_FILE = get_testdata_file("CT_small.dcm")
 MR_FILE = get_testdata_file("MR_small.dcm")
@@ -280,3 +289,46 @@ class TestDicomHeaders(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestCompressedDicom(unittest.TestCase):
+    """The lossless transfer syntaxes PACS exports use read back to the stored values exactly (rescale applied):
+    JPEG Lossless (Process 14 and its SV1 form, the most common in CT archives) and JPEG-LS through GDCM, JPEG 2000
+    and RLE; signed, unsigned, 12 of 16 bits stored and 8-bit slices."""
+
+    @parameterized.expand(
+        [
+            (syntax.name, syntax, kind, bits)
+            for syntax in (JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEG2000Lossless, RLELossless)
+            for kind, bits in (("i2", 16), ("i2", 12), ("u2", 16), ("u2", 12), ("u1", 8))
+        ]
+    )
+    def test_series_reads_the_stored_values(self, _, syntax, kind, bits):
+        dtype = np.dtype(kind)
+        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if kind[0] == "i" else (0, 2**bits - 1)
+        rng = np.random.default_rng(bits)
+        vol = rng.integers(lo, hi, (16, 12, 3), endpoint=True).astype(dtype)
+        vol[0, 0, 0], vol[1, 0, 0] = lo, hi  # the extremes of the stored range
+        with tempfile.TemporaryDirectory() as d:
+            dicom_series_folder(d, vol, syntax=syntax, bits_stored=bits, slope=0.5, inter=-1024.0)
+            self.assertEqual(pydicom.dcmread(os.path.join(d, "slice000.dcm")).file_meta.TransferSyntaxUID, syntax)
+            img = load_image(d, swap_ij=False)
+        np.testing.assert_array_equal(img.numpy(), vol.astype(np.float64) * 0.5 - 1024.0)
+
+    def test_an_undecodable_syntax_is_refused_naming_the_file(self):
+        path = get_testdata_file("JPEG-lossy.dcm")  # 12-bit JPEG extended: no installed decoder handles it
+        with self.assertRaisesRegex(
+            ValueError, rf"(?s)^{re.escape(path)}: unreadable DICOM pixel data .*JPEG Extended"
+        ):
+            load_image(path)
+
+    def test_jpeg2000_from_another_encoder(self):
+        # pydicom's own JPEG 2000 encoder (OpenJPEG), signed 12 of 16 bits: read back exactly whatever decodes it
+        vol = np.random.default_rng(0).integers(-2048, 2047, (64, 64), endpoint=True).astype(np.int16)
+        with tempfile.TemporaryDirectory() as d:
+            ds = dicom_dataset(vol, bits_stored=12)
+            ds.compress(JPEG2000Lossless)
+            path = os.path.join(d, "j2k.dcm")
+            ds.save_as(path, enforce_file_format=True)
+            img = load_image(path, swap_ij=False)
+        np.testing.assert_array_equal(img.numpy(), vol.astype(np.float64))

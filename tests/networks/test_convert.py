@@ -62,14 +62,18 @@ class TestConvert(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "output.weight"):
             convert_reference_state_dict(ref)
 
+    def _refusal(self, ref: dict) -> str:
+        """The message of the ValueError converting ``ref`` raises."""
+        with self.assertRaises(ValueError) as ctx:
+            convert_reference_state_dict(ref)
+        return str(ctx.exception)
+
     def test_strict_errors_name_keys(self):
         ref = zeros_state()
         del ref["output.weight"]
         ref["extra.weight"] = torch.zeros(1)
         ref["latent.0.attn.temperature"] = torch.zeros(4, 1, 1)
-        with self.assertRaises(ValueError) as ctx:
-            convert_reference_state_dict(ref)
-        msg = str(ctx.exception)
+        msg = self._refusal(ref)
         self.assertIn("output.weight", msg)
         self.assertIn("extra.weight", msg)
         self.assertIn("latent.0.attn.temperature", msg)
@@ -77,9 +81,7 @@ class TestConvert(unittest.TestCase):
     def test_misshaped_keys_are_not_also_reported_missing(self):
         ref = zeros_state()
         ref["output.weight"] = ref["output.weight"].reshape(48, 1, 3, 3)
-        with self.assertRaises(ValueError) as ctx:
-            convert_reference_state_dict(ref)
-        msg = str(ctx.exception)
+        msg = self._refusal(ref)
         self.assertIn("1 key(s) with a different shape: output.weight (48, 1, 3, 3) -> output.weight expects", msg)
         self.assertNotIn("missing", msg)
         self.assertNotIn("unexpected", msg)

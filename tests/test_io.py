@@ -28,6 +28,16 @@ def _mode(path: str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+def _fsync_refusing_folders(fd: int) -> None:
+    """``os.fsync`` of a file system that refuses to flush folders."""
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        raise OSError(22, "Invalid argument")
+    _REAL_FSYNC(fd)
+
+
+_REAL_FSYNC = os.fsync
+
+
 class TestAtomicOutput(unittest.TestCase):
     def test_success_renames_and_keeps_extension(self):
         with tempfile.TemporaryDirectory() as d:
@@ -93,6 +103,43 @@ class TestAtomicOutput(unittest.TestCase):
             self.assertEqual(events[0][1], events[1][1])  # the temporary file itself was flushed
             self.assertEqual(events[2][1], os.path.realpath(d))
 
+    @unittest.skipUnless(os.path.isdir("/proc/self/fd"), "needs /proc/self/fd")
+    def test_no_descriptor_left_open(self):
+        """Each write leaves no open file descriptor behind (a long run writes thousands of outputs)."""
+        with tempfile.TemporaryDirectory() as d:
+            write_text_atomic(os.path.join(d, "warm.txt"), "x")
+            before = len(os.listdir("/proc/self/fd"))
+            for i in range(5):
+                write_text_atomic(os.path.join(d, f"{i}.txt"), "x")
+                with self.assertRaises(RuntimeError), atomic_output(os.path.join(d, "failed.txt")):
+                    raise RuntimeError("writer failed")
+            self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+
+    def test_folder_fsync_refused_still_writes(self):
+        """A file system that refuses ``fsync`` on a folder (EINVAL, as some network file systems do) does not fail
+        the write: the file is in place, no temporary left."""
+        with tempfile.TemporaryDirectory() as d, mock.patch("os.fsync", _fsync_refusing_folders):
+            path = write_text_atomic(os.path.join(d, "report.json"), "data")
+            with open(path, encoding="utf-8") as f:
+                self.assertEqual(f.read(), "data")
+            self.assertEqual(os.listdir(d), ["report.json"])
+
+    def test_text_is_utf8_whatever_the_locale(self):
+        """Under a C/ASCII locale (servers, containers) non-ASCII text is still written, as UTF-8."""
+        import subprocess
+        import sys
+
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "report.md")
+            code = (  # the text as escapes: the command line itself must be ASCII under this locale
+                "import sys; from custom.io import write_text_atomic; "
+                r"write_text_atomic(sys.argv[1], 'SUV \u00b5 \u2264 2')"
+            )
+            env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"}
+            subprocess.run([sys.executable, "-X", "utf8=0", "-c", code, path], check=True, env=env)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), "SUV \u00b5 \u2264 2".encode("utf-8"))
+
     def test_checkpoint_saver_goes_through_atomic_output(self):
         """ignite's DiskSaver path of the checkpoint handlers writes through atomic_output (fsync + rename)."""
         from unittest import mock
@@ -135,6 +182,18 @@ class TestUmaskPermissions(unittest.TestCase):
             self.assertEqual(current_umask(), 0o026)  # set back after reading
         with _Umask(0o026), mock.patch("custom.io.open", side_effect=OSError("no /proc"), create=True):
             self.assertEqual(default_mode(), 0o640)
+
+    @parameterized.expand([("no_value", "Umask:\n"), ("not_octal", "Umask:\t0x9z\n")])
+    def test_umask_fallback_on_unreadable_proc_line(self, _, line):
+        """A ``Umask:`` line without a value or with a value that is not octal falls back to setting and restoring
+        the umask (no IndexError / ValueError escapes to the writer)."""
+        with (
+            _Umask(0o026),
+            mock.patch("custom.io.open", return_value=io.StringIO(f"Name:\tpython\n{line}"), create=True),
+        ):
+            self.assertEqual(current_umask(), 0o026)
+        with _Umask(0o026):
+            self.assertEqual(current_umask(), 0o026)  # set back after reading
 
     @parameterized.expand([(0o022, 0o644), (0o027, 0o640)])
     def test_atomic_file_mode_follows_umask(self, mask, expected):
@@ -261,6 +320,74 @@ class TestAtomicOutputDir(unittest.TestCase):
                 open(os.path.join(tmp, "new.dcm"), "w").close()
             self.assertEqual(os.listdir(out), ["new.dcm"])
             self.assertEqual(os.listdir(d), ["series"])  # the previous output removed
+
+    def test_creates_missing_parent_folders(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "a", "b", "series")
+            with atomic_output_dir(out) as tmp:
+                open(os.path.join(tmp, "x.dcm"), "w").close()
+            self.assertEqual(os.listdir(out), ["x.dcm"])
+            self.assertEqual(os.listdir(os.path.join(d, "a", "b")), ["series"])
+
+    def test_folder_fsync_refused_still_moves(self):
+        """A file system that refuses ``fsync`` on folders does not fail the output (folder flushes are best
+        effort); the files themselves are still flushed."""
+        with tempfile.TemporaryDirectory() as d, mock.patch("os.fsync", _fsync_refusing_folders):
+            out = os.path.join(d, "series")
+            for overwrite in (False, True):
+                with atomic_output_dir(out, overwrite=overwrite) as tmp:
+                    with open(os.path.join(tmp, "x.dcm"), "w") as f:
+                        f.write(str(overwrite))
+            with open(os.path.join(out, "x.dcm")) as f:
+                self.assertEqual(f.read(), "True")
+            self.assertEqual(os.listdir(d), ["series"])
+
+    def test_overwrite_moves_stay_in_the_parent_folder(self):
+        """The previous output is moved aside within the destination's folder (a rename on one file system), never
+        into the system temporary folder (another file system: the move would fail or copy)."""
+        moves = []
+        real = os.replace
+
+        def replace(src, dst):
+            moves.append((os.path.dirname(os.path.dirname(os.path.abspath(dst))), os.path.abspath(dst)))
+            real(src, dst)
+
+        with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as elsewhere:
+            out = os.path.join(d, "series")
+            with atomic_output_dir(out) as tmp:
+                open(os.path.join(tmp, "old.dcm"), "w").close()
+            with mock.patch("os.replace", replace), mock.patch("tempfile.tempdir", elsewhere):
+                with atomic_output_dir(out, overwrite=True) as tmp:
+                    open(os.path.join(tmp, "new.dcm"), "w").close()
+            self.assertEqual(len(moves), 2)
+            for _, dst in moves:
+                self.assertTrue(dst.startswith(os.path.realpath(d) + os.sep) or dst.startswith(d + os.sep), dst)
+            self.assertEqual(os.listdir(out), ["new.dcm"])
+            self.assertEqual(os.listdir(d), ["series"])
+
+    def test_cleanup_errors_do_not_hide_the_outcome(self):
+        """A temporary or previous folder that cannot be removed does not replace the writer's own error, nor
+        turn a completed output into a failure."""
+        real_unlink = os.unlink
+
+        def unlink(name, *args, **kwargs):
+            if os.path.basename(name) in ("half.dcm", "old.dcm"):
+                raise PermissionError(13, "Permission denied", name)
+            return real_unlink(name, *args, **kwargs)
+
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "series")
+            with atomic_output_dir(out) as tmp:
+                open(os.path.join(tmp, "old.dcm"), "w").close()
+            with mock.patch("os.unlink", unlink):
+                with self.assertRaisesRegex(RuntimeError, "writer failed"):
+                    with atomic_output_dir(out, overwrite=True) as tmp:
+                        open(os.path.join(tmp, "half.dcm"), "w").close()
+                        raise RuntimeError("writer failed")
+                self.assertEqual(os.listdir(out), ["old.dcm"])
+                with atomic_output_dir(out, overwrite=True) as tmp:  # completes although old.dcm stays behind
+                    open(os.path.join(tmp, "new.dcm"), "w").close()
+            self.assertEqual(os.listdir(out), ["new.dcm"])
 
 
 if __name__ == "__main__":

@@ -97,7 +97,10 @@ _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 def _check_range(value: Any, name: str, where: str) -> tuple[float, float]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise ValueError(f"{where}: '{name}' must be a [low, high] pair, got {value!r}.")
-    low, high = float(value[0]), float(value[1])
+    try:
+        low, high = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: '{name}' must be a pair of numbers, got {value!r}.") from None
     if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
         raise ValueError(f"{where}: '{name}' must be finite with low < high, got {value!r}.")
     return low, high
@@ -114,9 +117,12 @@ def validate_modality_settings(setting: Mapping[str, Any], where: str = "modalit
         a new dict whose ranges are tuples of floats and whose modality is upper case.
 
     Raises:
-        ValueError: a key is missing, the modality is unknown, the task is not a name usable in a file name
-            (letters, digits, ``_ . -``), the units are not text, or a range is not a finite increasing pair.
+        ValueError: ``setting`` is not a mapping, a key is missing, the modality is unknown, the task is not a name
+            usable in a file name (letters, digits, ``_ . -``), the units are not text, or a range is not a finite
+            increasing pair of numbers.
     """
+    if not isinstance(setting, Mapping):
+        raise ValueError(f"{where}: modality settings must be an object with keys {list(_REQUIRED)}, got {setting!r}.")
     missing = [k for k in _REQUIRED if k not in setting]
     if missing:
         raise ValueError(f"{where}: missing keys {missing}.")

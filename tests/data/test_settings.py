@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import unittest
@@ -15,8 +16,11 @@ from custom.settings import (
     packaged_bundle,
     validate_modality_settings,
 )
+from parameterized import parameterized
 
 from tests.utils import BUNDLE, SETTINGS_DIR
+
+GOOD = {"modality": "CT", "task": "low_dose_ct", "units": "HU", "clip_range": [0, 1], "eval_window": [0, 1]}
 
 
 class TestModalitySettings(unittest.TestCase):
@@ -76,6 +80,36 @@ class TestModalitySettings(unittest.TestCase):
         for units in (None, 1, ["HU"]):
             with self.assertRaisesRegex(ValueError, "ct.json: 'units' must be text"):
                 validate_modality_settings({**good, "units": units}, where="ct.json")
+
+    @parameterized.expand(
+        [
+            ("three", [0, 1, 2]),
+            ("one", [1]),
+            ("text", "01"),
+            ("number", 3),
+            ("empty_width", [5, 5]),
+            ("nan_low", [math.nan, 1]),
+            ("inf_high", [0, math.inf]),
+            ("minus_inf_low", [-math.inf, 0]),
+            ("null_low", [None, 1]),
+            ("word_high", [0, "high"]),
+            ("list_high", [0, [1]]),
+        ]
+    )
+    def test_ranges_must_be_finite_increasing_pairs(self, _, bad):
+        """A bad range is a ValueError naming the file and the key (a zero-width or infinite range would divide by
+        zero or give NaN in the normalisation), whatever the JSON value is."""
+        for key in ("clip_range", "eval_window"):
+            with self.assertRaisesRegex(ValueError, f"ct.json: '{key}' must be"):
+                validate_modality_settings({**GOOD, key: bad}, where="ct.json")
+
+    @parameterized.expand([("number", "5"), ("null", "null"), ("list", "[1, 2]"), ("text", '"modality task"')])
+    def test_a_file_not_holding_an_object_is_refused_naming_it(self, _, text):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "ct.json"), "w", encoding="utf-8") as f:
+                f.write(text)
+            with self.assertRaisesRegex(ValueError, "ct.json: modality settings must be an object with keys"):
+                load_modality_settings(d)
 
     def test_two_modalities_with_one_task_are_refused(self):
         with tempfile.TemporaryDirectory() as d:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import unittest
 from pathlib import Path
@@ -10,6 +12,7 @@ from unittest import mock
 
 from custom import settings as settings_module
 from custom.settings import (
+    as_flag,
     default_modality_dir,
     get_modality_setting,
     load_modality_settings,
@@ -103,6 +106,19 @@ class TestModalitySettings(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, f"ct.json: '{key}' must be"):
                 validate_modality_settings({**GOOD, key: bad}, where="ct.json")
 
+    def test_ranges_become_float_tuples_and_input_is_kept(self):
+        raw = {**GOOD, "modality": "mr", "clip_range": [-1, 2.5], "eval_window": (0, 3)}
+        before = json.dumps(raw)
+        out = validate_modality_settings(raw)
+        self.assertEqual((out["modality"], out["clip_range"], out["eval_window"]), ("MRI", (-1.0, 2.5), (0.0, 3.0)))
+        self.assertEqual(json.dumps(raw), before)  # the input is not modified
+
+    @parameterized.expand([("XR", "'XR'"), ("3", "3"), ("ot", "'ot'")])
+    def test_unknown_modality_names_the_file(self, modality, shown):
+        value = int(modality) if modality.isdigit() else modality
+        with self.assertRaisesRegex(ValueError, f"ct.json: unknown modality {shown}, expected one of"):
+            validate_modality_settings({**GOOD, "modality": value}, where="ct.json")
+
     @parameterized.expand([("number", "5"), ("null", "null"), ("list", "[1, 2]"), ("text", '"modality task"')])
     def test_a_file_not_holding_an_object_is_refused_naming_it(self, _, text):
         with tempfile.TemporaryDirectory() as d:
@@ -110,6 +126,36 @@ class TestModalitySettings(unittest.TestCase):
                 f.write(text)
             with self.assertRaisesRegex(ValueError, "ct.json: modality settings must be an object with keys"):
                 load_modality_settings(d)
+
+    def test_files_read_as_utf8_whatever_the_locale(self):
+        """Units such as 'µSv' are read under a C/ASCII locale too (servers, containers)."""
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "pet.json"), "w", encoding="utf-8") as f:
+                json.dump({**GOOD, "modality": "PET", "units": "\u00b5Sv"}, f, ensure_ascii=False)
+            code = "import sys; from custom.settings import load_modality_settings as l; print(ascii(l(sys.argv[1])['PET']['units']))"
+            env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"}
+            run = subprocess.run(
+                [sys.executable, "-X", "utf8=0", "-c", code, d], capture_output=True, text=True, env=env, check=False
+            )
+            self.assertEqual(run.returncode, 0, run.stderr)
+            self.assertEqual(run.stdout.strip(), "'\\xb5Sv'")
+
+    def test_lookup_of_a_collated_batch(self):
+        """A one-element batch is unwrapped (the message shows the name, not a list); a batch of several scans or
+        none is an error, never the first scan's settings."""
+        s = load_modality_settings(SETTINGS_DIR)
+        self.assertIs(get_modality_setting(s, ("CT",)), s["CT"])
+        with self.assertRaisesRegex(
+            ValueError, r"^x.nii: unknown modality 'xx', expected one of \['CT', 'MRI', 'PET'\]"
+        ):
+            get_modality_setting(s, ["xx"], where="x.nii")
+        for batch in (["CT", "PET"], ("MR", "MR"), []):
+            with self.subTest(batch=batch), self.assertRaisesRegex(ValueError, "unknown modality"):
+                get_modality_setting(s, batch)
+        # a settings structure written in a config: keys matched case-insensitively, a one-element batch too
+        custom = {"ct": {"task": "a"}, "XR": {"task": "b"}}
+        self.assertIs(get_modality_setting(custom, ["CT"]), custom["ct"])
+        self.assertIs(get_modality_setting(custom, ["xr"]), custom["XR"])
 
     def test_two_modalities_with_one_task_are_refused(self):
         with tempfile.TemporaryDirectory() as d:
@@ -127,6 +173,20 @@ class TestModalitySettings(unittest.TestCase):
                     )
             with self.assertRaisesRegex(ValueError, r"mr.json: task 'same' is also the task of CT \(.*ct.json\)"):
                 load_modality_settings(d)
+
+
+class TestAsFlag(unittest.TestCase):
+    @parameterized.expand(
+        [(v, True) for v in (True, 1, "1", "true", "TRUE", " yes ", "on")]
+        + [(v, False) for v in (False, 0, "0", "false", "No", "off", "none", "null")]
+    )
+    def test_switch_spellings(self, value, expected):
+        self.assertIs(as_flag(value), expected)
+
+    @parameterized.expand([(2,), (-1,), (0.5,), (0.0,), ("maybe",), ("",), ("2",)])
+    def test_other_values_are_refused_naming_the_option(self, value):
+        with self.assertRaisesRegex(ValueError, f"^amp must be true or false, got {value!r}"):
+            as_flag(value, "amp")
 
 
 class TestPackagedBundle(unittest.TestCase):

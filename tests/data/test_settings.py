@@ -132,7 +132,10 @@ class TestModalitySettings(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "pet.json"), "w", encoding="utf-8") as f:
                 json.dump({**GOOD, "modality": "PET", "units": "\u00b5Sv"}, f, ensure_ascii=False)
-            code = "import sys; from custom.settings import load_modality_settings as l; print(ascii(l(sys.argv[1])['PET']['units']))"
+            code = (
+                "import sys; from custom.settings import load_modality_settings; "
+                "print(ascii(load_modality_settings(sys.argv[1])['PET']['units']))"
+            )
             env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"}
             run = subprocess.run(
                 [sys.executable, "-X", "utf8=0", "-c", code, d], capture_output=True, text=True, env=env, check=False

@@ -170,9 +170,10 @@ def load_modality_settings(directory: str | os.PathLike) -> dict[str, dict[str, 
         if setting["modality"] in settings:
             raise ValueError(f"{path}: modality {setting['modality']} is described twice.")
         for other in settings.values():
-            if other["task"] == setting["task"]:
+            if other["task"].casefold() == setting["task"].casefold():  # file names: case-insensitive file systems
                 raise ValueError(
-                    f"{path}: task {setting['task']!r} is also the task of {other['modality']} ({other['file']}); "
+                    f"{path}: task {setting['task']!r} is also the task of {other['modality']} ({other['task']!r} in "
+                    f"{other['file']}, compared case-insensitively); "
                     "each modality needs its own task name (the reports are kept per task)."
                 )
         setting["file"] = path

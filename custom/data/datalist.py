@@ -64,14 +64,16 @@ def item_name(item: Mapping[Any, Any], keys: Sequence[str] = ("image",)) -> str:
 
     Returns:
         ``item["source"]``; else the first of ``keys`` holding a path (str or path-like), a list of paths (a DICOM
-        series: its first file) or a loaded image whose metadata names its file (``filename_or_obj``); else ``"?"``.
+        series: its folder, as :func:`custom.data.load_image` names it) or a loaded image whose metadata names its
+        file (``filename_or_obj``); else ``"?"``.
     """
     if item.get("source") is not None:
         return str(item["source"])
     for key in keys:
         value = item.get(key)
         if isinstance(value, (list, tuple)) and value and isinstance(value[0], (str, os.PathLike)):
-            value = value[0]
+            first = os.fspath(value[0])
+            value = os.path.dirname(first) or first
         if isinstance(value, (str, os.PathLike)):
             return os.fspath(value)
         name = getattr(value, "meta", {}).get("filename_or_obj") if hasattr(value, "meta") else None

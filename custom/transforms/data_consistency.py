@@ -203,14 +203,11 @@ class DataConsistencyd(MapTransform):
         self.modalities = {"MR" if str(m).upper() == "MRI" else str(m).upper() for m in modalities}
         self.modality_key = modality_key
 
-    def _name(self, d: Mapping[Hashable, Any]) -> str:
-        return item_name(d, (self.reference_key + "_path", "image"))
-
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if not self.enabled:
             return d
-        name = self._name(d)
+        name = item_name(d)
         modality = str(d.get(self.modality_key, "")).upper()
         if ("MR" if modality == "MRI" else modality) not in self.modalities:
             logger.info("data consistency: %s is %s, not MRI: left unchanged.", name, modality or "of unknown modality")

@@ -176,7 +176,8 @@ class TestItemName(unittest.TestCase):
         self.assertEqual(item_name({"source": "/d/s", "image": "/d/i.nii"}), "/d/s")  # source first
         self.assertEqual(item_name({"image": "/d/i.nii"}), "/d/i.nii")
         self.assertEqual(item_name({"image": pathlib.Path("/d/p.nii")}), "/d/p.nii")
-        self.assertEqual(item_name({"image": ["/d/s/1.dcm", "/d/s/2.dcm"]}), "/d/s/1.dcm")  # a series: its first file
+        self.assertEqual(item_name({"image": ["/d/s/1.dcm", "/d/s/2.dcm"]}), "/d/s")  # a series: its folder
+        self.assertEqual(item_name({"image": ["1.dcm", "2.dcm"]}), "1.dcm")  # no folder: its first file
         self.assertEqual(item_name({"image": loaded}), "/d/loaded.nii.gz")
         # a tensor without a file name is never written out as its values
         self.assertEqual(item_name({"image": torch.zeros(1, 2, 2)}), "?")

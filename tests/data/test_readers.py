@@ -287,10 +287,6 @@ class TestDicomHeaders(unittest.TestCase):
         self.assertEqual(pet_reference_time(slices)[0].strftime("%Y%m%d%H%M%S"), "20200101110000")
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class TestCompressedDicom(unittest.TestCase):
     """The lossless transfer syntaxes PACS exports use read back to the stored values exactly (rescale applied):
     JPEG Lossless (Process 14 and its SV1 form, the most common in CT archives) and JPEG-LS through GDCM, JPEG 2000
@@ -332,3 +328,7 @@ class TestCompressedDicom(unittest.TestCase):
             ds.save_as(path, enforce_file_format=True)
             img = load_image(path, swap_ij=False)
         np.testing.assert_array_equal(img.numpy(), vol.astype(np.float64))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -162,19 +162,16 @@ class TestModalitySettings(unittest.TestCase):
 
     def test_two_modalities_with_one_task_are_refused(self):
         with tempfile.TemporaryDirectory() as d:
-            for name, modality in (("ct.json", "CT"), ("mr.json", "MR")):
+            # one name up to case: the per-task files would collide on a case-insensitive file system
+            for name, modality, task in (("ct.json", "CT", "same"), ("mr.json", "MR", "Same")):
                 with open(os.path.join(d, name), "w") as f:
                     json.dump(
-                        {
-                            "modality": modality,
-                            "task": "same",
-                            "units": "",
-                            "clip_range": [0, 1],
-                            "eval_window": [0, 1],
-                        },
+                        {"modality": modality, "task": task, "units": "", "clip_range": [0, 1], "eval_window": [0, 1]},
                         f,
                     )
-            with self.assertRaisesRegex(ValueError, r"mr.json: task 'same' is also the task of CT \(.*ct.json\)"):
+            with self.assertRaisesRegex(
+                ValueError, r"mr.json: task 'Same' is also the task of CT \('same' in .*ct.json"
+            ):
                 load_modality_settings(d)
 
 

@@ -304,6 +304,15 @@ class TestDerivedDataset(unittest.TestCase):
         self.assertEqual((int(out.PixelRepresentation), out.pixel_array.dtype), (0, np.uint16))
         np.testing.assert_array_equal(out.pixel_array, raw)
 
+    def test_source_without_samples_per_pixel_gets_one(self):
+        raw = np.array([[0, 5], [100, 7]], np.uint16)
+        ds = self._src(raw, SamplesPerPixel=None)  # a grey-level source that leaves out the Type 1 tag
+        with tempfile.TemporaryDirectory() as d:
+            out = _read_back(derived_dataset(ds, raw.astype(float), generate_uid(), NOW), d)
+        self.assertEqual(out.SamplesPerPixel, 1)  # the derived object is a valid grey-level image
+        np.testing.assert_array_equal(out.pixel_array, raw)
+        self.assertNotIn("SamplesPerPixel", ds)  # the source is not modified
+
     def test_derived_header(self):
         raw = np.array([[0, 1], [2, 3]], np.uint16)
         ds = self._src(raw, PhotometricInterpretation="MONOCHROME1", ImageType=["ORIGINAL", "PRIMARY", "AXIAL", "X"])
@@ -479,6 +488,17 @@ class TestWriteSeries(unittest.TestCase):
                 write_dicom_series(values, datasets, files, out, suv_factors=[0.01, 0.01], overwrite=True)
             reread.assert_not_called()  # the writer works from the datasets in memory: no header read again
             self.assertEqual(sorted(os.listdir(out)), ["s0.dcm", "s1.dcm"])
+
+    def test_unknown_suv_factor_refused_naming_the_output(self):
+        raws = [np.full((2, 2), 10 * (k + 1), np.uint16) for k in range(2)]
+        with tempfile.TemporaryDirectory() as d:
+            datasets = [dicom_dataset(raw, modality="PT", slope=1.0, inter=0) for raw in raws]
+            files = [os.path.join(d, f"s{k}.dcm") for k in range(2)]
+            values = np.stack([r * 0.5 for r in raws], -1)
+            out = os.path.join(d, "out")
+            with self.assertRaisesRegex(ValueError, f"{out}: need one positive SUV factor per slice"):
+                write_dicom_series(values, datasets, files, out, suv_factors=[0.5, None])  # a slice without one
+            self.assertFalse(os.path.exists(out))
 
     def test_series_per_slice_factors_mixed_frames_and_refusals(self):
         uid = generate_uid()

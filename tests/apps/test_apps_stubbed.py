@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import types
 import unittest
 from pathlib import Path
@@ -78,7 +79,9 @@ class TestMonaiLabelTask(unittest.TestCase):
             vol = write_ct_nifti(d / "ct.nii.gz")
             task = lib.TATRestore(str(_bundle(d)), override=OVERRIDES, modality="CT")
             self.assertTrue(task.is_valid())
+            begin = time.time()
             path, result = task({"image": str(d / "ct.nii.gz")})
+            elapsed = time.time() - begin
             try:
                 out = nib.load(path)
                 self.assertEqual(out.get_data_dtype(), np.float32)
@@ -86,10 +89,34 @@ class TestMonaiLabelTask(unittest.TestCase):
                 np.testing.assert_allclose(out.get_fdata(), np.clip(vol, -1024, 3072), atol=1e-3)
                 self.assertEqual(result["modality"], "CT")
                 self.assertEqual(result["shape"], list(vol.shape))
+                self.assertEqual(result["units"], "HU")  # ct.json's units
+                self.assertAlmostEqual(result["min"], float(out.get_fdata().min()), places=3)
+                self.assertAlmostEqual(result["max"], float(out.get_fdata().max()), places=3)
+                self.assertTrue(0.0 <= result["latency"] <= elapsed + 1e-3, (result["latency"], elapsed))
             finally:
                 os.remove(path)
             with self.assertRaisesRegex(ValueError, "modality"):
                 lib.TATRestore(str(d / "bundle"), override=OVERRIDES)({"image": str(d / "ct.nii.gz")})
+
+    def test_registration_and_validity(self):
+        lib = _monailabel_lib("tat_restore_registration")
+        with tempfile.TemporaryDirectory() as d:
+            bundle = _bundle(Path(d))
+            task = lib.TATRestore(str(bundle), override=OVERRIDES, modality="MRI")
+            # what MONAI Label's BasicInferTask gets: a 2D task of type OTHERS (not a label), no network or labels
+            kwargs = task.kwargs
+            self.assertEqual(kwargs["path"], str(bundle.resolve() / "models" / "model.pt"))
+            self.assertEqual((kwargs["type"], kwargs["dimension"]), ("others", 2))
+            self.assertIsNone(kwargs["network"])
+            self.assertIsNone(kwargs["labels"])
+            self.assertEqual((kwargs["config"]["modality"], kwargs["config"]["device"]), ("MRI", "cpu"))
+            self.assertEqual(lib.TATRestore(str(bundle), override=OVERRIDES).kwargs["config"]["modality"], "")
+            self.assertTrue(task.is_valid())
+            (bundle / "models" / "model.pt").rename(bundle / "model.pt")
+            self.assertFalse(task.is_valid())  # configs without a checkpoint
+            (bundle / "model.pt").rename(bundle / "models" / "model.pt")
+            (bundle / "configs" / "inference.json").rename(bundle / "inference.json")
+            self.assertFalse(task.is_valid())  # a checkpoint without configs
 
 
 class _Port:
@@ -260,6 +287,7 @@ class TestMonaiLabelOptions(unittest.TestCase):
         self.assertGreater(np.abs(diff).max(), 1.0, "the network changed nothing: the test shows nothing")
         np.testing.assert_allclose(diff, out - vol, atol=1e-2)
         self.assertAlmostEqual(result["difference_max"], float(diff.max()), places=2)
+        self.assertAlmostEqual(result["difference_min"], float(diff.min()), places=2)
         np.testing.assert_allclose(nib.load(path).affine, nib.load(str(self.d / "ct.nii.gz")).affine)
 
     def test_task_check_in_response_log_and_descrip(self):
@@ -278,6 +306,30 @@ class TestMonaiLabelOptions(unittest.TestCase):
         path, result = self._infer(task, self.d / "ct.nii.gz", modality="CT", task_check=False)
         self.assertEqual((result["predicted_task"], result["task_distance"], result["warnings"]), (None, None, []))
         self.assertNotIn("TAT warning", bytes(nib.load(path).header["descrip"]).decode())
+
+    @unittest.skipUnless(os.path.isdir("/proc/self/fd"), "needs /proc/self/fd to count open files")
+    def test_requests_leave_no_open_files(self):
+        write_ct_nifti(self.d / "ct.nii.gz")
+        task = self._task()
+        self._infer(task, self.d / "ct.nii.gz", modality="CT")  # the first request loads the bundle
+        before = len(os.listdir("/proc/self/fd"))
+        for params in ({}, {"difference": True}, {}):
+            self._infer(task, self.d / "ct.nii.gz", modality="CT", **params)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before, "a request leaked a file descriptor")
+
+    def test_failed_write_leaves_no_temporary_file(self):
+        write_ct_nifti(self.d / "ct.nii.gz")
+        task = self._task()
+        spool = self.d / "spool"
+        spool.mkdir()
+        restorer = task._load()
+        with mock.patch.object(tempfile, "tempdir", str(spool)):
+            with mock.patch.object(restorer, "write_item", side_effect=OSError("disk full")):
+                with self.assertRaisesRegex(OSError, "disk full"):
+                    task({"image": str(self.d / "ct.nii.gz"), "modality": "CT"})
+            self.assertEqual(os.listdir(spool), [])
+            path, _ = self._infer(task, self.d / "ct.nii.gz", modality="CT")  # the task still serves requests
+        self.assertEqual(os.listdir(spool), [os.path.basename(path)])
 
     def test_data_consistency_on_mri(self):
         vol = mr_phantom((32, 32, 2))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
@@ -158,6 +159,166 @@ class TestDeployOperators(unittest.TestCase):
                 np.testing.assert_array_equal(out.pixel_array, src.pixel_array)  # identity: the stored values
 
 
+class _App(_Base):
+    """Application stand-in: the app context from ``-i/-o/-m`` in argv, flows and runs recorded."""
+
+    runs = 0
+
+    @staticmethod
+    def init_app_context(argv):
+        args = dict(zip(argv[1::2], argv[2::2]))
+        return types.SimpleNamespace(input_path=args["-i"], output_path=args["-o"], model_path=args["-m"])
+
+    def add_flow(self, upstream, downstream, ports):
+        self.__dict__.setdefault("flows", []).append((upstream, downstream, ports))
+
+    def run(self):
+        _App.runs += 1
+
+
+class _Spec:
+    """OperatorSpec stand-in recording the ports an operator declares."""
+
+    def __init__(self) -> None:
+        self.inputs, self.outputs, self.conditions = [], [], []
+
+    def input(self, name):
+        self.inputs.append(name)
+
+    def output(self, name):
+        self.outputs.append(name)
+        return types.SimpleNamespace(condition=lambda c: self.conditions.append((name, c)))
+
+
+class TestDeployApplication(unittest.TestCase):
+    """The Deploy app's pipeline, operator construction and model paths, with the SDK stubbed."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.d = Path(self.tmp.name)
+        self.app = _deploy_app("deploy_app_compose", Application=_App)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def test_compose_wires_the_pipeline(self):
+        bundle = _bundle(self.d)
+        app = self.app.TATRestorationApp()
+        app.argv = ["app.py", "-i", str(self.d / "in"), "-o", str(self.d / "out"), "-m", str(bundle)]
+        app.compose()
+        (loader, selector, p1), (selector2, restore, p2), (restore2, writer, p3) = app.flows
+        self.assertIs(selector2, selector)
+        self.assertIs(restore2, restore)
+        (condition,) = loader.args[1:]
+        self.assertEqual((loader.args[0], condition.args), (app, (app, 1)))  # the folder is read once
+        self.assertEqual(loader.kwargs, {"input_folder": self.d / "in", "name": "dicom_loader"})
+        self.assertEqual(
+            selector.kwargs, {"rules": self.app.SELECTION_RULES, "all_matched": True, "name": "series_selector"}
+        )  # every restorable series of a study, not only the first
+        self.assertIsInstance(restore, self.app.TATRestoreOperator)
+        self.assertEqual((restore.bundle_root, restore.kwargs), (bundle.resolve(), {"name": "tat_restore"}))
+        self.assertIsInstance(writer, self.app.DerivedSeriesWriterOperator)
+        self.assertEqual((writer.output_folder, writer.kwargs), (self.d / "out", {"name": "derived_writer"}))
+        self.assertIs(writer.restore_operator, restore)
+        # the ports joined are the ones the operators declare (the SDK's: dicom_study_list, study_selected_series_list)
+        restore_spec, writer_spec = _Spec(), _Spec()
+        restore.setup(restore_spec)
+        writer.setup(writer_spec)
+        self.assertEqual(p1, {("dicom_study_list", "dicom_study_list")})
+        self.assertEqual(p2, {("study_selected_series_list", "study_selected_series_list")})
+        self.assertEqual(p3, {("restored", "restored")})
+        self.assertEqual((restore_spec.inputs, restore_spec.outputs), (["study_selected_series_list"], ["restored"]))
+        self.assertEqual(writer_spec.inputs, ["restored"])
+        self.assertEqual(restore_spec.conditions, [("restored", None)])  # ConditionType.NONE (stubbed as None)
+
+    def test_running_the_script_runs_the_app_with_info_logs(self):
+        _App.runs = 0
+        with mock.patch("logging.basicConfig") as basic_config:
+            _deploy_app("__main__", Application=_App)  # `python apps/deploy/app.py ...`
+        basic_config.assert_called_once_with(level=logging.INFO)  # the operators' progress is shown
+        self.assertEqual(_App.runs, 1)
+        _deploy_app("deploy_app_imported", Application=_App)  # imported: nothing runs
+        self.assertEqual(_App.runs, 1)
+
+    def test_operators_pass_conditions_and_names_to_the_sdk(self):
+        bundle = _bundle(self.d)
+        fragment, condition = object(), object()
+        restore = self.app.TATRestoreOperator(fragment, condition, model_path=bundle, name="r")
+        writer = self.app.DerivedSeriesWriterOperator(
+            fragment, condition, output_folder=self.d, restore_operator=restore, name="w"
+        )
+        for op, name in ((restore, "r"), (writer, "w")):
+            self.assertEqual(op.args, (fragment, condition))
+            self.assertEqual(op.kwargs, {"name": name})
+
+    def _restore(self, model_path: Path, folder: Path, env: dict, **kwargs):
+        """A restore operator built and run on one series folder under ``env`` (only); returns it and its items."""
+        with mock.patch.dict(os.environ, env):
+            for var in ("TAT_DEPLOY_OVERRIDE", "TAT_DEPLOY_PET_UNITS", *self.app.OPTION_ENV):
+                if var not in env:
+                    os.environ.pop(var, None)
+            restore = self.app.TATRestoreOperator(None, model_path=model_path, **kwargs)
+            port = _Port()
+            restore.compute(_Port([_study(folder)]), port, None)
+        return restore, port.emitted["restored"]
+
+    def test_rerun_replaces_the_output_series(self):
+        write_ct_dicom_series(self.d / "in" / "s1")
+        env = {"TAT_DEPLOY_OVERRIDE": json.dumps(OVERRIDES)}
+        restore, items = self._restore(_bundle(self.d), self.d / "in" / "s1", env)
+        writer = self.app.DerivedSeriesWriterOperator(None, output_folder=self.d / "out", restore_operator=restore)
+        uids = []
+        for _ in range(2):  # the app run again on the same output folder (the folder exists the second time)
+            writer.compute(_Port(items), None, None)
+            _, written = _series(self.d / "out" / items[0]["uid"])
+            uids.append({ds.SeriesInstanceUID for ds in written})
+        self.assertEqual([p.name for p in (self.d / "out").iterdir()], [items[0]["uid"]])
+        self.assertEqual(len(uids[0] | uids[1]), 2, "the second run's series did not replace the first")
+
+    def test_checkpoint_file_and_no_override_env(self):
+        hu = write_ct_dicom_series(self.d / "in" / "s1")
+        bundle = _bundle(self.d)  # models/model.pt: the identity
+        config = json.loads((bundle / "configs" / "inference.json").read_text())
+        config["network_def"].update(TINY_KW)  # the tiny network in the bundle itself: no TAT_DEPLOY_OVERRIDE
+        (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+        _random_checkpoint(bundle / "other.pt")
+        _, (identity,) = self._restore(bundle, self.d / "in" / "s1", {})
+        np.testing.assert_allclose(identity["values"], np.clip(hu, -1024, 3072), atol=1e-3)
+        _, (other,) = self._restore(bundle / "other.pt", self.d / "in" / "s1", {})
+        self.assertGreater(np.abs(other["values"] - identity["values"]).max(), 1.0, "other.pt was not used")
+
+    def test_bad_operator_option_refused_before_any_series_is_read(self):
+        write_ct_dicom_series(self.d / "in" / "s1")
+        env = {"TAT_DEPLOY_OVERRIDE": json.dumps(OVERRIDES)}
+        with mock.patch("custom.inference.io.load_dicom_series") as load:
+            with self.assertRaisesRegex(ValueError, "kspace_factor must be >= 1"):
+                self._restore(_bundle(self.d), self.d / "in" / "s1", env, options={"kspace_factor": 0.5})
+        load.assert_not_called()
+
+    def test_model_path_forms(self):
+        bundle = _bundle(self.d)
+        ckpt = bundle / "models" / "model.pt"
+        other = bundle / "other.pt"
+        shutil.copy(ckpt, other)
+        for given, expected in ((bundle, ckpt), (bundle / "models", ckpt), (ckpt, ckpt), (other, other)):
+            self.assertEqual(self.app._bundle_paths(given), (bundle.resolve(), expected.resolve()), given)
+        cwd = os.getcwd()
+        try:
+            os.chdir(bundle / "models")
+            self.assertEqual(self.app._bundle_paths(Path(".")), (bundle.resolve(), ckpt.resolve()))
+            self.assertEqual(self.app._bundle_paths(Path("model.pt")), (bundle.resolve(), ckpt.resolve()))
+        finally:
+            os.chdir(cwd)
+        other.unlink()
+        ckpt.unlink()
+        with self.assertRaisesRegex(FileNotFoundError, "need a bundle with configs/inference.json and models/model.pt"):
+            self.app._bundle_paths(bundle)  # configs without a checkpoint
+        save_identity_checkpoint(str(ckpt))
+        (bundle / "configs" / "inference.json").unlink()
+        with self.assertRaisesRegex(FileNotFoundError, f"{bundle.resolve()}: need a bundle"):
+            self.app._bundle_paths(bundle)  # a checkpoint without configs
+
+
 # --- the "Is it real?" options (data consistency, task check, difference) through both apps ---------------------
 
 INFERENCE = json.loads((BUNDLE / "configs" / "inference.json").read_text())
@@ -184,19 +345,23 @@ def _monailabel_lib(name: str = "tat_restore_options") -> types.ModuleType:
     return _load(REPO / "apps" / "monailabel" / "lib" / "tat_restore.py", name, stubs)
 
 
-def _deploy_app(name: str = "deploy_app_options") -> types.ModuleType:
-    """apps/deploy/app.py imported under ``name`` with the MONAI Deploy SDK modules it imports stubbed."""
+def _deploy_app(name: str = "deploy_app_options", **core) -> types.ModuleType:
+    """apps/deploy/app.py imported under ``name`` with the MONAI Deploy SDK modules it imports stubbed (``core``:
+    stand-ins replacing those of ``monai.deploy.core``)."""
     stubs = {
         "monai.deploy": _module("monai.deploy"),
         "monai.deploy.conditions": _module("monai.deploy.conditions", CountCondition=_Base),
         "monai.deploy.core": _module(
             "monai.deploy.core",
-            AppContext=_Base,
-            Application=_Base,
-            ConditionType=types.SimpleNamespace(NONE=None),
-            Fragment=_Base,
-            Operator=_Base,
-            OperatorSpec=_Base,
+            **{
+                "AppContext": _Base,
+                "Application": _Base,
+                "ConditionType": types.SimpleNamespace(NONE=None),
+                "Fragment": _Base,
+                "Operator": _Base,
+                "OperatorSpec": _Base,
+                **core,
+            },
         ),
         "monai.deploy.operators": _module("monai.deploy.operators"),
         "monai.deploy.operators.dicom_data_loader_operator": _module("x", DICOMDataLoaderOperator=_Base),

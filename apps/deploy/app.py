@@ -43,7 +43,8 @@ from monai.deploy.core import AppContext, Application, ConditionType, Fragment, 
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 
-SELECTION_RULES = json.dumps({"selections": [{"name": "restorable", "conditions": {"Modality": "(?i)(CT|PT|MR)"}}]})
+# anchored: the SDK matches a text condition with re.search, so "(CT|PT|MR)" also took RTSTRUCT, OCT, OPT series
+SELECTION_RULES = json.dumps({"selections": [{"name": "restorable", "conditions": {"Modality": "(?i)^(CT|PT|MR)$"}}]})
 # env variable -> inference.json option (custom.inference.restore.Restorer.OPTIONS)
 OPTION_ENV = {
     "TAT_DEPLOY_DATA_CONSISTENCY": "data_consistency",

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -190,6 +191,14 @@ class _Spec:
         return types.SimpleNamespace(condition=lambda c: self.conditions.append((name, c)))
 
 
+def _sdk_selects(rules: str, modality: str) -> bool:
+    """MONAI Deploy App SDK 4.0's DICOMSeriesSelectorOperator test of a text condition: equal ignoring case, else
+    ``re.search`` ignoring case."""
+    (rule,) = json.loads(rules)["selections"]
+    pattern = rule["conditions"]["Modality"]
+    return modality.casefold() == pattern.casefold() or re.search(pattern, modality, re.IGNORECASE) is not None
+
+
 class TestDeployApplication(unittest.TestCase):
     """The Deploy app's pipeline, operator construction and model paths, with the SDK stubbed."""
 
@@ -200,6 +209,12 @@ class TestDeployApplication(unittest.TestCase):
 
     def tearDown(self):
         self.tmp.cleanup()
+
+    def test_series_selection_takes_ct_pet_mr_only(self):
+        for modality in ("CT", "PT", "MR", "ct", "mr"):
+            self.assertTrue(_sdk_selects(self.app.SELECTION_RULES, modality), modality)
+        for modality in ("RTSTRUCT", "OCT", "OPT", "RTDOSE", "SEG", "SR", "OT", "CR", "PR", "MRSPECT"):
+            self.assertFalse(_sdk_selects(self.app.SELECTION_RULES, modality), modality)
 
     def test_compose_wires_the_pipeline(self):
         bundle = _bundle(self.d)

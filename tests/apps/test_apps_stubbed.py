@@ -246,6 +246,14 @@ class TestDeployApplication(unittest.TestCase):
         self.assertEqual(writer_spec.inputs, ["restored"])
         self.assertEqual(restore_spec.conditions, [("restored", None)])  # ConditionType.NONE (stubbed as None)
 
+    def test_name_and_version_are_the_packaged_ones(self):
+        import yaml
+
+        app = self.app.TATRestorationApp
+        manifest = yaml.safe_load((REPO / "apps" / "deploy" / "app.yaml").read_text())
+        self.assertEqual(str(manifest["application"]["version"]), app.version)
+        self.assertIn(f"--tag {app.name}:{app.version}", (REPO / "apps" / "deploy" / "README.md").read_text())
+
     def test_running_the_script_runs_the_app_with_info_logs(self):
         _App.runs = 0
         with mock.patch("logging.basicConfig") as basic_config:

@@ -29,6 +29,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     PositronEmissionTomographyImageStorage,
+    RLELossless,
     generate_uid,
 )
 
@@ -306,7 +307,8 @@ def dicom_dataset(
     if pixels is not None and syntax in GDCM_ENCODED:
         return _gdcm_transcode(ds, syntax)
     if pixels is not None and syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian):
-        ds.compress(syntax)
+        # pydicom's own RLE encoder: GDCM's (preferred by pydicom once installed) aborts the process on some slices
+        ds.compress(syntax, encoding_plugin="pydicom" if syntax == RLELossless else "")
     return ds
 
 

@@ -16,6 +16,6 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 # imports pydicom._storage_sopclass_uids (pydicom 2): start_server fails at import (measured). Pin the pydicom 2 side.
 "$ENV/bin/pip" install -q "pydicom==2.4.4" "dicomweb-client<0.60"
 # the bundle's own packages (the others are already there via monailabel) and the project, without its torch pin
-"$ENV/bin/pip" install -q "pytorch-ignite" "scikit-image" "nibabel" "SimpleITK" "scipy" "pillow" "python-gdcm"
+"$ENV/bin/pip" install -q "pytorch-ignite" "scikit-image" "nibabel" "SimpleITK" "scipy" "pillow"
 "$ENV/bin/pip" install -q --no-deps -e "$REPO"
 "$ENV/bin/python" -c "import monailabel, torch, torchvision, monai; print('monailabel', monailabel.__version__, 'torch', torch.__version__, 'monai', monai.__version__)"

@@ -4,6 +4,8 @@ import gzip
 import os
 import pathlib
 import re
+import subprocess
+import sys
 import tempfile
 import unittest
 from unittest import mock
@@ -317,6 +319,42 @@ class TestCompressedDicom(unittest.TestCase):
             ValueError, rf"(?s)^{re.escape(path)}: unreadable DICOM pixel data .*JPEG Extended"
         ):
             load_image(path)
+
+    def test_corrupt_jpeg2000_headers_are_refused_not_fatal(self):
+        # junk in the first bytes of a JPEG 2000 codestream: GDCM's decoder (pydicom's first choice once python-gdcm is
+        # installed) aborts the process on these (uncaught C++ exception, measured); the reader must name the file.
+        # Read in a child process, so a regression fails this test instead of killing the test run.
+        vol = np.random.default_rng(0).integers(-1024, 3000, (64, 64)).astype(np.int16)
+        ds = dicom_dataset(vol)
+        ds.compress(JPEG2000Lossless)
+        with tempfile.TemporaryDirectory() as d:
+            clean = os.path.join(d, "clean.dcm")
+            ds.save_as(clean, enforce_file_format=True)
+            raw = open(clean, "rb").read()
+            soc = raw.find(b"\xff\x4f\xff\x51")  # start of codestream, SIZ marker
+            self.assertGreater(soc, 0)
+            paths = []
+            for seed in (37, 38, 47, 48):
+                rng = np.random.default_rng(seed)
+                start, n = soc + int(rng.integers(0, 120)), int(rng.integers(4, 200))
+                data = bytearray(raw)
+                data[start : start + n] = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+                paths.append(os.path.join(d, f"junk{seed}.dcm"))
+                with open(paths[-1], "wb") as f:
+                    f.write(bytes(data))
+            code = (
+                "import sys\nfrom custom.data import load_image\n"
+                "for p in sys.argv[1:]:\n"
+                "    try:\n        load_image(p)\n        print('read', p)\n"
+                "    except ValueError as e:\n        print('refused', str(e).splitlines()[0])\n"
+            )
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            run = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, env=env)
+        self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+        lines = run.stdout.splitlines()
+        self.assertEqual([line.split(" ", 1)[0] for line in lines], ["refused"] * 4, run.stdout)
+        for path, line in zip(paths, lines):
+            self.assertIn(f"{path}: unreadable DICOM pixel data", line)
 
     def test_jpeg2000_from_another_encoder(self):
         # pydicom's own JPEG 2000 encoder (OpenJPEG), signed 12 of 16 bits: read back exactly whatever decodes it

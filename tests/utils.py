@@ -314,11 +314,18 @@ def dicom_dataset(
 
 # transfer syntaxes pydicom cannot encode, written by GDCM (python-gdcm, the decoder the package installs for them)
 # (JPEG 2000 too: OpenJPEG through pydicom refuses slices as small as the tests')
-GDCM_ENCODED = ("1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90")
+GDCM_ENCODED = (
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.50",
+)
 
 
 def _gdcm_transcode(ds: Dataset, syntax: str) -> Dataset:
-    """``ds`` re-encoded by GDCM in ``syntax`` (JPEG Lossless SV1 / Process 14, JPEG-LS or JPEG 2000 lossless)."""
+    """``ds`` re-encoded by GDCM in ``syntax`` (JPEG Lossless SV1 / Process 14, JPEG-LS or JPEG 2000 lossless, JPEG
+    baseline)."""
     import gdcm
 
     target = {
@@ -326,6 +333,7 @@ def _gdcm_transcode(ds: Dataset, syntax: str) -> Dataset:
         "1.2.840.10008.1.2.4.57": gdcm.TransferSyntax.JPEGLosslessProcess14,
         "1.2.840.10008.1.2.4.80": gdcm.TransferSyntax.JPEGLSLossless,
         "1.2.840.10008.1.2.4.90": gdcm.TransferSyntax.JPEG2000Lossless,
+        "1.2.840.10008.1.2.4.50": gdcm.TransferSyntax.JPEGBaselineProcess1,  # lossy, 8-bit
     }[syntax]
     with tempfile.TemporaryDirectory() as d:
         src, dst = os.path.join(d, "in.dcm"), os.path.join(d, "out.dcm")

@@ -61,7 +61,7 @@ from custom.settings import MODALITY_ALIASES, canonical_modality
 from monai.data import NibabelReader, PydicomReader
 from monai.transforms import LoadImage
 from pydicom.dataset import FileDataset
-from pydicom.uid import JPEG2000TransferSyntaxes
+from pydicom.uid import JPEG2000TransferSyntaxes, JPEGBaseline8Bit, JPEGExtended12Bit
 
 __all__ = [
     "DICOM_TO_MODALITY",
@@ -350,22 +350,30 @@ def read_dicom_header(path: str | os.PathLike) -> FileDataset:
     return ds
 
 
-# pylibjpeg with its OpenJPEG plugin: JPEG 2000 without GDCM (see _fresh)
-_OPENJPEG = importlib.util.find_spec("pylibjpeg") is not None and importlib.util.find_spec("openjpeg") is not None
+# the decoder pydicom must use for these transfer syntaxes, where installed (see _fresh): never GDCM's, which pydicom
+# would try first and which aborts the process on corrupt JPEG 2000 and JPEG baseline headers (python-gdcm 3.2.6)
+_DECODERS = {
+    **{uid: ("pylibjpeg", ("pylibjpeg", "openjpeg")) for uid in JPEG2000TransferSyntaxes},
+    **{uid: ("pillow", ("PIL",)) for uid in (JPEGBaseline8Bit, JPEGExtended12Bit)},
+}
+_DECODER = {
+    uid: name for uid, (name, modules) in _DECODERS.items() if all(importlib.util.find_spec(m) for m in modules)
+}
 
 
 def _fresh(ds: FileDataset) -> FileDataset:
     """A new dataset sharing the cached header's elements; reading its pixel data leaves the cache untouched.
 
-    JPEG 2000 pixel data is decoded by pylibjpeg-openjpeg where it is installed (a required package): pydicom would
-    try GDCM first, whose JPEG 2000 decoder aborts the whole process on a codestream with a corrupt header (measured
-    with python-gdcm 3.2.6) where pylibjpeg raises an error this reader turns into a ValueError naming the file.
+    JPEG 2000 pixel data is decoded by pylibjpeg-openjpeg and JPEG baseline / extended by Pillow (required packages):
+    pydicom would try GDCM first, whose decoders for these abort the whole process on a corrupt header (measured with
+    python-gdcm 3.2.6), where the others raise an error this reader turns into a ValueError naming the file. GDCM
+    decodes JPEG Lossless and JPEG-LS, which nothing else installed reads.
     """
     out = FileDataset(ds.filename, dict(ds._dict), preamble=ds.preamble, file_meta=ds.file_meta)
     out.set_original_encoding(*ds.original_encoding, character_encoding=ds.original_character_set)
     syntax = getattr(ds.file_meta, "TransferSyntaxUID", None) if ds.file_meta is not None else None
-    if syntax in JPEG2000TransferSyntaxes and _OPENJPEG and hasattr(out, "pixel_array_options"):
-        out.pixel_array_options(decoding_plugin="pylibjpeg")
+    if syntax in _DECODER and hasattr(out, "pixel_array_options"):
+        out.pixel_array_options(decoding_plugin=_DECODER[syntax])
     return out
 
 

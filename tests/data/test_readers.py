@@ -30,6 +30,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
     JPEGLossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
@@ -320,23 +321,35 @@ class TestCompressedDicom(unittest.TestCase):
         ):
             load_image(path)
 
-    def test_corrupt_jpeg2000_headers_are_refused_not_fatal(self):
-        # junk in the first bytes of a JPEG 2000 codestream: GDCM's decoder (pydicom's first choice once python-gdcm is
-        # installed) aborts the process on these (uncaught C++ exception, measured); the reader must name the file.
-        # Read in a child process, so a regression fails this test instead of killing the test run.
-        vol = np.random.default_rng(0).integers(-1024, 3000, (64, 64)).astype(np.int16)
-        ds = dicom_dataset(vol)
-        ds.compress(JPEG2000Lossless)
+    @parameterized.expand(
+        [
+            # JPEG 2000 (pydicom's OpenJPEG encoder): junk after the start-of-codestream and SIZ markers
+            ("jpeg2000", b"\xff\x4f\xff\x51", (37, 38, 47, 48)),
+            # JPEG baseline, 8-bit lossy (GDCM's encoder): junk after the start-of-image marker
+            ("jpeg_baseline", b"\xff\xd8\xff", (7, 13, 15, 18)),
+        ]
+    )
+    def test_corrupt_headers_are_refused_not_fatal(self, kind, marker, seeds):
+        # junk in the first bytes of the compressed data: GDCM's decoders for these (pydicom's first choice once
+        # python-gdcm is installed) abort the process on each of these files (uncaught C++ exception, measured); the
+        # reader must name the file. Read in a child process, so a regression fails this test instead of killing
+        # the test run.
+        if kind == "jpeg2000":
+            ds = dicom_dataset(np.random.default_rng(0).integers(-1024, 3000, (64, 64)).astype(np.int16))
+            ds.compress(JPEG2000Lossless)
+        else:
+            pixels = np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8)
+            ds = dicom_dataset(pixels, syntax=JPEGBaseline8Bit, slope=None, inter=None)
         with tempfile.TemporaryDirectory() as d:
             clean = os.path.join(d, "clean.dcm")
             ds.save_as(clean, enforce_file_format=True)
             raw = open(clean, "rb").read()
-            soc = raw.find(b"\xff\x4f\xff\x51")  # start of codestream, SIZ marker
-            self.assertGreater(soc, 0)
+            head = raw.find(marker)
+            self.assertGreater(head, 0)
             paths = []
-            for seed in (37, 38, 47, 48):
+            for seed in seeds:
                 rng = np.random.default_rng(seed)
-                start, n = soc + int(rng.integers(0, 120)), int(rng.integers(4, 200))
+                start, n = head + int(rng.integers(0, 120)), int(rng.integers(4, 200))
                 data = bytearray(raw)
                 data[start : start + n] = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
                 paths.append(os.path.join(d, f"junk{seed}.dcm"))
@@ -352,7 +365,7 @@ class TestCompressedDicom(unittest.TestCase):
             run = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, env=env)
         self.assertEqual(run.returncode, 0, run.stderr[-2000:])
         lines = run.stdout.splitlines()
-        self.assertEqual([line.split(" ", 1)[0] for line in lines], ["refused"] * 4, run.stdout)
+        self.assertEqual([line.split(" ", 1)[0] for line in lines], ["refused"] * len(seeds), run.stdout)
         for path, line in zip(paths, lines):
             self.assertIn(f"{path}: unreadable DICOM pixel data", line)
 

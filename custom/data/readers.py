@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import gzip
-import importlib.util
 import os
 import threading
 import zlib
@@ -350,14 +349,12 @@ def read_dicom_header(path: str | os.PathLike) -> FileDataset:
     return ds
 
 
-# the decoder pydicom must use for these transfer syntaxes, where installed (see _fresh): never GDCM's, which pydicom
-# would try first and which aborts the process on corrupt JPEG 2000 and JPEG baseline headers (python-gdcm 3.2.6)
-_DECODERS = {
-    **{uid: ("pylibjpeg", ("pylibjpeg", "openjpeg")) for uid in JPEG2000TransferSyntaxes},
-    **{uid: ("pillow", ("PIL",)) for uid in (JPEGBaseline8Bit, JPEGExtended12Bit)},
-}
+# the decoder pydicom must use for these transfer syntaxes (see _fresh): never GDCM's, which pydicom would try first
+# and which aborts the process on corrupt JPEG 2000 and JPEG baseline headers (python-gdcm 3.2.6). Always pinned: where
+# the plugin is missing, pydicom says so and the reader refuses the file by name (no fall back to GDCM)
 _DECODER = {
-    uid: name for uid, (name, modules) in _DECODERS.items() if all(importlib.util.find_spec(m) for m in modules)
+    **dict.fromkeys(JPEG2000TransferSyntaxes, "pylibjpeg"),
+    **dict.fromkeys((JPEGBaseline8Bit, JPEGExtended12Bit), "pillow"),
 }
 
 
@@ -372,7 +369,7 @@ def _fresh(ds: FileDataset) -> FileDataset:
     out = FileDataset(ds.filename, dict(ds._dict), preamble=ds.preamble, file_meta=ds.file_meta)
     out.set_original_encoding(*ds.original_encoding, character_encoding=ds.original_character_set)
     syntax = getattr(ds.file_meta, "TransferSyntaxUID", None) if ds.file_meta is not None else None
-    if syntax in _DECODER and hasattr(out, "pixel_array_options"):
+    if syntax in _DECODER and hasattr(out, "pixel_array_options"):  # pydicom >= 3 (MONAI Label's 2.4 env has no GDCM)
         out.pixel_array_options(decoding_plugin=_DECODER[syntax])
     return out
 

@@ -7,7 +7,15 @@ See :mod:`custom.data.datalist` for the data set layout and the ``python -m cust
 
 from __future__ import annotations
 
-from custom.data.datalist import PATH_KEYS, SPLITS, build_datalist, item_name, load_datalist, validate_datalist
+from custom.data.datalist import (
+    PATH_KEYS,
+    SPLITS,
+    build_datalist,
+    item_name,
+    key_name,
+    load_datalist,
+    validate_datalist,
+)
 from custom.data.readers import DicomReader, is_dicom, load_image
 from custom.data.sampler import TaskUniformBatchSampler, task_labels
 from custom.data.slicing import LoadSliced, expand_slices, load_slice, num_slices
@@ -17,6 +25,7 @@ __all__ = [
     "PATH_KEYS",
     "build_datalist",
     "item_name",
+    "key_name",
     "load_datalist",
     "validate_datalist",
     "DicomReader",

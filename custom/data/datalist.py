@@ -48,38 +48,47 @@ from custom.io import write_json_atomic
 from custom.settings import MODALITIES, canonical_modality
 from monai.data import load_decathlon_datalist
 
-__all__ = ["SPLITS", "PATH_KEYS", "build_datalist", "item_name", "load_datalist", "validate_datalist"]
+__all__ = ["SPLITS", "PATH_KEYS", "build_datalist", "item_name", "key_name", "load_datalist", "validate_datalist"]
 
 SPLITS = ("training", "validation", "test")
 PATH_KEYS = ("image", "label")
 _SUFFIXES = (".nii.gz", ".nii", ".dcm")
 
 
-def item_name(item: Mapping[Any, Any], keys: Sequence[str] = ("image",)) -> str:
-    """The file an item comes from, for messages and logs (never the text of an image's values).
+def _file_of(value: Any) -> str | None:
+    """The file an item's value names: a path (str or path-like), a list of paths (a DICOM series: its folder, as
+    :func:`custom.data.load_image` names it) or a loaded image whose metadata names its file (``filename_or_obj``);
+    None for anything else (never the text of an image's values)."""
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (str, os.PathLike)):
+        first = os.fspath(value[0])
+        value = os.path.dirname(first) or first
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    meta = getattr(value, "meta", None)
+    name = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+    return os.fspath(name) if isinstance(name, (str, os.PathLike)) and os.fspath(name) else None
+
+
+def item_name(item: Mapping[Any, Any], keys: Sequence[Any] = ("image",)) -> str:
+    """The file an item comes from, for messages and logs.
 
     Args:
         item: a data-list or inference item, before or after loading.
         keys: keys to look at, in order, when the item has no ``"source"``.
 
     Returns:
-        ``item["source"]``; else the first of ``keys`` holding a path (str or path-like), a list of paths (a DICOM
-        series: its folder, as :func:`custom.data.load_image` names it) or a loaded image whose metadata names its
-        file (``filename_or_obj``); else ``"?"``.
+        ``item["source"]``; else the file named by the first of ``keys`` that names one (a path, a series' folder,
+        a loaded image's ``filename_or_obj``); else ``"?"``.
     """
     if item.get("source") is not None:
         return str(item["source"])
-    for key in keys:
-        value = item.get(key)
-        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (str, os.PathLike)):
-            first = os.fspath(value[0])
-            value = os.path.dirname(first) or first
-        if isinstance(value, (str, os.PathLike)):
-            return os.fspath(value)
-        name = getattr(value, "meta", {}).get("filename_or_obj") if hasattr(value, "meta") else None
-        if isinstance(name, (str, os.PathLike)) and os.fspath(name):
-            return os.fspath(name)
-    return "?"
+    return next((name for name in map(_file_of, (item.get(k) for k in keys)) if name), "?")
+
+
+def key_name(item: Mapping[Any, Any], key: Any) -> str:
+    """The file ``item[key]`` comes from (as :func:`item_name`, that key only, no ``"source"``: the image and the
+    label of one item are different files), else ``item key '<key>'``; for messages."""
+    return _file_of(item.get(key)) or f"item key '{key}'"
 
 
 def _case_name(name: str) -> str | None:

@@ -368,7 +368,7 @@ def _fresh(ds: FileDataset) -> FileDataset:
     """
     out = FileDataset(ds.filename, dict(ds._dict), preamble=ds.preamble, file_meta=ds.file_meta)
     out.set_original_encoding(*ds.original_encoding, character_encoding=ds.original_character_set)
-    syntax = getattr(ds.file_meta, "TransferSyntaxUID", None) if ds.file_meta is not None else None
+    syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
     if syntax in _DECODER and hasattr(out, "pixel_array_options"):  # pydicom >= 3 (MONAI Label's 2.4 env has no GDCM)
         out.pixel_array_options(decoding_plugin=_DECODER[syntax])
     return out

@@ -10,23 +10,13 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
+from custom.data.datalist import key_name
 from custom.settings import get_modality_setting
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, ScaleIntensityRange
 from monai.utils.type_conversion import convert_to_tensor
 
-__all__ = ["ModalityNormalized", "ModalityDenormalized", "item_name"]
-
-
-def item_name(data: Mapping[Hashable, Any], key: Hashable) -> str:
-    """Best description of where ``data[key]`` came from, for error messages (file name or key)."""
-    value = data.get(key)
-    meta = getattr(value, "meta", None)
-    if isinstance(meta, Mapping) and meta.get("filename_or_obj"):
-        return str(meta["filename_or_obj"])
-    if isinstance(value, str):
-        return value
-    return f"item key '{key}'"
+__all__ = ["ModalityNormalized", "ModalityDenormalized"]
 
 
 class _ModalityTransform(MapTransform):
@@ -47,7 +37,7 @@ class _ModalityTransform(MapTransform):
 
     def _where(self, d: Mapping[Hashable, Any]) -> str:
         first = next(iter(self.key_iterator(dict(d))), None)
-        return item_name(d, first) if first is not None else "item"
+        return key_name(d, first) if first is not None else "item"
 
     def _modalities(self, d: Mapping[Hashable, Any]) -> list[Any]:
         """The item's modality, or one per sample for a collated batch (list/tuple of names)."""
@@ -72,14 +62,14 @@ class _ModalityTransform(MapTransform):
         for key in self.key_iterator(d):
             img = convert_to_tensor(d[key], track_meta=True)
             if not bool(torch.isfinite(img).all()):
-                raise ValueError(f"{item_name(d, key)}: non-finite values (NaN or inf) in '{key}'.")
+                raise ValueError(f"{key_name(d, key)}: non-finite values (NaN or inf) in '{key}'.")
             if len(set(ranges)) == 1:
                 a_min, a_max, b_min, b_max = ranges[0]
                 scaler = ScaleIntensityRange(a_min, a_max, b_min, b_max, clip=self._clip(), dtype=torch.float32)
                 d[key] = scaler(img)  # a new tensor: the caller's array is not modified
                 continue
             if img.shape[0] != len(ranges):
-                raise ValueError(f"{item_name(d, key)}: {len(ranges)} modalities for a batch of {img.shape[0]}.")
+                raise ValueError(f"{key_name(d, key)}: {len(ranges)} modalities for a batch of {img.shape[0]}.")
             # mixed-modality batch (B, C, ...): one range per sample, broadcast over the other axes
             r = torch.as_tensor(ranges, dtype=torch.float32, device=img.device).reshape(
                 len(ranges), 4, *[1] * (img.ndim - 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from custom.transforms.intensity import item_name
+from custom.data.datalist import key_name
 from monai.config import KeysCollection
 from monai.transforms import RandSpatialCropd, SpatialPad
 
@@ -47,7 +47,7 @@ class PairedRandCropd(RandSpatialCropd):
         keys = list(self.key_iterator(d))
         shapes = {k: tuple(d[k].shape[1:]) for k in keys}
         if len(set(shapes.values())) > 1:
-            names = ", ".join(f"{item_name(d, k)} {shapes[k]}" for k in keys)
+            names = ", ".join(f"{key_name(d, k)} {shapes[k]}" for k in keys)
             raise ValueError(f"shape mismatch between paired images: {names}.")
         if self.pad is not None:
             for k in keys:

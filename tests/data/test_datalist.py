@@ -9,7 +9,7 @@ import tempfile
 import unittest
 
 import numpy as np
-from custom.data import build_datalist, item_name, load_datalist, validate_datalist
+from custom.data import build_datalist, item_name, key_name, load_datalist, validate_datalist
 from custom.settings import load_modality_settings
 from custom.tools.datalist import main
 
@@ -189,6 +189,23 @@ class TestItemName(unittest.TestCase):
         self.assertEqual(item_name(item, ("input_path", "image")), "/d/in.nii")
         self.assertEqual(item_name(item, ("missing", "image")), "/d/loaded.nii.gz")
         self.assertEqual(item_name(item), "/d/loaded.nii.gz")  # default: "image"
+
+    def test_the_file_of_one_key(self):
+        import torch
+        from monai.data import MetaTensor
+
+        item = {
+            "source": "/d/scan",  # the item's source is not the file of each key
+            "image": MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": "/d/low.nii.gz"}),
+            "label": "/d/high.nii.gz",
+            "series": ["/d/s/1.dcm", "/d/s/2.dcm"],
+            "values": torch.zeros(1, 2, 2),
+        }
+        self.assertEqual(key_name(item, "image"), "/d/low.nii.gz")
+        self.assertEqual(key_name(item, "label"), "/d/high.nii.gz")
+        self.assertEqual(key_name(item, "series"), "/d/s")
+        self.assertEqual(key_name(item, "values"), "item key 'values'")
+        self.assertEqual(key_name(item, "missing"), "item key 'missing'")
 
 
 class TestBuildChoosesFiles(unittest.TestCase):

@@ -32,6 +32,21 @@ class TestDeployRequirements(unittest.TestCase):
         in_map = _names((ROOT / "apps" / "deploy" / "requirements.txt").read_text().splitlines())
         self.assertEqual(sorted(runtime - in_map), [], "add these to apps/deploy/requirements.txt")
 
+    def test_pydicom_3_where_gdcm_is_installed(self):
+        # the reader keeps GDCM off JPEG 2000 / baseline with pydicom 3's per-dataset decoder choice; pydicom 2 would
+        # try GDCM first (it aborts the process on corrupt headers)
+        cfg = configparser.ConfigParser()
+        cfg.read(ROOT / "setup.cfg")
+        for where, lines in (
+            ("setup.cfg", cfg["options"]["install_requires"].splitlines()),
+            ("apps/deploy/requirements.txt", (ROOT / "apps" / "deploy" / "requirements.txt").read_text().splitlines()),
+        ):
+            pins = [re.sub(r"\s+", "", line.split("#", 1)[0]) for line in lines]
+            self.assertIn("python-gdcm", _names(lines), where)
+            floor = [p for p in pins if p.lower().startswith("pydicom>=")]
+            self.assertEqual(len(floor), 1, where)
+            self.assertGreaterEqual(int(floor[0].split(">=")[1].split(".")[0]), 3, where)
+
 
 if __name__ == "__main__":
     unittest.main()

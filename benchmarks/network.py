@@ -54,7 +54,8 @@ def matmul_gflops(device: torch.device, n: int = 2048) -> float:
 
 def no_graph_flop_formulas() -> dict[Any, Any]:
     """FLOP formulas for the ops of the no-graph path that ``FlopCounterMode`` does not know: the in-place GEMMs
-    (``addmm_``, ``baddbmm_``) and oneDNN's convolution with a fused GELU (``mkldnn._convolution_pointwise``)."""
+    (``addmm_``, ``baddbmm_``), oneDNN's convolution with a fused GELU (``mkldnn._convolution_pointwise``) and its
+    matrix product (``mkldnn._linear_pointwise``, taken on CPUs not made by Intel)."""
     from torch.utils.flop_counter import conv_flop_count
 
     def gemm(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
@@ -64,8 +65,14 @@ def no_graph_flop_formulas() -> dict[Any, Any]:
         return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
 
     formulas: dict[Any, Any] = {torch.ops.aten.addmm_: gemm, torch.ops.aten.baddbmm_: gemm}
+
+    def onednn_linear(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * math.prod(x_shape) * w_shape[0]
+
     if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
         formulas[torch.ops.mkldnn._convolution_pointwise] = fused_conv
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        formulas[torch.ops.mkldnn._linear_pointwise] = onednn_linear
     return formulas
 
 

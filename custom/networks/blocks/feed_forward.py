@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from custom.networks.blocks.dynamic_conv import DepthwiseConv, _zero_padded, no_graph_on_cpu
-from custom.networks.blocks.pointwise import pointwise_conv
+from custom.networks.blocks.pointwise import pointwise_conv, uses_onednn
 from monai.networks.layers.factories import Conv
 
 __all__ = ["GatedFeedForward", "ffn_hidden_channels", "map_itemsize"]
@@ -198,6 +198,8 @@ def _add_pointwise(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> 
     # one GEMM accumulating into acc; under autocast x comes in the autocast dtype: its product (autocast) is added
     # into acc, which keeps its dtype
     same = flat_x.dtype == flat_acc.dtype == weight.dtype
+    if same and uses_onednn(flat_x, weight, None):  # oneDNN's product, then added: faster than MKL's addmm_
+        return acc.add_(pointwise_conv(x, weight))
     if same and flat_acc.is_contiguous() and flat_x.is_contiguous():
         flat_acc.view(-1, flat_acc.shape[-1]).addmm_(flat_x.reshape(-1, flat_x.shape[-1]), weight.t())
         return acc

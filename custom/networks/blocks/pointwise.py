@@ -1,21 +1,105 @@
-"""1x1 convolutions as one matrix product over the channel-last view of a feature map."""
+"""1x1 convolutions as one matrix product over the channel-last view of a feature map, and that product."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from custom.networks.blocks.dynamic_conv import no_graph_on_cpu
 
-__all__ = ["pointwise_conv"]
+__all__ = ["PREFER_ONEDNN", "cpu_vendor", "linear", "pointwise_conv", "prefers_onednn", "uses_onednn"]
+
+
+def _onednn_linear() -> Callable[..., torch.Tensor] | None:
+    """oneDNN's matrix product ``x W^T + b`` (``torch.ops.mkldnn._linear_pointwise``), or ``None`` without it.
+
+    The op is what PyTorch's own compiler (inductor) calls for a linear layer on the CPU; it is not part of the
+    stable API, so its presence is checked here and ``F.linear`` is the fallback.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...) from ``/proc/cpuinfo``; ``""`` where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+_LINEAR = _onednn_linear()
+
+
+def prefers_onednn(vendor: str | None = None) -> bool:
+    """Whether the no-graph float32 products should go to oneDNN rather than ``F.linear`` (MKL's GEMM): where MKL
+    is torch's BLAS and the CPU is known not to be Intel's, MKL runs its generic code (on an AMD EPYC, Zen 5: about
+    100 GFLOP/s per core at the network's shapes where oneDNN reaches 240; the whole network about 1.5x faster with
+    oneDNN). On Intel CPUs MKL's GEMM ran near the core's peak, and an unknown vendor keeps ``F.linear``.
+
+    Args:
+        vendor: the CPU's vendor id (default: :func:`cpu_vendor`).
+    """
+    vendor = cpu_vendor() if vendor is None else vendor
+    return _LINEAR is not None and torch.backends.mkl.is_available() and vendor not in ("GenuineIntel", "")
+
+
+PREFER_ONEDNN = prefers_onednn()
+""":func:`prefers_onednn` for this machine (a module constant: tests patch it to run either path)."""
+
+
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``F.linear(x, weight, bias)`` runs as oneDNN's product: :data:`PREFER_ONEDNN`, oneDNN enabled, no
+    graph on the CPU (not while tracing, scripting, compiling or exporting: those graphs hold the plain op), float32
+    operands and autocast off."""
+    if not PREFER_ONEDNN or _LINEAR is None or not torch.backends.mkldnn.enabled or not no_graph_on_cpu(x):
+        return False
+    if torch.is_autocast_enabled("cpu") or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        return False
+    return x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, as oneDNN's product where :func:`uses_onednn` (see :data:`PREFER_ONEDNN`).
+
+    The values equal ``F.linear``'s up to float rounding (bit-equal at most shapes).
+
+    Args:
+        x: ``(*, C_in)``.
+        weight: ``(C_out, C_in)``.
+        bias: ``(C_out,)`` or ``None``.
+
+    Returns:
+        ``(*, C_out)``.
+    """
+    if uses_onednn(x, weight, bias):
+        # dense operands: on other strides oneDNN may take a reference kernel (a column block of a weight matrix took
+        # 550 ms instead of 0.5 ms); the copies are cheap next to the product
+        try:
+            return _LINEAR(x.contiguous(), weight.contiguous(), bias, "none", [], "")  # type: ignore[misc]
+        except RuntimeError as e:
+            warnings.warn(f"oneDNN's matrix product failed ({e}); using F.linear.", stacklevel=2)
+    return F.linear(x, weight, bias)
 
 
 def pointwise_conv(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, part: slice | None = None
 ) -> torch.Tensor:
-    """A 1x1 convolution computed as ``F.linear`` on ``x.movedim(1, -1)``.
+    """A 1x1 convolution computed as :func:`linear` on ``x.movedim(1, -1)``.
 
     For a channels-last ``x`` the moved view is contiguous, so this is one GEMM with no layout copy and the
     result is channels-last again; on CPU it is faster than ``F.conv2d``'s 1x1 paths (oneDNN with several
-    threads, im2col with one). Any other layout gives the same values (``F.linear`` copies as needed).
+    threads, im2col with one). Any other layout gives the same values (copied as needed).
 
     Args:
         x: ``(B, C_in, *spatial)``.
@@ -33,6 +117,6 @@ def pointwise_conv(
     moved = x.movedim(1, -1)
     if moved.dim() > 2 and moved.is_contiguous():
         # one 2D GEMM: F.linear on a 4D+ input goes through a batched matmul (about half the speed on CPU)
-        out = F.linear(moved.reshape(-1, moved.shape[-1]), w, bias)
+        out = linear(moved.reshape(-1, moved.shape[-1]), w, bias)
         return out.reshape(*moved.shape[:-1], w.shape[0]).movedim(-1, 1)
-    return F.linear(moved, w, bias).movedim(-1, 1)
+    return linear(moved, w, bias).movedim(-1, 1)

@@ -18,21 +18,12 @@ from custom.networks.blocks import (
     ffn_hidden_channels,
 )
 from custom.networks.blocks.attention import check_window_mode
+from custom.networks.blocks.cpu_paths import graph_capture
 from custom.networks.blocks.pointwise import pointwise_conv
 from monai.networks.layers.factories import Conv
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["TAT"]
-
-
-def _is_exporting() -> bool:
-    """True while tracing, scripting, compiling or exporting, where data-dependent checks must not run."""
-    return bool(
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    )
 
 
 def _counts(name: str, values: Sequence[object], least: int) -> tuple[int, ...]:
@@ -255,7 +246,7 @@ class TAT(nn.Module):
         Raises:
             ValueError: see :meth:`check_input`.
         """
-        if not _is_exporting():
+        if not graph_capture():
             self.check_input(x)
         if self.transpose_hw:
             return self._restore(x.transpose(-1, -2)).transpose(-1, -2).contiguous()
@@ -322,7 +313,7 @@ class TAT(nn.Module):
             ``(B, dim, H, W)``.
         """
         device = maps[0].device.type
-        plain = torch.is_grad_enabled() or _is_exporting() or device != "cpu" or torch.is_autocast_enabled(device)
+        plain = torch.is_grad_enabled() or graph_capture() or device != "cpu" or torch.is_autocast_enabled(device)
         if plain or any(m.requires_grad for m in maps):
             return self.reduce_final(torch.cat(list(maps), 1))
         first, last = self.reduce_final[0], self.reduce_final[2]

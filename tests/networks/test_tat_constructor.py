@@ -270,13 +270,14 @@ class TestRestore(unittest.TestCase):
             ("is_scripting", torch.jit),
             ("is_tracing", torch.jit),
             ("is_compiling", torch.compiler),
+            ("is_exporting", torch.compiler),
             ("is_in_onnx_export", torch.onnx),
         ]
     )
     def test_any_export_predicate_means_exporting(self, name, namespace):
-        self.assertFalse(tat_module._is_exporting())
+        self.assertFalse(tat_module.graph_capture())
         with mock.patch.object(namespace, name, return_value=True):
-            self.assertTrue(tat_module._is_exporting())
+            self.assertTrue(tat_module.graph_capture())
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from custom.networks.blocks.cpu_paths import onednn_float32
 
-__all__ = ["DepthwiseConv", "no_graph_on_cpu"]
+__all__ = ["DepthwiseConv"]
 
 _CONV = (F.conv1d, F.conv2d, F.conv3d)
 
@@ -57,25 +58,11 @@ def _fused_pointwise_conv() -> Callable[..., torch.Tensor] | None:
 _FUSED = _fused_pointwise_conv()
 
 
-def no_graph_on_cpu(x: torch.Tensor) -> bool:
-    """Whether a forward of ``x`` may take the no-graph CPU paths (row strips, the fused conv + GELU): no
-    gradients to keep, on the CPU, and not while tracing, scripting or compiling (those graphs hold the plain ops)."""
-    if x.requires_grad or torch.is_grad_enabled() or x.device.type != "cpu":
-        return False
-    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
-
-
 def _gelu_fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``gelu(conv(x))`` may run as oneDNN's convolution with a GELU post-op: no graph, float32 2D maps on
-    the CPU in a dense layout, oneDNN enabled, and not while tracing, scripting, compiling or exporting (the traced or
-    exported graph must hold the plain ops)."""
-    if _FUSED is None or not torch.backends.mkldnn.enabled:
-        return False
-    if not no_graph_on_cpu(x) or x.dim() != 4:
-        return False
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
-        return False
-    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+    """Whether ``gelu(conv(x))`` may run as oneDNN's convolution with a GELU post-op: the op present, float32 2D maps
+    and kernels in a dense layout under :func:`~custom.networks.blocks.cpu_paths.onednn_float32` (no graph on the
+    CPU, not while a graph is captured: it must hold the plain ops)."""
+    if _FUSED is None or x.dim() != 4 or not onednn_float32(x, weight):
         return False
     return x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from custom.networks.blocks.dynamic_conv import DepthwiseConv, _zero_padded, no_graph_on_cpu
+from custom.networks.blocks.cpu_paths import no_graph_on_cpu
+from custom.networks.blocks.dynamic_conv import DepthwiseConv, _zero_padded
 from custom.networks.blocks.pointwise import pointwise_conv, uses_onednn
 from monai.networks.layers.factories import Conv
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from custom.networks.blocks.dynamic_conv import no_graph_on_cpu
+from custom.networks.blocks.cpu_paths import onednn_float32
 
 __all__ = ["PREFER_ONEDNN", "cpu_vendor", "linear", "pointwise_conv", "prefers_onednn", "uses_onednn"]
 
@@ -49,24 +49,33 @@ def prefers_onednn(vendor: str | None = None) -> bool:
 
     Args:
         vendor: the CPU's vendor id (default: :func:`cpu_vendor`).
+
+    Returns:
+        True where oneDNN's product should be used.
     """
     vendor = cpu_vendor() if vendor is None else vendor
     return _LINEAR is not None and torch.backends.mkl.is_available() and vendor not in ("GenuineIntel", "")
 
 
 PREFER_ONEDNN = prefers_onednn()
-""":func:`prefers_onednn` for this machine (a module constant: tests patch it to run either path)."""
+""":func:`prefers_onednn` for this machine. Set ``custom.networks.blocks.pointwise.PREFER_ONEDNN`` (the module's
+attribute: an imported copy of the name changes nothing) to force either choice, as the tests do."""
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether ``F.linear(x, weight, bias)`` runs as oneDNN's product: :data:`PREFER_ONEDNN`, oneDNN enabled, no
-    graph on the CPU (not while tracing, scripting, compiling or exporting: those graphs hold the plain op), float32
-    operands and autocast off."""
-    if not PREFER_ONEDNN or _LINEAR is None or not torch.backends.mkldnn.enabled or not no_graph_on_cpu(x):
-        return False
-    if torch.is_autocast_enabled("cpu") or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
-        return False
-    return x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+    """Whether products of these operands go to oneDNN (:func:`linear` also needs a bias of shape ``(C_out,)``).
+
+    Args:
+        x: the map or matrix multiplied.
+        weight: the matrix or matrices it is multiplied with.
+        bias: the bias, or ``None``.
+
+    Returns:
+        True for :data:`PREFER_ONEDNN`, the op present and float32 operands under
+        :func:`~custom.networks.blocks.cpu_paths.onednn_float32` (no graph on the CPU, not while a graph is captured:
+        it must hold the plain op).
+    """
+    return PREFER_ONEDNN and _LINEAR is not None and onednn_float32(x, weight, bias)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,11 +91,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Returns:
         ``(*, C_out)``.
     """
-    if uses_onednn(x, weight, bias):
+    # a bias other than (C_out,) (which F.linear broadcasts, oneDNN does not) keeps F.linear
+    if uses_onednn(x, weight, bias) and (bias is None or bias.shape == weight.shape[:1]):
         # dense operands: on other strides oneDNN may take a reference kernel (a column block of a weight matrix took
         # 550 ms instead of 0.5 ms); the copies are cheap next to the product
         try:
-            return _LINEAR(x.contiguous(), weight.contiguous(), bias, "none", [], "")  # type: ignore[misc]
+            b = None if bias is None else bias.contiguous()  # oneDNN reads the bias as packed values
+            return _LINEAR(x.contiguous(), weight.contiguous(), b, "none", [], "")  # type: ignore[misc]
         except RuntimeError as e:
             warnings.warn(f"oneDNN's matrix product failed ({e}); using F.linear.", stacklevel=2)
     return F.linear(x, weight, bias)

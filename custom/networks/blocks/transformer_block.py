@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from custom.networks.blocks import feed_forward
 from custom.networks.blocks.attention import ChannelAttention
-from custom.networks.blocks.dynamic_conv import no_graph_on_cpu
+from custom.networks.blocks.cpu_paths import no_graph_on_cpu
 from custom.networks.blocks.feed_forward import GatedFeedForward
 from custom.networks.blocks.layer_norm import ChannelLayerNorm
 from custom.networks.blocks.task_kernels import TaskKernels

@@ -350,20 +350,6 @@ class TestFusedOp(unittest.TestCase):
         self.assertTrue(first <= w[0].lineno < first + len(lines), w[0].lineno)
 
 
-class TestNoGraphOnCpu(unittest.TestCase):
-    @parameterized.expand([("is_scripting", torch.jit), ("is_tracing", torch.jit), ("is_compiling", torch.compiler)])
-    def test_tracing_scripting_or_compiling_keeps_the_plain_ops(self, name, namespace):
-        """The no-graph CPU paths need no gradients, the CPU, and no tracing, scripting or compiling (any one)."""
-        x = torch.randn(1, 4, 5, 5)
-        with torch.no_grad():
-            self.assertTrue(dynamic_conv.no_graph_on_cpu(x))
-            with mock.patch.object(namespace, name, return_value=True):
-                self.assertFalse(dynamic_conv.no_graph_on_cpu(x))
-            self.assertFalse(dynamic_conv.no_graph_on_cpu(x.to("meta")))  # another device
-            self.assertFalse(dynamic_conv.no_graph_on_cpu(x.clone().requires_grad_()))  # an input needing gradients
-        self.assertFalse(dynamic_conv.no_graph_on_cpu(x))  # a graph
-
-
 class TestMultiplied(unittest.TestCase):
     def test_in_place_only_without_a_graph_and_in_the_same_dtype(self):
         """``out * multiply`` goes into ``out`` without a graph; a graph or another dtype (the product promotes, as

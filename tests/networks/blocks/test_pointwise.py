@@ -65,14 +65,27 @@ class TestLinear(unittest.TestCase):
             (torch.randn(5, 30).t(), torch.randn(5, 7).t(), torch.randn(7)),  # transposed operands
             (torch.randn(2, 3, 4, 5), torch.randn(7, 5), None),  # leading dims
             (torch.randn(0, 5), torch.randn(7, 5), None),
+            (torch.randn(30, 5), torch.randn(7, 5), torch.randn(14)[::2]),  # a strided bias
+            (torch.randn(30, 5), torch.randn(7, 5), torch.randn(1).expand(7)),  # an expanded one
         ]
         for x, w, b in cases:
             patches = _onednn()
             with torch.no_grad(), patches[0], patches[1] as spy:
                 got = linear(x, w, b)
             spy.assert_called_once()
+            operands = spy.call_args.args[:3]  # dense: other strides may take oneDNN's reference kernel
+            self.assertTrue(all(t is None or t.is_contiguous() for t in operands))
             torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-6, atol=1e-6)
             self.assertEqual(got.shape, (*x.shape[:-1], 7))
+
+    def test_broadcast_bias_keeps_f_linear(self):
+        x, w = torch.randn(30, 5), torch.randn(7, 5)
+        for b in (torch.tensor(2.0), torch.randn(1)):  # F.linear broadcasts these, oneDNN would not
+            patches = _onednn()
+            with torch.no_grad(), patches[0], patches[1] as spy:
+                got = linear(x, w, b)
+            spy.assert_not_called()
+            torch.testing.assert_close(got, F.linear(x, w, b), rtol=0, atol=0)
 
     def test_plain_linear_where_onednn_does_not_apply(self):
         torch.manual_seed(1)
@@ -97,9 +110,16 @@ class TestLinear(unittest.TestCase):
         patches = _onednn()
         with patches[0], patches[1] as spy:
             linear(xg, w).sum().backward()  # gradients need the plain op
-            traced = torch.jit.trace(lambda a: linear(a, w), (x,), check_trace=False)
         spy.assert_not_called()
-        self.assertIn("linear", str(traced.graph))
+        patches = _onednn()
+        with torch.no_grad(), patches[0], patches[1] as spy:
+            traced = torch.jit.trace(lambda a: linear(a, w), (x,), check_trace=False)
+            for name, namespace in (("is_exporting", torch.compiler), ("is_in_onnx_export", torch.onnx)):
+                with mock.patch.object(namespace, name, return_value=True):
+                    linear(x, w)
+        spy.assert_not_called()
+        self.assertIn("aten::linear", str(traced.graph))
+        self.assertNotIn("mkldnn", str(traced.graph))
 
     def test_failing_op_warns_and_falls_back(self):
         x, w = torch.randn(6, 5), torch.randn(4, 5)

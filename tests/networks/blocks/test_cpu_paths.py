@@ -1,0 +1,62 @@
+"""The conditions of the no-graph CPU paths: no gradients, the CPU, no graph being captured; oneDNN's float32 ops
+also need oneDNN enabled, autocast off and float32 operands."""
+
+from __future__ import annotations
+
+import unittest
+from unittest import mock
+
+import torch
+from custom.networks.blocks.cpu_paths import graph_capture, no_graph_on_cpu, onednn_float32
+from parameterized import parameterized
+
+PREDICATES = [
+    ("is_scripting", torch.jit),
+    ("is_tracing", torch.jit),
+    ("is_compiling", torch.compiler),
+    ("is_exporting", torch.compiler),
+    ("is_in_onnx_export", torch.onnx),
+]
+
+
+class TestGraphCapture(unittest.TestCase):
+    @parameterized.expand(PREDICATES)
+    def test_any_capture_keeps_the_plain_ops(self, name, namespace):
+        x = torch.randn(1, 4, 5, 5)
+        with torch.no_grad():
+            self.assertFalse(graph_capture())
+            self.assertTrue(no_graph_on_cpu(x))
+            self.assertTrue(onednn_float32(x, None))
+            with mock.patch.object(namespace, name, return_value=True):
+                self.assertTrue(graph_capture())
+                self.assertFalse(no_graph_on_cpu(x))
+                self.assertFalse(onednn_float32(x, None))
+
+
+class TestNoGraphOnCpu(unittest.TestCase):
+    def test_gradients_and_device(self):
+        x = torch.randn(1, 4, 5, 5)
+        with torch.no_grad():
+            self.assertTrue(no_graph_on_cpu(x))
+            self.assertFalse(no_graph_on_cpu(x.to("meta")))  # another device
+            self.assertFalse(no_graph_on_cpu(x.clone().requires_grad_()))  # an input needing gradients
+        self.assertFalse(no_graph_on_cpu(x))  # grad mode: a graph
+
+
+class TestOneDNNFloat32(unittest.TestCase):
+    def test_float32_operands_without_autocast_with_onednn_enabled(self):
+        x, w, b = torch.randn(3, 4), torch.randn(2, 4), torch.randn(2)
+        with torch.no_grad():
+            self.assertTrue(onednn_float32(x, w, b))
+            self.assertTrue(onednn_float32(x, w, None))  # None operands skipped
+            for args in ((x.double(), w, b), (x, w.bfloat16(), b), (x, w, b.half())):
+                self.assertFalse(onednn_float32(*args), [t.dtype for t in args])
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                self.assertFalse(onednn_float32(x, w, b))
+            with torch.backends.mkldnn.flags(enabled=False):
+                self.assertFalse(onednn_float32(x, w, b))
+        self.assertFalse(onednn_float32(x, w, b))  # a graph
+
+
+if __name__ == "__main__":
+    unittest.main()

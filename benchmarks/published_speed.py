@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from custom.networks import TAT, convert_reference_state_dict
+from custom.networks.blocks.cpu_paths import cpu_field
 
 __all__ = ["fill", "load_reference", "build_pair", "compare", "main"]
 
@@ -173,14 +174,7 @@ def _summary(seconds: list[float]) -> dict[str, Any]:
 
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_field("model name") or platform.processor() or platform.machine()
 
 
 def _image(size: int) -> torch.Tensor:

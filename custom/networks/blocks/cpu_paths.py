@@ -3,9 +3,39 @@ matrix product): one home for the conditions, which every block checks the same 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-__all__ = ["graph_capture", "no_graph_on_cpu", "onednn_float32"]
+__all__ = ["cpu_field", "graph_capture", "no_graph_on_cpu", "onednn_float32", "onednn_op"]
+
+
+def onednn_op(name: str) -> Callable[..., torch.Tensor] | None:
+    """``torch.ops.mkldnn.<name>``, or ``None`` in a build without oneDNN or without that op.
+
+    The fused ops (``_convolution_pointwise``, ``_linear_pointwise``) are what PyTorch's own compiler (inductor) calls
+    on the CPU; they are not part of the stable API, so their presence is checked and the plain ops are the fallback.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return getattr(torch.ops.mkldnn, name)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def cpu_field(name: str) -> str:
+    """The value of field ``name`` (``vendor_id``, ``model name``, ...) of the first CPU in ``/proc/cpuinfo``; ``""``
+    where there is no such file (off Linux) or field."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
 
 
 def graph_capture() -> bool:

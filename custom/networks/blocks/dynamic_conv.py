@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from custom.networks.blocks.cpu_paths import onednn_float32
+from custom.networks.blocks.cpu_paths import onednn_float32, onednn_op
 
 __all__ = ["DepthwiseConv"]
 
@@ -41,21 +41,8 @@ def _unfold(out: torch.Tensor, b: int) -> torch.Tensor:
     return out.permute(d, d + 1, *range(d))
 
 
-def _fused_pointwise_conv() -> Callable[..., torch.Tensor] | None:
-    """oneDNN's convolution with a post-op (``torch.ops.mkldnn._convolution_pointwise``), or ``None`` without it.
-
-    The op is what PyTorch's own compiler (inductor) calls to fuse a convolution with an elementwise epilogue on the
-    CPU; it is not part of the stable API, so its presence is checked here and the plain ops are the fallback.
-    """
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._convolution_pointwise
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_FUSED = _fused_pointwise_conv()
+_FUSED = onednn_op("_convolution_pointwise")
+"""oneDNN's convolution with a post-op, or ``None`` without it (see :func:`~custom.networks.blocks.cpu_paths.onednn_op`)."""
 
 
 def _gelu_fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -3,42 +3,16 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from custom.networks.blocks.cpu_paths import onednn_float32
+from custom.networks.blocks.cpu_paths import cpu_field, onednn_float32, onednn_op
 
-__all__ = ["PREFER_ONEDNN", "cpu_vendor", "linear", "pointwise_conv", "prefers_onednn", "uses_onednn"]
-
-
-def _onednn_linear() -> Callable[..., torch.Tensor] | None:
-    """oneDNN's matrix product ``x W^T + b`` (``torch.ops.mkldnn._linear_pointwise``), or ``None`` without it.
-
-    The op is what PyTorch's own compiler (inductor) calls for a linear layer on the CPU; it is not part of the
-    stable API, so its presence is checked here and ``F.linear`` is the fallback.
-    """
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        return None
+__all__ = ["PREFER_ONEDNN", "linear", "pointwise_conv", "prefers_onednn", "uses_onednn"]
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...) from ``/proc/cpuinfo``; ``""`` where unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-_LINEAR = _onednn_linear()
+_LINEAR = onednn_op("_linear_pointwise")
+"""oneDNN's matrix product ``x W^T + b``, or ``None`` without it (see :func:`~custom.networks.blocks.cpu_paths.onednn_op`)."""
 
 
 def prefers_onednn(vendor: str | None = None) -> bool:
@@ -48,12 +22,12 @@ def prefers_onednn(vendor: str | None = None) -> bool:
     oneDNN). On Intel CPUs MKL's GEMM ran near the core's peak, and an unknown vendor keeps ``F.linear``.
 
     Args:
-        vendor: the CPU's vendor id (default: :func:`cpu_vendor`).
+        vendor: the CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...; default: ``/proc/cpuinfo``'s).
 
     Returns:
         True where oneDNN's product should be used.
     """
-    vendor = cpu_vendor() if vendor is None else vendor
+    vendor = cpu_field("vendor_id") if vendor is None else vendor
     return _LINEAR is not None and torch.backends.mkl.is_available() and vendor not in ("GenuineIntel", "")
 
 

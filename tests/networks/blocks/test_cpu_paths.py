@@ -7,7 +7,7 @@ import unittest
 from unittest import mock
 
 import torch
-from custom.networks.blocks.cpu_paths import graph_capture, no_graph_on_cpu, onednn_float32
+from custom.networks.blocks.cpu_paths import cpu_field, graph_capture, no_graph_on_cpu, onednn_float32
 from parameterized import parameterized
 
 PREDICATES = [
@@ -17,6 +17,19 @@ PREDICATES = [
     ("is_exporting", torch.compiler),
     ("is_in_onnx_export", torch.onnx),
 ]
+
+
+class TestCpuField(unittest.TestCase):
+    def test_fields_of_the_first_cpu(self):
+        text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC: 9005\n\nprocessor\t: 1\n"
+        text += "vendor_id\t: Other\n"
+        with mock.patch("builtins.open", mock.mock_open(read_data=text)):
+            self.assertEqual(cpu_field("vendor_id"), "AuthenticAMD")
+            self.assertEqual(cpu_field("model name"), "AMD EPYC: 9005")  # a colon in the value
+            self.assertEqual(cpu_field("flags"), "")  # no such field
+            self.assertEqual(cpu_field("model"), "")  # not a prefix match
+        with mock.patch("builtins.open", side_effect=OSError("no /proc")):
+            self.assertEqual(cpu_field("vendor_id"), "")
 
 
 class TestGraphCapture(unittest.TestCase):

@@ -7,7 +7,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from custom.networks.blocks import DepthwiseConv, dynamic_conv
+from custom.networks.blocks import DepthwiseConv, cpu_paths, dynamic_conv
 from parameterized import parameterized
 
 
@@ -271,11 +271,14 @@ class TestFusedOp(unittest.TestCase):
     no fallback), refused while exporting, and replaced by the plain ops with a warning if it fails."""
 
     def test_lookup_gives_none_without_the_op(self):
+        if torch.backends.mkldnn.is_available():
+            self.assertIs(cpu_paths.onednn_op("_convolution_pointwise"), dynamic_conv._FUSED)
         with mock.patch.object(torch.backends.mkldnn, "is_available", return_value=False):
-            self.assertIsNone(dynamic_conv._fused_pointwise_conv())  # a build without oneDNN
+            self.assertIsNone(cpu_paths.onednn_op("_convolution_pointwise"))  # a build without oneDNN
         for error in (AttributeError, RuntimeError):  # an op namespace without the op
             with mock.patch.object(torch.ops, "mkldnn", _Missing(error)):
-                self.assertIsNone(dynamic_conv._fused_pointwise_conv(), error)
+                self.assertIsNone(cpu_paths.onednn_op("_convolution_pointwise"), error)
+                self.assertIsNone(cpu_paths.onednn_op("_linear_pointwise"), error)
 
     @parameterized.expand([(b, d, cl) for b in (1, 3) for d in (False, True) for cl in (True, False)])
     def test_fused_op_result_is_returned_without_a_fallback(self, batch, dynamic, channels_last):

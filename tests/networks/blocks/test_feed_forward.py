@@ -257,42 +257,44 @@ class TestStripGeometry(unittest.TestCase):
 
 
 class TestAddPointwise(unittest.TestCase):
-    def test_accumulates_into_a_row_strip_of_one_sample_as_one_gemm(self):
-        """A row strip of a channels-last sample gets ``acc += w @ x`` in place (one GEMM into its memory: no
-        separate product map), the other rows untouched."""
+    @staticmethod
+    def _strip() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A channels-last sample, rows 2:6 of which get ``w @ x`` added: ``(base, x, w, expected)``."""
         torch.manual_seed(0)
         base = torch.randn(1, 6, 9, 5).contiguous(memory_format=torch.channels_last)
         x = torch.randn(1, 4, 4, 5).contiguous(memory_format=torch.channels_last)
         w = torch.randn(6, 4)
         expected = base.clone()
         expected[:, :, 2:6] += torch.einsum("oc,bchw->bohw", w, x)
+        return base, x, w, expected
+
+    def _check(self, base: torch.Tensor, expected: torch.Tensor) -> None:
+        torch.testing.assert_close(base, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(base[:, :, :2], expected[:, :, :2], rtol=0, atol=0)  # other rows untouched
+        torch.testing.assert_close(base[:, :, 6:], expected[:, :, 6:], rtol=0, atol=0)
+
+    def test_accumulates_into_a_row_strip_of_one_sample_as_one_gemm(self):
+        """A row strip of a channels-last sample gets ``acc += w @ x`` in place (one GEMM into its memory: no
+        separate product map), the other rows untouched."""
+        base, x, w, expected = self._strip()
         acc = base[:, :, 2:6]
         no_map = mock.patch.object(feed_forward, "pointwise_conv", side_effect=AssertionError("a product map"))
         with torch.no_grad(), no_map, mock.patch.object(pointwise, "PREFER_ONEDNN", False):
             self.assertIs(_add_pointwise(acc, x, w), acc)
-        torch.testing.assert_close(base, expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(base[:, :, :2], expected[:, :, :2], rtol=0, atol=0)
-        torch.testing.assert_close(base[:, :, 6:], expected[:, :, 6:], rtol=0, atol=0)
+        self._check(base, expected)
 
     @unittest.skipIf(pointwise._LINEAR is None, "this torch has no oneDNN product")
     def test_onednn_product_added_into_a_row_strip(self):
         """Where the products go to oneDNN (:data:`~custom.networks.blocks.pointwise.PREFER_ONEDNN`), a row strip
         gets oneDNN's product added into its memory, the other rows untouched; with a graph, MKL's in-place GEMM."""
-        torch.manual_seed(0)
         for grad in (False, True):
-            base = torch.randn(1, 6, 9, 5).contiguous(memory_format=torch.channels_last)
-            x = torch.randn(1, 4, 4, 5).contiguous(memory_format=torch.channels_last)
-            w = torch.randn(6, 4)
-            expected = base.clone()
-            expected[:, :, 2:6] += torch.einsum("oc,bchw->bohw", w, x)
+            base, x, w, expected = self._strip()
             acc = base[:, :, 2:6]
             onednn = mock.patch.object(pointwise, "_LINEAR", wraps=pointwise._LINEAR)
             with torch.set_grad_enabled(grad), mock.patch.object(pointwise, "PREFER_ONEDNN", True), onednn as spy:
                 self.assertIs(_add_pointwise(acc, x, w), acc)
             self.assertEqual(spy.call_count, 0 if grad else 1)
-            torch.testing.assert_close(base, expected, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(base[:, :, :2], expected[:, :, :2], rtol=0, atol=0)
-            torch.testing.assert_close(base[:, :, 6:], expected[:, :, 6:], rtol=0, atol=0)
+            self._check(base, expected)
 
     def test_other_layouts_and_dtypes_add_a_product_map(self):
         """A batch's strip (not one block of memory), the default layout and a bf16 ``x`` (autocast) add

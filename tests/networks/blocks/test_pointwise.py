@@ -12,7 +12,7 @@ from custom.networks import TAT
 from custom.networks.blocks import ChannelAttention, GatedFeedForward, feed_forward, pointwise
 from custom.networks.blocks.attention import _add_product, _product
 from custom.networks.blocks.layer_norm import ChannelLayerNorm
-from custom.networks.blocks.pointwise import cpu_vendor, linear, prefers_onednn
+from custom.networks.blocks.pointwise import linear, prefers_onednn
 from parameterized import parameterized
 
 HAS_ONEDNN = pointwise._LINEAR is not None
@@ -25,6 +25,24 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
             p.uniform_(-0.5, 0.5)
 
 
+def _residual_case(module: torch.nn.Module, shape: tuple) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """Random weights for ``module`` and a layer norm before it, a channels-last input of ``shape`` and
+    ``x + module(norm(x))`` with a graph: ``(norm, x, expected)``."""
+    norm = ChannelLayerNorm(shape[1])
+    _randomise(module, 3)
+    _randomise(norm, 4)
+    torch.manual_seed(5)
+    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    return norm, x, (x + module(norm(x))).detach()
+
+
+def _forced(fn, prefer: bool = True):
+    """``fn()`` without a graph with oneDNN's product forced on (or off): its result and oneDNN's call count."""
+    patches = _onednn(prefer)
+    with torch.no_grad(), patches[0], patches[1] as spy:
+        return fn(), spy.call_count
+
+
 def _onednn(prefer: bool = True):
     """Patches forcing the choice of product, and a spy on oneDNN's op (entered together)."""
     return mock.patch.object(pointwise, "PREFER_ONEDNN", prefer), mock.patch.object(
@@ -33,13 +51,6 @@ def _onednn(prefer: bool = True):
 
 
 class TestChoice(unittest.TestCase):
-    def test_vendor_read_from_cpuinfo(self):
-        text = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n"
-        with mock.patch("builtins.open", mock.mock_open(read_data=text)):
-            self.assertEqual(cpu_vendor(), "AuthenticAMD")
-        with mock.patch("builtins.open", side_effect=OSError("no /proc")):
-            self.assertEqual(cpu_vendor(), "")
-
     @unittest.skipUnless(HAS_ONEDNN and torch.backends.mkl.is_available(), "needs oneDNN and MKL")
     def test_onednn_only_where_mkl_runs_generic_code(self):
         self.assertTrue(prefers_onednn("AuthenticAMD"))
@@ -50,8 +61,9 @@ class TestChoice(unittest.TestCase):
             self.assertFalse(prefers_onednn("AuthenticAMD"))  # no MKL (ARM, ...): F.linear
         with mock.patch.object(pointwise, "_LINEAR", None):
             self.assertFalse(prefers_onednn("AuthenticAMD"))
-        with mock.patch.object(pointwise, "cpu_vendor", return_value="GenuineIntel"):
+        with mock.patch.object(pointwise, "cpu_field", return_value="GenuineIntel") as field:
             self.assertFalse(prefers_onednn())
+        field.assert_called_once_with("vendor_id")
 
 
 @unittest.skipUnless(HAS_ONEDNN, "this torch has no oneDNN product")
@@ -144,16 +156,9 @@ class TestNetworkPaths(unittest.TestCase):
     )
     def test_attention_strips(self, mode, batch, bias, rows):
         a = ChannelAttention(12, 3, bias=bias, train_size=8, window_mode=mode)
-        norm = ChannelLayerNorm(12)
-        _randomise(a, 3)
-        _randomise(norm, 4)
-        torch.manual_seed(5)
-        x = torch.randn(batch, 12, 20, 17).contiguous(memory_format=torch.channels_last)
-        expected = (x + a(norm(x))).detach()
-        patches = _onednn()
-        with torch.no_grad(), patches[0], patches[1] as spy:
-            got = a.residual_in_strips(x, norm, None, rows)
-        self.assertGreater(spy.call_count, 0)
+        norm, x, expected = _residual_case(a, (batch, 12, 20, 17))
+        got, calls = _forced(lambda: a.residual_in_strips(x, norm, None, rows))
+        self.assertGreater(calls, 0)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
     @parameterized.expand([(1,), (3,)])
@@ -163,10 +168,8 @@ class TestNetworkPaths(unittest.TestCase):
         torch.manual_seed(7)
         x = torch.randn(batch, 12, 20, 17).contiguous(memory_format=torch.channels_last)
         expected = a(x).detach()
-        patches = _onednn()
-        with torch.no_grad(), patches[0], patches[1] as spy:
-            got = a(x)
-        self.assertGreater(spy.call_count, 0)
+        got, calls = _forced(lambda: a(x))
+        self.assertGreater(calls, 0)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
     def test_products_per_sample(self):
@@ -189,16 +192,10 @@ class TestNetworkPaths(unittest.TestCase):
     @parameterized.expand([(1, 32), (2, 5)])
     def test_feed_forward_strips(self, batch, group):
         f = GatedFeedForward(8, 2.66, bias=True)
-        norm = ChannelLayerNorm(8)
-        _randomise(f, 9)
-        _randomise(norm, 10)
-        torch.manual_seed(11)
-        y = torch.randn(batch, 8, 13, 11).contiguous(memory_format=torch.channels_last)
-        expected = (y + f(norm(y))).detach()
-        patches = _onednn()
-        with torch.no_grad(), patches[0], patches[1] as spy, mock.patch.object(feed_forward, "GROUP_CHANNELS", group):
-            got = f.residual_in_strips_(y.clone(), norm, None, 4)
-        self.assertGreater(spy.call_count, 0)
+        norm, y, expected = _residual_case(f, (batch, 8, 13, 11))
+        with mock.patch.object(feed_forward, "GROUP_CHANNELS", group):
+            got, calls = _forced(lambda: f.residual_in_strips_(y.clone(), norm, None, 4))
+        self.assertGreater(calls, 0)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
     def test_network(self):
@@ -206,16 +203,12 @@ class TestNetworkPaths(unittest.TestCase):
         net = TAT(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, tren_hidden_channels=8, train_patch_size=16)
         x = torch.rand(2, 1, 40, 48)
         expected = net(x).detach()
-        patches = _onednn()
-        with torch.no_grad(), patches[0], patches[1] as spy:
-            with mock.patch.object(feed_forward, "STRIP_BYTES", 48 * 4 * 24 * 6):
-                got = net(x)
-        self.assertGreater(spy.call_count, 0)
+        with mock.patch.object(feed_forward, "STRIP_BYTES", 48 * 4 * 24 * 6):  # row strips in the level-1 blocks
+            got, calls = _forced(lambda: net(x))
+        self.assertGreater(calls, 0)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-        patches = _onednn(False)
-        with torch.no_grad(), patches[0], patches[1] as spy:
-            plain = net(x)
-        spy.assert_not_called()
+        plain, calls = _forced(lambda: net(x), prefer=False)
+        self.assertEqual(calls, 0)
         torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
 
 

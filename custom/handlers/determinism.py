@@ -40,7 +40,8 @@ class EpochDataSeeder:
     """Ignite handler re-seeding a ``DataLoader`` at every ``EPOCH_STARTED`` and restarting its iterator.
 
     For epoch ``e`` on rank ``r`` with ``s = epoch_seed(seed, e, r)``: calls ``set_epoch(e)`` on the loader's batch
-    sampler / sampler when they have one (task-uniform or distributed samplers), seeds the MONAI random transforms
+    sampler / sampler when they have one (task-uniform or distributed samplers), seeds the generator of a random
+    sampler (``shuffle=True``; one is created where it has none) with ``s``, seeds the MONAI random transforms
     of the dataset with ``s`` (used when ``num_workers == 0``; workers are seeded by MONAI's ``worker_init_fn`` from
     the base seed the iterator draws), and creates the iterator under ``torch.manual_seed(s)`` without disturbing
     the global torch RNG.
@@ -71,6 +72,13 @@ class EpochDataSeeder:
         for sampler in (getattr(self.loader, "batch_sampler", None), getattr(self.loader, "sampler", None)):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
+            # a random sampler (shuffle=True) draws its seed at the first batch, from the global RNG as it is then:
+            # its generator is seeded here instead
+            generator = getattr(sampler, "generator", False)
+            if generator is None:
+                sampler.generator = torch.Generator().manual_seed(s)
+            elif isinstance(generator, torch.Generator):
+                generator.manual_seed(s)
         set_rnd(self.loader.dataset, s)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s)

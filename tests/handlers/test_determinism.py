@@ -102,6 +102,25 @@ class TestEpochDataSeeder(unittest.TestCase):
         other = _run(loader, seed=1, max_epochs=3)
         self.assertFalse(torch.equal(full[3][0][:, 0], other[3][0][:, 0]))
 
+    def test_shuffled_loader_epochs_independent_of_the_global_rng(self):
+        """``shuffle=True`` (a random sampler, which draws its seed at the first batch): an epoch's order depends on
+        (seed, epoch) only, whatever the global torch RNG holds; a generator the loader was given is seeded too."""
+        for generator in (None, torch.Generator().manual_seed(7)):
+            loader = DataLoader(_Items(16), batch_size=4, shuffle=True, generator=generator)
+            runs = []
+            for global_seed in (1, 2):
+                torch.manual_seed(global_seed)
+                runs.append(_run(loader, seed=0, max_epochs=2))
+            for epoch in (1, 2):
+                for a, b in zip(runs[0][epoch], runs[1][epoch]):
+                    torch.testing.assert_close(a[:, 0], b[:, 0], rtol=0, atol=0)
+            self.assertFalse(torch.equal(runs[0][1][0][:, 0], runs[0][2][0][:, 0]))  # the epochs differ
+            torch.manual_seed(1)
+            resumed = _run(loader, seed=0, max_epochs=2, resume_epoch=1)
+            torch.testing.assert_close(resumed[2][0][:, 0], runs[0][2][0][:, 0], rtol=0, atol=0)
+            other = _run(loader, seed=1, max_epochs=2)
+            self.assertFalse(torch.equal(other[2][0][:, 0], runs[0][2][0][:, 0]))
+
     def test_transforms_seeded_with_the_epoch_seed(self):
         loader = DataLoader(_Items(4), batch_size=2, sampler=_EpochSampler(4))
         engine = Engine(lambda e, b: None)

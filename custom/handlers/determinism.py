@@ -40,11 +40,14 @@ class EpochDataSeeder:
     """Ignite handler re-seeding a ``DataLoader`` at every ``EPOCH_STARTED`` and restarting its iterator.
 
     For epoch ``e`` on rank ``r`` with ``s = epoch_seed(seed, e, r)``: calls ``set_epoch(e)`` on the loader's batch
-    sampler / sampler when they have one (task-uniform or distributed samplers), seeds the generator of a random
-    sampler (``shuffle=True``; one is created where it has none) with ``s``, seeds the MONAI random transforms
+    sampler / sampler when they have one (task-uniform or distributed samplers; a ``DistributedSampler`` orders by its
+    own ``seed`` and the epoch), seeds with ``s`` the generator of a random sampler (``shuffle=True`` or inside a batch
+    sampler; one is created where it has none) and the loader's own generator (re-seeded in place: other code sharing
+    a generator given to the loader sees that), seeds the MONAI random transforms
     of the dataset with ``s`` (used when ``num_workers == 0``; workers are seeded by MONAI's ``worker_init_fn`` from
     the base seed the iterator draws), and creates the iterator under ``torch.manual_seed(s)`` without disturbing
-    the global torch RNG.
+    the global torch RNG. With ``persistent_workers=True`` the workers are seeded once, at the first epoch, so a
+    resumed run's worker draws differ from the uninterrupted run's.
 
     Args:
         loader: the training data loader given to the trainer.
@@ -69,16 +72,21 @@ class EpochDataSeeder:
         epoch = engine.state.epoch
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         s = epoch_seed(self.seed, epoch, rank)
-        for sampler in (getattr(self.loader, "batch_sampler", None), getattr(self.loader, "sampler", None)):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            # a random sampler (shuffle=True) draws its seed at the first batch, from the global RNG as it is then:
-            # its generator is seeded here instead
-            generator = getattr(sampler, "generator", False)
+        batch_sampler, sampler = getattr(self.loader, "batch_sampler", None), getattr(self.loader, "sampler", None)
+        for one in (batch_sampler, sampler):
+            if hasattr(one, "set_epoch"):
+                one.set_epoch(epoch)
+        # a random sampler (shuffle=True, or inside a batch sampler) draws its seed at the first batch, from the global
+        # RNG as training left it: its generator is seeded here instead (one is created where it has none)
+        samplers = {id(one): one for one in (batch_sampler, getattr(batch_sampler, "sampler", None), sampler)}
+        for one in samplers.values():
+            generator = getattr(one, "generator", False)
             if generator is None:
-                sampler.generator = torch.Generator().manual_seed(s)
+                one.generator = torch.Generator().manual_seed(s)
             elif isinstance(generator, torch.Generator):
                 generator.manual_seed(s)
+        if isinstance(self.loader.generator, torch.Generator):  # the workers' base seed is drawn from it
+            self.loader.generator.manual_seed(s)
         set_rnd(self.loader.dataset, s)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s)

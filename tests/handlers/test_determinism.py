@@ -12,7 +12,7 @@ import torch
 from custom.handlers import EpochDataSeeder, GlobalRNGState, determinism, epoch_seed
 from ignite.engine import Engine, Events
 from monai.transforms import Randomizable
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 
 class _Noise(Randomizable):
@@ -120,6 +120,25 @@ class TestEpochDataSeeder(unittest.TestCase):
             torch.testing.assert_close(resumed[2][0][:, 0], runs[0][2][0][:, 0], rtol=0, atol=0)
             other = _run(loader, seed=1, max_epochs=2)
             self.assertFalse(torch.equal(other[2][0][:, 0], runs[0][2][0][:, 0]))
+
+    def test_inner_random_sampler_and_loader_generator_seeded(self):
+        """A random sampler inside a user's batch sampler, and the loader's own generator (the workers' base seed with
+        a non-random sampler): both seeded per epoch, whatever the global torch RNG holds (column 0: the order,
+        column 1: the workers' torch draws)."""
+
+        def make(case: int, generator: torch.Generator) -> DataLoader:
+            if case == 0:
+                return DataLoader(_Items(16), batch_sampler=BatchSampler(RandomSampler(range(16)), 4, False))
+            return DataLoader(_Items(16), batch_size=4, sampler=_EpochSampler(16), num_workers=1, generator=generator)
+
+        for case in range(2):
+            runs = []
+            for global_seed in (1, 2):
+                torch.manual_seed(global_seed)
+                runs.append(_run(make(case, torch.Generator().manual_seed(global_seed)), seed=0, max_epochs=2))
+            for epoch in (1, 2):
+                for a, b in zip(runs[0][epoch], runs[1][epoch]):
+                    torch.testing.assert_close(a[:, case], b[:, case], rtol=0, atol=0)
 
     def test_transforms_seeded_with_the_epoch_seed(self):
         loader = DataLoader(_Items(4), batch_size=2, sampler=_EpochSampler(4))

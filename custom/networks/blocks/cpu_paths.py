@@ -1,5 +1,6 @@
 """When a forward may leave the plain ops for the no-graph CPU paths (row strips, oneDNN's fused convolution and
-matrix product): one home for the conditions, which every block checks the same way."""
+matrix product): one home for the conditions, which every block checks the same way, for the lookup of oneDNN's ops
+and for reading the CPU's identity from ``/proc/cpuinfo``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ __all__ = ["cpu_field", "graph_capture", "no_graph_on_cpu", "onednn_float32", "o
 
 
 def onednn_op(name: str) -> Callable[..., torch.Tensor] | None:
-    """``torch.ops.mkldnn.<name>``, or ``None`` in a build without oneDNN or without that op.
+    """oneDNN's op ``torch.ops.mkldnn.<name>``.
 
     The fused ops (``_convolution_pointwise``, ``_linear_pointwise``) are what PyTorch's own compiler (inductor) calls
     on the CPU; they are not part of the stable API, so their presence is checked and the plain ops are the fallback.
+
+    Args:
+        name: the op's name.
+
+    Returns:
+        The op, or ``None`` in a build without oneDNN or without that op.
     """
     if not torch.backends.mkldnn.is_available():
         return None
@@ -25,8 +32,14 @@ def onednn_op(name: str) -> Callable[..., torch.Tensor] | None:
 
 
 def cpu_field(name: str) -> str:
-    """The value of field ``name`` (``vendor_id``, ``model name``, ...) of the first CPU in ``/proc/cpuinfo``; ``""``
-    where there is no such file (off Linux) or field."""
+    """A field of the first CPU in ``/proc/cpuinfo``.
+
+    Args:
+        name: the field (``vendor_id``, ``model name``, ...; x86 names: ARM kernels use others).
+
+    Returns:
+        Its value, or ``""`` where there is no such file (off Linux) or field.
+    """
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:

@@ -42,7 +42,8 @@ def _unfold(out: torch.Tensor, b: int) -> torch.Tensor:
 
 
 _FUSED = onednn_op("_convolution_pointwise")
-"""oneDNN's convolution with a post-op, or ``None`` without it (see :func:`~custom.networks.blocks.cpu_paths.onednn_op`)."""
+"""oneDNN's convolution with a post-op, or ``None`` without it (see
+:func:`~custom.networks.blocks.cpu_paths.onednn_op`)."""
 
 
 def _gelu_fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:

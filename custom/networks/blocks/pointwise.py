@@ -12,7 +12,8 @@ __all__ = ["PREFER_ONEDNN", "linear", "pointwise_conv", "prefers_onednn", "uses_
 
 
 _LINEAR = onednn_op("_linear_pointwise")
-"""oneDNN's matrix product ``x W^T + b``, or ``None`` without it (see :func:`~custom.networks.blocks.cpu_paths.onednn_op`)."""
+"""oneDNN's matrix product ``x W^T + b``, or ``None`` without it (see
+:func:`~custom.networks.blocks.cpu_paths.onednn_op`)."""
 
 
 def prefers_onednn(vendor: str | None = None) -> bool:

@@ -4,6 +4,7 @@ values; the fallbacks (graph, autocast, other dtypes, tracing) keep F.linear."""
 from __future__ import annotations
 
 import unittest
+from collections.abc import Callable
 from unittest import mock
 
 import torch
@@ -36,7 +37,7 @@ def _residual_case(module: torch.nn.Module, shape: tuple) -> tuple[torch.nn.Modu
     return norm, x, (x + module(norm(x))).detach()
 
 
-def _forced(fn, prefer: bool = True):
+def _forced(fn: Callable[[], torch.Tensor], prefer: bool = True) -> tuple[torch.Tensor, int]:
     """``fn()`` without a graph with oneDNN's product forced on (or off): its result and oneDNN's call count."""
     patches = _onednn(prefer)
     with torch.no_grad(), patches[0], patches[1] as spy:

@@ -10,6 +10,7 @@ states in the checkpoint for whatever else draws from them.
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ class EpochDataSeeder:
     of the dataset with ``s`` (used when ``num_workers == 0``; workers are seeded by MONAI's ``worker_init_fn`` from
     the base seed the iterator draws), and creates the iterator under ``torch.manual_seed(s)`` without disturbing
     the global torch RNG. With ``persistent_workers=True`` the workers are seeded once, at the first epoch, so a
-    resumed run's worker draws differ from the uninterrupted run's.
+    resumed run's worker draws differ from the uninterrupted run's: a warning says so.
 
     Args:
         loader: the training data loader given to the trainer.
@@ -57,6 +58,13 @@ class EpochDataSeeder:
     def __init__(self, loader: DataLoader, seed: int = 0) -> None:
         if not isinstance(loader, DataLoader):
             raise ValueError(f"loader must be a torch DataLoader, got {type(loader).__name__}.")
+        if loader.persistent_workers and loader.num_workers > 0:
+            warnings.warn(
+                "EpochDataSeeder: the loader has persistent workers, seeded once at the first epoch: a run resumed "
+                "from a checkpoint will not see the random draws of the uninterrupted run in its workers "
+                "(use persistent_workers=False for exact resumes).",
+                stacklevel=2,
+            )
         self.loader = loader
         self.seed = seed
 

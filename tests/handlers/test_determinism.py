@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 import unittest
+import warnings
 from unittest import mock
 
 import numpy as np
@@ -85,6 +86,14 @@ class TestEpochDataSeeder(unittest.TestCase):
     def test_refuses_a_non_loader(self):
         with self.assertRaisesRegex(ValueError, "loader must be a torch DataLoader, got list"):
             EpochDataSeeder([1, 2, 3])
+
+    def test_warns_about_persistent_workers(self):
+        with self.assertWarnsRegex(UserWarning, "persistent workers.*persistent_workers=False"):
+            EpochDataSeeder(DataLoader(_Items(4), num_workers=1, persistent_workers=True))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            EpochDataSeeder(DataLoader(_Items(4), num_workers=1))
+            EpochDataSeeder(DataLoader(_Items(4)))
 
     def test_resumed_epoch_sees_the_batches_of_the_uninterrupted_run(self):
         loader = DataLoader(_Items(6), batch_size=3, sampler=_EpochSampler(6))

@@ -16,6 +16,9 @@ needs ``einops``). Without ``--reference`` only our figures are printed.
 
     python benchmarks/published_speed.py --reference /path/to/TAT.py
     python benchmarks/published_speed.py --reference /path/to/TAT.py --threads 1 --rounds 9 --output speed.json
+
+``--products mkl`` / ``onednn`` forces where our float32 products go (default: this CPU's choice,
+``custom.networks.blocks.pointwise.PREFER_ONEDNN``), to compare the two on one machine.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from custom.networks import TAT, convert_reference_state_dict
+from custom.networks.blocks import pointwise
 from custom.networks.blocks.cpu_paths import cpu_field
 
 __all__ = ["fill", "load_reference", "build_pair", "compare", "main"]
@@ -191,6 +195,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=7, help="timed calls of each network per size")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--output", default=None, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--products",
+        choices=("auto", "mkl", "onednn"),
+        default="auto",
+        help="where our float32 products go: this CPU's choice (oneDNN off Intel CPUs), F.linear (MKL) or oneDNN",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
@@ -211,9 +221,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"published_speed: {e}", file=sys.stderr)
         return 2
-    torch.manual_seed(0)
-    ours, reference = build_pair(reference_cls)
-    rows = compare(ours, reference, args.sizes, args.rounds, _image)
+    if args.products == "onednn" and pointwise._LINEAR is None:
+        print("published_speed: --products onednn: this torch has no oneDNN product", file=sys.stderr)
+        return 2
+    previous = pointwise.PREFER_ONEDNN
+    if args.products != "auto":
+        pointwise.PREFER_ONEDNN = args.products == "onednn"
+    products = "oneDNN" if pointwise.PREFER_ONEDNN else "F.linear (MKL)"
+    try:
+        torch.manual_seed(0)
+        ours, reference = build_pair(reference_cls)
+        rows = compare(ours, reference, args.sizes, args.rounds, _image)
+    finally:
+        pointwise.PREFER_ONEDNN = previous
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
@@ -221,8 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpu": cpu_model(),
         "rounds": args.rounds,
         "reference": args.reference,
+        "products": products,
     }
-    print(f"{info['date']}  torch {info['torch']}  {info['threads']} thread(s)  {info['cpu']}")
+    print(
+        f"{info['date']}  torch {info['torch']}  {info['threads']} thread(s)  {info['cpu']}  products: {info['products']}"
+    )
     if reference is None:
         print("reference not given (--reference /path/to/TAT.py): our figures only")
     print(

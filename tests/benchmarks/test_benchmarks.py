@@ -216,6 +216,34 @@ class TestPublishedSpeedBenchmark(unittest.TestCase):
             self.assertIsNone(r["reference"])
             self.assertIsNone(r["speedup"])
 
+    def test_products_forced_either_way_and_restored(self):
+        from custom.networks.blocks import pointwise
+
+        before = pointwise.PREFER_ONEDNN
+        seen = []
+        real_compare = self.bench.compare
+
+        def compare(*args, **kwargs):
+            seen.append(pointwise.PREFER_ONEDNN)
+            return real_compare(*args, **kwargs)
+
+        choices = ["mkl", "onednn"] if pointwise._LINEAR is not None else ["mkl"]
+        with tempfile.TemporaryDirectory() as tmp, mock.patch.object(self.bench, "compare", compare):
+            for choice in choices:
+                out = os.path.join(tmp, f"{choice}.json")
+                self.assertEqual(
+                    self.bench.main(["--sizes", "16", "--rounds", "1", "--products", choice, "--output", out]), 0
+                )
+                with open(out, encoding="utf-8") as f:
+                    self.assertEqual(json.load(f)["products"], "oneDNN" if choice == "onednn" else "F.linear (MKL)")
+                self.assertEqual(pointwise.PREFER_ONEDNN, before)  # restored
+        self.assertEqual(seen, [c == "onednn" for c in choices])
+        with mock.patch.object(pointwise, "_LINEAR", None), contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertEqual(self.bench.main(["--sizes", "16", "--products", "onednn"]), 2)
+        self.assertIn("no oneDNN product", err.getvalue())
+        with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+            self.bench.parse_args(["--products", "blas"])
+
     def test_alternates_and_compares(self):
         calls = []
 

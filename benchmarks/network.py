@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from custom.networks import TAT
+from custom.networks.blocks.cpu_paths import onednn_op
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -64,15 +65,14 @@ def no_graph_flop_formulas() -> dict[Any, Any]:
     def fused_conv(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
         return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
 
-    formulas: dict[Any, Any] = {torch.ops.aten.addmm_: gemm, torch.ops.aten.baddbmm_: gemm}
-
     def onednn_linear(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
         return 2 * math.prod(x_shape) * w_shape[0]
 
-    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
-        formulas[torch.ops.mkldnn._convolution_pointwise] = fused_conv
-    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        formulas[torch.ops.mkldnn._linear_pointwise] = onednn_linear
+    formulas: dict[Any, Any] = {torch.ops.aten.addmm_: gemm, torch.ops.aten.baddbmm_: gemm}
+    for name, formula in (("_convolution_pointwise", fused_conv), ("_linear_pointwise", onednn_linear)):
+        op = onednn_op(name)
+        if op is not None:
+            formulas[op] = formula
     return formulas
 
 

@@ -58,7 +58,7 @@ class EpochDataSeeder:
     def __init__(self, loader: DataLoader, seed: int = 0) -> None:
         if not isinstance(loader, DataLoader):
             raise ValueError(f"loader must be a torch DataLoader, got {type(loader).__name__}.")
-        if loader.persistent_workers and loader.num_workers > 0:
+        if loader.persistent_workers:  # the loader allows them only with workers
             warnings.warn(
                 "EpochDataSeeder: the loader has persistent workers, seeded once at the first epoch: a run resumed "
                 "from a checkpoint will not see the random draws of the uninterrupted run in its workers "

@@ -18,7 +18,7 @@ from custom.networks.blocks import (
     ffn_hidden_channels,
 )
 from custom.networks.blocks.attention import check_window_mode
-from custom.networks.blocks.cpu_paths import graph_capture
+from custom.networks.blocks.cpu_paths import graph_capture, no_graph_on_cpu
 from custom.networks.blocks.pointwise import pointwise_conv
 from monai.networks.layers.factories import Conv
 from torch.utils.checkpoint import checkpoint
@@ -312,9 +312,7 @@ class TAT(nn.Module):
         Returns:
             ``(B, dim, H, W)``.
         """
-        device = maps[0].device.type
-        plain = torch.is_grad_enabled() or graph_capture() or device != "cpu" or torch.is_autocast_enabled(device)
-        if plain or any(m.requires_grad for m in maps):
+        if not all(map(no_graph_on_cpu, maps)) or torch.is_autocast_enabled(maps[0].device.type):
             return self.reduce_final(torch.cat(list(maps), 1))
         first, last = self.reduce_final[0], self.reduce_final[2]
         out = None

@@ -159,7 +159,7 @@ class TestTAT(unittest.TestCase):
         leaf = [maps[0], maps[1].clone().requires_grad_(), maps[2]]
         cases = [
             (torch.enable_grad(), maps),  # gradients enabled (frozen weights, no input with a graph)
-            (mock.patch.object(tat_module, "graph_capture", return_value=True), maps),
+            (mock.patch.object(torch.jit, "is_tracing", return_value=True), maps),  # a graph being captured
             (torch.no_grad(), leaf),  # one map requires gradients
         ]
         for context, inputs in cases:

@@ -18,8 +18,8 @@ _LINEAR = onednn_op("_linear_pointwise")
 
 def prefers_onednn(vendor: str | None = None) -> bool:
     """Whether the no-graph float32 products should go to oneDNN rather than ``F.linear`` (MKL's GEMM): where MKL
-    is torch's BLAS and the CPU is known not to be Intel's, MKL runs its generic code (on an AMD EPYC, Zen 5: about
-    100 GFLOP/s per core at the network's shapes where oneDNN reaches 240; the whole network about 1.5x faster with
+    is torch's BLAS and the CPU is known not to be Intel's, MKL runs its generic code (on an AMD EPYC, Zen 5:
+    60-115 GFLOP/s per core at the network's shapes where oneDNN got 175-255; the whole network 1.4-1.5x faster with
     oneDNN). On Intel CPUs MKL's GEMM ran near the core's peak, and an unknown vendor keeps ``F.linear``.
 
     Args:

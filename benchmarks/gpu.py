@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import math
-import platform
 import resource
 import statistics
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 from custom.inference import INFERENCE_MODES, mode_inferer, network_window_mode
 from custom.networks import TAT
+from custom.networks.blocks.cpu_paths import cpu_model
 
 DTYPES = {"float32": None, "bfloat16": "bfloat16", "float16": "float16"}
 QUICK = {"dim": 8, "num_blocks": (1, 1, 1, 1), "num_refinement_blocks": 1, "train_patch_size": 32}
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     net = build(args).to(device)
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "torch": torch.__version__,
         "network": "quick (tiny)" if args.quick else "TAT() published",
         "inference": inference_speed(net, args, device),

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from custom.inference import load_dicom_series, write_dicom_series
+from custom.networks.blocks.cpu_paths import cpu_model
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -99,7 +100,7 @@ def run(size: int, slices: int) -> dict[str, Any]:
         "dcmread_per_file_while_reading": {"min": min(read_counts), "max": max(read_counts)},
         "dcmread_calls_while_writing": int(sum(writes.values())),
         "written_MB": round(out_bytes / 2**20, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "values": {"min": float(np.min(values)), "max": float(np.max(values))},
     }
 

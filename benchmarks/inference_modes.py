@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from custom.inference import INFERENCE_MODES, mode_inferer, network_window_mode
 from custom.inference.restore import normalise, restore
 from custom.metrics.physical import PhysicalUnitMetrics
 from custom.metrics.seam import seam_score, window_edges
+from custom.networks.blocks.cpu_paths import cpu_model
 from custom.networks.checkpoint import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     net.set_window_mode("published")
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
         "torch": torch.__version__,
         "threads": args.threads,
         "network": (

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 from custom.networks import TAT
-from custom.networks.blocks.cpu_paths import onednn_op
+from custom.networks.blocks.cpu_paths import cpu_model, onednn_op
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -124,10 +123,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, device {device}"
-    )
+    print(f"machine: {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {device}")
     print(f"float32 matmul: {matmul_gflops(device):.1f} GFLOP/s")
     model = TAT().to(device).eval()
     sizes = [128, 256] + ([512] if args.large else [])

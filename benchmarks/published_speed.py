@@ -28,7 +28,6 @@ import datetime
 import importlib.util
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ import torch
 import torch.nn as nn
 from custom.networks import TAT, convert_reference_state_dict
 from custom.networks.blocks import pointwise
-from custom.networks.blocks.cpu_paths import cpu_field
+from custom.networks.blocks.cpu_paths import cpu_model
 
 __all__ = ["fill", "load_reference", "build_pair", "compare", "main"]
 
@@ -174,11 +173,6 @@ def compare(
 
 def _summary(seconds: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "seconds": seconds}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
-    return cpu_field("model name") or platform.processor() or platform.machine()
 
 
 def _image(size: int) -> torch.Tensor:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 from collections import Counter
 
@@ -27,6 +26,7 @@ import torch
 from custom.handlers.task_statistics import load_task_statistics, split_embeddings, task_embeddings
 from custom.inference.restore import Restorer
 from custom.inference.task_check import check_scan
+from custom.networks.blocks.cpu_paths import cpu_model
 from custom.settings import packaged_bundle
 
 
@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if stats is None:
         print(f"{args.checkpoint}: no task statistics in the checkpoint.", file=sys.stderr)
         return 1
-    print(
-        f"# task check, {datetime.date.today()}, {platform.processor() or platform.machine()}, torch {torch.__version__}"
-    )
+    print(f"# task check, {datetime.date.today()}, {cpu_model()}, torch {torch.__version__}")
     print(f"checkpoint {args.checkpoint}: tasks {stats['tasks']}, threshold {float(stats['threshold']):.3f}")
     print("| split | slices | predicted task right | false alarms (any warning) | read as another task |")
     print("|---|---|---|---|---|")

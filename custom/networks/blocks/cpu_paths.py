@@ -4,11 +4,12 @@ and for reading the CPU's identity from ``/proc/cpuinfo``."""
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["cpu_field", "graph_capture", "no_graph_on_cpu", "onednn_float32", "onednn_op"]
+__all__ = ["cpu_field", "cpu_model", "graph_capture", "no_graph_on_cpu", "onednn_float32", "onednn_op"]
 
 
 def onednn_op(name: str) -> Callable[..., torch.Tensor] | None:
@@ -49,6 +50,16 @@ def cpu_field(name: str) -> str:
     except OSError:
         pass
     return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for benchmark reports.
+
+    Returns:
+        ``/proc/cpuinfo``'s ``model name`` (Linux, x86), else :func:`platform.processor`, else
+        :func:`platform.machine` (``"AMD EPYC 9555"``, ``"arm"``, ``"x86_64"``).
+    """
+    return cpu_field("model name") or platform.processor() or platform.machine()
 
 
 def graph_capture() -> bool:

@@ -7,7 +7,8 @@ import unittest
 from unittest import mock
 
 import torch
-from custom.networks.blocks.cpu_paths import cpu_field, graph_capture, no_graph_on_cpu, onednn_float32
+from custom.networks.blocks import cpu_paths
+from custom.networks.blocks.cpu_paths import cpu_field, cpu_model, graph_capture, no_graph_on_cpu, onednn_float32
 from parameterized import parameterized
 
 PREDICATES = [
@@ -30,6 +31,17 @@ class TestCpuField(unittest.TestCase):
             self.assertEqual(cpu_field("model"), "")  # not a prefix match
         with mock.patch("builtins.open", side_effect=OSError("no /proc")):
             self.assertEqual(cpu_field("vendor_id"), "")
+
+    def test_cpu_model_from_cpuinfo_else_platform(self):
+        with mock.patch.object(cpu_paths, "cpu_field", return_value="AMD EPYC 9555") as field:
+            self.assertEqual(cpu_model(), "AMD EPYC 9555")
+        field.assert_called_once_with("model name")
+        with mock.patch.object(cpu_paths, "cpu_field", return_value=""):
+            with mock.patch.object(cpu_paths.platform, "processor", return_value="arm"):
+                self.assertEqual(cpu_model(), "arm")
+            with mock.patch.object(cpu_paths.platform, "processor", return_value=""):
+                with mock.patch.object(cpu_paths.platform, "machine", return_value="aarch64"):
+                    self.assertEqual(cpu_model(), "aarch64")
 
 
 class TestGraphCapture(unittest.TestCase):

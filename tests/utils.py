@@ -215,6 +215,24 @@ def save_scaled_nifti(
     return path
 
 
+def nifti_with_header(path: str, arr: np.ndarray, affine: np.ndarray, **fields: object) -> str:
+    """Write ``arr`` (its own dtype) with sform and qform both ``affine`` (codes 1), then overwrite the header
+    ``fields`` in the file as given (nibabel's save would repair or recompute them: NaN, zeros, a pixdim that disagrees
+    with the sform); ``.nii`` only. Returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    img = nib.Nifti1Image(arr, affine)
+    img.header.set_sform(affine, 1)
+    img.header.set_qform(affine, 1)
+    nib.save(img, path)
+    with open(path, "rb") as f:
+        header = nib.Nifti1Header.from_fileobj(f, check=False)
+    for name, value in fields.items():
+        header[name] = value
+    with open(path, "r+b") as f:
+        f.write(header.binaryblock)
+    return path
+
+
 def make_tree(root: str, modalities: dict[str, int], shape: tuple[int, ...] = (16, 12, 3)) -> None:
     """``root/<MOD>/{image,label}/caseNN.nii.gz`` with random content, ``n`` cases per modality."""
     rng = np.random.default_rng(0)

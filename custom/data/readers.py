@@ -9,7 +9,11 @@ Each rule lives in one place:
   declared); complex, RGB and other non-scalar voxel types refused; a ``.nii.gz`` is decompressed to its end once
   so that a failing gzip CRC or a truncated stream is an error (:func:`verify_gzip`); ``scl_slope`` /
   ``scl_inter`` are applied (physical values) and the on-disk type and scaling are carried in the meta data
-  (``source_dtype``, ``source_scl_slope``, ``source_scl_inter``) for the writer; NaN / inf refused.
+  (``source_dtype``, ``source_scl_slope``, ``source_scl_inter``) for the writer; NaN / inf refused. The affine the
+  header gives (sform, else qform, else pixdim) must be finite and non-degenerate (:func:`check_nifti_affine`).
+  MONAI's header repair (``correct_nifti_header_if_necessary``: an sform whose spacing disagrees with pixdim is
+  replaced by the qform) changes the loaded image's affine only, with a warning naming the file; the cached image
+  keeps the file's header, which the writers reuse unchanged.
 * **DICOM** (:class:`DicomReader`, a ``PydicomReader``; :func:`dicom_series`): a series is the DICOM files of a
   folder (or a given list) with one ``SeriesInstanceUID``; slices are sorted along the slice normal
   (``ImagePositionPatient`` projected on the cross product of ``ImageOrientationPatient``), else by
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gzip
+import logging
 import os
 import threading
 import zlib
@@ -74,6 +79,7 @@ __all__ = [
     "is_dicom",
     "is_nifti",
     "is_series_candidate",
+    "check_nifti_affine",
     "clear_caches",
     "nifti_image",
     "nifti_source_meta",
@@ -84,6 +90,8 @@ __all__ = [
     "load_image",
 ]
 
+logger = logging.getLogger(__name__)
+
 DICOM_TO_MODALITY = MODALITY_ALIASES  # the one alias table (kept under its old name for imports)
 PET_UNITS = ("SUV",)  # units a user may declare for PET that cannot be converted (pet_units)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -92,6 +100,7 @@ _OTHER_IMAGE_SUFFIXES = (".mgz", ".nrrd", ".mha", ".mhd", ".bin", ".png", ".jpg"
 _POSITION_TOL = 1e-3  # mm: two slices closer than this along the normal are duplicates
 _GAP_FACTOR = 1.5  # a step larger than this times the smallest step is a missing slice
 _MAX_HALF_LIVES = 64  # PET decay from injection to the reference time: more is a wrong half-life or time (1e-19 left)
+_DEGENERATE = 1e-6  # |det| of the affine's columns scaled to unit length below this: no 3D placement of the voxels
 _NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 
 
@@ -243,10 +252,78 @@ def nifti_image(path: str | os.PathLike, max_voxels: int = MAX_VOXELS, verify: b
         raise ValueError(
             f"{path}: truncated NIfTI file ({size} bytes, the header declares {offset + voxels * dtype.itemsize})."
         )
+    check_nifti_affine(img, path)
     _NIFTI.put(key, img)
     if verify and path.lower().endswith(".gz"):
         verify_gzip(path)
     return img
+
+
+def _header_source(img: Any) -> str:
+    """Which header fields give ``img.affine`` (nibabel's rule: sform, else qform, else pixdim)."""
+    header = img.header
+    if int(header.get("sform_code", 0)) > 0:
+        return "sform (srow_x/y/z)"
+    if int(header.get("qform_code", 0)) > 0:
+        return "qform (quatern_b/c/d, qoffset_x/y/z, pixdim)"
+    return "pixdim"
+
+
+def check_nifti_affine(img: Any, path: str) -> None:
+    """Refuse a NIfTI image whose header affine cannot place the voxels: non-finite, or columns of zero length or
+    (near) linearly dependent (the determinant of the columns scaled to unit length below 1e-6; a shear or any spacing
+    is accepted), as the DICOM reader refuses non-finite or degenerate geometry tags.
+
+    Args:
+        img: the nibabel image as loaded.
+        path: file name used in the message.
+
+    Raises:
+        ValueError: names the file, the header fields the affine comes from and the affine.
+    """
+    try:
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as e:  # nibabel computes the qform from a quaternion: an invalid one raises
+        raise ValueError(f"{path}: unreadable NIfTI geometry ({type(e).__name__}: {e}).") from e
+    if affine.shape != (4, 4):
+        raise ValueError(f"{path}: NIfTI header without a 4 x 4 affine (shape {affine.shape}).")
+    columns = affine[:3, :3]
+    problem = ""
+    if not np.isfinite(affine).all():
+        problem = "non-finite values (NaN or inf)"
+    else:
+        norms = np.linalg.norm(columns, axis=0)
+        if not (norms > 0).all():
+            problem = f"an axis of zero length (voxel sizes {np.round(norms, 6).tolist()})"
+        elif abs(float(np.linalg.det(columns / norms))) < _DEGENERATE:
+            problem = "linearly dependent axes (the voxels span no volume)"
+    if problem:
+        raise ValueError(
+            f"{path}: invalid NIfTI geometry: the affine from the header's {_header_source(img)} has {problem}: "
+            f"{np.round(affine[:3], 6).tolist()}; the voxels cannot be placed in space (corrupt header?)."
+        )
+
+
+def _monai_affine(img: Any, path: str) -> Any:
+    """``img`` after MONAI's header repair (``correct_nifti_header_if_necessary``), applied to a copy so the cached
+    image keeps the file's header; logs a warning naming the file when the repair changed the affine."""
+    from monai.data.utils import correct_nifti_header_if_necessary
+
+    copy = type(img)(img.dataobj, img.affine, img.header.copy(), extra=img.extra, file_map=img.file_map)
+    fixed = correct_nifti_header_if_necessary(copy)
+    if not np.allclose(fixed.affine, img.affine):
+        before = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
+        after = np.linalg.norm(np.asarray(fixed.affine)[:3, :3], axis=0)
+        logger.warning(
+            "%s: the header's %s (voxel size %s) disagrees with its pixdim %s; the loaded image's affine follows the "
+            "pixdim / qform instead (voxel size %s, MONAI's rule); restored files keep the input's header unchanged.",
+            path,
+            _header_source(img),
+            np.round(before, 6).tolist(),
+            np.round(np.asarray(img.header["pixdim"][1:4], dtype=np.float64), 6).tolist(),
+            np.round(after, 6).tolist(),
+        )
+    return fixed
 
 
 def nifti_source_meta(img: Any) -> dict[str, Any]:
@@ -310,11 +387,9 @@ class NiftiReader(NibabelReader):
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
         names = [os.fspath(n) for n in (data if isinstance(data, (list, tuple)) else [data])]
-        from monai.data.utils import correct_nifti_header_if_necessary
-
         self.filenames = names
         # the checked header (read once per file version, cached) instead of a second nibabel.load
-        images = [correct_nifti_header_if_necessary(nifti_image(name)) for name in names]
+        images = [_monai_affine(nifti_image(name), name) for name in names]
         return images if len(images) > 1 else images[0]
 
     def _get_meta_dict(self, img: Any) -> dict:

@@ -174,7 +174,10 @@ def write_nifti(
         data, slope, inter = values.astype(dtype), 1.0, 0.0
     header = reference.header.copy()
     klass = type(reference) if isinstance(reference, (nib.Nifti1Image, nib.Nifti2Image)) else nib.Nifti1Image
-    img = klass(data, reference.affine, header)
+    # no affine: nibabel keeps the header's sform / qform (codes included) as they are; given one, it rewrites them
+    # whenever they differ from it (an affine repaired on reading, NaN in the header), and the output would no longer
+    # lie where the input lies
+    img = klass(data, None, header)
     img.set_data_dtype(dtype)
     img.header.set_slope_inter(slope, inter)  # after construction (the constructor resets them): no rescaling
     if description:

@@ -17,7 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from tests.utils import dicom_series_folder, dicom_slice, save_nifti, save_scaled_nifti
+from tests.utils import dicom_series_folder, dicom_slice, nifti_with_header, save_nifti, save_scaled_nifti
 
 SHAPE = (40, 40, 3)
 # every case make_corpus writes
@@ -46,6 +46,7 @@ NAMES = [
     "complex_nifti",
     "rgb_nifti",
     "gzip_crc",
+    "nan_geometry",
     "dicom_rescale_slope_zero",
     "dicom_bits_mismatch",
     "dicom_rgb",
@@ -246,6 +247,9 @@ def make_corpus(root: str) -> dict[str, Case]:
     data = bytearray(_bytes_of_nifti(r("gzip_crc", "full.nii.gz"), good))
     data[-8] ^= 0xFF  # the CRC32 of the gzip trailer
     pair("gzip_crc", _raw(r("gzip_crc", "image.nii.gz"), bytes(data)), "crc")
+    # an sform (code 1) holding NaN: the voxels cannot be placed, and a restored file would carry the NaN
+    nan_sform = nifti_with_header(r("nan_geometry", "image.nii"), good, np.eye(4), srow_x=[np.nan, 0, 0, 0])
+    pair("nan_geometry", nan_sform, "invalid nifti geometry")
 
     def edited(name: str, edit, culprit_index: int = 1) -> None:
         folder = _series(r(name, "image"), [0, 1, 2])

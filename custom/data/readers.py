@@ -10,7 +10,8 @@ Each rule lives in one place:
   so that a failing gzip CRC or a truncated stream is an error (:func:`verify_gzip`); ``scl_slope`` /
   ``scl_inter`` are applied (physical values) and the on-disk type and scaling are carried in the meta data
   (``source_dtype``, ``source_scl_slope``, ``source_scl_inter``) for the writer; NaN / inf refused. The affine the
-  header gives (sform, else qform, else pixdim) must be finite and non-degenerate (:func:`check_nifti_affine`).
+  header gives (sform, else qform, else pixdim) must be finite and non-degenerate (:func:`check_nifti_affine`), an
+  infinite ``scl_slope`` is refused (nibabel would read it as no scaling).
   MONAI's header repair (``correct_nifti_header_if_necessary``: an sform whose spacing disagrees with pixdim is
   replaced by the qform) changes the loaded image's affine only, with a warning naming the file; the cached image
   keeps the file's header, which the writers reuse unchanged.
@@ -253,10 +254,33 @@ def nifti_image(path: str | os.PathLike, max_voxels: int = MAX_VOXELS, verify: b
             f"{path}: truncated NIfTI file ({size} bytes, the header declares {offset + voxels * dtype.itemsize})."
         )
     check_nifti_affine(img, path)
+    _check_raw_slope(img, path)
     _NIFTI.put(key, img)
     if verify and path.lower().endswith(".gz"):
         verify_gzip(path)
     return img
+
+
+def _check_raw_slope(img: Any, path: str) -> None:
+    """Refuse an infinite ``scl_slope``, which nibabel reads as "no scaling" (as 0 and NaN, which mean that); an
+    infinite intercept with a valid slope nibabel refuses itself. Read from the file's own header bytes: the loaded
+    header no longer holds the factors.
+
+    Raises:
+        ValueError: names the file and the factor.
+    """
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path) as f:
+            slope = float(img.header_class.from_fileobj(f, check=False)["scl_slope"])
+    except Exception as e:  # read once already by nibabel: only a file changed meanwhile gets here
+        raise ValueError(f"{path}: unreadable NIfTI header ({type(e).__name__}: {e}).") from e
+    if np.isinf(slope):
+        raise ValueError(
+            f"{path}: invalid NIfTI scale factor scl_slope {slope} (corrupt header?); nibabel would read the stored "
+            "values unscaled."
+        )
 
 
 def _header_source(img: Any) -> str:

@@ -3,6 +3,7 @@ MONAI's header repair changes the loaded image's affine only, with a warning, ne
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import re
@@ -62,6 +63,26 @@ class TestRefusedGeometry(_Files):
 
         with self.assertRaisesRegex(ValueError, "scan.nii: unreadable NIfTI geometry .*w2 should be positive"):
             check_nifti_affine(Broken(), "scan.nii")
+
+
+class TestScaleFactors(_Files):
+    @parameterized.expand([("inf", INF), ("minus_inf", -INF)])
+    def test_infinite_slope_refused(self, _, slope: float) -> None:
+        # nibabel reads an infinite scl_slope as "unscaled" (the stored values as they are): refused instead
+        path = self.write("inf_slope", scl_slope=slope, scl_inter=0)
+        with self.assertRaisesRegex(ValueError, re.escape(path) + r": invalid NIfTI scale factor scl_slope -?inf"):
+            load_image(path)
+
+    @parameterized.expand([("nan_means_unscaled", NAN, 89.0), ("zero_means_unscaled", 0.0, 89.0), ("two", 2.0, 178.0)])
+    def test_valid_slopes_read(self, _, slope: float, maximum: float) -> None:
+        self.assertEqual(float(load_image(self.write("slope", scl_slope=slope, scl_inter=0)).max()), maximum)
+
+    def test_gzip_file_checked_too(self) -> None:
+        path = self.write("inf_slope", scl_slope=INF, scl_inter=0)
+        with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as g:
+            g.write(f.read())
+        with self.assertRaisesRegex(ValueError, "inf_slope.nii.gz: invalid NIfTI scale factor"):
+            load_image(path + ".gz")
 
 
 class TestAcceptedGeometry(_Files):

@@ -295,8 +295,9 @@ def _header_source(img: Any) -> str:
 
 def check_nifti_affine(img: Any, path: str) -> None:
     """Refuse a NIfTI image whose header affine cannot place the voxels: non-finite, or columns of zero length or
-    (near) linearly dependent (the determinant of the columns scaled to unit length below 1e-6; a shear or any spacing
-    is accepted), as the DICOM reader refuses non-finite or degenerate geometry tags.
+    (near) linearly dependent (the determinant of the columns scaled to unit length below 1e-6; a shear, any spacing
+    and either handedness are accepted), as the DICOM reader refuses non-finite or degenerate geometry tags. The
+    column of an axis one voxel long (a 2D image's third) may be zero: it moves no voxel.
 
     Args:
         img: the nibabel image as loaded.
@@ -311,12 +312,21 @@ def check_nifti_affine(img: Any, path: str) -> None:
         raise ValueError(f"{path}: unreadable NIfTI geometry ({type(e).__name__}: {e}).") from e
     if affine.shape != (4, 4):
         raise ValueError(f"{path}: NIfTI header without a 4 x 4 affine (shape {affine.shape}).")
-    columns = affine[:3, :3]
+    columns = affine[:3, :3].copy()
     problem = ""
     if not np.isfinite(affine).all():
         problem = "non-finite values (NaN or inf)"
     else:
         norms = np.linalg.norm(columns, axis=0)
+        # an axis of one voxel (a 2D image's third axis) never moves a voxel: a zero column there places nothing
+        # wrongly, so it is checked as the unit normal of the other two
+        shape = tuple(int(n) for n in img.shape[:3]) + (1,) * max(0, 3 - len(img.shape))
+        flat = [i for i in range(3) if shape[i] == 1 and norms[i] == 0]
+        if len(flat) == 1:
+            normal = np.cross(*(columns[:, j] for j in range(3) if j != flat[0]))
+            if np.linalg.norm(normal) > 0:
+                columns[:, flat[0]] = normal / np.linalg.norm(normal)
+                norms = np.linalg.norm(columns, axis=0)
         if not (norms > 0).all():
             problem = f"an axis of zero length (voxel sizes {np.round(norms, 6).tolist()})"
         elif abs(float(np.linalg.det(columns / norms))) < _DEGENERATE:

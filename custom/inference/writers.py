@@ -174,10 +174,12 @@ def write_nifti(
         data, slope, inter = values.astype(dtype), 1.0, 0.0
     header = reference.header.copy()
     klass = type(reference) if isinstance(reference, (nib.Nifti1Image, nib.Nifti2Image)) else nib.Nifti1Image
-    # no affine: nibabel keeps the header's sform / qform (codes included) as they are; given one, it rewrites them
-    # whenever they differ from it (an affine repaired on reading, NaN in the header), and the output would no longer
-    # lie where the input lies
-    img = klass(data, None, header)
+    # a NIfTI reference (NIfTI-1 / 2, pairs: their headers derive from Nifti1Header): no affine, so nibabel keeps the
+    # header's sform / qform (codes included) as they are; given one, it rewrites them whenever they differ from it
+    # (NaN in the header, an affine repaired on reading) and the output would no longer lie where the input lies.
+    # Another format's header (MGH, Analyze) has no sform / qform to keep: its affine is written into them.
+    keep = isinstance(reference.header, nib.Nifti1Header)
+    img = klass(data, None if keep else reference.affine, header)
     img.set_data_dtype(dtype)
     img.header.set_slope_inter(slope, inter)  # after construction (the constructor resets them): no rescaling
     if description:

@@ -96,6 +96,27 @@ class TestAcceptedGeometry(_Files):
         img = load_image(self.write("no_forms", sform_code=0, qform_code=0))
         np.testing.assert_allclose(np.abs(np.diag(np.asarray(img.meta["affine"]))[:3]), [0.7, 0.8, 2.5], rtol=1e-6)
 
+    def test_left_handed_affines_read(self) -> None:
+        # FSL's usual LAS storage: a negative determinant, from the sform and from the qform alone
+        las = np.diag([-0.7, 0.8, 2.5, 1.0])
+        for name, fields in (("las_sform", {}), ("las_qform", {"sform_code": 0})):
+            img = load_image(self.write(name, las, **fields))
+            np.testing.assert_allclose(np.asarray(img.meta["affine"]), las, rtol=1e-6, err_msg=name)
+
+    def test_zero_column_of_a_one_voxel_axis_reads(self) -> None:
+        # 2D files and single slices: the third axis moves no voxel, so a zero srow_z column places nothing wrongly
+        flat = {"srow_z": [0, 0, 0, 5]}
+        for name, arr in (("two_d", ARR[..., 0]), ("one_slice", ARR[..., :1])):
+            path = nifti_with_header(os.path.join(self._tmp.name, f"{name}.nii"), arr, AFFINE, **flat)
+            self.assertEqual(tuple(load_image(path).shape), arr.shape)
+        # the same column on an axis of several voxels is refused (sform_zero_axis above), and so is a zero column of
+        # an in-plane axis of a 2D file
+        path = nifti_with_header(
+            os.path.join(self._tmp.name, "two_d_bad.nii"), ARR[..., 0], AFFINE, srow_y=[0, 0, 0, 0]
+        )
+        with self.assertRaisesRegex(ValueError, "an axis of zero length"):
+            load_image(path)
+
     def test_fields_the_affine_does_not_come_from_are_not_checked(self) -> None:
         # sform_code 0: the sform is not the geometry (the qform is), so junk in srow does not refuse the file
         img = load_image(self.write("stale_sform", sform_code=0, srow_x=[NAN, 0, 0, 0]))

@@ -77,6 +77,26 @@ class TestRestoredHeader(unittest.TestCase):
         self.assert_geometry_equal(source, output)
         np.testing.assert_array_equal(np.asarray(nib.load(output).dataobj), np.asarray(img) + 1)
 
+    def test_four_d_time_axis_kept(self) -> None:
+        # (H, W, D, 1) with a time step of 3 s and an origin: MONAI's repair of the loaded image once spread the origin
+        # into pixdim[4]; the restored file keeps the input's
+        source = nifti_with_header(
+            os.path.join(self._tmp.name, "four_d.nii"),
+            np.arange(60, dtype=np.int16).reshape(5, 4, 3, 1),
+            AFFINE,
+            pixdim=[1, 0.7, 0.8, 2.5, 3.0, 1, 1, 1],
+            xyzt_units=10,
+        )
+        img, info = read_scan({"image": source, "kind": "nifti"})
+        self.assert_geometry_equal(source, write_nifti(np.asarray(img), info["nifti"], source + ".out.nii"))
+
+    def test_reference_of_another_format_keeps_its_affine(self) -> None:
+        # an MGH (or Analyze) header has no sform / qform to keep: its affine is what the output must carry
+        for klass in (nib.MGHImage, nib.AnalyzeImage):
+            reference = klass(np.zeros((5, 4, 3), np.float32), ROTATED)
+            output = write_nifti(np.ones((5, 4, 3)), reference, os.path.join(self._tmp.name, f"{klass.__name__}.nii"))
+            np.testing.assert_allclose(nib.load(output).affine, ROTATED, atol=1e-6, err_msg=klass.__name__)
+
     def test_writer_never_rewrites_the_reference_header_geometry(self) -> None:
         # a reference loaded by nibabel alone (not through the reader, which refuses it): NaN in the qform offset;
         # given the affine, nibabel would replace the qform by a new sform (code 2) holding the NaN

@@ -16,7 +16,9 @@ Each rule lives in one place:
   replaced by the qform) changes the loaded image's affine only, with a warning naming the file; the cached image
   keeps the file's header, which the writers reuse unchanged.
 * **DICOM** (:class:`DicomReader`, a ``PydicomReader``; :func:`dicom_series`): a series is the DICOM files of a
-  folder (or a given list) with one ``SeriesInstanceUID``; slices are sorted along the slice normal
+  folder (or a given list) with one ``SeriesInstanceUID``; a file is DICOM by its suffix, its ``DICM`` prefix or, without
+  the preamble (older archives), by starting like a data set (:func:`bare_dicom`), read in the encoding it was written in
+  (uncompressed pixel data only: compressed data needs the missing file meta header); slices are sorted along the slice normal
   (``ImagePositionPatient`` projected on the cross product of ``ImageOrientationPatient``), else by
   ``InstanceNumber``; two slices at one position are refused (duplicate), a step larger than 1.5 x the smallest
   step is refused (missing slice), as are slices of different size, spacing or orientation, more than
@@ -52,6 +54,7 @@ import datetime as _dt
 import gzip
 import logging
 import os
+import struct
 import threading
 import zlib
 from collections import OrderedDict
@@ -65,8 +68,16 @@ from custom.data.limits import MAX_VOXELS, finite_values
 from custom.settings import MODALITY_ALIASES, canonical_modality
 from monai.data import NibabelReader, PydicomReader
 from monai.transforms import LoadImage
-from pydicom.dataset import FileDataset
-from pydicom.uid import JPEG2000TransferSyntaxes, JPEGBaseline8Bit, JPEGExtended12Bit
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+)
 
 __all__ = [
     "DICOM_TO_MODALITY",
@@ -77,6 +88,7 @@ __all__ = [
     "NiftiReader",
     "DicomSeries",
     "exact_in_float32",
+    "bare_dicom",
     "is_dicom",
     "is_nifti",
     "is_series_candidate",
@@ -151,8 +163,29 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def bare_dicom(path: str | os.PathLike) -> bool:
+    """Whether the file starts like a DICOM data set written without the 128-byte preamble and ``DICM`` prefix (older
+    archives and some exports): a little-endian element of group 0002 or 0008 (numbers below 0100), in explicit VR
+    (two upper-case letters) or implicit VR (a length within the file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        size = os.path.getsize(path)
+    except OSError:
+        return False
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack("<HH", head[:4])
+    if group not in (0x0002, 0x0008) or element > 0x00FF:
+        return False
+    if head[4:6].isalpha() and head[4:6].isupper():
+        return True
+    return struct.unpack("<I", head[4:8])[0] <= size - 8
+
+
 def is_dicom(path: str | os.PathLike) -> bool:
-    """True for a DICOM series folder or a DICOM file (by suffix or by the DICM preamble)."""
+    """True for a DICOM series folder or a DICOM file (by suffix, by the DICM preamble or as a data set without it,
+    :func:`bare_dicom`)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return True
@@ -161,7 +194,7 @@ def is_dicom(path: str | os.PathLike) -> bool:
     if is_nifti(path) or path.lower().endswith(_OTHER_IMAGE_SUFFIXES):
         return False
     try:
-        return bool(pydicom.misc.is_dicom(path))
+        return bool(pydicom.misc.is_dicom(path)) or bare_dicom(path)
     except OSError:
         return False
 
@@ -451,11 +484,40 @@ def read_dicom_header(path: str | os.PathLike) -> FileDataset:
     ds = _HEADERS.get(key)
     if ds is None:
         try:
-            ds = pydicom.dcmread(path, defer_size=4096)
+            try:
+                ds = pydicom.dcmread(path, defer_size=4096)
+            except InvalidDicomError:  # no preamble and DICM prefix: a bare data set is read as one, nothing else
+                if not bare_dicom(path):
+                    raise
+                ds = pydicom.dcmread(path, defer_size=4096, force=True)
         except Exception as e:  # pydicom raises many types for broken files
             raise ValueError(f"{path}: unreadable DICOM file ({type(e).__name__}: {e}).") from e
+        _bare_syntax(ds, path)
         _HEADERS.put(key, ds)
     return ds
+
+
+def _bare_syntax(ds: FileDataset, path: str) -> None:
+    """Give a data set read without a file meta header the transfer syntax it was read in (pydicom found the VR
+    encoding and byte order from its first element), so its pixel data can be decoded; uncompressed pixel data only.
+
+    Raises:
+        ValueError: encapsulated (compressed) pixel data, whose codec only the missing header names.
+    """
+    if "TransferSyntaxUID" in getattr(ds, "file_meta", {}):
+        return
+    elem = ds.get_item("PixelData") if "PixelData" in ds else None
+    if elem is not None and getattr(elem, "length", None) == 0xFFFFFFFF:
+        raise ValueError(
+            f"{path}: DICOM data set without a file meta header and with compressed (encapsulated) pixel data: the "
+            "transfer syntax, which names the codec, is missing."
+        )
+    implicit, little = ds.original_encoding
+    meta = ds.file_meta if isinstance(getattr(ds, "file_meta", None), FileMetaDataset) else FileMetaDataset()
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+    ds.file_meta = meta
 
 
 # the decoder pydicom must use for these transfer syntaxes (see _fresh): never GDCM's, which pydicom would try first

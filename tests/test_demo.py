@@ -135,19 +135,6 @@ class TestDemoHelpers(unittest.TestCase):
             with self.assertRaisesRegex(RuntimeError, "demo step 'two' failed with exit status 1"):
                 demo._run([sys.executable, "-c", "import sys; sys.exit(1)"], os.environ, "two")
 
-    def test_module_runs_main(self):
-        import runpy
-        import warnings
-
-        out = io.StringIO()
-        with mock.patch.object(sys, "argv", ["demo", "--help"]), contextlib.redirect_stdout(out):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # the module is already imported
-                with self.assertRaises(SystemExit) as stop:
-                    runpy.run_module("custom.tools.demo", run_name="__main__")
-        self.assertEqual(stop.exception.code, 0)
-        self.assertIn("usage: python -m custom.tools.demo", out.getvalue())
-
     def test_main_arguments(self):
         with mock.patch.object(demo, "run_demo") as run:
             argv = [

@@ -192,6 +192,20 @@ def tree_hashes(root: str, metadata: bool = False) -> dict[str, str]:
     return out
 
 
+class FreshReadersCase(unittest.TestCase):
+    """A test case with a temporary folder ``self.tmp`` and the readers' header caches cleared before and after
+    (files rewritten under one name within a second would otherwise be served from the cache)."""
+
+    def setUp(self) -> None:
+        from custom.data.readers import clear_caches
+
+        folder = tempfile.TemporaryDirectory()
+        self.addCleanup(folder.cleanup)
+        self.tmp = folder.name
+        clear_caches()
+        self.addCleanup(clear_caches)
+
+
 # --- NIfTI ------------------------------------------------------------------------------------------------------
 def save_nifti(path: str | os.PathLike, arr: np.ndarray, spacing: float = 1.0) -> str:
     """Write ``arr`` as float32 NIfTI (creating folders) with in-plane ``spacing``; returns the path."""

@@ -12,13 +12,13 @@ import unittest
 import numpy as np
 import pydicom
 from custom.data import load_image
-from custom.data.readers import bare_dicom, clear_caches, is_dicom, is_series_candidate, read_dicom_header
+from custom.data.readers import bare_dicom, is_dicom, is_series_candidate, read_dicom_header
 from custom.inference import load_dicom_series, write_dicom_series
 from pydicom.filebase import DicomBytesIO, DicomFileLike
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
-from tests.utils import dicom_dataset, dicom_series_folder
+from tests.utils import FreshReadersCase, dicom_dataset, dicom_series_folder
 
 VOLUME = np.arange(8 * 6 * 3, dtype=np.int16).reshape(8, 6, 3) - 50
 
@@ -31,13 +31,10 @@ def bare_bytes(ds: pydicom.Dataset, implicit: bool) -> bytes:
     return buf.getvalue()
 
 
-class TestBareDicom(unittest.TestCase):
+class TestBareDicom(FreshReadersCase):
     def setUp(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory()
-        self.addCleanup(self._tmp.cleanup)
-        self.addCleanup(clear_caches)
-        clear_caches()
-        self.root = self._tmp.name
+        super().setUp()
+        self.root = self.tmp
         dicom_series_folder(os.path.join(self.root, "part10"), VOLUME, Modality="CT", RescaleIntercept=-1024)
         self.sources = sorted(glob.glob(os.path.join(self.root, "part10", "*")))
 

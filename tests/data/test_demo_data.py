@@ -16,6 +16,18 @@ import numpy as np
 from custom.tools import demo_data
 from custom.tools.demo_data import WHEELS, DemoConfig, build_demo_data, fetch_wheels
 
+SMALL = dict(
+    ct_size=32,
+    mri_size=32,
+    pet_size=32,
+    ct_train_slices=3,
+    ct_realisations=2,
+    mri_train_slices=3,
+    pet_iterations=2,
+    pet_slabs=(4, 2, 2),
+)
+"""A small demo configuration: every track, a few 32² slices, seconds of CPU."""
+
 
 class TestDemoData(unittest.TestCase):
     def test_cached_wheels_are_reused_without_pip(self):
@@ -120,16 +132,7 @@ class TestDemoBuildOffline(unittest.TestCase):
             wheels = os.path.join(d, "wheels")
             os.makedirs(wheels)
             _fake_wheels(wheels)
-            cfg = DemoConfig(
-                ct_size=32,
-                mri_size=32,
-                pet_size=32,
-                ct_train_slices=3,
-                ct_realisations=1,
-                mri_train_slices=3,
-                pet_iterations=2,
-                pet_slabs=(4, 2, 2),
-            )
+            cfg = DemoConfig(**{**SMALL, "ct_realisations": 1})
             out = os.path.join(d, "demo")
             with mock.patch.object(demo_data.subprocess, "run", side_effect=AssertionError("pip called")):
                 path = build_demo_data(out, wheels, cfg, workers=1, log=lambda s: None)
@@ -182,18 +185,6 @@ def _atlas() -> np.ndarray:
     vol[10:14, 12:16] = 0  # enclosed in x and y: not background
     vol[1, 10:14] = 1  # tissue at 1 HU next to a background pocket
     return vol
-
-
-_SMALL = dict(
-    ct_size=32,
-    mri_size=32,
-    pet_size=32,
-    ct_train_slices=3,
-    ct_realisations=2,
-    mri_train_slices=3,
-    pet_iterations=2,
-    pet_slabs=(4, 2, 2),
-)
 
 
 class TestHelpers(unittest.TestCase):
@@ -374,7 +365,7 @@ class TestSources(unittest.TestCase):
             },
         )
         cls.wheels = fetch_wheels(d)
-        cls.cfg = DemoConfig(**_SMALL)
+        cls.cfg = DemoConfig(**SMALL)
 
     @classmethod
     def tearDownClass(cls):
@@ -572,7 +563,7 @@ class TestBuild(unittest.TestCase):
         cls.wheels = os.path.join(cls.tmp.name, "wheels")
         os.makedirs(cls.wheels)
         _fake_wheels(cls.wheels)
-        cls.cfg = DemoConfig(**_SMALL)
+        cls.cfg = DemoConfig(**SMALL)
         cls.out = os.path.join(cls.tmp.name, "demo")
         cls.log = []
         _SerialPool.used = []
@@ -696,7 +687,7 @@ class TestBuild(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             _SerialPool.used = []
             with mock.patch.object(demo_data, "ProcessPoolExecutor", _SerialPool):
-                build_demo_data(d, self.wheels, DemoConfig(**{**_SMALL, "ct_train_slices": 1}), workers=1, log=len)
+                build_demo_data(d, self.wheels, DemoConfig(**{**SMALL, "ct_train_slices": 1}), workers=1, log=len)
             self.assertEqual(_SerialPool.used, [])
 
 
@@ -722,19 +713,6 @@ class TestMain(unittest.TestCase):
             self.assertEqual(args[:2], ("o", None))
             self.assertEqual(kwargs, {"workers": workers, "force": False, "settings_dir": None})
             self.assertEqual(args[2].digest(), DemoConfig().digest())
-
-    def test_module_runs_main(self):
-        import runpy
-        import warnings
-
-        out = io.StringIO()
-        with mock.patch.object(sys, "argv", ["demo_data", "--help"]), contextlib.redirect_stdout(out):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # the module is already imported
-                with self.assertRaises(SystemExit) as stop:
-                    runpy.run_module("custom.tools.demo_data", run_name="__main__")
-        self.assertEqual(stop.exception.code, 0)
-        self.assertIn("usage: python -m custom.tools.demo_data", out.getvalue())
 
     def test_output_dir_is_required(self):
         with mock.patch.object(demo_data, "build_demo_data") as build:

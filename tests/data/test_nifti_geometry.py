@@ -7,30 +7,23 @@ import gzip
 import logging
 import os
 import re
-import tempfile
 import unittest
 
 import numpy as np
 from custom.data import load_image
-from custom.data.readers import check_nifti_affine, clear_caches, nifti_image
+from custom.data.readers import check_nifti_affine, nifti_image
 from parameterized import parameterized
 
-from tests.utils import nifti_with_header
+from tests.utils import FreshReadersCase, nifti_with_header
 
 NAN, INF = float("nan"), float("inf")
 AFFINE = np.diag([0.7, 0.8, 2.5, 1.0])
 ARR = np.arange(6 * 5 * 3, dtype=np.int16).reshape(6, 5, 3)
 
 
-class _Files(unittest.TestCase):
-    def setUp(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory()
-        self.addCleanup(self._tmp.cleanup)
-        self.addCleanup(clear_caches)
-        clear_caches()
-
+class _Files(FreshReadersCase):
     def write(self, name: str, affine: np.ndarray = AFFINE, **fields: object) -> str:
-        return nifti_with_header(os.path.join(self._tmp.name, f"{name}.nii"), ARR, affine, **fields)
+        return nifti_with_header(os.path.join(self.tmp, f"{name}.nii"), ARR, affine, **fields)
 
 
 class TestRefusedGeometry(_Files):
@@ -107,13 +100,11 @@ class TestAcceptedGeometry(_Files):
         # 2D files and single slices: the third axis moves no voxel, so a zero srow_z column places nothing wrongly
         flat = {"srow_z": [0, 0, 0, 5]}
         for name, arr in (("two_d", ARR[..., 0]), ("one_slice", ARR[..., :1])):
-            path = nifti_with_header(os.path.join(self._tmp.name, f"{name}.nii"), arr, AFFINE, **flat)
+            path = nifti_with_header(os.path.join(self.tmp, f"{name}.nii"), arr, AFFINE, **flat)
             self.assertEqual(tuple(load_image(path).shape), arr.shape)
         # the same column on an axis of several voxels is refused (sform_zero_axis above), and so is a zero column of
         # an in-plane axis of a 2D file
-        path = nifti_with_header(
-            os.path.join(self._tmp.name, "two_d_bad.nii"), ARR[..., 0], AFFINE, srow_y=[0, 0, 0, 0]
-        )
+        path = nifti_with_header(os.path.join(self.tmp, "two_d_bad.nii"), ARR[..., 0], AFFINE, srow_y=[0, 0, 0, 0])
         with self.assertRaisesRegex(ValueError, "an axis of zero length"):
             load_image(path)
 

@@ -4,17 +4,15 @@ units, dimensions) are written back as read, whatever the reader did to the load
 from __future__ import annotations
 
 import os
-import tempfile
 import unittest
 
 import nibabel as nib
 import numpy as np
-from custom.data.readers import clear_caches
 from custom.inference.io import read_scan
 from custom.inference.writers import write_nifti
 from parameterized import parameterized
 
-from tests.utils import nifti_with_header
+from tests.utils import FreshReadersCase, nifti_with_header
 
 NAN = float("nan")
 GEOMETRY = (
@@ -42,13 +40,7 @@ def raw_header(path: str) -> nib.Nifti1Header:
         return nib.Nifti1Header.from_fileobj(f, check=False)
 
 
-class TestRestoredHeader(unittest.TestCase):
-    def setUp(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory()
-        self.addCleanup(self._tmp.cleanup)
-        self.addCleanup(clear_caches)
-        clear_caches()
-
+class TestRestoredHeader(FreshReadersCase):
     def assert_geometry_equal(self, source: str, output: str) -> None:
         a, b = raw_header(source), raw_header(output)
         for name in GEOMETRY:
@@ -67,13 +59,10 @@ class TestRestoredHeader(unittest.TestCase):
     )
     def test_read_restore_write_keeps_the_input_geometry(self, name: str, fields: dict) -> None:
         source = nifti_with_header(
-            os.path.join(self._tmp.name, f"{name}.nii"),
-            np.arange(60, dtype=np.int16).reshape(5, 4, 3),
-            AFFINE,
-            **fields,
+            os.path.join(self.tmp, f"{name}.nii"), np.arange(60, dtype=np.int16).reshape(5, 4, 3), AFFINE, **fields
         )
         img, info = read_scan({"image": source, "kind": "nifti"})
-        output = write_nifti(np.asarray(img) + 1.0, info["nifti"], os.path.join(self._tmp.name, f"out_{name}.nii"))
+        output = write_nifti(np.asarray(img) + 1.0, info["nifti"], os.path.join(self.tmp, f"out_{name}.nii"))
         self.assert_geometry_equal(source, output)
         np.testing.assert_array_equal(np.asarray(nib.load(output).dataobj), np.asarray(img) + 1)
 
@@ -81,7 +70,7 @@ class TestRestoredHeader(unittest.TestCase):
         # (H, W, D, 1) with a time step of 3 s and an origin: MONAI's repair of the loaded image once spread the origin
         # into pixdim[4]; the restored file keeps the input's
         source = nifti_with_header(
-            os.path.join(self._tmp.name, "four_d.nii"),
+            os.path.join(self.tmp, "four_d.nii"),
             np.arange(60, dtype=np.int16).reshape(5, 4, 3, 1),
             AFFINE,
             pixdim=[1, 0.7, 0.8, 2.5, 3.0, 1, 1, 1],
@@ -94,21 +83,21 @@ class TestRestoredHeader(unittest.TestCase):
         # an MGH (or Analyze) header has no sform / qform to keep: its affine is what the output must carry
         for klass in (nib.MGHImage, nib.AnalyzeImage):
             reference = klass(np.zeros((5, 4, 3), np.float32), ROTATED)
-            output = write_nifti(np.ones((5, 4, 3)), reference, os.path.join(self._tmp.name, f"{klass.__name__}.nii"))
+            output = write_nifti(np.ones((5, 4, 3)), reference, os.path.join(self.tmp, f"{klass.__name__}.nii"))
             np.testing.assert_allclose(nib.load(output).affine, ROTATED, atol=1e-6, err_msg=klass.__name__)
 
     def test_writer_never_rewrites_the_reference_header_geometry(self) -> None:
         # a reference loaded by nibabel alone (not through the reader, which refuses it): NaN in the qform offset;
         # given the affine, nibabel would replace the qform by a new sform (code 2) holding the NaN
         source = nifti_with_header(
-            os.path.join(self._tmp.name, "nan_offset.nii"),
+            os.path.join(self.tmp, "nan_offset.nii"),
             np.zeros((5, 4, 3), np.float32),
             AFFINE,
             sform_code=0,
             qoffset_x=NAN,
         )
         reference = nib.load(source)
-        output = write_nifti(np.ones((5, 4, 3)), reference, os.path.join(self._tmp.name, "out.nii"))
+        output = write_nifti(np.ones((5, 4, 3)), reference, os.path.join(self.tmp, "out.nii"))
         self.assert_geometry_equal(source, output)
         self.assertEqual((int(raw_header(output)["sform_code"]), int(raw_header(output)["qform_code"])), (0, 1))
 

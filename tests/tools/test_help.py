@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import runpy
+import sys
 import unittest
+import warnings
+from unittest import mock
 
 from parameterized import parameterized
 
@@ -33,6 +37,18 @@ class TestHelp(unittest.TestCase):
         self.assertGreater(len(description), 20, description)
         self.assertTrue(description[0].isupper() and description.endswith("."), description)
         self.assertNotRegex(description, r"\(the command line of|::$")
+
+    @parameterized.expand([(name,) for name in COMMANDS])
+    def test_python_m_runs_main(self, name):
+        # the module's `if __name__ == "__main__"` block calls main with the command line and exits with its status
+        out = io.StringIO()
+        with mock.patch.object(sys, "argv", [name, "--help"]), contextlib.redirect_stdout(out):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # the module is already imported
+                with self.assertRaises(SystemExit) as stop:
+                    runpy.run_module(name, run_name="__main__")
+        self.assertEqual(stop.exception.code, 0)
+        self.assertIn(f"usage: python -m {name}", out.getvalue())
 
 
 if __name__ == "__main__":

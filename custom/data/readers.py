@@ -109,7 +109,10 @@ DICOM_TO_MODALITY = MODALITY_ALIASES  # the one alias table (kept under its old 
 PET_UNITS = ("SUV",)  # units a user may declare for PET that cannot be converted (pet_units)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-_OTHER_IMAGE_SUFFIXES = (".mgz", ".nrrd", ".mha", ".mhd", ".bin", ".png", ".jpg", ".json", ".txt")
+_OTHER_IMAGE_SUFFIXES = (
+    *(".mgz", ".nrrd", ".mha", ".mhd", ".bin", ".png", ".jpg", ".json", ".txt"),
+    *(".raw", ".zraw", ".img", ".hdr", ".rec", ".par", ".npy", ".npz"),  # raw voxels and their headers
+)
 _POSITION_TOL = 1e-3  # mm: two slices closer than this along the normal are duplicates
 _GAP_FACTOR = 1.5  # a step larger than this times the smallest step is a missing slice
 _MAX_HALF_LIVES = 64  # PET decay from injection to the reference time: more is a wrong half-life or time (1e-19 left)
@@ -163,24 +166,70 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+_VRS = frozenset(vr.value.encode() for vr in pydicom.valuerep.VR if len(vr.value) == 2)
+_LONG_VRS = frozenset(vr.value.encode() for vr in pydicom.valuerep.EXPLICIT_VR_LENGTH_32)
+_BARE_ELEMENTS = 6  # elements walked by bare_dicom
+
+
 def bare_dicom(path: str | os.PathLike) -> bool:
-    """Whether the file starts like a DICOM data set written without the 128-byte preamble and ``DICM`` prefix (older
-    archives and some exports): a little-endian element of group 0002 or 0008 (numbers below 0100), in explicit VR
-    (two upper-case letters) or implicit VR (a length within the file)."""
+    """Whether the file is laid out like a DICOM data set written without the 128-byte preamble and ``DICM`` prefix
+    (older archives and some exports), little endian.
+
+    The first element must be of group 0002 or 0008 (element number below 0100); then the first
+    :data:`_BARE_ELEMENTS` elements are walked: tags ascending, no item tags (group FFFE) or odd group below 0008, explicit VRs
+    from DICOM's list (group 0002 always explicit; the data set's encoding taken from its first element), even
+    lengths that end inside the file (an undefined length, a sequence or encapsulated pixel data, ends the walk after
+    the first element). Raw voxel files that begin with small numbers pass the first test by chance, not the walk.
+
+    Args:
+        path: the file.
+
+    Returns:
+        True for such a file (False for a file that cannot be read).
+    """
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
         size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            return _walk_elements(f, size)
     except OSError:
         return False
-    if len(head) < 8:
-        return False
-    group, element = struct.unpack("<HH", head[:4])
-    if group not in (0x0002, 0x0008) or element > 0x00FF:
-        return False
-    if head[4:6].isalpha() and head[4:6].isupper():
-        return True
-    return struct.unpack("<I", head[4:8])[0] <= size - 8
+
+
+def _walk_elements(f: Any, size: int) -> bool:
+    pos, last, explicit = 0, -1, None
+    for k in range(_BARE_ELEMENTS):
+        if pos == size and k > 0:
+            return True
+        f.seek(pos)
+        head = f.read(12)
+        if len(head) < 8:
+            return False
+        group, element = struct.unpack("<HH", head[:4])
+        if k == 0 and (group not in (0x0002, 0x0008) or element > 0x00FF):
+            return False
+        tag = group << 16 | element
+        if tag <= last or group == 0xFFFE or (group % 2 and group < 8):
+            return False
+        if group != 0x0002 and explicit is None:  # the data set's encoding: from its first element
+            explicit = head[4:6] in _VRS
+        if group == 0x0002 or explicit:
+            vr = head[4:6]
+            if vr not in _VRS:
+                return False
+            if vr in _LONG_VRS:
+                if len(head) < 12:
+                    return False
+                length, header = struct.unpack("<I", head[8:12])[0], 12
+            else:
+                length, header = struct.unpack("<H", head[6:8])[0], 8
+        else:
+            length, header = struct.unpack("<I", head[4:8])[0], 8
+        if length == 0xFFFFFFFF:
+            return k > 0
+        if length % 2 or pos + header + length > size:
+            return False
+        pos, last = pos + header + length, tag
+    return True
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
@@ -509,8 +558,8 @@ def _bare_syntax(ds: FileDataset, path: str) -> None:
     elem = ds.get_item("PixelData") if "PixelData" in ds else None
     if elem is not None and getattr(elem, "length", None) == 0xFFFFFFFF:
         raise ValueError(
-            f"{path}: DICOM data set without a file meta header and with compressed (encapsulated) pixel data: the "
-            "transfer syntax, which names the codec, is missing."
+            f"{path}: DICOM data set without a Transfer Syntax UID (0002,0010) (no file meta header, or one without "
+            "it) and with compressed (encapsulated) pixel data: the transfer syntax names the codec."
         )
     implicit, little = ds.original_encoding
     meta = ds.file_meta if isinstance(getattr(ds, "file_meta", None), FileMetaDataset) else FileMetaDataset()

@@ -74,10 +74,21 @@ def load_dicom_series(
     return data, info
 
 
+_REFERENCED = (("SOPClassUID", "(0008,0016)"), ("SOPInstanceUID", "(0008,0018)"))
+"""Tags of each source file that the derived series references (``SourceImageSequence``, file meta)."""
+
+
 def _read_dicom(files: list[str], where: str, suv: bool, pet_units: str | None) -> tuple[np.ndarray, dict, Any]:
     if not files:
         raise ValueError(f"{where}: no DICOM file.")
     series = dicom_series(files[0] if len(files) == 1 else files, where=where)
+    for path, header in zip(series.files, series.headers):
+        missing = [f"{name} {tag}" for name, tag in _REFERENCED if not str(getattr(header, name, "") or "")]
+        if missing:  # refused before restoring: the derived series could not be written
+            raise ValueError(
+                f"{path}: no {' or '.join(missing)} (an ACR-NEMA file?): the restored series must reference its "
+                "source instances; convert the file to DICOM Part 10 first (e.g. dcmtk's dcmconv)."
+            )
     reader = DicomReader(suv=suv, pet_units=pet_units, swap_ij=False)
     datasets = reader.read_series(series)
     array, meta = reader.get_data(datasets)

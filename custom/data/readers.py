@@ -176,10 +176,11 @@ def bare_dicom(path: str | os.PathLike) -> bool:
     (older archives and some exports), little endian.
 
     The first element must be of group 0002 or 0008 (element number below 0100); then the first
-    :data:`_BARE_ELEMENTS` elements are walked: tags ascending, no item tags (group FFFE) or odd group below 0008, explicit VRs
-    from DICOM's list (group 0002 always explicit; the data set's encoding taken from its first element), even
-    lengths that end inside the file (an undefined length, a sequence or encapsulated pixel data, ends the walk after
-    the first element). Raw voxel files that begin with small numbers pass the first test by chance, not the walk.
+    :data:`_BARE_ELEMENTS` elements are walked: tags ascending, no item tags (group FFFE) or odd group below 0008,
+    explicit VRs from DICOM's list (group 0002 always explicit; the data set's encoding taken from its first element),
+    even lengths that end inside the file (an undefined length, a sequence or encapsulated pixel data, ends the walk
+    after the first element). Raw voxel files that begin with small numbers pass the first test by chance, not the
+    walk. Files from writers that break these rules (odd lengths) are not recognised without a preamble.
 
     Args:
         path: the file.
@@ -196,6 +197,7 @@ def bare_dicom(path: str | os.PathLike) -> bool:
 
 
 def _walk_elements(f: Any, size: int) -> bool:
+    """The element walk of :func:`bare_dicom` over the open file ``f`` of ``size`` bytes."""
     pos, last, explicit = 0, -1, None
     for k in range(_BARE_ELEMENTS):
         if pos == size and k > 0:

@@ -109,10 +109,10 @@ DICOM_TO_MODALITY = MODALITY_ALIASES  # the one alias table (kept under its old 
 PET_UNITS = ("SUV",)  # units a user may declare for PET that cannot be converted (pet_units)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-_OTHER_IMAGE_SUFFIXES = (
-    *(".mgz", ".nrrd", ".mha", ".mhd", ".bin", ".png", ".jpg", ".json", ".txt"),
-    *(".raw", ".zraw", ".img", ".hdr", ".rec", ".par", ".npy", ".npz"),  # raw voxels and their headers
-)
+_OTHER_IMAGE_SUFFIXES = (".mgz", ".nrrd", ".mha", ".mhd", ".bin", ".png", ".jpg", ".json", ".txt")  # never DICOM
+# raw voxels and their headers: DICOM only with the DICM prefix (archives name Part 10 files .img / .raw), never as a
+# bare data set (raw voxels can begin like one)
+_RAW_SUFFIXES = (".raw", ".zraw", ".img", ".hdr", ".rec", ".par", ".npy", ".npz")
 _POSITION_TOL = 1e-3  # mm: two slices closer than this along the normal are duplicates
 _GAP_FACTOR = 1.5  # a step larger than this times the smallest step is a missing slice
 _MAX_HALF_LIVES = 64  # PET decay from injection to the reference time: more is a wrong half-life or time (1e-19 left)
@@ -245,9 +245,11 @@ def is_dicom(path: str | os.PathLike) -> bool:
     if is_nifti(path) or path.lower().endswith(_OTHER_IMAGE_SUFFIXES):
         return False
     try:
-        return bool(pydicom.misc.is_dicom(path)) or bare_dicom(path)
+        if pydicom.misc.is_dicom(path):
+            return True
     except OSError:
         return False
+    return not path.lower().endswith(_RAW_SUFFIXES) and bare_dicom(path)
 
 
 def is_series_candidate(path: str | os.PathLike) -> bool:

@@ -223,13 +223,16 @@ class TestSniffing(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "junk.dcm: unreadable DICOM file .*InvalidDicomError"):
             read_dicom_header(path)
 
-    def test_raw_voxel_suffixes_are_never_dicom(self) -> None:
-        data = self.data(START + [PIXELS])  # even a data set's bytes under these names
-        for suffix in (".raw", ".img", ".hdr", ".REC", ".npy"):
-            path = os.path.join(self._tmp.name, "v" + suffix)
-            with open(path, "wb") as f:
-                f.write(data)
-            self.assertFalse(is_dicom(path), suffix)
+    def test_raw_voxel_suffixes_are_never_bare_dicom(self) -> None:
+        data = self.data(START + [PIXELS])  # a bare data set's bytes under these names: not taken for DICOM
+        part10 = b"\0" * 128 + b"DICM" + data  # with the DICM prefix: DICOM whatever the name
+        for suffix in (".raw", ".img", ".hdr", ".REC", ".npy", ".IMG", ".zraw"):
+            for name, content, expected in (("bare", data, False), ("part10", part10, True)):
+                path = os.path.join(self._tmp.name, name + suffix)
+                with open(path, "wb") as f:
+                    f.write(content)
+                self.assertEqual(is_dicom(path), expected, name + suffix)
+                self.assertEqual(is_series_candidate(path), expected, name + suffix)
 
 
 if __name__ == "__main__":

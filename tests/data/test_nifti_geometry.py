@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import unittest
+from unittest import mock
 
 import numpy as np
 from custom.data import load_image
@@ -65,6 +66,16 @@ class TestScaleFactors(_Files):
         path = self.write("inf_slope", scl_slope=slope, scl_inter=0)
         with self.assertRaisesRegex(ValueError, re.escape(path) + r": invalid NIfTI scale factor scl_slope -?inf"):
             load_image(path)
+
+    def test_header_unreadable_on_the_second_read_is_a_named_value_error(self) -> None:
+        # the raw factors are read again from the file: a file replaced meanwhile fails naming it, not with nibabel's
+        # own exception type
+        path = self.write("changed")
+        with mock.patch("nibabel.openers.ImageOpener", side_effect=OSError("file vanished")):
+            with self.assertRaisesRegex(
+                ValueError, re.escape(path) + r": unreadable NIfTI header \(OSError: file vanished"
+            ):
+                nifti_image(path)
 
     @parameterized.expand([("nan_means_unscaled", NAN, 89.0), ("zero_means_unscaled", 0.0, 89.0), ("two", 2.0, 178.0)])
     def test_valid_slopes_read(self, _, slope: float, maximum: float) -> None:
